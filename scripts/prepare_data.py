@@ -1,0 +1,37 @@
+#!/usr/bin/env python
+"""Prepare a corpus for training: tokenizer, feature cache and CMVN statistics.
+
+    python scripts/prepare_data.py                              # the embedded corpus
+    python scripts/prepare_data.py data=librispeech data.root=/data/LibriSpeech
+
+Everything it writes is reused by train.py; running it again does only what is missing.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import hydra
+from omegaconf import DictConfig
+
+from asr.data.errors import DataError
+
+
+@hydra.main(config_path="../conf", config_name="train", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    try:
+        datamodule = hydra.utils.instantiate(cfg.data)
+        datamodule.prepare_data()
+        datamodule.setup("fit")
+    except DataError as err:
+        print(f"prepare_data: {err}", file=sys.stderr)
+        sys.exit(1)
+    for split, dataset in datamodule.datasets.items():
+        frames = sum(dataset.lengths)
+        print(f"{split:>16}: {len(dataset)} utterances, {frames} frames, "
+              f"{sum(len(t) for t in dataset.tokens) / len(dataset):.1f} tokens/utt")
+    print(f"tokenizer: {datamodule.tokenizer.model_path} ({datamodule.tokenizer.vocab_size} pieces)")
+
+
+if __name__ == "__main__":
+    main()
