@@ -1,0 +1,251 @@
+"""The LightningDataModule: corpus -> cached features + BPE tokens -> length-bucketed batches.
+
+A batch is a dict:
+
+* ``features``: float32 ``(B, T, n_mels)``, CMVN-normalized (and SpecAugment'ed in training),
+  zero-padded;
+* ``feature_lengths``: int64 ``(B,)``;
+* ``tokens``: int64 ``(B, U)``, padded with ``PAD_ID`` (no start/end ids);
+* ``token_lengths``: int64 ``(B,)``;
+* ``utt_ids`` and ``transcripts``: lists of ``B`` strings.
+
+Evaluation loaders come one per dev/test split, in the order of ``dev_split_names`` /
+``test_split_names``, so metrics can be logged per split.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from asr.data.corpus import Utterance, check_root, read_split
+from asr.data.errors import DataError
+from asr.data.features import FeatureCache, FeatureConfig, GlobalCMVN, SpecAugment
+from asr.data.tokenizer import PAD_ID, Tokenizer
+
+log = logging.getLogger(__name__)
+
+
+class UtteranceDataset(Dataset):
+    """Utterances of one split as (normalized features, token ids) items."""
+
+    def __init__(self, utterances: Sequence[Utterance], cache: FeatureCache, cmvn: GlobalCMVN,
+                 tokenizer: Tokenizer, augment: SpecAugment | None = None, preload: bool = False):
+        self.utterances = list(utterances)
+        self.cache, self.cmvn, self.augment = cache, cmvn, augment
+        self.tokens = [torch.tensor(tokenizer.encode(u.transcript), dtype=torch.long) for u in self.utterances]
+        self._features = [cache.get(u.audio_path) for u in self.utterances] if preload else None
+        if preload:
+            self.lengths = [f.shape[0] for f in self._features]
+        else:
+            self.lengths = [cache.num_frames(u.audio_path) for u in self.utterances]
+
+    def __len__(self) -> int:
+        return len(self.utterances)
+
+    def __getitem__(self, index: int) -> dict:
+        utt = self.utterances[index]
+        raw = self._features[index] if self._features is not None else self.cache.get(utt.audio_path)
+        feats = self.cmvn(torch.from_numpy(np.asarray(raw)))
+        if self.augment is not None:
+            feats = self.augment(feats)
+        return {"features": feats, "tokens": self.tokens[index], "utt_id": utt.utt_id, "transcript": utt.transcript}
+
+
+def collate(items: list[dict]) -> dict:
+    """Pad a list of dataset items into one batch (see the module docstring for the layout)."""
+    feats = [item["features"] for item in items]
+    tokens = [item["tokens"] for item in items]
+    return {
+        "features": torch.nn.utils.rnn.pad_sequence(feats, batch_first=True),
+        "feature_lengths": torch.tensor([f.shape[0] for f in feats], dtype=torch.long),
+        "tokens": torch.nn.utils.rnn.pad_sequence(tokens, batch_first=True, padding_value=PAD_ID),
+        "token_lengths": torch.tensor([t.shape[0] for t in tokens], dtype=torch.long),
+        "utt_ids": [item["utt_id"] for item in items],
+        "transcripts": [item["transcript"] for item in items],
+    }
+
+
+class BucketBatchSampler(Sampler[list[int]]):
+    """Batches of utterances of similar length, so little of a batch is padding.
+
+    Training: each epoch sorts by length with a random jitter of up to ``jitter`` (relative),
+    cuts consecutive batches and shuffles their order, seeded by ``seed`` and the epoch
+    (Lightning calls :meth:`set_epoch`). Evaluation (``shuffle=False``): fixed batches,
+    longest first. Under data parallelism each of ``num_replicas`` ranks takes every
+    ``num_replicas``-th batch, truncated to an equal count, so Lightning's own distributed
+    sampler must be off (``use_distributed_sampler: false``).
+    """
+
+    def __init__(self, lengths: Sequence[int], batch_size: int, shuffle: bool, seed: int = 0,
+                 jitter: float = 0.1, num_replicas: int | None = None, rank: int | None = None):
+        if batch_size < 1:
+            raise DataError(f"batch size must be at least 1, got {batch_size}")
+        self.lengths = np.asarray(lengths, dtype=np.float64)
+        self.batch_size, self.shuffle, self.seed, self.jitter = batch_size, shuffle, seed, jitter
+        dist = torch.distributed.is_available() and torch.distributed.is_initialized()
+        self.num_replicas = num_replicas or (torch.distributed.get_world_size() if dist else 1)
+        self.rank = rank if rank is not None else (torch.distributed.get_rank() if dist else 0)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _batches(self) -> list[list[int]]:
+        if self.shuffle:
+            rng = np.random.default_rng([self.seed, self.epoch])
+            keys = self.lengths * (1 + self.jitter * rng.uniform(-1, 1, len(self.lengths)))
+            order = np.argsort(keys, kind="stable")
+        else:
+            order = np.argsort(-self.lengths, kind="stable")
+        batches = [order[i : i + self.batch_size].tolist() for i in range(0, len(order), self.batch_size)]
+        if self.shuffle:
+            batches = [batches[i] for i in rng.permutation(len(batches))]
+        if self.num_replicas > 1:
+            per_rank = len(batches) // self.num_replicas if self.shuffle else math.ceil(len(batches) / self.num_replicas)
+            batches = batches[self.rank :: self.num_replicas][:per_rank]
+        return batches
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return iter(self._batches())
+
+    def __len__(self) -> int:
+        return len(self._batches())
+
+
+class AsrDataModule(L.LightningDataModule):
+    """Any LibriSpeech-layout corpus as training, dev and test dataloaders.
+
+    ``prepare_data`` (one process) downloads LibriSpeech splits when ``download`` is set,
+    trains or reuses the tokenizer, fills the feature cache and computes the CMVN
+    statistics; ``setup`` builds the datasets from those files.
+    """
+
+    def __init__(
+        self,
+        root: str,
+        train_split: str,
+        dev_splits: Sequence[str],
+        test_splits: Sequence[str],
+        cache_dir: str,
+        features: dict | None = None,
+        tokenizer: dict | None = None,
+        spec_augment: dict | None = None,
+        batch_size: int = 16,
+        eval_batch_size: int = 32,
+        num_workers: int = 0,
+        preload: bool = True,
+        feature_jobs: int = 0,
+        length_jitter: float = 0.1,
+        download: bool = False,
+        seed: int = 0,
+        progress: bool = True,
+    ):
+        super().__init__()
+        self.save_hyperparameters(logger=False)
+        self.root = Path(root)
+        self.train_split = train_split
+        self.dev_split_names = list(dev_splits)
+        self.test_split_names = list(test_splits)
+        self.feature_cfg = FeatureConfig(**(features or {}))
+        tokenizer = dict(tokenizer or {})
+        self.tokenizer_dir = Path(tokenizer.pop("dir", self.root / "tokenizer"))
+        self.vocab_size = int(tokenizer.pop("vocab_size", 500))
+        self.model_type = tokenizer.pop("model_type", "bpe")
+        if tokenizer:
+            raise DataError(f"unknown data.tokenizer keys {sorted(tokenizer)}; allowed: dir, vocab_size, model_type")
+        self.spec_augment = SpecAugment(**spec_augment) if spec_augment else None
+        self.cache_dir = Path(cache_dir)
+        self.tokenizer: Tokenizer | None = None
+        self.datasets: dict[str, UtteranceDataset] = {}
+
+    @property
+    def all_splits(self) -> list[str]:
+        return list(dict.fromkeys([self.train_split, *self.dev_split_names, *self.test_split_names]))
+
+    # -- preparation (files on disk) ---------------------------------------------------------
+    def prepare_data(self) -> None:
+        if self.hparams.download:
+            self._download()
+        utterances = {split: read_split(self.root, split) for split in self.all_splits}
+        self._load_tokenizer(utterances[self.train_split])
+        cache = FeatureCache(self.cache_dir, self.feature_cfg)
+        cache.precompute([u.audio_path for utts in utterances.values() for u in utts],
+                         jobs=self.hparams.feature_jobs, progress=self.hparams.progress,
+                         desc=f"features ({', '.join(utterances)})")
+        self._load_cmvn(cache, utterances[self.train_split])
+
+    def _download(self) -> None:
+        import torchaudio
+
+        self.root.mkdir(parents=True, exist_ok=True)
+        for split in self.all_splits:
+            if not (self.root / split).is_dir():
+                log.info("downloading LibriSpeech %s into %s", split, self.root)
+                torchaudio.datasets.LIBRISPEECH(str(self.root.parent), url=split, folder_in_archive=self.root.name,
+                                                download=True)
+
+    def _load_tokenizer(self, train: Sequence[Utterance]) -> Tokenizer:
+        if self.tokenizer is None:
+            self.tokenizer = Tokenizer.train_or_load([u.transcript for u in train], self.tokenizer_dir,
+                                                     self.vocab_size, self.model_type)
+        return self.tokenizer
+
+    def _cmvn_path(self, cache: FeatureCache, train: Sequence[Utterance]) -> Path:
+        names = "\n".join(str(cache.path_for(u.audio_path)) for u in train)
+        return cache.dir / f"cmvn-{hashlib.sha1(names.encode()).hexdigest()[:12]}.npy"
+
+    def _load_cmvn(self, cache: FeatureCache, train: Sequence[Utterance]) -> GlobalCMVN:
+        path = self._cmvn_path(cache, train)
+        if path.exists():
+            return GlobalCMVN.load(path)
+        cmvn = GlobalCMVN.fit([cache.get(u.audio_path) for u in train])
+        cmvn.save(path)
+        return cmvn
+
+    # -- datasets and loaders ----------------------------------------------------------------
+    def setup(self, stage: str | None = None) -> None:
+        if self.datasets:
+            return
+        check_root(self.root)
+        cache = FeatureCache(self.cache_dir, self.feature_cfg)
+        train = read_split(self.root, self.train_split)
+        tokenizer = self._load_tokenizer(train)
+        cmvn = self._load_cmvn(cache, train)
+        preload = self.hparams.preload
+        if stage in (None, "fit"):
+            self.datasets[self.train_split] = UtteranceDataset(train, cache, cmvn, tokenizer, self.spec_augment, preload)
+        for split in self.all_splits:
+            if split not in self.datasets and (split != self.train_split):
+                self.datasets[split] = UtteranceDataset(read_split(self.root, split), cache, cmvn, tokenizer,
+                                                        None, preload)
+
+    def _loader(self, split: str, train: bool) -> DataLoader:
+        dataset = self.datasets[split]
+        sampler = BucketBatchSampler(dataset.lengths, self.hparams.batch_size if train else self.hparams.eval_batch_size,
+                                     shuffle=train, seed=self.hparams.seed, jitter=self.hparams.length_jitter)
+        return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=self.hparams.num_workers,
+                          persistent_workers=self.hparams.num_workers > 0)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_split, train=True)
+
+    def val_dataloader(self) -> list[DataLoader]:
+        return [self._loader(split, train=False) for split in self.dev_split_names]
+
+    def test_dataloader(self) -> list[DataLoader]:
+        return [self._loader(split, train=False) for split in self.test_split_names]
+
+    def eval_dataloader(self, split: str) -> DataLoader:
+        """The evaluation loader of any prepared split (the search's proxy sets use it)."""
+        if split not in self.datasets:
+            raise DataError(f"split '{split}' is not one of the data module's splits {self.all_splits}")
+        return self._loader(split, train=False)
