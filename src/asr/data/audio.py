@@ -29,6 +29,8 @@ def load_audio(path: str | Path, sample_rate: int) -> torch.Tensor:
     reported once per process. A file that cannot be decoded or holds no samples raises
     :class:`DataError` naming the file.
     """
+    if not Path(path).is_file():
+        raise DataError(f"audio file {path} not found")
     try:
         samples, file_rate = sf.read(str(path), dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError, OSError) as err:

@@ -1,0 +1,84 @@
+"""The whole recognizer: streaming LSTM encoder + MoChA attention + LSTM decoder (+ optional CTC head)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from asr.data.tokenizer import BOS_ID, EOS_ID, PAD_ID
+from asr.model.decoder import AttentionDecoder
+from asr.model.encoder import Encoder
+
+
+class AsrModel(nn.Module):
+    """Encoder-attention-decoder model (the paper's Fig. 1, with MoChA and unidirectional LSTMs).
+
+    ``encoder`` and ``decoder`` are dicts of constructor arguments (``conf/model/*.yaml``).
+    """
+
+    def __init__(self, vocab_size: int, input_size: int, encoder: dict, decoder: dict, ctc_weight: float = 0.0,
+                 label_smoothing: float = 0.1, max_decode_ratio: float = 1.0):
+        super().__init__()
+        if not 0.0 <= ctc_weight < 1.0:
+            raise ValueError(f"model.ctc_weight must be in [0, 1), got {ctc_weight}")
+        self.vocab_size = vocab_size
+        self.encoder = Encoder(input_size, **encoder)
+        self.decoder = AttentionDecoder(vocab_size, self.encoder.hidden_size, **decoder)
+        self.ctc_weight = ctc_weight
+        self.ctc_head = nn.Linear(self.encoder.hidden_size, vocab_size) if ctc_weight > 0 else None
+        self.label_smoothing = label_smoothing
+        self.max_decode_ratio = max_decode_ratio
+
+    def encode(self, features: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``features`` ``(B, T, F)`` -> memory ``(B, T', D)`` and lengths ``(B,)``."""
+        return self.encoder(features, lengths)
+
+    def loss(self, batch: dict) -> dict[str, torch.Tensor]:
+        """Training losses of a batch (see ``asr.data.datamodule`` for its layout).
+
+        Returns ``loss`` (what is minimized), ``attention`` (label-smoothed cross-entropy per
+        token), ``ctc`` (when enabled) and ``tokens`` (target count incl. end ids).
+        """
+        memory, memory_lengths = self.encode(batch["features"], batch["feature_lengths"])
+        tokens, token_lengths = batch["tokens"], batch["token_lengths"]
+        batch_size = tokens.shape[0]
+        bos = tokens.new_full((batch_size, 1), BOS_ID)
+        targets = torch.cat([tokens, tokens.new_full((batch_size, 1), PAD_ID)], dim=1)
+        targets[torch.arange(batch_size), token_lengths] = EOS_ID
+        previous = torch.cat([bos, tokens], dim=1)
+        mask = torch.arange(memory.shape[1], device=memory.device).unsqueeze(0) < memory_lengths.unsqueeze(1)
+        logits = self.decoder(memory, mask, previous)
+        attention = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=PAD_ID,
+                                    label_smoothing=self.label_smoothing)
+        out = {"attention": attention, "tokens": (token_lengths + 1).sum()}
+        loss = attention
+        if self.ctc_head is not None:
+            log_probs = torch.log_softmax(self.ctc_head(memory), dim=-1).transpose(0, 1)
+            ctc = F.ctc_loss(log_probs, tokens, memory_lengths, token_lengths, blank=PAD_ID, zero_infinity=True)
+            out["ctc"] = ctc
+            loss = (1 - self.ctc_weight) * attention + self.ctc_weight * ctc
+        out["loss"] = loss
+        return out
+
+    def max_len(self, memory_length: int) -> int:
+        return max(1, math.ceil(memory_length * self.max_decode_ratio)) + 1
+
+    @torch.no_grad()
+    def greedy_decode(self, features: torch.Tensor, lengths: torch.Tensor) -> list[list[int]]:
+        """Batched greedy decoding with hard monotonic attention -> token ids per utterance."""
+        memory, memory_lengths = self.encode(features, lengths)
+        return self.decoder.greedy(memory, memory_lengths, self.max_len(int(memory_lengths.max())))
+
+    @torch.no_grad()
+    def beam_decode(self, features: torch.Tensor, lengths: torch.Tensor, beam_size: int,
+                    length_penalty: float = 0.0) -> list[list[int]]:
+        """Beam search per utterance (hard monotonic attention) -> token ids per utterance."""
+        memory, memory_lengths = self.encode(features, lengths)
+        return [
+            self.decoder.beam_search(memory[b : b + 1], int(memory_lengths[b]), beam_size,
+                                     self.max_len(int(memory_lengths[b])), length_penalty)
+            for b in range(memory.shape[0])
+        ]

@@ -1,0 +1,158 @@
+"""LSTM decoder with MoChA attention: teacher forcing, batched greedy decoding and beam search.
+
+One step ``i`` (``y_0`` = start of sentence, ``c_0 = 0``):
+``s_i = LSTM([E y_{i-1} ; c_{i-1}], s_{i-1})``, attention on ``s_i`` gives ``c_i``,
+``logits_i = W_out tanh(W_pre [s_i ; c_i])``.
+Training uses MoChA's expected attention; decoding its hard monotonic attention.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from asr.data.tokenizer import BOS_ID, EOS_ID
+from asr.model.lstm import ConcatLSTMCell
+from asr.model.mocha import MoChA
+
+
+@dataclass
+class DecoderState:
+    """Everything one hypothesis carries between steps (rows = hypotheses)."""
+
+    h: torch.Tensor  # (N, H)
+    c: torch.Tensor  # (N, H)
+    context: torch.Tensor  # (N, D)
+    boundary: torch.Tensor  # (N,) last hard-attention boundary
+
+    def select(self, index: torch.Tensor) -> DecoderState:
+        return DecoderState(self.h[index], self.c[index], self.context[index], self.boundary[index])
+
+
+class AttentionDecoder(nn.Module):
+    """Decoder over encoder output of size ``memory_size`` into ``vocab_size`` BPE ids."""
+
+    def __init__(self, vocab_size: int, memory_size: int, embedding_size: int = 128, hidden_size: int = 256,
+                 attention_size: int = 256, pre_output_size: int = 256, chunk_size: int = 4, init_r: float = -4.0,
+                 init_gain: float = 1.0, noise_std: float = 2.0, dropout: float = 0.0):
+        super().__init__()
+        self.vocab_size = vocab_size
+        self.embedding = nn.Embedding(vocab_size, embedding_size)
+        self.cell = ConcatLSTMCell(embedding_size + memory_size, hidden_size)
+        self.attention = MoChA(memory_size, hidden_size, attention_size, chunk_size, init_r, init_gain, noise_std)
+        self.pre_output = nn.Linear(hidden_size + memory_size, pre_output_size)
+        self.output = nn.Linear(pre_output_size, vocab_size)
+        self.dropout = nn.Dropout(dropout)
+
+    def _logits(self, h: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        return self.output(self.dropout(torch.tanh(self.pre_output(torch.cat([h, context], dim=-1)))))
+
+    def forward(self, memory: torch.Tensor, memory_mask: torch.Tensor, previous_tokens: torch.Tensor) -> torch.Tensor:
+        """Teacher-forced logits.
+
+        Args:
+            memory: encoder output ``(B, T, D)``; memory_mask: ``(B, T)`` bool.
+            previous_tokens: ``(B, U)`` inputs (start-of-sentence id, then the targets shifted right).
+        Returns:
+            logits ``(B, U, V)``.
+        """
+        batch, frames, _ = memory.shape
+        keys = self.attention.keys(memory)
+        h, c = self.cell.initial_state(batch, memory)
+        context = memory.new_zeros(batch, memory.shape[2])
+        alpha = memory.new_zeros(batch, frames)
+        alpha[:, 0] = 1.0
+        embedded = self.dropout(self.embedding(previous_tokens))
+        logits = []
+        for i in range(previous_tokens.shape[1]):
+            h, c = self.cell(torch.cat([embedded[:, i], context], dim=-1), (h, c))
+            alpha, beta = self.attention.expected(keys, h, alpha, memory_mask)
+            context = torch.bmm(beta.unsqueeze(1), memory).squeeze(1)
+            logits.append(self._logits(h, context))
+        return torch.stack(logits, dim=1)
+
+    # -- hard-attention decoding -------------------------------------------------------------
+    def initial_state(self, memory: torch.Tensor) -> DecoderState:
+        batch = memory.shape[0]
+        h, c = self.cell.initial_state(batch, memory)
+        zeros = torch.zeros(batch, dtype=torch.long, device=memory.device)
+        return DecoderState(h, c, memory.new_zeros(batch, memory.shape[2]), zeros)
+
+    def step(self, memory: torch.Tensor, keys: tuple[torch.Tensor, torch.Tensor], memory_mask: torch.Tensor,
+             tokens: torch.Tensor, state: DecoderState) -> tuple[torch.Tensor, DecoderState, torch.Tensor]:
+        """One hard-attention step for ``N`` rows: previous ``tokens`` ``(N,)`` -> log-probabilities
+        ``(N, V)``, the new state and the attention weights ``(N, T)``."""
+        h, c = self.cell(torch.cat([self.embedding(tokens), state.context], dim=-1), (state.h, state.c))
+        weights, boundary = self.attention.hard(keys, h, state.boundary, memory_mask)
+        context = torch.bmm(weights.unsqueeze(1), memory).squeeze(1)
+        log_probs = torch.log_softmax(self._logits(h, context), dim=-1)
+        return log_probs, DecoderState(h, c, context, boundary), weights
+
+    @torch.no_grad()
+    def greedy(self, memory: torch.Tensor, memory_lengths: torch.Tensor, max_len: int) -> list[list[int]]:
+        """Batched greedy decoding with hard monotonic attention; token ids without start/end ids."""
+        batch, frames, _ = memory.shape
+        mask = torch.arange(frames, device=memory.device).unsqueeze(0) < memory_lengths.unsqueeze(1)
+        keys = self.attention.keys(memory)
+        state = self.initial_state(memory)
+        tokens = torch.full((batch,), BOS_ID, dtype=torch.long, device=memory.device)
+        finished = torch.zeros(batch, dtype=torch.bool, device=memory.device)
+        out: list[list[int]] = [[] for _ in range(batch)]
+        for _ in range(max_len):
+            log_probs, state, _ = self.step(memory, keys, mask, tokens, state)
+            tokens = log_probs.argmax(dim=-1)
+            for b in torch.nonzero(~finished & (tokens != EOS_ID)).flatten().tolist():
+                out[b].append(int(tokens[b]))
+            finished |= tokens == EOS_ID
+            if bool(finished.all()):
+                break
+        return out
+
+    @torch.no_grad()
+    def beam_search(self, memory: torch.Tensor, memory_length: int, beam_size: int, max_len: int,
+                    length_penalty: float = 0.0) -> list[int]:
+        """Beam search for one utterance (``memory`` ``(1, T, D)``); returns the best token ids.
+
+        Hypotheses are ranked by ``log P / len^length_penalty`` once finished.
+        """
+        memory = memory[:, :memory_length]
+        frames = memory.shape[1]
+        mask = torch.ones(1, frames, dtype=torch.bool, device=memory.device)
+        keys = self.attention.keys(memory)
+        state = self.initial_state(memory)
+        tokens = torch.tensor([BOS_ID], device=memory.device)
+        scores = torch.zeros(1, device=memory.device)
+        prefixes: list[list[int]] = [[]]
+        finished: list[tuple[float, list[int]]] = []
+        for _ in range(max_len):
+            n = tokens.shape[0]
+            log_probs, state, _ = self.step(memory.expand(n, -1, -1), tuple(k.expand(n, -1, -1) for k in keys),
+                                            mask.expand(n, -1), tokens, state)
+            candidates = (scores.unsqueeze(1) + log_probs).flatten()
+            top_scores, top = candidates.topk(min(beam_size * 2, candidates.numel()))
+            rows, ids = top // self.vocab_size, top % self.vocab_size
+            keep_rows, keep_ids, keep_scores = [], [], []
+            for score, row, token in zip(top_scores.tolist(), rows.tolist(), ids.tolist(), strict=True):
+                if token == EOS_ID:
+                    length = max(len(prefixes[row]), 1)
+                    finished.append((score / length**length_penalty, prefixes[row]))
+                elif len(keep_rows) < beam_size:
+                    keep_rows.append(row)
+                    keep_ids.append(token)
+                    keep_scores.append(score)
+                if len(keep_rows) == beam_size and len(finished) >= beam_size:
+                    break
+            best_finished = max((s for s, _ in finished), default=-float("inf"))
+            if not keep_rows or (len(finished) >= beam_size and best_finished >= max(keep_scores)):
+                break
+            index = torch.tensor(keep_rows, device=memory.device)
+            state = state.select(index)
+            prefixes = [prefixes[r] + [t] for r, t in zip(keep_rows, keep_ids, strict=True)]
+            tokens = torch.tensor(keep_ids, device=memory.device)
+            scores = torch.tensor(keep_scores, device=memory.device)
+        if not finished:
+            best = int(scores.argmax())
+            return prefixes[best]
+        return max(finished, key=lambda item: item[0])[1]

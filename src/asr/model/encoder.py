@@ -1,0 +1,90 @@
+"""Streaming encoder: unidirectional LSTM layers with max-pool time reduction between the first ones.
+
+The paper (section 2.1) reduces time by 8 with max-pool layers interleaved between the first
+four encoder LSTM layers; ``pool`` lists the factor after each layer (missing = 1), e.g.
+``[2, 2, 2]`` for 8 or ``[2, 2]`` for 4. Pooling takes whole groups only (a trailing partial
+group is dropped offline and buffered when streaming), so offline and chunked outputs agree.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from asr.model.lstm import ConcatLSTM
+
+
+@dataclass
+class EncoderState:
+    """What a streaming encoder carries from one chunk to the next."""
+
+    lstm: list[tuple[torch.Tensor, torch.Tensor] | None] = field(default_factory=list)
+    leftover: list[torch.Tensor | None] = field(default_factory=list)  # frames waiting for a full pool group
+
+
+class Encoder(nn.Module):
+    """Stack of :class:`ConcatLSTM` layers; input ``(B, T, F)`` -> output ``(B, T / prod(pool), H)``."""
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int, pool: list[int] | None = None,
+                 dropout: float = 0.0):
+        super().__init__()
+        pool = list(pool or [])
+        if len(pool) > num_layers:
+            raise ValueError(f"model.encoder.pool has {len(pool)} factors for {num_layers} layers")
+        if any(p < 1 for p in pool):
+            raise ValueError(f"model.encoder.pool factors must be >= 1, got {pool}")
+        self.pool = pool + [1] * (num_layers - len(pool))
+        self.layers = nn.ModuleList(
+            ConcatLSTM(input_size if i == 0 else hidden_size, hidden_size) for i in range(num_layers)
+        )
+        self.dropout = nn.Dropout(dropout)
+        self.hidden_size = hidden_size
+
+    @property
+    def reduction(self) -> int:
+        """Total time reduction factor."""
+        out = 1
+        for p in self.pool:
+            out *= p
+        return out
+
+    def output_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
+        """Encoder frames for input frame counts ``lengths`` ``(B,)``."""
+        for p in self.pool:
+            lengths = torch.div(lengths, p, rounding_mode="floor")
+        return lengths
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``x`` ``(B, T, F)``, ``lengths`` ``(B,)`` -> encodings ``(B, T', H)`` and their lengths ``(B,)``."""
+        for layer, p in zip(self.layers, self.pool, strict=True):
+            x, _ = layer(x)
+            if p > 1:
+                usable = x.shape[1] // p * p
+                x = x[:, :usable].reshape(x.shape[0], usable // p, p, x.shape[2]).amax(dim=2)
+            x = self.dropout(x)
+        return x, self.output_lengths(lengths)
+
+    def initial_state(self) -> EncoderState:
+        return EncoderState([None] * len(self.layers), [None] * len(self.layers))
+
+    @torch.no_grad()
+    def stream(self, chunk: torch.Tensor, state: EncoderState) -> tuple[torch.Tensor, EncoderState]:
+        """Encode the next ``chunk`` ``(B, t, F)`` of a stream; returns the new encoder frames
+        ``(B, t', H)`` (possibly none) and the state for the next chunk."""
+        x = chunk
+        new = EncoderState([], [])
+        for layer, p, lstm_state, leftover in zip(self.layers, self.pool, state.lstm, state.leftover, strict=True):
+            if x.shape[1] > 0:
+                x, lstm_state = layer(x, lstm_state)
+            new.lstm.append(lstm_state)
+            if p > 1:
+                if leftover is not None:
+                    x = torch.cat([leftover, x], dim=1)
+                usable = x.shape[1] // p * p
+                new.leftover.append(x[:, usable:] if usable < x.shape[1] else None)
+                x = x[:, :usable].reshape(x.shape[0], usable // p, p, x.shape[2]).amax(dim=2)
+            else:
+                new.leftover.append(None)
+        return x, new

@@ -1,0 +1,93 @@
+"""LSTM layers that keep one concatenated kernel ``[W_ih | W_hh]`` of shape ``4H x (in + H)``.
+
+This is how TensorFlow and RETURNN store an LSTM, and how the ShrinkML paper counts its
+matrices: one compressible matrix per layer. The sequence layer runs PyTorch's fused LSTM
+kernel (oneDNN on CPU) on views of that kernel, so it is as fast as ``torch.nn.LSTM``; the cell
+is used step by step in the decoder. Gate order is PyTorch's: input, forget, cell, output.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+
+def _init_kernel(kernel: nn.Parameter, bias: nn.Parameter, hidden_size: int, forget_bias: float) -> None:
+    bound = 1.0 / math.sqrt(hidden_size)
+    nn.init.uniform_(kernel, -bound, bound)
+    nn.init.zeros_(bias)
+    with torch.no_grad():
+        bias[hidden_size : 2 * hidden_size].fill_(forget_bias)
+
+
+class ConcatLSTM(nn.Module):
+    """One unidirectional LSTM layer over a whole sequence, batch first.
+
+    Parameters: ``kernel`` ``(4H, in + H)`` = ``[W_ih | W_hh]`` and ``bias`` ``(4H,)``.
+    """
+
+    def __init__(self, input_size: int, hidden_size: int, forget_bias: float = 1.0):
+        super().__init__()
+        self.input_size, self.hidden_size = input_size, hidden_size
+        self.kernel = nn.Parameter(torch.empty(4 * hidden_size, input_size + hidden_size))
+        self.bias = nn.Parameter(torch.empty(4 * hidden_size))
+        _init_kernel(self.kernel, self.bias, hidden_size, forget_bias)
+
+    def weights(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(W_ih (4H, in), W_hh (4H, H))``, contiguous, differentiable views of the kernel."""
+        w_ih, w_hh = self.kernel.split([self.input_size, self.hidden_size], dim=1)
+        return w_ih.contiguous(), w_hh.contiguous()
+
+    def forward(self, x: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor] | None = None
+                ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """Run the layer.
+
+        Args:
+            x: ``(B, T, in)``.
+            state: optional ``(h, c)``, each ``(B, H)``, carried over from a previous chunk.
+        Returns:
+            outputs ``(B, T, H)`` and the final ``(h, c)``, each ``(B, H)``.
+        """
+        batch = x.shape[0]
+        if state is None:
+            zeros = x.new_zeros(1, batch, self.hidden_size)
+            hx = (zeros, zeros)
+        else:
+            hx = (state[0].unsqueeze(0), state[1].unsqueeze(0))
+        w_ih, w_hh = self.weights()
+        params = [w_ih, w_hh, self.bias, torch.zeros_like(self.bias)]  # fused kernel wants b_ih and b_hh
+        out, h, c = torch._VF.lstm(x, hx, params, True, 1, 0.0, self.training, False, True)
+        return out, (h.squeeze(0), c.squeeze(0))
+
+    def extra_repr(self) -> str:
+        return f"{self.input_size}, {self.hidden_size}, kernel={tuple(self.kernel.shape)}"
+
+
+class ConcatLSTMCell(nn.Module):
+    """One LSTM step: ``gates = [x | h] @ kernel^T + bias``; ``kernel`` is ``(4H, in + H)``."""
+
+    def __init__(self, input_size: int, hidden_size: int, forget_bias: float = 1.0):
+        super().__init__()
+        self.input_size, self.hidden_size = input_size, hidden_size
+        self.kernel = nn.Parameter(torch.empty(4 * hidden_size, input_size + hidden_size))
+        self.bias = nn.Parameter(torch.empty(4 * hidden_size))
+        _init_kernel(self.kernel, self.bias, hidden_size, forget_bias)
+
+    def forward(self, x: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor]
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``x`` ``(B, in)``, ``state`` ``(h, c)`` each ``(B, H)`` -> new ``(h, c)``."""
+        h, c = state
+        gates = torch.nn.functional.linear(torch.cat([x, h], dim=-1), self.kernel, self.bias)
+        i, f, g, o = gates.chunk(4, dim=-1)
+        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+        h = torch.sigmoid(o) * torch.tanh(c)
+        return h, c
+
+    def initial_state(self, batch: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        zeros = like.new_zeros(batch, self.hidden_size)
+        return zeros, zeros
+
+    def extra_repr(self) -> str:
+        return f"{self.input_size}, {self.hidden_size}, kernel={tuple(self.kernel.shape)}"

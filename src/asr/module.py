@@ -1,0 +1,143 @@
+"""``AsrModule``: the LightningModule that trains and evaluates :class:`asr.model.AsrModel`.
+
+Training minimizes the label-smoothed attention cross-entropy (plus CTC when enabled).
+Validation decodes every dev split greedily with hard monotonic attention; test decodes every
+test split with beam search. Both log ``wer/<split>`` and ``cer/<split>`` (percent).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+import lightning as L
+import torch
+
+from asr.assets import AsrAssets
+from asr.metrics import error_counts, rates
+from asr.model.asr_model import AsrModel
+
+log = logging.getLogger(__name__)
+
+
+class ModelMismatchError(ValueError):
+    """A checkpoint made for another vocabulary or model shape."""
+
+
+class AsrModule(L.LightningModule):
+    """Lightning wrapper: optimization, decoding, metrics and checkpoint assets.
+
+    Args:
+        vocab_size, input_size: from the data (tokenizer size, feature dimension).
+        model: ``AsrModel`` keyword arguments (``conf/model/*.yaml``).
+        optimizer: a partial taking the parameters (``conf/module``: ``_partial_: true``).
+        scheduler: a partial taking the optimizer, stepped every optimizer step; or None.
+        beam_size, length_penalty: test-time beam search.
+        dev_splits, test_splits: split names, in dataloader order.
+        assets: tokenizer, CMVN and feature settings; saved into every checkpoint.
+    """
+
+    def __init__(self, vocab_size: int, input_size: int, model: dict, optimizer: Callable,
+                 scheduler: Callable | None = None, beam_size: int = 4, length_penalty: float = 0.0,
+                 dev_splits: list[str] | None = None, test_splits: list[str] | None = None,
+                 assets: AsrAssets | None = None):
+        super().__init__()
+        self.save_hyperparameters(ignore=["assets", "optimizer", "scheduler"])
+        self.model = AsrModel(vocab_size, input_size, **model)
+        self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
+        self.assets = assets
+        self.dev_splits = list(dev_splits or ["dev"])
+        self.test_splits = list(test_splits or ["test"])
+        self._counts: dict[str, torch.Tensor] = {}
+        self._fit_start: float | None = None
+
+    # -- training ----------------------------------------------------------------------------
+    def on_fit_start(self) -> None:
+        self._fit_start = time.perf_counter()
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        losses = self.model.loss(batch)
+        if not torch.isfinite(losses["loss"]):
+            raise FloatingPointError(
+                f"non-finite loss {losses['loss'].item()} at global step {self.global_step}, batch {batch_idx} "
+                f"(utterances {', '.join(batch['utt_ids'][:8])}); lower optimizer.lr or check these inputs"
+            )
+        batch_size = batch["features"].shape[0]
+        for name, value in losses.items():
+            if name != "tokens":
+                self.log(f"train/{name}", value, prog_bar=name == "loss", batch_size=batch_size)
+        return losses["loss"]
+
+    def configure_optimizers(self):
+        optimizer = self.optimizer_factory(self.parameters())
+        if self.scheduler_factory is None:
+            return optimizer
+        return {"optimizer": optimizer,
+                "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer), "interval": "step"}}
+
+    # -- evaluation --------------------------------------------------------------------------
+    def _decode(self, batch: dict, beam: bool) -> list[str]:
+        if beam:
+            ids = self.model.beam_decode(batch["features"], batch["feature_lengths"], self.hparams.beam_size,
+                                         self.hparams.length_penalty)
+        else:
+            ids = self.model.greedy_decode(batch["features"], batch["feature_lengths"])
+        return [self.assets.tokenizer.decode(x) for x in ids]
+
+    def _evaluate(self, batch: dict, split: str, beam: bool) -> None:
+        hypotheses = self._decode(batch, beam)
+        counts = error_counts(batch["transcripts"], hypotheses)
+        self._counts[split] = self._counts.get(split, torch.zeros_like(counts)) + counts
+
+    def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
+        split = self.dev_splits[dataloader_idx]
+        losses = self.model.loss(batch)
+        self.log(f"val/loss/{split}", losses["attention"], batch_size=batch["features"].shape[0],
+                 add_dataloader_idx=False, sync_dist=True)
+        self._evaluate(batch, split, beam=False)
+
+    def test_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._evaluate(batch, self.test_splits[dataloader_idx], beam=True)
+
+    def _log_rates(self) -> dict[str, float]:
+        results = {}
+        for split, counts in sorted(self._counts.items()):
+            counts = self.trainer.strategy.reduce(counts.to(self.device), reduce_op="sum")
+            wer, cer = rates(counts)
+            results[f"wer/{split}"], results[f"cer/{split}"] = wer, cer
+        self._counts = {}
+        for key, value in results.items():
+            self.log(key, value, prog_bar=key.startswith("wer/"), rank_zero_only=True)
+        return results
+
+    def on_validation_epoch_end(self) -> None:
+        results = self._log_rates()
+        if self._fit_start is not None and not self.trainer.sanity_checking:
+            self.log("train/minutes", (time.perf_counter() - self._fit_start) / 60, rank_zero_only=True)
+            log.info("epoch %d: %s", self.current_epoch, ", ".join(f"{k} {v:.2f}" for k, v in results.items()))
+
+    def on_test_epoch_end(self) -> None:
+        self.test_results = self._log_rates()
+
+    # -- checkpoints -------------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        if self.assets is not None:
+            checkpoint["asr_assets"] = self.assets.to_dict()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        stored = checkpoint.get("hyper_parameters", {})
+        for key in ("vocab_size", "input_size", "model"):
+            if key in stored and stored[key] != self.hparams[key]:
+                raise ModelMismatchError(
+                    f"checkpoint was made with {key}={stored[key]!r} but the config gives {key}={self.hparams[key]!r}; "
+                    "use the data/model config the checkpoint was trained with, or start a new run without ckpt_path"
+                )
+        if self.assets is None and "asr_assets" in checkpoint:
+            self.assets = AsrAssets.from_dict(checkpoint["asr_assets"])
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.model.parameters())
+
+    def size_mb(self) -> float:
+        return sum(p.numel() * p.element_size() for p in self.model.parameters()) / 2**20

@@ -1,0 +1,104 @@
+"""Streaming recognition: audio in chunks -> tokens as soon as hard monotonic attention commits to them.
+
+Features are computed per whole 25 ms frame as audio arrives (Kaldi's per-frame processing makes
+them identical to the offline ones), the encoder carries its LSTM states and pooling leftovers
+from chunk to chunk, and the decoder emits token ``i`` as soon as some frame ``j`` at or after
+its last boundary has ``p_ij >= 0.5`` -- everything it needs (the chunk ``[j - w + 1, j]``) has
+arrived by then. The result equals offline greedy decoding of the whole utterance.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from asr.assets import AsrAssets
+from asr.data.features import log_mel
+from asr.data.tokenizer import BOS_ID, EOS_ID
+from asr.model.asr_model import AsrModel
+
+
+class StreamingRecognizer:
+    """Greedy streaming decoder for one utterance at a time (batch 1)."""
+
+    def __init__(self, model: AsrModel, assets: AsrAssets, max_tokens: int = 400):
+        self.model = model.eval()
+        self.assets = assets
+        cfg = assets.features
+        self.window = int(cfg.sample_rate * cfg.frame_length_ms / 1000)
+        self.shift = int(cfg.sample_rate * cfg.frame_shift_ms / 1000)
+        self.max_tokens = max_tokens
+        self.reset()
+
+    def reset(self) -> None:
+        decoder = self.model.decoder
+        self.audio = torch.zeros(0)
+        self.frames_done = 0
+        self.encoder_state = self.model.encoder.initial_state()
+        self.memory = torch.zeros(1, 0, self.model.encoder.hidden_size)
+        self.mono_keys = torch.zeros(1, 0, decoder.attention.mono_key.out_features)
+        self.chunk_keys = torch.zeros(1, 0, decoder.attention.chunk_key.out_features)
+        self.state = decoder.initial_state(self.memory)
+        self.pending: tuple[torch.Tensor, torch.Tensor] | None = None  # (h, c) of the step waiting for frames
+        self.previous = torch.tensor([BOS_ID])
+        self.tokens: list[int] = []
+        self.done = False
+
+    @torch.no_grad()
+    def accept_audio(self, samples: torch.Tensor) -> list[int]:
+        """Feed float samples ``(n,)`` at the model's sample rate; returns the tokens made final by them."""
+        self.audio = torch.cat([self.audio, samples.float()])
+        available = 0 if self.audio.numel() < self.window else 1 + (self.audio.numel() - self.window) // self.shift
+        if available > self.frames_done:
+            start = self.frames_done * self.shift
+            end = (available - 1) * self.shift + self.window
+            feats = log_mel(self.audio[start:end], self.assets.features)
+            self.frames_done = available
+            self._encode(self.assets.cmvn(feats).unsqueeze(0))
+        return self._decode(final=False)
+
+    @torch.no_grad()
+    def finish(self) -> list[int]:
+        """End of the stream: decode what is left (the attention may now run off the end)."""
+        return self._decode(final=True)
+
+    def _encode(self, feats: torch.Tensor) -> None:
+        new, self.encoder_state = self.model.encoder.stream(feats, self.encoder_state)
+        if new.shape[1]:
+            mono, chunk = self.model.decoder.attention.keys(new)
+            self.memory = torch.cat([self.memory, new], dim=1)
+            self.mono_keys = torch.cat([self.mono_keys, mono], dim=1)
+            self.chunk_keys = torch.cat([self.chunk_keys, chunk], dim=1)
+
+    def _decode(self, final: bool) -> list[int]:
+        decoder = self.model.decoder
+        attention = decoder.attention
+        emitted: list[int] = []
+        frames = self.memory.shape[1]
+        while not self.done and len(self.tokens) < self.max_tokens:
+            if self.pending is None:
+                inputs = torch.cat([decoder.embedding(self.previous), self.state.context], dim=-1)
+                self.pending = decoder.cell(inputs, (self.state.h, self.state.c))
+            h, c = self.pending
+            mask = torch.ones(1, frames, dtype=torch.bool)
+            if frames == 0:
+                if not final:
+                    break
+                weights, boundary = torch.zeros(1, 0), torch.tensor([0])
+            else:
+                weights, boundary = attention.hard((self.mono_keys, self.chunk_keys), h, self.state.boundary, mask)
+                if int(boundary) >= frames and not final:
+                    break  # no frame has fired yet: wait for more audio
+            context = torch.bmm(weights.unsqueeze(1), self.memory).squeeze(1) if frames else self.state.context * 0
+            token = int(decoder._logits(h, context).argmax(dim=-1))
+            self.state = type(self.state)(h, c, context, boundary)
+            self.pending = None
+            self.previous = torch.tensor([token])
+            if token == EOS_ID:
+                self.done = True
+                break
+            self.tokens.append(token)
+            emitted.append(token)
+        return emitted
+
+    def text(self) -> str:
+        return self.assets.tokenizer.decode(self.tokens)

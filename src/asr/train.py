@@ -1,0 +1,51 @@
+"""The training stage behind ``train.py``: config in, instantiate, fit, test, report."""
+
+from __future__ import annotations
+
+import logging
+
+import hydra
+import lightning as L
+from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger(__name__)
+
+
+def instantiate_group(group: DictConfig | None) -> list:
+    """Instantiate every non-null entry of a config group such as ``callbacks`` or ``logger``."""
+    if not group:
+        return []
+    return [hydra.utils.instantiate(entry) for entry in group.values() if entry is not None and "_target_" in entry]
+
+
+def train(cfg: DictConfig) -> dict[str, float]:
+    """Train (or resume with ``ckpt_path``) and test the model of ``cfg``; returns the final metrics."""
+    L.seed_everything(cfg.seed, workers=True)
+    datamodule = hydra.utils.instantiate(cfg.data)
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    module_factory = hydra.utils.instantiate(cfg.module, _partial_=True)
+    module = module_factory(vocab_size=datamodule.tokenizer.vocab_size, input_size=datamodule.feature_cfg.n_mels,
+                            assets=datamodule.assets())
+    callbacks = instantiate_group(cfg.get("callbacks"))
+    loggers = instantiate_group(cfg.get("logger"))
+    config = OmegaConf.to_container(cfg, resolve=True)
+    for logger in loggers:
+        logger.log_hyperparams(config)
+    trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    log.info("model: %.2f M parameters, %.1f MB", module.num_parameters() / 1e6, module.size_mb())
+    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(("wer/", "cer/"))}
+    if cfg.get("test"):
+        checkpoint = trainer.checkpoint_callback
+        best = checkpoint.best_model_path if checkpoint is not None and checkpoint.best_model_path else None
+        trainer.test(module, datamodule=datamodule, ckpt_path=best, weights_only=False)
+        metrics.update(module.test_results)
+        if best:
+            metrics["best_checkpoint"] = best
+    summary = {"params": module.num_parameters(), "size_mb": round(module.size_mb(), 3), **metrics}
+    for logger in loggers:
+        if hasattr(logger, "experiment") and hasattr(logger.experiment, "summary"):
+            logger.experiment.summary.update(summary)
+    print("final: " + ", ".join(f"{k} {v:.2f}" if isinstance(v, float) else f"{k} {v}" for k, v in summary.items()))
+    return summary
