@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from asr.assets import AsrAssets
 from asr.data.corpus import Utterance, check_root, read_split
 from asr.data.errors import DataError
 from asr.data.features import FeatureCache, FeatureConfig, GlobalCMVN, SpecAugment
@@ -165,6 +166,7 @@ class AsrDataModule(L.LightningDataModule):
         self.spec_augment = SpecAugment(**spec_augment) if spec_augment else None
         self.cache_dir = Path(cache_dir)
         self.tokenizer: Tokenizer | None = None
+        self.cmvn: GlobalCMVN | None = None
         self.datasets: dict[str, UtteranceDataset] = {}
 
     @property
@@ -219,7 +221,7 @@ class AsrDataModule(L.LightningDataModule):
         cache = FeatureCache(self.cache_dir, self.feature_cfg)
         train = read_split(self.root, self.train_split)
         tokenizer = self._load_tokenizer(train)
-        cmvn = self._load_cmvn(cache, train)
+        cmvn = self.cmvn = self._load_cmvn(cache, train)
         preload = self.hparams.preload
         if stage in (None, "fit"):
             self.datasets[self.train_split] = UtteranceDataset(train, cache, cmvn, tokenizer, self.spec_augment, preload)
@@ -227,6 +229,12 @@ class AsrDataModule(L.LightningDataModule):
             if split not in self.datasets and (split != self.train_split):
                 self.datasets[split] = UtteranceDataset(read_split(self.root, split), cache, cmvn, tokenizer,
                                                         None, preload)
+
+    def assets(self) -> AsrAssets:
+        """Tokenizer, CMVN statistics and feature settings (after ``setup``), for the model's checkpoints."""
+        if self.tokenizer is None or self.cmvn is None:
+            raise RuntimeError("call prepare_data() and setup() before assets()")
+        return AsrAssets(self.tokenizer, self.cmvn, self.feature_cfg)
 
     def _loader(self, split: str, train: bool) -> DataLoader:
         dataset = self.datasets[split]
