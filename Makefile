@@ -6,7 +6,9 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 CORPUS := data/synthetic
 
-.PHONY: setup test lint data corpus prepare pipeline bench clean-cache
+BASELINE := runs/baseline
+
+.PHONY: setup test lint data corpus prepare baseline pipeline bench clean-cache
 
 ## setup: virtual env with the project and its dev extras, plus the system check for the corpus text
 setup: $(STAMP)
@@ -34,12 +36,18 @@ $(CORPUS)/corpus.json: conf/corpus/synthetic.yaml | $(STAMP)
 prepare: $(CORPUS)/corpus.json
 	$(PY) scripts/prepare_data.py
 
-## pipeline: every stage that exists so far (today: the data stage)
-pipeline: data
+## baseline: train the baseline ASR model (30 minutes on 2 CPU cores); an interrupted run resumes
+baseline: $(BASELINE)/summary.json
+$(BASELINE)/summary.json: | $(CORPUS)/corpus.json
+	$(PY) train.py +experiment=baseline $(if $(wildcard $(BASELINE)/checkpoints/last.ckpt),ckpt_path=$(BASELINE)/checkpoints/last.ckpt,)
+
+## pipeline: every stage that exists so far: data, baseline
+pipeline: data baseline
 
 ## bench: the benchmark scripts (print their numbers)
 bench: setup
 	$(PY) benchmarks/data_pipeline.py
+	$(PY) benchmarks/asr_speed.py $(if $(wildcard $(BASELINE)/checkpoints/best.ckpt),--ckpt $(BASELINE)/checkpoints/best.ckpt,)
 
 clean-cache:
 	rm -rf cache/features

@@ -22,6 +22,14 @@ from asr.data.features import log_mel
 from asr.streaming import StreamingRecognizer
 
 
+def min_samples(module) -> int:
+    """Fewest samples that give the encoder one output frame (a whole pooling group of feature frames)."""
+    cfg = module.assets.features
+    window = int(cfg.sample_rate * cfg.frame_length_ms / 1000)
+    shift = int(cfg.sample_rate * cfg.frame_shift_ms / 1000)
+    return window + (module.model.encoder.reduction - 1) * shift
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("checkpoint")
@@ -38,11 +46,17 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     assets = module.assets
     beam = module.hparams.beam_size if args.beam is None else args.beam
+    needed = min_samples(module)
     for path in args.audio:
         try:
             wave = load_audio(path, assets.features.sample_rate)
         except (DataError, FileNotFoundError) as err:
             print(f"transcribe: {err}", file=sys.stderr)
+            return 2
+        if wave.numel() < needed:
+            print(f"transcribe: audio file {path} is too short: {wave.numel()} samples, the model needs at least "
+                  f"{needed} ({1000 * needed / assets.features.sample_rate:.0f} ms) for one encoder frame",
+                  file=sys.stderr)
             return 2
         if args.stream:
             recognizer = StreamingRecognizer(module.model, assets)

@@ -31,14 +31,15 @@ class AsrModule(L.LightningModule):
     Args:
         vocab_size, input_size: from the data (tokenizer size, feature dimension).
         model: ``AsrModel`` keyword arguments (``conf/model/*.yaml``).
-        optimizer: a partial taking the parameters (``conf/module``: ``_partial_: true``).
+        optimizer: a partial taking the parameters (``conf/module``: ``_partial_: true``); needed to
+            train, not to decode (checkpoints do not store it, so ``load_from_checkpoint`` has none).
         scheduler: a partial taking the optimizer, stepped every optimizer step; or None.
         beam_size, length_penalty: test-time beam search.
         dev_splits, test_splits: split names, in dataloader order.
         assets: tokenizer, CMVN and feature settings; saved into every checkpoint.
     """
 
-    def __init__(self, vocab_size: int, input_size: int, model: dict, optimizer: Callable,
+    def __init__(self, vocab_size: int, input_size: int, model: dict, optimizer: Callable | None = None,
                  scheduler: Callable | None = None, beam_size: int = 4, length_penalty: float = 0.0,
                  dev_splits: list[str] | None = None, test_splits: list[str] | None = None,
                  assets: AsrAssets | None = None):
@@ -70,6 +71,8 @@ class AsrModule(L.LightningModule):
         return losses["loss"]
 
     def configure_optimizers(self):
+        if self.optimizer_factory is None:
+            raise RuntimeError("AsrModule has no optimizer (loaded for decoding?); pass optimizer= to train it")
         optimizer = self.optimizer_factory(self.parameters())
         if self.scheduler_factory is None:
             return optimizer
@@ -132,6 +135,16 @@ class AsrModule(L.LightningModule):
                 raise ModelMismatchError(
                     f"checkpoint was made with {key}={stored[key]!r} but the config gives {key}={self.hparams[key]!r}; "
                     "use the data/model config the checkpoint was trained with, or start a new run without ckpt_path"
+                )
+        # load_from_checkpoint(path, vocab_size=...) overwrites the stored hyper-parameters with its
+        # arguments before this hook runs, so compare the weights' shapes too
+        own = self.state_dict()
+        for name, tensor in checkpoint.get("state_dict", {}).items():
+            if name in own and own[name].shape != tensor.shape:
+                raise ModelMismatchError(
+                    f"checkpoint weight {name} has shape {tuple(tensor.shape)} but this model's is "
+                    f"{tuple(own[name].shape)} (another vocab_size or model size); load it with the settings it was "
+                    "trained with"
                 )
         if self.assets is None and "asr_assets" in checkpoint:
             self.assets = AsrAssets.from_dict(checkpoint["asr_assets"])

@@ -89,7 +89,7 @@ class StreamingRecognizer:
                 if int(boundary) >= frames and not final:
                     break  # no frame has fired yet: wait for more audio
             context = torch.bmm(weights.unsqueeze(1), self.memory).squeeze(1) if frames else self.state.context * 0
-            token = int(decoder._logits(h, context).argmax(dim=-1))
+            token = int(decoder.decode_log_probs(h, context).argmax(dim=-1))
             self.state = type(self.state)(h, c, context, boundary)
             self.pending = None
             self.previous = torch.tensor([token])

@@ -2,13 +2,27 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import os
+import tempfile
+from pathlib import Path
 
 import hydra
 import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
 log = logging.getLogger(__name__)
+
+
+def write_json_atomic(path: Path, data: dict) -> None:
+    """Write ``data`` as JSON through a temporary file and a rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        json.dump(data, f, indent=2)
+        f.write("\n")
+    os.replace(tmp, path)
 
 
 def instantiate_group(group: DictConfig | None) -> list:
@@ -34,7 +48,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
         logger.log_hyperparams(config)
     trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     log.info("model: %.2f M parameters, %.1f MB", module.num_parameters() / 1e6, module.size_mb())
-    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    # our own checkpoints hold config containers (data module hyper-parameters), which torch.load's
+    # weights_only mode refuses: resuming needs the full unpickler, as test() and load_module() use
+    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=False)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(("wer/", "cer/"))}
     if cfg.get("test"):
         checkpoint = trainer.checkpoint_callback
@@ -47,5 +63,6 @@ def train(cfg: DictConfig) -> dict[str, float]:
     for logger in loggers:
         if hasattr(logger, "experiment") and hasattr(logger.experiment, "summary"):
             logger.experiment.summary.update(summary)
+    write_json_atomic(Path(cfg.paths.output_dir) / "summary.json", summary)
     print("final: " + ", ".join(f"{k} {v:.2f}" if isinstance(v, float) else f"{k} {v}" for k, v in summary.items()))
     return summary

@@ -111,8 +111,9 @@ class BucketBatchSampler(Sampler[list[int]]):
         if self.shuffle:
             batches = [batches[i] for i in rng.permutation(len(batches))]
         if self.num_replicas > 1:
-            per_rank = len(batches) // self.num_replicas if self.shuffle else math.ceil(len(batches) / self.num_replicas)
-            batches = batches[self.rank :: self.num_replicas][:per_rank]
+            n = self.num_replicas
+            per_rank = len(batches) // n if self.shuffle else math.ceil(len(batches) / n)
+            batches = batches[self.rank :: n][:per_rank]
         return batches
 
     def __iter__(self) -> Iterator[list[int]]:
@@ -215,16 +216,19 @@ class AsrDataModule(L.LightningDataModule):
 
     # -- datasets and loaders ----------------------------------------------------------------
     def setup(self, stage: str | None = None) -> None:
-        if self.datasets:
-            return
+        fit = stage in (None, "fit")
+        needed = [split for split in self.all_splits if fit or split != self.train_split]
+        if all(split in self.datasets for split in needed):
+            return  # already set up for this stage (e.g. "validate" before "fit" still builds the train set)
         check_root(self.root)
         cache = FeatureCache(self.cache_dir, self.feature_cfg)
         train = read_split(self.root, self.train_split)
         tokenizer = self._load_tokenizer(train)
         cmvn = self.cmvn = self._load_cmvn(cache, train)
         preload = self.hparams.preload
-        if stage in (None, "fit"):
-            self.datasets[self.train_split] = UtteranceDataset(train, cache, cmvn, tokenizer, self.spec_augment, preload)
+        if fit and self.train_split not in self.datasets:
+            self.datasets[self.train_split] = UtteranceDataset(train, cache, cmvn, tokenizer, self.spec_augment,
+                                                               preload)
         for split in self.all_splits:
             if split not in self.datasets and (split != self.train_split):
                 self.datasets[split] = UtteranceDataset(read_split(self.root, split), cache, cmvn, tokenizer,
@@ -238,8 +242,9 @@ class AsrDataModule(L.LightningDataModule):
 
     def _loader(self, split: str, train: bool) -> DataLoader:
         dataset = self.datasets[split]
-        sampler = BucketBatchSampler(dataset.lengths, self.hparams.batch_size if train else self.hparams.eval_batch_size,
-                                     shuffle=train, seed=self.hparams.seed, jitter=self.hparams.length_jitter)
+        batch_size = self.hparams.batch_size if train else self.hparams.eval_batch_size
+        sampler = BucketBatchSampler(dataset.lengths, batch_size, shuffle=train, seed=self.hparams.seed,
+                                     jitter=self.hparams.length_jitter)
         return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=self.hparams.num_workers,
                           persistent_workers=self.hparams.num_workers > 0)
 

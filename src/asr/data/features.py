@@ -109,9 +109,10 @@ class FeatureCache:
         return int(np.load(self.path_for(audio_path), mmap_mode="r").shape[0])
 
     def _compute(self, audio_path: str | Path, path: Path) -> np.ndarray:
-        feats = log_mel(load_audio(audio_path, self.cfg.sample_rate), self.cfg).numpy()
-        if feats.shape[0] == 0:
+        wave = load_audio(audio_path, self.cfg.sample_rate)
+        if wave.shape[0] < int(self.cfg.sample_rate * self.cfg.frame_length_ms * 0.001):  # as Kaldi sizes a frame
             raise DataError(f"audio file {audio_path} is shorter than one {self.cfg.frame_length_ms} ms frame")
+        feats = log_mel(wave, self.cfg).numpy()
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_save_npy(path, feats)
         return feats

@@ -34,20 +34,21 @@ def validate_corpus(root: str | Path, splits: list[str] | None = None, decode: b
     """
     splits = splits or list_splits(root)
     if not splits:
-        raise DataError(f"no split under {root} holds SPEAKER/CHAPTER/*.trans.txt files; is it a LibriSpeech-layout root?")
+        raise DataError(f"no split under {root} holds SPEAKER/CHAPTER/*.trans.txt files; "
+                        "is it a LibriSpeech-layout root?")
     report = []
     for split in splits:
         stats = SplitStats(split)
         for utt in read_split(root, split):
-            if decode:
-                try:
+            try:
+                if decode:
                     samples, rate = sf.read(str(utt.audio_path), dtype="int16", always_2d=True)
-                except (sf.LibsndfileError, RuntimeError, OSError) as err:
-                    raise DataError(f"cannot decode audio file {utt.audio_path}: {err}") from err
-                frames = samples.shape[0]
-            else:
-                info = sf.info(str(utt.audio_path))
-                frames, rate = info.frames, info.samplerate
+                    frames = samples.shape[0]
+                else:
+                    info = sf.info(str(utt.audio_path))
+                    frames, rate = info.frames, info.samplerate
+            except (sf.LibsndfileError, RuntimeError, OSError) as err:
+                raise DataError(f"cannot decode audio file {utt.audio_path}: {err}") from err
             if frames == 0:
                 raise DataError(f"audio file {utt.audio_path} holds no samples")
             stats.utterances += 1

@@ -8,12 +8,13 @@ Training uses MoChA's expected attention; decoding its hard monotonic attention.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from asr.data.tokenizer import BOS_ID, EOS_ID
+from asr.data.tokenizer import BOS_ID, EOS_ID, PAD_ID
 from asr.model.lstm import ConcatLSTMCell
 from asr.model.mocha import MoChA
 
@@ -48,6 +49,13 @@ class AttentionDecoder(nn.Module):
 
     def _logits(self, h: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         return self.output(self.dropout(torch.tanh(self.pre_output(torch.cat([h, context], dim=-1)))))
+
+    def decode_log_probs(self, h: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        """Log-probabilities ``(N, V)`` for decoding: padding and start-of-sentence ids are never
+        outputs (they are not training targets), so they get ``-inf``."""
+        logits = self._logits(h, context)
+        logits[:, [PAD_ID, BOS_ID]] = -math.inf
+        return torch.log_softmax(logits, dim=-1)
 
     def forward(self, memory: torch.Tensor, memory_mask: torch.Tensor, previous_tokens: torch.Tensor) -> torch.Tensor:
         """Teacher-forced logits.
@@ -87,8 +95,7 @@ class AttentionDecoder(nn.Module):
         h, c = self.cell(torch.cat([self.embedding(tokens), state.context], dim=-1), (state.h, state.c))
         weights, boundary = self.attention.hard(keys, h, state.boundary, memory_mask)
         context = torch.bmm(weights.unsqueeze(1), memory).squeeze(1)
-        log_probs = torch.log_softmax(self._logits(h, context), dim=-1)
-        return log_probs, DecoderState(h, c, context, boundary), weights
+        return self.decode_log_probs(h, context), DecoderState(h, c, context, boundary), weights
 
     @torch.no_grad()
     def greedy(self, memory: torch.Tensor, memory_lengths: torch.Tensor, max_len: int) -> list[list[int]]:
@@ -115,7 +122,9 @@ class AttentionDecoder(nn.Module):
                     length_penalty: float = 0.0) -> list[int]:
         """Beam search for one utterance (``memory`` ``(1, T, D)``); returns the best token ids.
 
-        Hypotheses are ranked by ``log P / len^length_penalty`` once finished.
+        Hypotheses are ranked by ``log P / len^length_penalty`` once finished. An end-of-sentence
+        candidate finishes its hypothesis only when it ranks within the step's best ``beam_size``
+        candidates (as any hypothesis must to stay in the beam), so ``beam_size=1`` is greedy decoding.
         """
         memory = memory[:, :memory_length]
         frames = memory.shape[1]
@@ -134,10 +143,14 @@ class AttentionDecoder(nn.Module):
             top_scores, top = candidates.topk(min(beam_size * 2, candidates.numel()))
             rows, ids = top // self.vocab_size, top % self.vocab_size
             keep_rows, keep_ids, keep_scores = [], [], []
-            for score, row, token in zip(top_scores.tolist(), rows.tolist(), ids.tolist(), strict=True):
+            for rank, (score, row, token) in enumerate(zip(top_scores.tolist(), rows.tolist(), ids.tolist(),
+                                                           strict=True)):
+                if score == -math.inf:
+                    break  # only excluded ids are left
                 if token == EOS_ID:
-                    length = max(len(prefixes[row]), 1)
-                    finished.append((score / length**length_penalty, prefixes[row]))
+                    if rank < beam_size:
+                        length = max(len(prefixes[row]), 1)
+                        finished.append((score / length**length_penalty, prefixes[row]))
                 elif len(keep_rows) < beam_size:
                     keep_rows.append(row)
                     keep_ids.append(token)

@@ -78,6 +78,8 @@ class Encoder(nn.Module):
         for layer, p, lstm_state, leftover in zip(self.layers, self.pool, state.lstm, state.leftover, strict=True):
             if x.shape[1] > 0:
                 x, lstm_state = layer(x, lstm_state)
+            else:  # nothing new reached this layer (empty chunk, or all frames buffered below)
+                x = x.new_zeros(x.shape[0], 0, layer.hidden_size)
             new.lstm.append(lstm_state)
             if p > 1:
                 if leftover is not None:

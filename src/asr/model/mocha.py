@@ -58,9 +58,14 @@ def expected_alignment(log_p: torch.Tensor, log_1mp: torch.Tensor, alpha_prev: t
     Returns:
         ``alpha`` ``(B, T)``: non-negative, each row summing to at most 1.
     """
-    cum = exclusive_cumsum(log_1mp)
-    log_prev = torch.log(alpha_prev.clamp(min=1e-30))
-    return torch.exp(log_p + cum + torch.logcumsumexp(log_prev - cum, dim=-1))
+    # ``L_ij - L_ik`` is a difference of two prefix sums that reach -1e5 and beyond for long inputs
+    # with saturated energies; in float32 its rounding error (~1e-2) made rows sum above 1, so the
+    # (cheap, B x T) recursion runs in float64 (MPS has none).
+    compute = log_p.dtype if log_p.device.type == "mps" else torch.float64
+    cum = exclusive_cumsum(log_1mp.to(compute))
+    log_prev = torch.log(alpha_prev.to(compute).clamp(min=1e-30))
+    alpha = torch.exp(log_p.to(compute) + cum + torch.logcumsumexp(log_prev - cum, dim=-1))
+    return alpha.to(log_p.dtype)
 
 
 def chunkwise_weights(alpha: torch.Tensor, u: torch.Tensor, mask: torch.Tensor, chunk_size: int) -> torch.Tensor:
@@ -68,16 +73,21 @@ def chunkwise_weights(alpha: torch.Tensor, u: torch.Tensor, mask: torch.Tensor, 
 
     ``beta_ij = sum_{k=j}^{j+w-1} alpha_ik exp(u_ij) / sum_{l=k-w+1}^{k} exp(u_il)``.
 
+    Each chunk's softmax is taken over its own ``w`` frames (stable for any range of ``u``).
+
     Args:
         alpha: ``(B, T)`` expected alignment; u: ``(B, T)`` chunk energies; mask: ``(B, T)`` bool, True on frames.
     Returns:
         ``beta`` ``(B, T)`` with the same total mass per row as ``alpha``.
     """
-    u = u.masked_fill(~mask, -1e4)
-    shifted = (u - u.max(dim=-1, keepdim=True).values).clamp(min=-60.0)
-    exp_u = torch.exp(shifted) * mask
-    denominator = moving_sum(exp_u, chunk_size - 1, 0).clamp(min=1e-30)
-    return exp_u * moving_sum(alpha / denominator, 0, chunk_size - 1)
+    w = chunk_size
+    lowest = torch.finfo(u.dtype).min
+    u = u.masked_fill(~mask, lowest)
+    windows = F.pad(u, (w - 1, 0), value=lowest).unfold(-1, w, 1)  # (B, T, w): u at frames k - w + 1 .. k
+    shares = torch.softmax(windows, dim=-1) * alpha.unsqueeze(-1)  # alpha_k spread over the chunk ending at k
+    # frame j gets share w - 1 - d of the chunk ending at k = j + d
+    beta = sum(F.pad(shares[..., d:, w - 1 - d], (0, d)) for d in range(w))
+    return beta * mask
 
 
 class MoChA(nn.Module):

@@ -3,9 +3,9 @@
 ``ROOT/SPLIT/SPEAKER/CHAPTER/SPEAKER-CHAPTER-UTT.flac`` (16 kHz mono, 16-bit FLAC) with one
 ``SPEAKER-CHAPTER.trans.txt`` per chapter, ``SPEAKERS.TXT`` and a ``corpus.json`` manifest
 (settings, counts, hours). Splits have disjoint speakers and disjoint sentences. The build
-is deterministic for a seed, runs over a process pool with a progress bar, and is atomic:
-it is written to ``ROOT.partial`` and renamed when complete, so an interrupted build never
-leaves a corpus that looks finished.
+is deterministic for a seed (whatever the number of processes), runs over a process pool with
+a progress bar, and is atomic: it is written to ``ROOT.partial`` and renamed when complete, so
+an interrupted build never leaves a corpus that looks finished.
 """
 
 from __future__ import annotations
@@ -93,7 +93,23 @@ def assign_sentences(sentences: list[str], splits: dict[str, int], seed: int) ->
     return {split: out[split] for split in names}
 
 
+_CHUNK = 16  # utterances rendered by one worker process, in plan order (see _pool_context)
 _WORKER: dict = {}
+
+
+def _pool_context() -> mp.context.BaseContext:
+    """Where the workers come from.
+
+    eSpeak NG keeps synthesis state (pitch flutter, wave phase) between calls, so an utterance
+    renders differently after different predecessors. For a corpus that does not depend on
+    scheduling or on ``jobs``, each fixed chunk of ``_CHUNK`` utterances is rendered by a fresh
+    process (``maxtasksperchild=1``), forked from a server that has imported torch already.
+    """
+    if "forkserver" in mp.get_all_start_methods():
+        ctx = mp.get_context("forkserver")
+        ctx.set_forkserver_preload(["torch", "torchaudio", __name__])
+        return ctx
+    return mp.get_context("spawn")
 
 
 def _init_worker() -> None:
@@ -113,7 +129,8 @@ def _render(job: _Job, spec_noise: dict) -> tuple[str, int]:
     import torch
 
     rng = np.random.default_rng(list(job.seed))
-    raw = _WORKER["engine"].synthesize(job.text.lower(), job.speaker.voice)
+    espeak_seed = int(np.random.default_rng([*job.seed, 1]).integers(1, 2**31))
+    raw = _WORKER["engine"].synthesize(job.text.lower(), job.speaker.voice, seed=espeak_seed)
     if raw.size == 0:
         raise RuntimeError(f"eSpeak produced no audio for {job.text!r} ({job.speaker.voice.name})")
     wave = torch.from_numpy(raw.astype(np.float32) * (0.9 / 32768.0))
@@ -168,13 +185,14 @@ def build_corpus(spec: CorpusSpec, progress: bool = True) -> dict:
     jobs, transcripts = _plan(partial, sentences, speakers, spec.seed)
 
     noise = {"gain": spec.gain, "pad_seconds": spec.pad_seconds, "snr_db": spec.snr_db}
-    n_proc = spec.jobs or os.cpu_count() or 1
+    chunks = [jobs[i : i + _CHUNK] for i in range(0, len(jobs), _CHUNK)]
+    n_proc = min(spec.jobs or os.cpu_count() or 1, len(chunks))
     samples: dict[str, int] = {}
-    ctx = mp.get_context("spawn")
-    with ctx.Pool(n_proc, initializer=_init_worker) as pool:
-        results = pool.imap_unordered(_render_star, [(job, noise) for job in jobs], chunksize=8)
-        for path, n in tqdm(results, total=len(jobs), desc="synthesizing", unit="utt", disable=not progress):
-            samples[path] = n
+    with (_pool_context().Pool(n_proc, initializer=_init_worker, maxtasksperchild=1) as pool,
+          tqdm(total=len(jobs), desc="synthesizing", unit="utt", disable=not progress) as bar):
+        for rendered in pool.imap_unordered(_render_chunk, [(chunk, noise) for chunk in chunks]):
+            samples.update(rendered)
+            bar.update(len(rendered))
 
     for trans_path, lines in transcripts.items():
         Path(trans_path).write_text("".join(f"{utt} {text}\n" for utt, text in lines))
@@ -199,8 +217,9 @@ def build_corpus(spec: CorpusSpec, progress: bool = True) -> dict:
     return manifest
 
 
-def _render_star(args: tuple) -> tuple[str, int]:
-    return _render(*args)
+def _render_chunk(args: tuple[list[_Job], dict]) -> list[tuple[str, int]]:
+    chunk, noise = args
+    return [_render(job, noise) for job in chunk]
 
 
 def _plan(root: Path, sentences: dict[str, list[str]], speakers: dict[str, list[Speaker]], seed: int):
@@ -218,14 +237,16 @@ def _plan(root: Path, sentences: dict[str, list[str]], speakers: dict[str, list[
             utt_id = f"{speaker.speaker_id}-{speaker.chapter_id}-{utt_index:04d}"
             trans = str(chapter_dir / f"{speaker.speaker_id}-{speaker.chapter_id}.trans.txt")
             transcripts.setdefault(trans, []).append((utt_id, text))
-            jobs.append(_Job(split, str(chapter_dir / f"{utt_id}.flac"), text, speaker, (seed, split_index * 10**6 + index)))
+            job_seed = (seed, split_index * 10**6 + index)
+            jobs.append(_Job(split, str(chapter_dir / f"{utt_id}.flac"), text, speaker, job_seed))
     return jobs, transcripts
 
 
 def _write_speakers(root: Path, speakers: dict[str, list[Speaker]], jobs: list[_Job], samples: dict[str, int]):
     minutes: dict[int, float] = {}
     for job in jobs:
-        minutes[job.speaker.speaker_id] = minutes.get(job.speaker.speaker_id, 0.0) + samples[job.path] / SAMPLE_RATE / 60
+        speaker_id = job.speaker.speaker_id
+        minutes[speaker_id] = minutes.get(speaker_id, 0.0) + samples[job.path] / SAMPLE_RATE / 60
     lines = [";ID  |SEX| SUBSET | MINUTES | VOICE (eSpeak NG name, rate wpm, pitch, range)"]
     for split, members in speakers.items():
         for s in members:

@@ -60,6 +60,9 @@ class Espeak:
         self._lib.espeak_SetParameter.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int]
         self._lib.espeak_Synth.argtypes = [ctypes.c_char_p, ctypes.c_size_t, ctypes.c_uint, ctypes.c_int,
                                            ctypes.c_uint, ctypes.c_uint, ctypes.c_void_p, ctypes.c_void_p]
+        self._set_rand_seed = getattr(self._lib, "espeak_ng_SetRandSeed", None)  # eSpeak NG >= 1.52
+        if self._set_rand_seed is not None:
+            self._set_rand_seed.argtypes = [ctypes.c_long]
         rate = self._lib.espeak_Initialize(_AUDIO_OUTPUT_SYNCHRONOUS, 0, data_parent.encode(), _INITIALIZE_DONT_EXIT)
         if rate <= 0:
             raise EspeakError(f"espeak_Initialize failed with data folder {data_parent} (it must hold espeak-ng-data)")
@@ -73,10 +76,17 @@ class Espeak:
             self._chunks.append(np.ctypeslib.as_array(wav, shape=(num_samples,)).copy())
         return 0
 
-    def synthesize(self, text: str, voice: VoiceSettings) -> np.ndarray:
-        """Speak ``text`` with ``voice``; returns int16 samples, shape ``(num_samples,)``."""
+    def synthesize(self, text: str, voice: VoiceSettings, seed: int | None = None) -> np.ndarray:
+        """Speak ``text`` with ``voice``; returns int16 samples, shape ``(num_samples,)``.
+
+        ``seed`` seeds eSpeak's own random generator (breath and Klatt noise), which is seeded
+        from the clock otherwise. The output also depends on what this process synthesized
+        before: eSpeak keeps pitch-flutter and wave-phase state between calls.
+        """
         if self._lib.espeak_SetVoiceByName(voice.name.encode()) != _EE_OK:
             raise EspeakError(f"eSpeak NG has no voice named {voice.name!r}")
+        if seed is not None and self._set_rand_seed is not None:
+            self._set_rand_seed(int(seed))
         for param, value in ((_PARAM_RATE, voice.rate), (_PARAM_PITCH, voice.pitch),
                              (_PARAM_RANGE, voice.pitch_range)):
             self._lib.espeak_SetParameter(param, int(value), 0)

@@ -10,6 +10,8 @@ in train.
 
 from __future__ import annotations
 
+import collections
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -65,6 +67,12 @@ def design_speakers(
         pools = {split: train_pool for split in splits}
     if any(not pool for pool in pools.values()):
         raise ValueError("not enough voice templates to give every split its own; add accents or variants")
+    settings = math.prod(hi - lo + 1 for lo, hi in (rate_range, pitch_range, intonation_range))
+    uses = collections.Counter(pools[s][i % len(pools[s])] for s in splits for i in range(split_sizes[s]))
+    busiest, needed = uses.most_common(1)[0] if uses else ("", 0)
+    if needed > settings:  # the draw below could never find enough distinct settings
+        raise ValueError(f"voice template {busiest} needs {needed} distinct rate/pitch/intonation settings but the "
+                         f"ranges allow only {settings}; widen rate/pitch/intonation or add accents or variants")
 
     used: set[tuple] = set()
     speakers: dict[str, list[Speaker]] = {}

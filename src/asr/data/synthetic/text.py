@@ -28,7 +28,7 @@ _RDX_IN_PACKAGE = "usr/lib/R/site-library/janeaustenr/data/Rdata.rdx"
 
 _ABBREVIATIONS = {"MR": "MISTER", "MRS": "MISSUS", "DR": "DOCTOR", "ST": "SAINT", "COL": "COLONEL"}
 _ABBREV_RE = re.compile(r"\b(Mr|Mrs|Dr|St|Col)\b\.?", re.IGNORECASE)
-_SENTENCE_END_RE = re.compile(r"(?<=[.!?])[\"'_)\]]*\s+")
+_SENTENCE_END_RE = re.compile(r"(?<=[.!?])[\"'_)\]\u2019\u201d]*\s+")
 _ALLOWED_RE = re.compile(r"^[A-Z' ]+$")
 
 
@@ -108,8 +108,8 @@ def normalize(sentence: str) -> str | None:
     (numbers and symbols would be read differently from how they are written).
     """
     text = _ABBREV_RE.sub(lambda m: _ABBREVIATIONS[m.group(1).upper()], sentence)
-    text = text.replace("\u2019", "'").replace("\u2018", "'")
-    text = re.sub(r"-+", " ", text)
+    text = text.replace("\u2019", "'").replace("\u2018", "'").replace("\u201c", '"').replace("\u201d", '"')
+    text = re.sub(r"[-\u2013\u2014]+", " ", text)  # hyphens, en and em dashes
     text = re.sub(r"[\"_,.;:!?()\[\]]", " ", text)
     text = re.sub(r"(^|\s)'+|'+(\s|$)", " ", text)  # quotes, not apostrophes inside words
     text = " ".join(text.upper().split())

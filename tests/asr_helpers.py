@@ -1,0 +1,149 @@
+"""Shared set-up for the model/training/streaming tests: tiny models, the tiny corpus prepared once,
+Hydra composition that mirrors ``@hydra.main``, and one short training run reused by several files.
+
+Expensive results are memoized per process (keyed by the session's tiny corpus), so test files can
+share them through their own fixtures without a conftest entry.
+"""
+
+from __future__ import annotations
+
+import copy
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, open_dict, read_write
+
+from asr.data.datamodule import AsrDataModule
+
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+VOCAB = 40  # sentencepiece pieces trained on the tiny corpus's 24 training transcripts
+
+TINY_MODEL_OVERRIDES = [
+    "model.encoder.hidden_size=16", "model.encoder.num_layers=2", "model.decoder.hidden_size=16",
+    "model.decoder.attention_size=16", "model.decoder.embedding_size=8", "model.decoder.pre_output_size=16",
+]
+
+
+def tiny_model_config(**decoder) -> dict:
+    """``AsrModel`` keyword arguments of a tiny model (``decoder`` entries override)."""
+    settings = dict(embedding_size=8, hidden_size=16, attention_size=16, pre_output_size=16, chunk_size=3,
+                    init_r=0.0, init_gain=3.0, noise_std=0.0, dropout=0.0)
+    settings.update(decoder)
+    return dict(encoder=dict(hidden_size=16, num_layers=2, pool=[2, 2], dropout=0.0), decoder=settings,
+                ctc_weight=0.0, label_smoothing=0.1, max_decode_ratio=1.0)
+
+
+@contextmanager
+def one_thread() -> Iterator[None]:
+    """Run torch on one thread: on a busy 2-core machine, two OpenMP threads make tiny ops ~100x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+_MEMO: dict[tuple, object] = {}
+
+
+def prepared_datamodule(tiny_corpus: Path, workdir: Path) -> AsrDataModule:
+    """The tiny corpus as a data module (tokenizer of ``VOCAB`` pieces, features and CMVN under
+    ``workdir``, nothing written into the corpus), prepared and set up once per process."""
+    key = ("datamodule", str(tiny_corpus))
+    if key not in _MEMO:
+        datamodule = AsrDataModule(root=str(tiny_corpus), train_split="train", dev_splits=["dev"],
+                                   test_splits=["test"], cache_dir=str(workdir / "features"),
+                                   tokenizer=dict(vocab_size=VOCAB, dir=str(workdir / "tokenizer")),
+                                   spec_augment=None, batch_size=8, eval_batch_size=8, feature_jobs=1,
+                                   progress=False)
+        datamodule.prepare_data()
+        datamodule.setup("fit")
+        _MEMO[key] = datamodule
+    return _MEMO[key]
+
+
+# -- Hydra ------------------------------------------------------------------------------------
+def compose_train(overrides: list[str]) -> DictConfig:
+    """``conf/train.yaml`` with ``overrides``, including the ``hydra`` node, as ``train.py`` would see it."""
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose("train", overrides=overrides, return_hydra_config=True)
+
+
+@contextmanager
+def hydra_job(cfg: DictConfig, output_dir: Path) -> Iterator[DictConfig]:
+    """What ``@hydra.main`` does around the task function: set ``hydra.runtime.output_dir``, register
+    the Hydra config (so ``${hydra:runtime.output_dir}`` resolves) and hand over the config without
+    its ``hydra`` node. The previous Hydra config is restored afterwards."""
+    cfg = copy.deepcopy(cfg)
+    with read_write(cfg.hydra.runtime):
+        cfg.hydra.runtime.output_dir = str(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    instance = HydraConfig.instance()
+    previous = instance.cfg
+    instance.set_config(cfg)
+    task = copy.deepcopy(cfg)
+    with read_write(task), open_dict(task):
+        del task["hydra"]
+    try:
+        yield task
+    finally:
+        instance.cfg = previous
+
+
+def run_overrides(corpus: Path, workdir: Path, *extra: str) -> list[str]:
+    """Overrides that run train.py's config on a copy of the tiny corpus with a tiny model, quietly."""
+    return [
+        f"paths.root_dir={workdir}",
+        f"data.root={corpus}",
+        f"data.cache_dir={workdir / 'features'}",
+        f"data.tokenizer.vocab_size={VOCAB}",
+        f"data.tokenizer.dir={workdir / 'tokenizer'}",
+        "data.feature_jobs=1",
+        "data.progress=false",
+        "data.batch_size=8",
+        "data.eval_batch_size=8",
+        "logger=csv",
+        "callbacks.progress_bar=null",
+        "trainer.enable_progress_bar=false",
+        "module.beam_size=2",
+        *TINY_MODEL_OVERRIDES,
+        *extra,
+    ]
+
+
+def corpus_copy_for_runs(tiny_corpus: Path, base: Path) -> Path:
+    """One writable copy of the tiny corpus shared by every training run of the process."""
+    key = ("corpus", str(tiny_corpus))
+    if key not in _MEMO:
+        target = base / "corpus"
+        shutil.copytree(tiny_corpus, target)
+        _MEMO[key] = target
+    return _MEMO[key]
+
+
+def trained_run(tiny_corpus: Path, base: Path) -> tuple[Path, dict]:
+    """One short real training run (one epoch, test on): ``(paths.output_dir, summary)``."""
+    key = ("trained", str(tiny_corpus))
+    if key not in _MEMO:
+        from asr.train import train
+
+        corpus = corpus_copy_for_runs(tiny_corpus, base)
+        output_dir = base / "trained"
+        cfg = compose_train(run_overrides(corpus, base, "trainer.max_epochs=1", "test=true"))
+        with hydra_job(cfg, output_dir) as task, one_thread():
+            summary = train(task)
+        _MEMO[key] = (output_dir, summary)
+    return _MEMO[key]
+
+
+def shared_dir(tmp_path_factory) -> Path:
+    """One directory per test session for the memoized results."""
+    path = tmp_path_factory.getbasetemp() / "asr_shared"
+    path.mkdir(exist_ok=True)
+    return path

@@ -1,0 +1,105 @@
+"""Hydra data configs: they compose, instantiate the data module, and agree with the code."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, fields
+from pathlib import Path
+
+import hydra
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from asr.data.datamodule import AsrDataModule
+from asr.data.errors import DataError
+from asr.data.features import FeatureConfig, SpecAugment
+from asr.data.synthetic.build import CorpusSpec
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+
+
+def compose_in(config_dir: Path, name: str, overrides: list[str] | None = None):
+    with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
+        return compose(name, overrides=overrides or [])
+
+
+def test_synthetic_data_config(monkeypatch):
+    monkeypatch.setenv("SHRINKML_ROOT", "/somewhere")
+    cfg = compose_in(CONF, "train", ["data=synthetic"]).data
+    assert cfg._target_ == "asr.data.datamodule.AsrDataModule"
+    assert (cfg.root, cfg.train_split, list(cfg.dev_splits), list(cfg.test_splits)) == (
+        "/somewhere/data/synthetic", "train", ["dev"], ["test"])
+    assert cfg.cache_dir == "/somewhere/cache/features" and cfg.tokenizer.dir == "/somewhere/data/synthetic/tokenizer"
+    assert cfg.download is False
+    assert FeatureConfig(**cfg.features) == FeatureConfig()  # the YAML and the dataclass defaults agree
+    assert set(cfg.spec_augment) == {"freq_masks", "freq_width", "time_masks", "time_width", "time_ratio"}
+
+
+def test_librispeech_data_config():
+    cfg = compose_in(CONF, "train", ["data=librispeech"]).data
+    assert cfg._target_ == "asr.data.datamodule.AsrDataModule"
+    assert cfg.train_split == "train-clean-100"
+    assert list(cfg.dev_splits) == ["dev-clean", "dev-other"]
+    assert list(cfg.test_splits) == ["test-clean", "test-other"]
+    assert cfg.download is False
+    assert cfg.root.endswith("/LibriSpeech") and cfg.tokenizer.dir.endswith("/tokenizer/librispeech")
+    assert (cfg.tokenizer.vocab_size, cfg.tokenizer.model_type, cfg.preload) == (10000, "bpe", False)
+    assert FeatureConfig(**cfg.features) == FeatureConfig()  # inherited from the synthetic config
+    assert (cfg.spec_augment.freq_width, cfg.spec_augment.time_width) == (27, 100)
+
+
+def test_librispeech_config_never_downloads_by_default(tmp_path):
+    cfg = compose_in(CONF, "train", ["data=librispeech", f"data.root={tmp_path / 'LibriSpeech'}",
+                                     f"data.cache_dir={tmp_path / 'cache'}", f"data.tokenizer.dir={tmp_path / 'tok'}"])
+    dm = hydra.utils.instantiate(cfg.data)
+    assert isinstance(dm, AsrDataModule) and dm.all_splits == ["train-clean-100", "dev-clean", "dev-other",
+                                                                "test-clean", "test-other"]
+    with pytest.raises(DataError, match="LibriSpeech does not exist"):
+        dm.prepare_data()
+    assert not (tmp_path / "LibriSpeech").exists()
+
+
+def test_instantiate_synthetic_data_module_on_the_tiny_corpus(tiny_corpus, tmp_path):
+    cfg = compose_in(CONF, "train", [f"data.root={tiny_corpus}", f"data.cache_dir={tmp_path / 'features'}",
+                                     f"data.tokenizer.dir={tmp_path / 'tokenizer'}", "data.tokenizer.vocab_size=60",
+                                     "data.feature_jobs=1", "data.progress=false", "data.batch_size=8", "seed=7"])
+    dm = hydra.utils.instantiate(cfg.data)
+    assert isinstance(dm, AsrDataModule)
+    assert dm.root == tiny_corpus and dm.hparams.seed == 7 and dm.vocab_size == 60
+    assert dm.feature_cfg == FeatureConfig() and isinstance(dm.spec_augment, SpecAugment)
+    dm.prepare_data()
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["features"].shape[0] == 8 and batch["features"].shape[2] == 80
+    assert len(dm.val_dataloader()) == 1
+
+
+def test_spec_augment_null_switches_it_off(tmp_path):
+    cfg = compose_in(CONF, "train", ["data.spec_augment=null", f"data.root={tmp_path}", f"data.cache_dir={tmp_path}"])
+    assert hydra.utils.instantiate(cfg.data).spec_augment is None
+
+
+@pytest.mark.parametrize("trainer", ["cpu", "ddp"])
+def test_trainers_leave_sharding_to_the_bucket_sampler(trainer):
+    cfg = compose_in(CONF, "train", [f"trainer={trainer}"])
+    assert cfg.trainer.use_distributed_sampler is False
+
+
+@pytest.mark.parametrize("name", ["synthetic", "synthetic_hard"])
+def test_corpus_configs_match_the_generator_settings(name):
+    cfg = compose_in(CONF / "corpus", name)
+    settings = OmegaConf.to_container(cfg, resolve=True)
+    assert set(settings) == {f.name for f in fields(CorpusSpec)}
+    spec = CorpusSpec(**settings)
+    assert list(spec.splits) == ["train", "dev", "test"] and set(spec.speakers) == set(spec.splits)
+    assert all(0 < spec.speakers[s] <= spec.splits[s] for s in spec.splits)
+    assert asdict(spec)["text"] is None  # the default text is Jane Austen's
+
+
+def test_hard_corpus_config_overrides():
+    easy, hard = compose_in(CONF / "corpus", "synthetic"), compose_in(CONF / "corpus", "synthetic_hard")
+    assert (easy.unseen_templates, hard.unseen_templates) == (False, True)
+    assert hard.top_words is None and hard.out == "data/synthetic_hard" and hard.max_words > easy.max_words
+    assert hard.splits == easy.splits and hard.accents == easy.accents

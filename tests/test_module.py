@@ -1,0 +1,138 @@
+"""AsrModule: checkpoints carry the assets and refuse a model of another shape; a non-finite loss stops
+training with a message naming the step and the batch."""
+
+from __future__ import annotations
+
+from functools import partial
+
+import lightning as L
+import pytest
+import torch
+from asr_helpers import VOCAB, one_thread, prepared_datamodule, shared_dir, tiny_model_config
+
+from asr.checkpoint import load_module, transcribe_features
+from asr.module import AsrModule, ModelMismatchError
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    with one_thread():
+        yield
+
+
+@pytest.fixture(scope="module")
+def datamodule(tiny_corpus, tmp_path_factory):
+    return prepared_datamodule(tiny_corpus, shared_dir(tmp_path_factory))
+
+
+def make_module(datamodule, vocab_size: int | None = None, **model) -> AsrModule:
+    torch.manual_seed(0)
+    config = tiny_model_config()
+    for key, value in model.items():  # e.g. encoder={"hidden_size": 32}
+        config[key] = {**config[key], **value} if isinstance(value, dict) else value
+    return AsrModule(vocab_size=vocab_size or datamodule.tokenizer.vocab_size,
+                     input_size=datamodule.feature_cfg.n_mels, model=config,
+                     optimizer=partial(torch.optim.Adam, lr=1e-3), beam_size=2, assets=datamodule.assets())
+
+
+def make_trainer(root, **settings) -> L.Trainer:
+    options = dict(default_root_dir=str(root), accelerator="cpu", devices=1, max_steps=1, logger=False,
+                   enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                   num_sanity_val_steps=0, limit_val_batches=0, use_distributed_sampler=False)
+    options.update(settings)
+    return L.Trainer(**options)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(datamodule, tmp_path_factory):
+    """A checkpoint written by a Lightning Trainer after one training step."""
+    root = tmp_path_factory.mktemp("module_ckpt")
+    module = make_module(datamodule)
+    trainer = make_trainer(root)
+    trainer.fit(module, datamodule=datamodule)
+    assert trainer.global_step == 1
+    path = root / "one_step.ckpt"
+    trainer.save_checkpoint(path)
+    return path, module
+
+
+def test_checkpoint_loads_with_weights_and_assets(checkpoint, datamodule):
+    path, trained = checkpoint
+    assert datamodule.tokenizer.vocab_size == VOCAB
+    module = load_module(path)
+    assert not module.training
+    assert module.hparams.vocab_size == VOCAB and module.hparams.beam_size == 2
+    for (name, expected), (_, loaded) in zip(trained.model.state_dict().items(), module.model.state_dict().items(),
+                                             strict=True):
+        assert torch.equal(expected, loaded), name
+    assets = module.assets
+    assert assets is not None and assets.features == datamodule.feature_cfg
+    assert assets.tokenizer.vocab_size == VOCAB
+    text = "THE OLD MAN SAW A GOOD HOUSE"
+    assert assets.tokenizer.encode(text) == datamodule.tokenizer.encode(text)
+    assert torch.equal(assets.cmvn.mean, datamodule.cmvn.mean) and torch.equal(assets.cmvn.std, datamodule.cmvn.std)
+    features = [datamodule.datasets["dev"][0]["features"]]
+    assert transcribe_features(module, features) == transcribe_features(module, features, beam_size=1)
+
+
+def test_missing_checkpoint_names_the_path(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.ckpt"):
+        load_module(tmp_path / "nope.ckpt")
+
+
+def test_loading_into_another_vocab_size_raises(checkpoint):
+    path, _ = checkpoint
+    with pytest.raises(ModelMismatchError) as info:
+        AsrModule.load_from_checkpoint(path, vocab_size=VOCAB + 10, weights_only=False)
+    message = str(info.value)
+    assert f"({VOCAB}, 8)" in message and f"({VOCAB + 10}, 8)" in message  # the embedding, 8 wide
+
+
+def test_loading_into_another_hidden_size_raises(checkpoint):
+    path, _ = checkpoint
+    model = tiny_model_config()
+    model["encoder"] = {**model["encoder"], "hidden_size": 32}
+    with pytest.raises(ModelMismatchError) as info:
+        AsrModule.load_from_checkpoint(path, model=model, weights_only=False)
+    message = str(info.value)
+    assert "(64, 96)" in message and "(128, 112)" in message  # first encoder kernel: 4H x (80 + H), H = 16 vs 32
+
+
+def test_resuming_with_another_vocab_size_names_both_values(checkpoint, datamodule, tmp_path):
+    path, _ = checkpoint
+    module = make_module(datamodule, vocab_size=VOCAB + 10)
+    with pytest.raises(ModelMismatchError) as info:
+        make_trainer(tmp_path, max_steps=2).fit(module, datamodule=datamodule, ckpt_path=str(path))
+    message = str(info.value)
+    assert f"vocab_size={VOCAB}" in message and f"vocab_size={VOCAB + 10}" in message
+
+
+def test_resuming_with_another_model_shape_raises(checkpoint, datamodule, tmp_path):
+    path, _ = checkpoint
+    module = make_module(datamodule, decoder={"hidden_size": 24})
+    with pytest.raises(ModelMismatchError) as info:
+        make_trainer(tmp_path, max_steps=2).fit(module, datamodule=datamodule, ckpt_path=str(path))
+    message = str(info.value)
+    assert "checkpoint was made with model=" in message
+    assert "'hidden_size': 16" in message and "'hidden_size': 24" in message
+
+
+def test_resuming_the_same_model_continues_from_the_checkpoint(checkpoint, datamodule, tmp_path):
+    path, _ = checkpoint
+    module = make_module(datamodule)
+    trainer = make_trainer(tmp_path, max_steps=2)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=str(path))
+    assert trainer.global_step == 2
+
+
+def test_non_finite_loss_names_step_and_batch(datamodule, tmp_path, monkeypatch):
+    module = make_module(datamodule)
+    real_loss = module.model.loss
+
+    def nan_loss(batch):
+        losses = real_loss(batch)
+        return {**losses, "loss": losses["loss"] * float("nan")}
+
+    monkeypatch.setattr(module.model, "loss", nan_loss)
+    with pytest.raises(FloatingPointError, match=r"global step 0, batch 0 \(utterances \d"):
+        make_trainer(tmp_path).fit(module, datamodule=datamodule)

@@ -1,0 +1,150 @@
+"""The data command-line tools: scripts/check_corpus.py and scripts/make_corpus.py (called in-process)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+from pathlib import Path
+from types import ModuleType
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from asr.data.corpus import list_splits, read_split
+
+SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+
+
+def load_script(name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(f"_script_{name}", SCRIPTS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def check_corpus() -> ModuleType:
+    return load_script("check_corpus")
+
+
+@pytest.fixture(scope="module")
+def make_corpus() -> ModuleType:
+    return load_script("make_corpus")
+
+
+# -- check_corpus.py ------------------------------------------------------------------------------
+
+
+def test_check_corpus_ok(check_corpus, tiny_corpus, capsys):
+    assert check_corpus.main([str(tiny_corpus)]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[0].split() == ["split", "utterances", "hours", "speakers", "vocabulary", "sample", "rates"]
+    rows = {r[0]: r for r in (line.split() for line in out.splitlines()[1:]) if r[0] in ("dev", "test", "train")}
+    assert {name: (int(r[1]), int(r[3]), r[-1]) for name, r in rows.items()} == {
+        "dev": (6, 2, "16000"), "test": (6, 2, "16000"), "train": (24, 4, "16000")}
+    seconds = sum(sf.info(str(p)).duration for p in (tiny_corpus / "train").rglob("*.flac"))
+    assert rows["train"][2] == f"{seconds / 3600:.2f}"
+    words = {w for u in read_split(tiny_corpus, "train") for w in u.transcript.split()}
+    assert int(rows["train"][4]) == len(words)
+    assert "note:" not in out  # the splits share no speaker
+    assert out.rstrip().endswith("OK")
+
+
+def test_check_corpus_selected_splits_without_decoding(check_corpus, tiny_corpus, capsys):
+    assert check_corpus.main([str(tiny_corpus), "--splits", "dev", "--no-decode"]) == 0
+    rows = [line.split()[0] for line in capsys.readouterr().out.splitlines()[1:-1]]
+    assert rows == ["dev"]
+
+
+def test_check_corpus_reports_shared_speakers(check_corpus, corpus_copy, capsys):
+    speaker = sorted((corpus_copy / "train").iterdir())[0]
+    shutil.copytree(speaker, corpus_copy / "dev" / speaker.name)
+    assert check_corpus.main([str(corpus_copy)]) == 0
+    assert "note: splits dev and train share 1 speakers" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("flags", [[], ["--no-decode"]])
+def test_check_corpus_corrupt_flac(check_corpus, corpus_copy, capsys, flags):
+    flac = sorted((corpus_copy / "train").rglob("*.flac"))[5]
+    flac.write_bytes(bytes(range(256)) * 8)
+    assert check_corpus.main([str(corpus_copy), *flags]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("check_corpus: ") and str(flac) in err
+
+
+def test_check_corpus_zero_byte_file(check_corpus, corpus_copy, capsys):
+    flac = sorted((corpus_copy / "dev").rglob("*.flac"))[0]
+    flac.write_bytes(b"")
+    assert check_corpus.main([str(corpus_copy)]) == 1
+    assert str(flac) in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flags", [[], ["--no-decode"]])
+def test_check_corpus_zero_sample_file(check_corpus, corpus_copy, capsys, flags):
+    flac = sorted((corpus_copy / "test").rglob("*.flac"))[0]
+    flac.unlink()
+    sf.write(str(flac.with_suffix(".wav")), np.zeros(0, np.float32), 16000)
+    assert check_corpus.main([str(corpus_copy), *flags]) == 1
+    err = capsys.readouterr().err
+    assert f"{flac.with_suffix('.wav')} holds no samples" in err
+
+
+def test_check_corpus_missing_root_and_layout_errors(check_corpus, tmp_path, corpus_copy, capsys):
+    assert check_corpus.main([str(tmp_path / "nowhere")]) == 1
+    assert "does not exist" in capsys.readouterr().err
+    (tmp_path / "flat").mkdir()
+    (tmp_path / "flat" / "a.flac").write_bytes(b"")
+    assert check_corpus.main([str(tmp_path / "flat")]) == 1
+    assert "no split under" in capsys.readouterr().err
+    trans = sorted((corpus_copy / "dev").rglob("*.trans.txt"))[0]
+    trans.write_text(trans.read_text() + trans.read_text().splitlines()[0] + "\n")
+    assert check_corpus.main([str(corpus_copy)]) == 1
+    assert f"{trans}:" in capsys.readouterr().err
+
+
+# -- make_corpus.py -------------------------------------------------------------------------------
+
+
+def cli_args(out: Path, text: Path, *extra: str) -> list[str]:
+    return ["--out", str(out), "--train", "8", "--dev", "2", "--test", "2", "--text", str(text), "--quiet",
+            "jobs=1", "top_words=null", "speakers.train=2", "speakers.dev=1", "speakers.test=1", "accents=[en]",
+            "variants=[m1,f2,m3]", *extra]
+
+
+def test_make_corpus_builds_and_reuses(make_corpus, tmp_path, text_file, capsys):
+    out = tmp_path / "cli"
+    assert make_corpus.main(cli_args(out, text_file)) == 0
+    printed = capsys.readouterr().out
+    assert "train: 8 utterances, 2 speakers" in printed and f"corpus at {out}" in printed
+    manifest = json.loads((out / "corpus.json").read_text())
+    settings = manifest["settings"]
+    assert settings["splits"] == {"train": 8, "dev": 2, "test": 2}
+    assert settings["speakers"] == {"train": 2, "dev": 1, "test": 1}
+    assert settings["accents"] == ["en"] and settings["variants"] == ["m1", "f2", "m3"]
+    assert settings["text"] == str(text_file) and settings["top_words"] is None
+    assert settings["max_words"] == 12 and settings["unseen_templates"] is False  # from conf/corpus/synthetic.yaml
+    assert list_splits(out) == ["dev", "test", "train"]
+    assert [len(read_split(out, s)) for s in ("train", "dev", "test")] == [8, 2, 2]
+
+    assert make_corpus.main(cli_args(out, text_file)) == 0  # same settings: kept as it is
+    assert json.loads((out / "corpus.json").read_text()) == manifest
+    capsys.readouterr()
+    assert make_corpus.main(cli_args(out, text_file, "--seed", "3")) == 2
+    assert "other settings" in capsys.readouterr().err
+
+
+def test_make_corpus_missing_text_file(make_corpus, tmp_path, capsys):
+    out = tmp_path / "never"
+    assert make_corpus.main(cli_args(out, tmp_path / "missing.txt")) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("make_corpus: error:") and "missing.txt" in err and "no such file" in err
+    assert not out.exists()
+
+
+def test_make_corpus_too_many_utterances_for_the_text(make_corpus, tmp_path, text_file, capsys):
+    args = cli_args(tmp_path / "big", text_file)
+    args[args.index("--train") + 1] = "500"
+    assert make_corpus.main(args) == 2
+    assert "144 usable sentences but the splits need 504" in capsys.readouterr().err

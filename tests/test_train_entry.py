@@ -1,0 +1,130 @@
+"""train.py's stage (asr.train.train) driven by the real Hydra configs on the tiny corpus."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import shutil
+
+import pytest
+import torch
+from asr_helpers import (
+    compose_train,
+    corpus_copy_for_runs,
+    hydra_job,
+    one_thread,
+    run_overrides,
+    shared_dir,
+    trained_run,
+)
+
+from asr.train import train
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    with one_thread():
+        yield
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    return shared_dir(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def corpus(tiny_corpus, base):
+    return corpus_copy_for_runs(tiny_corpus, base)
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_corpus, base):
+    return trained_run(tiny_corpus, base)
+
+
+def run(corpus, base, output_name: str, *overrides: str) -> dict:
+    cfg = compose_train(run_overrides(corpus, base, *overrides))
+    with hydra_job(cfg, base / output_name) as task:
+        return train(task)
+
+
+def assert_rates(summary: dict, *splits: str) -> None:
+    for split in splits:
+        for kind in ("wer", "cer"):
+            value = summary[f"{kind}/{split}"]
+            assert isinstance(value, float) and math.isfinite(value) and value >= 0, (kind, split, value)
+
+
+@pytest.mark.parametrize("experiment", [None, "baseline"])
+def test_fast_dev_run(corpus, base, experiment):
+    extra = ["debug=fdr"] + ([f"+experiment={experiment}", "trainer.max_time=null"] if experiment else [])
+    cfg = compose_train(run_overrides(corpus, base, *extra))
+    assert cfg.trainer.fast_dev_run is True
+    if experiment == "baseline":
+        assert cfg.trainer.max_epochs == 200
+        assert cfg.hydra.run.dir == f"{base}/runs/baseline"
+    name = f"fdr_{experiment}"
+    with hydra_job(cfg, base / name) as task:
+        assert task.paths.output_dir == str(base / name)  # ${hydra:runtime.output_dir}
+        summary = train(task)
+    assert summary["params"] > 0 and summary["size_mb"] > 0
+    assert_rates(summary, "test")
+    assert "best_checkpoint" not in summary
+    assert not list((base / name).rglob("*.ckpt"))  # a one-batch run leaves nothing to resume from
+
+
+def test_paper_experiment_selects_librispeech_and_the_papers_model():
+    cfg = compose_train(["+experiment=paper", "paths.root_dir=/data"])
+    assert cfg.data.root == "/data/data/LibriSpeech"
+    assert cfg.data.train_split == "train-clean-100"
+    assert list(cfg.data.dev_splits) == ["dev-clean", "dev-other"]
+    assert list(cfg.data.test_splits) == ["test-clean", "test-other"]
+    assert cfg.data.tokenizer.vocab_size == 10000
+    assert cfg.model.encoder.hidden_size == 1024 and cfg.model.decoder.hidden_size == 1024
+    assert list(cfg.model.encoder.pool) == [2, 2, 2]
+    assert cfg.model.decoder.attention_size == 1024
+    assert list(cfg.module.dev_splits) == ["dev-clean", "dev-other"]  # metrics per LibriSpeech split
+    assert cfg.callbacks.model_checkpoint.monitor == "wer/dev-clean"
+
+
+def test_short_fit_writes_checkpoints_and_a_summary(trained, base):
+    output_dir, summary = trained
+    best, last = output_dir / "checkpoints" / "best.ckpt", output_dir / "checkpoints" / "last.ckpt"
+    assert best.is_file() and last.is_file()
+    assert summary["best_checkpoint"] == str(best)
+    assert_rates(summary, "dev", "test")
+    assert isinstance(summary["params"], int) and summary["params"] > 1000
+    saved = json.loads((output_dir / "summary.json").read_text())
+    assert saved["params"] == summary["params"] and saved["wer/test"] == pytest.approx(summary["wer/test"])
+    checkpoint = torch.load(last, map_location="cpu", weights_only=False)
+    assert checkpoint["epoch"] == 0 and checkpoint["global_step"] == 3  # 24 utterances in batches of 8
+    assert checkpoint["hyper_parameters"]["vocab_size"] == 40
+    assert checkpoint["hyper_parameters"]["model"]["encoder"]["hidden_size"] == 16
+    assert "asr_assets" in checkpoint
+    with open(next(output_dir.glob("csv/version_*/metrics.csv"))) as f:
+        columns = next(csv.reader(f))
+    assert {"wer/dev", "cer/dev", "val/loss/dev", "wer/test"} <= set(columns)
+
+
+@pytest.mark.filterwarnings("ignore:The dirpath has changed")  # the copied run dir; in place it is the same
+def test_resume_from_last_checkpoint(trained, corpus, base):
+    """As ``make baseline`` does after an interruption: the same run directory, ``ckpt_path=<last.ckpt>``."""
+    output_dir, _ = trained
+    run_dir = base / "resumed"
+    shutil.copytree(output_dir, run_dir)  # the trained run stays as it is for the other tests
+    last = run_dir / "checkpoints" / "last.ckpt"
+    summary = run(corpus, base, "resumed", f"ckpt_path={last}", "trainer.max_epochs=2")
+    assert_rates(summary, "dev", "test")
+    assert summary["best_checkpoint"] == str(run_dir / "checkpoints" / "best.ckpt")
+    resumed = torch.load(last, map_location="cpu", weights_only=False)
+    assert resumed["epoch"] == 1 and resumed["global_step"] == 6  # one more epoch after the first
+
+
+def test_resume_with_another_model_size_fails_clearly(trained, corpus, base):
+    from asr.module import ModelMismatchError
+
+    output_dir, _ = trained
+    last = output_dir / "checkpoints" / "last.ckpt"
+    with pytest.raises(ModelMismatchError, match="'hidden_size': 16"):
+        run(corpus, base, "mismatch", f"ckpt_path={last}", "trainer.max_epochs=2", "model.encoder.hidden_size=24")
