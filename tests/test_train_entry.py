@@ -74,6 +74,20 @@ def test_fast_dev_run(corpus, base, experiment):
     assert not list((base / name).rglob("*.ckpt"))  # a one-batch run leaves nothing to resume from
 
 
+def test_fast_dev_run_of_the_paper_experiment_with_its_full_size_model(corpus, base):
+    """+experiment=paper keeps its 1024-unit model; only the data are swapped for the tiny corpus."""
+    overrides = [o for o in run_overrides(corpus, base) if not o.startswith("model.")]  # keep the paper's shape
+    cfg = compose_train([*overrides, "+experiment=paper", "data=synthetic", f"data.root={corpus}",
+                         "data.tokenizer.vocab_size=40", f"data.tokenizer.dir={base / 'tokenizer'}",
+                         "data.batch_size=2", "data.eval_batch_size=2", "trainer.accelerator=cpu", "debug=fdr",
+                         "data.spec_augment=null"])
+    assert cfg.model.encoder.hidden_size == 1024 and list(cfg.model.encoder.pool) == [2, 2, 2]
+    with hydra_job(cfg, base / "fdr_paper") as task:
+        summary = train(task)
+    assert summary["params"] > 50_000_000
+    assert_rates(summary, "test")
+
+
 def test_paper_experiment_selects_librispeech_and_the_papers_model():
     cfg = compose_train(["+experiment=paper", "paths.root_dir=/data"])
     assert cfg.data.root == "/data/data/LibriSpeech"

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import tempfile
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import torch
 
@@ -21,15 +19,11 @@ class AsrAssets:
     features: FeatureConfig
 
     def to_dict(self) -> dict:
-        return {"tokenizer_model": self.tokenizer.model_path.read_bytes(), "cmvn_mean": self.cmvn.mean,
+        return {"tokenizer_model": self.tokenizer.model_proto, "cmvn_mean": self.cmvn.mean,
                 "cmvn_std": self.cmvn.std, "features": asdict(self.features)}
 
     @classmethod
-    def from_dict(cls, data: dict, workdir: str | Path | None = None) -> AsrAssets:
-        directory = Path(workdir or tempfile.mkdtemp(prefix="shrinkml-assets-"))
-        directory.mkdir(parents=True, exist_ok=True)
-        model_path = directory / "tokenizer.model"
-        model_path.write_bytes(data["tokenizer_model"])
-        return cls(Tokenizer(model_path), GlobalCMVN(torch.as_tensor(data["cmvn_mean"]),
-                                                     torch.as_tensor(data["cmvn_std"])),
+    def from_dict(cls, data: dict) -> AsrAssets:
+        return cls(Tokenizer(model_proto=data["tokenizer_model"]),
+                   GlobalCMVN(torch.as_tensor(data["cmvn_mean"]), torch.as_tensor(data["cmvn_std"])),
                    FeatureConfig(**data["features"]))

@@ -82,8 +82,9 @@ class BucketBatchSampler(Sampler[list[int]]):
     cuts consecutive batches and shuffles their order, seeded by ``seed`` and the epoch
     (Lightning calls :meth:`set_epoch`). Evaluation (``shuffle=False``): fixed batches,
     longest first. Under data parallelism each of ``num_replicas`` ranks takes every
-    ``num_replicas``-th batch, truncated to an equal count, so Lightning's own distributed
-    sampler must be off (``use_distributed_sampler: false``).
+    ``num_replicas``-th batch; training batches are truncated to an equal count per rank,
+    evaluation keeps every batch (so every utterance is scored once). Lightning's own
+    distributed sampler must be off (``use_distributed_sampler: false``).
     """
 
     def __init__(self, lengths: Sequence[int], batch_size: int, shuffle: bool, seed: int = 0,

@@ -128,8 +128,13 @@ class FeatureCache:
             return 0
         jobs = jobs or os.cpu_count() or 1
         if jobs == 1 or len(missing) < 32:
-            for audio_path in tqdm(missing, desc=desc, unit="utt", disable=not progress):
-                self.get(audio_path)
+            threads = torch.get_num_threads()
+            torch.set_num_threads(1)  # per-utterance fbanks are too small for threads; they only add contention
+            try:
+                for audio_path in tqdm(missing, desc=desc, unit="utt", disable=not progress):
+                    self.get(audio_path)
+            finally:
+                torch.set_num_threads(threads)
             return len(missing)
         ctx = mp.get_context("spawn")
         with ctx.Pool(jobs, initializer=_init_worker, initargs=(str(self.dir.parent), asdict(self.cfg))) as pool:

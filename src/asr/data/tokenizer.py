@@ -24,12 +24,17 @@ PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
 class Tokenizer:
     """Text <-> token ids with a trained sentencepiece model."""
 
-    def __init__(self, model_path: str | Path):
-        self.model_path = Path(model_path)
-        if not self.model_path.is_file():
-            raise DataError(f"tokenizer model {self.model_path} not found. Fix: run 'make data' (or "
-                            "'python scripts/prepare_data.py'), which trains it from the training transcripts")
-        self.sp = spm.SentencePieceProcessor(model_file=str(self.model_path))
+    def __init__(self, model_path: str | Path | None = None, model_proto: bytes | None = None):
+        """Load a sentencepiece model from ``model_path``, or from its serialized bytes ``model_proto``
+        (as stored in checkpoints)."""
+        self.model_path = Path(model_path) if model_path is not None else None
+        if model_proto is None:
+            if self.model_path is None or not self.model_path.is_file():
+                raise DataError(f"tokenizer model {self.model_path} not found. Fix: run 'make data' (or "
+                                "'python scripts/prepare_data.py'), which trains it from the training transcripts")
+            model_proto = self.model_path.read_bytes()
+        self.model_proto = model_proto
+        self.sp = spm.SentencePieceProcessor(model_proto=model_proto)
 
     @property
     def vocab_size(self) -> int:
