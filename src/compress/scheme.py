@@ -61,8 +61,9 @@ class Scheme:
             target = by_name[name]
             if rank != FULL and (not isinstance(rank, int) or isinstance(rank, bool)
                                  or not 1 <= rank <= target.max_rank):
+                m, n = target.shape
                 raise SchemeError(f"rank {rank!r} for target '{name}' is outside the allowed range "
-                                  f"1..{target.max_rank} (or '{FULL}') of its {target.shape[0]} x {target.shape[1]} matrix")
+                                  f"1..{target.max_rank} (or '{FULL}') of its {m} x {n} matrix")
         for name, shape in self.shapes.items():
             if name in by_name and tuple(shape) != by_name[name].shape:
                 raise SchemeError(f"scheme was made for target '{name}' of shape {tuple(shape)} but this model's is "
@@ -101,7 +102,8 @@ class Scheme:
             raise SchemeError(f"scheme file {path} is not valid JSON: {err}") from err
 
 
-def apply_scheme(model: nn.Module, scheme: Scheme, targets: Sequence[Target], cache: SvdCache | None = None) -> nn.Module:
+def apply_scheme(model: nn.Module, scheme: Scheme, targets: Sequence[Target],
+                 cache: SvdCache | None = None) -> nn.Module:
     """A compressed copy of ``model``; ``model`` itself is left untouched.
 
     Each target with a rank that pays gets its SVD factors from ``cache`` (computed once per

@@ -46,8 +46,8 @@ class Target:
 
 def is_lstm_kernel_module(module: nn.Module) -> bool:
     kernel = getattr(module, "kernel", None)
-    return (isinstance(kernel, torch.Tensor) and kernel.dim() == 2 and isinstance(getattr(module, "input_size", None), int)
-            and isinstance(getattr(module, "hidden_size", None), int)
+    sizes = getattr(module, "input_size", None), getattr(module, "hidden_size", None)
+    return (isinstance(kernel, torch.Tensor) and kernel.dim() == 2 and all(isinstance(s, int) for s in sizes)
             and tuple(kernel.shape) == (4 * module.hidden_size, module.input_size + module.hidden_size))
 
 
