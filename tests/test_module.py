@@ -129,8 +129,8 @@ def test_non_finite_loss_names_step_and_batch(datamodule, tmp_path, monkeypatch)
     module = make_module(datamodule)
     real_loss = module.model.loss
 
-    def nan_loss(batch):
-        losses = real_loss(batch)
+    def nan_loss(batch, soft_weight=0.0):
+        losses = real_loss(batch, soft_weight)
         return {**losses, "loss": losses["loss"] * float("nan")}
 
     monkeypatch.setattr(module.model, "loss", nan_loss)

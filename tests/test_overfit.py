@@ -19,11 +19,11 @@ def test_loss_falls_by_a_large_factor_on_eight_utterances(tiny_corpus, tmp_path_
         model = AsrModel(datamodule.tokenizer.vocab_size, datamodule.feature_cfg.n_mels, **config).train()
         optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
         losses = []
-        for _ in range(60):
+        for _ in range(120):
             optimizer.zero_grad()
             loss = model.loss(batch)["attention"]
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
             optimizer.step()
             losses.append(float(loss))
-    assert losses[-1] < 0.3 * losses[0], losses[::10]
+    assert losses[-1] < 0.25 * losses[0], losses[::20]

@@ -42,6 +42,7 @@ class AsrModule(L.LightningModule):
     def __init__(self, vocab_size: int, input_size: int, model: dict, optimizer: Callable | None = None,
                  scheduler: Callable | None = None, beam_size: int = 4, length_penalty: float = 0.0,
                  dev_splits: list[str] | None = None, test_splits: list[str] | None = None,
+                 soft_attention_hold_steps: int = 0, soft_attention_anneal_steps: int = 0,
                  assets: AsrAssets | None = None):
         super().__init__()
         self.save_hyperparameters(ignore=["assets", "optimizer", "scheduler"])
@@ -57,14 +58,32 @@ class AsrModule(L.LightningModule):
     def on_fit_start(self) -> None:
         self._fit_start = time.perf_counter()
 
+    def soft_attention_weight(self, step: int) -> float:
+        """Share of full soft attention mixed into MoChA during training: 1 for the first
+        ``soft_attention_hold_steps``, then falling linearly to 0 over ``soft_attention_anneal_steps``.
+
+        Training MoChA from scratch let its boundaries collapse onto the first frame within one
+        epoch (a language model with a constant context); with the decoder first taught to use
+        acoustic context through soft attention, MoChA's monotonic energies learn where to stop.
+        Both 0 (the default) trains plain MoChA throughout.
+        """
+        hold, anneal = self.hparams.soft_attention_hold_steps, self.hparams.soft_attention_anneal_steps
+        if step < hold:
+            return 1.0
+        if anneal <= 0:
+            return 0.0
+        return max(0.0, 1.0 - (step - hold) / anneal)
+
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        losses = self.model.loss(batch)
+        soft_weight = self.soft_attention_weight(self.global_step)
+        losses = self.model.loss(batch, soft_weight)
         if not torch.isfinite(losses["loss"]):
             raise FloatingPointError(
                 f"non-finite loss {losses['loss'].item()} at global step {self.global_step}, batch {batch_idx} "
                 f"(utterances {', '.join(batch['utt_ids'][:8])}); lower optimizer.lr or check these inputs"
             )
         batch_size = batch["features"].shape[0]
+        self.log("train/soft_weight", soft_weight, batch_size=batch_size)
         for name, value in losses.items():
             if name != "tokens":
                 self.log(f"train/{name}", value, prog_bar=name == "loss", batch_size=batch_size)

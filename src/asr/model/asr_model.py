@@ -36,9 +36,10 @@ class AsrModel(nn.Module):
         """``features`` ``(B, T, F)`` -> memory ``(B, T', D)`` and lengths ``(B,)``."""
         return self.encoder(features, lengths)
 
-    def loss(self, batch: dict) -> dict[str, torch.Tensor]:
+    def loss(self, batch: dict, soft_weight: float = 0.0) -> dict[str, torch.Tensor]:
         """Training losses of a batch (see ``asr.data.datamodule`` for its layout).
 
+        ``soft_weight`` mixes a full soft attention into MoChA's (see ``AttentionDecoder.forward``).
         Returns ``loss`` (what is minimized), ``attention`` (label-smoothed cross-entropy per
         token), ``ctc`` (when enabled) and ``tokens`` (target count incl. end ids).
         """
@@ -50,7 +51,7 @@ class AsrModel(nn.Module):
         targets[torch.arange(batch_size), token_lengths] = EOS_ID
         previous = torch.cat([bos, tokens], dim=1)
         mask = torch.arange(memory.shape[1], device=memory.device).unsqueeze(0) < memory_lengths.unsqueeze(1)
-        logits = self.decoder(memory, mask, previous)
+        logits = self.decoder(memory, mask, previous, soft_weight)
         attention = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=PAD_ID,
                                     label_smoothing=self.label_smoothing)
         out = {"attention": attention, "tokens": (token_lengths + 1).sum()}

@@ -57,12 +57,16 @@ class AttentionDecoder(nn.Module):
         logits[:, [PAD_ID, BOS_ID]] = -math.inf
         return torch.log_softmax(logits, dim=-1)
 
-    def forward(self, memory: torch.Tensor, memory_mask: torch.Tensor, previous_tokens: torch.Tensor) -> torch.Tensor:
+    def forward(self, memory: torch.Tensor, memory_mask: torch.Tensor, previous_tokens: torch.Tensor,
+                soft_weight: float = 0.0) -> torch.Tensor:
         """Teacher-forced logits.
 
         Args:
             memory: encoder output ``(B, T, D)``; memory_mask: ``(B, T)`` bool.
             previous_tokens: ``(B, U)`` inputs (start-of-sentence id, then the targets shifted right).
+            soft_weight: share of a full soft attention (softmax of the chunk energies over all
+                frames) mixed into MoChA's expected attention, ``beta = w soft + (1 - w) beta_mocha``.
+                0 is plain MoChA; the training recipe anneals it from 1 to 0 (``AsrModule``).
         Returns:
             logits ``(B, U, V)``.
         """
@@ -77,6 +81,9 @@ class AttentionDecoder(nn.Module):
         for i in range(previous_tokens.shape[1]):
             h, c = self.cell(torch.cat([embedded[:, i], context], dim=-1), (h, c))
             alpha, beta = self.attention.expected(keys, h, alpha, memory_mask)
+            if soft_weight > 0:
+                soft = torch.softmax(self.attention.chunk_energy(keys[1], h).masked_fill(~memory_mask, -1e9), dim=-1)
+                beta = soft_weight * soft + (1.0 - soft_weight) * beta
             context = torch.bmm(beta.unsqueeze(1), memory).squeeze(1)
             logits.append(self._logits(h, context))
         return torch.stack(logits, dim=1)

@@ -1,0 +1,86 @@
+"""Single-target sensitivity analysis (paper Fig. 2): factorize one target at a time, measure WER.
+
+The table says how much WER each target costs at each energy; the manual "guided" baseline
+leaves the sensitive targets dense, and the search narrows each target's rank range with it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from torch import nn
+
+from compress.cost import matrix_speedup, pays
+from compress.scheme import Scheme, apply_scheme
+from compress.svd import SvdCache
+from compress.targets import Target
+
+
+def sensitivity_table(model: nn.Module, targets: Sequence[Target], cache: SvdCache,
+                      evaluate: Callable[[nn.Module], float], energies: Sequence[float],
+                      progress: Callable[[str], None] | None = None) -> dict:
+    """WER of ``model`` with each target alone factorized at each energy.
+
+    Returns ``{"baseline_wer", "energies", "rows": [{target, energy, rank, speedup, wer, delta}]}``;
+    a rank that does not pay leaves the target dense (its row repeats the baseline WER).
+    """
+    for energy in energies:
+        if not 0.0 < energy <= 1.0:
+            raise ValueError(f"sensitivity energies must lie in (0, 1], got {energy}")
+    baseline = evaluate(model)
+    rows = []
+    for target in targets:
+        spectrum = cache.get(target.name, target.weight(model))
+        for energy in energies:
+            rank = spectrum.rank_for_energy(energy, target.name)
+            if pays(target.shape, rank):
+                scheme = Scheme.build(targets, {target.name: rank}, "sensitivity")
+                wer = evaluate(apply_scheme(model, scheme, targets, cache))
+            else:
+                wer = baseline
+            rows.append({"target": target.name, "shape": list(target.shape), "energy": energy, "rank": rank,
+                         "speedup": matrix_speedup(target.shape, rank), "wer": wer, "delta": wer - baseline})
+            if progress is not None:
+                progress(f"{target.name} energy {energy:.2f} rank {rank}: WER {wer:.2f} ({wer - baseline:+.2f})")
+    return {"baseline_wer": baseline, "energies": list(energies), "rows": rows}
+
+
+def sensitive_targets(table: dict, energy: float, max_delta: float) -> list[str]:
+    """Targets whose WER rises by more than ``max_delta`` (absolute, in WER points) at ``energy``."""
+    rows = [r for r in table["rows"] if abs(r["energy"] - energy) < 1e-9]
+    if not rows:
+        raise ValueError(f"the sensitivity table has no energy {energy}; it has {table['energies']}")
+    return [r["target"] for r in rows if r["delta"] > max_delta]
+
+
+def load_table(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"sensitivity table {path} not found; run scripts/sensitivity.py first")
+    return json.loads(path.read_text())
+
+
+def plot_table(table: dict, path: str | Path) -> None:
+    """Fig. 2: WER increase per target (x) for each energy (one line each)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(dict.fromkeys(r["target"] for r in table["rows"]))
+    fig, ax = plt.subplots(figsize=(max(6, 0.6 * len(names)), 4))
+    for energy in table["energies"]:
+        deltas = [next(r["delta"] for r in table["rows"] if r["target"] == n and r["energy"] == energy)
+                  for n in names]
+        ax.plot(range(len(names)), deltas, marker="o", label=f"energy {energy:.2f}")
+    ax.set_xticks(range(len(names)), names, rotation=60, ha="right", fontsize=8)
+    ax.set_ylabel("WER increase (points)")
+    ax.set_title(f"Single-target SVD sensitivity (baseline WER {table['baseline_wer']:.2f}%)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
