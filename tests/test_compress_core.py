@@ -171,3 +171,42 @@ def test_bad_schemes_name_the_target_and_the_allowed_range():
     scheme.shapes["encoder.layers.0"] = [128, 72]
     with pytest.raises(SchemeError, match="another model shape"):
         scheme.validate(targets)
+
+
+def test_uniform_energy_baseline_meets_the_target_with_the_highest_energy_and_refuses_the_impossible():
+    from compress.manual import uniform_energy_scheme
+
+    model = small_asr()
+    targets = discover_targets(model)
+    weights = {t.name: t.weight(model) for t in targets}
+    cache = SvdCache()
+    scheme = uniform_energy_scheme(targets, weights, cache, 2.0)
+    assert scheme.estimates["speedup/params"] >= 2.0
+    energy = scheme.meta["energy"]
+    richer = {t.name: cache.get(t.name, weights[t.name]).rank_for_energy(min(1.0, energy + 0.02)) for t in targets}
+    assert estimate_speedup(targets, richer) < 2.0  # a little more energy no longer meets a_t
+    guided = uniform_energy_scheme(targets, weights, cache, 1.5, dense=["decoder.output"], provenance="guided")
+    assert guided.ranks["decoder.output"] == "full" and guided.provenance == "guided"
+    with pytest.raises(ValueError, match="below 1"):
+        uniform_energy_scheme(targets, weights, cache, 0.8)
+    with pytest.raises(ValueError, match="out of reach"):
+        uniform_energy_scheme(targets, weights, cache, 1000.0)
+
+
+def test_sensitivity_table_factorizes_one_target_at_a_time():
+    from compress.sensitivity import sensitive_targets, sensitivity_table
+
+    model = small_asr()
+    targets = discover_targets(model, include=["encoder.*", "decoder.output"])
+    seen = []
+
+    def fake_wer(m: nn.Module) -> float:  # records which targets were compressed in each evaluated model
+        ranks = current_ranks(m, targets)
+        seen.append({k: v for k, v in ranks.items() if v != "full"})
+        return 10.0 + 5.0 * ("decoder.output" in seen[-1])
+
+    table = sensitivity_table(model, targets, SvdCache(), fake_wer, [0.9, 0.5])
+    assert table["baseline_wer"] == 10.0 and seen[0] == {}
+    assert all(len(s) <= 1 for s in seen[1:])  # never two targets at once
+    assert len(table["rows"]) == 2 * len(targets)
+    assert sensitive_targets(table, 0.5, max_delta=1.0) == ["decoder.output"]
