@@ -86,3 +86,20 @@ def test_stream_frame_by_frame_emits_as_soon_as_a_group_is_complete():
 def test_invalid_pool_config_raises(pool, layers):
     with pytest.raises(ValueError, match="pool"):
         Encoder(F_IN, H, layers, pool=pool)
+
+
+def test_input_stacking_reduces_time_and_streams_like_the_whole_input():
+    import torch
+
+    from asr.model.encoder import Encoder
+
+    torch.manual_seed(0)
+    encoder = Encoder(5, 8, 3, [2, 2], input_stack=3).eval()
+    x = torch.randn(2, 61, 5)
+    out, lengths = encoder(x, torch.tensor([61, 50]))
+    assert encoder.reduction == 12 and out.shape == (2, 5, 8) and lengths.tolist() == [5, 4]
+    state, pieces = encoder.initial_state(), []
+    for start, end in [(0, 7), (7, 8), (8, 20), (20, 61)]:
+        piece, state = encoder.stream(x[:, start:end], state)
+        pieces.append(piece)
+    assert torch.allclose(torch.cat(pieces, dim=1), out, atol=1e-6)

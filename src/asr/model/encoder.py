@@ -22,14 +22,20 @@ class EncoderState:
 
     lstm: list[tuple[torch.Tensor, torch.Tensor] | None] = field(default_factory=list)
     leftover: list[torch.Tensor | None] = field(default_factory=list)  # frames waiting for a full pool group
+    input_leftover: torch.Tensor | None = None  # input frames waiting for a full stack
 
 
 class Encoder(nn.Module):
     """Stack of :class:`ConcatLSTM` layers; input ``(B, T, F)`` -> output ``(B, T / prod(pool), H)``."""
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int, pool: list[int] | None = None,
-                 dropout: float = 0.0):
+                 dropout: float = 0.0, input_stack: int = 1):
+        """``input_stack`` > 1 stacks that many consecutive input frames into one before the first
+        layer (another time reduction, applied before any LSTM; 1 = the paper's encoder)."""
         super().__init__()
+        if input_stack < 1:
+            raise ValueError(f"model.encoder.input_stack must be >= 1, got {input_stack}")
+        self.input_stack = input_stack
         pool = list(pool or [])
         if len(pool) > num_layers:
             raise ValueError(f"model.encoder.pool has {len(pool)} factors for {num_layers} layers")
@@ -37,7 +43,7 @@ class Encoder(nn.Module):
             raise ValueError(f"model.encoder.pool factors must be >= 1, got {pool}")
         self.pool = pool + [1] * (num_layers - len(pool))
         self.layers = nn.ModuleList(
-            ConcatLSTM(input_size if i == 0 else hidden_size, hidden_size) for i in range(num_layers)
+            ConcatLSTM(input_size * input_stack if i == 0 else hidden_size, hidden_size) for i in range(num_layers)
         )
         self.dropout = nn.Dropout(dropout)
         self.hidden_size = hidden_size
@@ -45,19 +51,21 @@ class Encoder(nn.Module):
     @property
     def reduction(self) -> int:
         """Total time reduction factor."""
-        out = 1
+        out = self.input_stack
         for p in self.pool:
             out *= p
         return out
 
     def output_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
         """Encoder frames for input frame counts ``lengths`` ``(B,)``."""
+        lengths = torch.div(lengths, self.input_stack, rounding_mode="floor")
         for p in self.pool:
             lengths = torch.div(lengths, p, rounding_mode="floor")
         return lengths
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``x`` ``(B, T, F)``, ``lengths`` ``(B,)`` -> encodings ``(B, T', H)`` and their lengths ``(B,)``."""
+        x = self._stack(x)
         for layer, p in zip(self.layers, self.pool, strict=True):
             x, _ = layer(x)
             if p > 1:
@@ -66,6 +74,14 @@ class Encoder(nn.Module):
             x = self.dropout(x)
         return x, self.output_lengths(lengths)
 
+    def _stack(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, T, F)`` -> ``(B, T // s, s F)``: whole groups of ``s = input_stack`` frames side by side."""
+        s = self.input_stack
+        if s == 1:
+            return x
+        usable = x.shape[1] // s * s
+        return x[:, :usable].reshape(x.shape[0], usable // s, s * x.shape[2])
+
     def initial_state(self) -> EncoderState:
         return EncoderState([None] * len(self.layers), [None] * len(self.layers))
 
@@ -73,8 +89,10 @@ class Encoder(nn.Module):
     def stream(self, chunk: torch.Tensor, state: EncoderState) -> tuple[torch.Tensor, EncoderState]:
         """Encode the next ``chunk`` ``(B, t, F)`` of a stream; returns the new encoder frames
         ``(B, t', H)`` (possibly none) and the state for the next chunk."""
-        x = chunk
-        new = EncoderState([], [])
+        x = chunk if state.input_leftover is None else torch.cat([state.input_leftover, chunk], dim=1)
+        usable = x.shape[1] // self.input_stack * self.input_stack
+        new = EncoderState([], [], x[:, usable:] if usable < x.shape[1] else None)
+        x = self._stack(x[:, :usable])
         for layer, p, lstm_state, leftover in zip(self.layers, self.pool, state.lstm, state.leftover, strict=True):
             if x.shape[1] > 0:
                 x, lstm_state = layer(x, lstm_state)
