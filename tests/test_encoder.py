@@ -103,3 +103,20 @@ def test_input_stacking_reduces_time_and_streams_like_the_whole_input():
         piece, state = encoder.stream(x[:, start:end], state)
         pieces.append(piece)
     assert torch.allclose(torch.cat(pieces, dim=1), out, atol=1e-6)
+
+
+def test_layer_norm_keeps_streaming_equal_to_the_whole_input_and_normalizes_each_frame():
+    import torch
+
+    from asr.model.encoder import Encoder
+
+    torch.manual_seed(0)
+    encoder = Encoder(5, 8, 3, [2, 2], layer_norm=True).eval()
+    x = torch.randn(2, 61, 5)
+    out, _ = encoder(x, torch.tensor([61, 50]))
+    assert torch.allclose(out.mean(dim=-1), torch.zeros(2, out.shape[1]), atol=1e-5)
+    state, pieces = encoder.initial_state(), []
+    for start, end in [(0, 9), (9, 10), (10, 61)]:
+        piece, state = encoder.stream(x[:, start:end], state)
+        pieces.append(piece)
+    assert torch.allclose(torch.cat(pieces, dim=1), out, atol=1e-5)

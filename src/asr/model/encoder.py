@@ -29,9 +29,12 @@ class Encoder(nn.Module):
     """Stack of :class:`ConcatLSTM` layers; input ``(B, T, F)`` -> output ``(B, T / prod(pool), H)``."""
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int, pool: list[int] | None = None,
-                 dropout: float = 0.0, input_stack: int = 1):
+                 dropout: float = 0.0, input_stack: int = 1, layer_norm: bool = False):
         """``input_stack`` > 1 stacks that many consecutive input frames into one before the first
-        layer (another time reduction, applied before any LSTM; 1 = the paper's encoder)."""
+        layer (another time reduction, applied before any LSTM; 1 = the paper's encoder).
+        ``layer_norm`` normalizes every layer's output per frame: without it, the first updates
+        saturated the LSTMs (outputs near +-1, gradients to the lower layers ~1e-3 of their start)
+        and CTC or attention training sat on a plateau for epochs on the embedded corpus."""
         super().__init__()
         if input_stack < 1:
             raise ValueError(f"model.encoder.input_stack must be >= 1, got {input_stack}")
@@ -45,6 +48,8 @@ class Encoder(nn.Module):
         self.layers = nn.ModuleList(
             ConcatLSTM(input_size * input_stack if i == 0 else hidden_size, hidden_size) for i in range(num_layers)
         )
+        self.norms = nn.ModuleList(nn.LayerNorm(hidden_size) if layer_norm else nn.Identity()
+                                   for _ in range(num_layers))
         self.dropout = nn.Dropout(dropout)
         self.hidden_size = hidden_size
 
@@ -66,8 +71,9 @@ class Encoder(nn.Module):
     def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``x`` ``(B, T, F)``, ``lengths`` ``(B,)`` -> encodings ``(B, T', H)`` and their lengths ``(B,)``."""
         x = self._stack(x)
-        for layer, p in zip(self.layers, self.pool, strict=True):
+        for layer, norm, p in zip(self.layers, self.norms, self.pool, strict=True):
             x, _ = layer(x)
+            x = norm(x)
             if p > 1:
                 usable = x.shape[1] // p * p
                 x = x[:, :usable].reshape(x.shape[0], usable // p, p, x.shape[2]).amax(dim=2)
@@ -93,9 +99,11 @@ class Encoder(nn.Module):
         usable = x.shape[1] // self.input_stack * self.input_stack
         new = EncoderState([], [], x[:, usable:] if usable < x.shape[1] else None)
         x = self._stack(x[:, :usable])
-        for layer, p, lstm_state, leftover in zip(self.layers, self.pool, state.lstm, state.leftover, strict=True):
+        for layer, norm, p, lstm_state, leftover in zip(self.layers, self.norms, self.pool, state.lstm,
+                                                        state.leftover, strict=True):
             if x.shape[1] > 0:
                 x, lstm_state = layer(x, lstm_state)
+                x = norm(x)
             else:  # nothing new reached this layer (empty chunk, or all frames buffered below)
                 x = x.new_zeros(x.shape[0], 0, layer.hidden_size)
             new.lstm.append(lstm_state)
