@@ -22,11 +22,8 @@ def _init_kernel(kernel: nn.Parameter, bias: nn.Parameter, hidden_size: int, for
         bias[hidden_size : 2 * hidden_size].fill_(forget_bias)
 
 
-class ConcatLSTM(nn.Module):
-    """One unidirectional LSTM layer over a whole sequence, batch first.
-
-    Parameters: ``kernel`` ``(4H, in + H)`` = ``[W_ih | W_hh]`` and ``bias`` ``(4H,)``.
-    """
+class _ConcatKernel(nn.Module):
+    """Holds ``kernel`` ``(4H, in + H)`` = ``[W_ih | W_hh]`` and ``bias`` ``(4H,)`` (forget gate at +1)."""
 
     def __init__(self, input_size: int, hidden_size: int, forget_bias: float = 1.0):
         super().__init__()
@@ -34,6 +31,16 @@ class ConcatLSTM(nn.Module):
         self.kernel = nn.Parameter(torch.empty(4 * hidden_size, input_size + hidden_size))
         self.bias = nn.Parameter(torch.empty(4 * hidden_size))
         _init_kernel(self.kernel, self.bias, hidden_size, forget_bias)
+
+    def extra_repr(self) -> str:
+        return f"{self.input_size}, {self.hidden_size}, kernel={tuple(self.kernel.shape)}"
+
+
+class ConcatLSTM(_ConcatKernel):
+    """One unidirectional LSTM layer over a whole sequence, batch first.
+
+    Parameters: ``kernel`` ``(4H, in + H)`` = ``[W_ih | W_hh]`` and ``bias`` ``(4H,)``.
+    """
 
     def weights(self) -> tuple[torch.Tensor, torch.Tensor]:
         """``(W_ih (4H, in), W_hh (4H, H))``, contiguous, differentiable views of the kernel."""
@@ -61,19 +68,10 @@ class ConcatLSTM(nn.Module):
         out, h, c = torch._VF.lstm(x, hx, params, True, 1, 0.0, self.training, False, True)
         return out, (h.squeeze(0), c.squeeze(0))
 
-    def extra_repr(self) -> str:
-        return f"{self.input_size}, {self.hidden_size}, kernel={tuple(self.kernel.shape)}"
 
 
-class ConcatLSTMCell(nn.Module):
+class ConcatLSTMCell(_ConcatKernel):
     """One LSTM step: ``gates = [x | h] @ kernel^T + bias``; ``kernel`` is ``(4H, in + H)``."""
-
-    def __init__(self, input_size: int, hidden_size: int, forget_bias: float = 1.0):
-        super().__init__()
-        self.input_size, self.hidden_size = input_size, hidden_size
-        self.kernel = nn.Parameter(torch.empty(4 * hidden_size, input_size + hidden_size))
-        self.bias = nn.Parameter(torch.empty(4 * hidden_size))
-        _init_kernel(self.kernel, self.bias, hidden_size, forget_bias)
 
     def forward(self, x: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor]
                 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -89,5 +87,3 @@ class ConcatLSTMCell(nn.Module):
         zeros = like.new_zeros(batch, self.hidden_size)
         return zeros, zeros
 
-    def extra_repr(self) -> str:
-        return f"{self.input_size}, {self.hidden_size}, kernel={tuple(self.kernel.shape)}"
