@@ -25,8 +25,5 @@ def transcribe_features(module: AsrModule, features: list[torch.Tensor], beam_si
     """Texts of normalized feature matrices ``(T, F)``; ``beam_size`` 0 = greedy."""
     lengths = torch.tensor([f.shape[0] for f in features])
     batch = torch.nn.utils.rnn.pad_sequence(features, batch_first=True)
-    if beam_size > 0:
-        ids = module.model.beam_decode(batch, lengths, beam_size, module.hparams.length_penalty)
-    else:
-        ids = module.model.greedy_decode(batch, lengths)
+    ids = module.model.decode(batch, lengths, beam_size, module.hparams.length_penalty)
     return [module.assets.tokenizer.decode(x) for x in ids]

@@ -36,10 +36,7 @@ def evaluate(model: AsrModel, batches: Iterable[dict], tokenizer: Tokenizer, bea
     result = Evaluation(0.0, 0.0)
     try:
         for batch in batches:
-            if beam_size > 0:
-                ids = model.beam_decode(batch["features"], batch["feature_lengths"], beam_size, length_penalty)
-            else:
-                ids = model.greedy_decode(batch["features"], batch["feature_lengths"])
+            ids = model.decode(batch["features"], batch["feature_lengths"], beam_size, length_penalty)
             texts = [tokenizer.decode(x) for x in ids]
             for utt_id, reference, hypothesis in zip(batch["utt_ids"], batch["transcripts"], texts, strict=True):
                 counts = error_counts([reference], [hypothesis])

@@ -100,11 +100,8 @@ class AsrModule(L.LightningModule):
 
     # -- evaluation --------------------------------------------------------------------------
     def _decode(self, batch: dict, beam: bool) -> list[str]:
-        if beam:
-            ids = self.model.beam_decode(batch["features"], batch["feature_lengths"], self.hparams.beam_size,
-                                         self.hparams.length_penalty)
-        else:
-            ids = self.model.greedy_decode(batch["features"], batch["feature_lengths"])
+        ids = self.model.decode(batch["features"], batch["feature_lengths"], self.hparams.beam_size if beam else 0,
+                                self.hparams.length_penalty)
         return [self.assets.tokenizer.decode(x) for x in ids]
 
     def _evaluate(self, batch: dict, split: str, beam: bool) -> None:

@@ -83,3 +83,10 @@ class AsrModel(nn.Module):
                                      self.max_len(int(memory_lengths[b])), length_penalty)
             for b in range(memory.shape[0])
         ]
+
+    def decode(self, features: torch.Tensor, lengths: torch.Tensor, beam_size: int = 0,
+               length_penalty: float = 0.0) -> list[list[int]]:
+        """Token ids per utterance: beam search when ``beam_size`` > 0, batched greedy otherwise."""
+        if beam_size > 0:
+            return self.beam_decode(features, lengths, beam_size, length_penalty)
+        return self.greedy_decode(features, lengths)
