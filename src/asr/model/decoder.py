@@ -58,8 +58,8 @@ class AttentionDecoder(nn.Module):
         return torch.log_softmax(logits, dim=-1)
 
     def forward(self, memory: torch.Tensor, memory_mask: torch.Tensor, previous_tokens: torch.Tensor,
-                soft_weight: float = 0.0) -> torch.Tensor:
-        """Teacher-forced logits.
+                soft_weight: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+        """Teacher-forced logits and the mass of MoChA's expected alignment at every step.
 
         Args:
             memory: encoder output ``(B, T, D)``; memory_mask: ``(B, T)`` bool.
@@ -68,7 +68,9 @@ class AttentionDecoder(nn.Module):
                 frames) mixed into MoChA's expected attention, ``beta = w soft + (1 - w) beta_mocha``.
                 0 is plain MoChA; the training recipe anneals it from 1 to 0 (``AsrModule``).
         Returns:
-            logits ``(B, U, V)``.
+            logits ``(B, U, V)`` and alignment mass ``sum_j alpha_ij`` ``(B, U)``: below 1 where the
+            expected boundary may run past the last frame (the context then shrinks by that factor,
+            which hard attention, always a full softmax over its chunk, never does).
         """
         batch, frames, _ = memory.shape
         keys = self.attention.keys(memory)
@@ -77,16 +79,17 @@ class AttentionDecoder(nn.Module):
         alpha = memory.new_zeros(batch, frames)
         alpha[:, 0] = 1.0
         embedded = self.dropout(self.embedding(previous_tokens))
-        logits = []
+        logits, masses = [], []
         for i in range(previous_tokens.shape[1]):
             h, c = self.cell(torch.cat([embedded[:, i], context], dim=-1), (h, c))
             alpha, beta = self.attention.expected(keys, h, alpha, memory_mask)
+            masses.append(alpha.sum(dim=-1))
             if soft_weight > 0:
                 soft = torch.softmax(self.attention.chunk_energy(keys[1], h).masked_fill(~memory_mask, -1e9), dim=-1)
                 beta = soft_weight * soft + (1.0 - soft_weight) * beta
             context = torch.bmm(beta.unsqueeze(1), memory).squeeze(1)
             logits.append(self._logits(h, context))
-        return torch.stack(logits, dim=1)
+        return torch.stack(logits, dim=1), torch.stack(masses, dim=1)
 
     # -- hard-attention decoding -------------------------------------------------------------
     def initial_state(self, memory: torch.Tensor) -> DecoderState:
