@@ -22,6 +22,7 @@ from asr.checkpoint import load_module
 from asr.data.errors import DataError
 from asr.evaluate import evaluate
 from asr.train import instantiate_group, write_json_atomic
+from compress.checkpoint import restore_compression
 from compress.sensitivity import plot_table, sensitivity_table
 from compress.svd import SvdCache
 from compress.targets import discover_targets
@@ -30,7 +31,7 @@ from compress.targets import discover_targets
 @hydra.main(config_path="../conf", config_name="sensitivity", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     try:
-        module = load_module(cfg.ckpt)
+        module = load_module(cfg.ckpt, prepare=restore_compression)
         datamodule = hydra.utils.instantiate(cfg.data)
         datamodule.prepare_data()
         datamodule.setup("validate")

@@ -20,6 +20,7 @@ from asr.data.audio import load_audio
 from asr.data.errors import DataError
 from asr.data.features import log_mel
 from asr.streaming import StreamingRecognizer
+from compress.checkpoint import restore_compression
 
 
 def min_samples(module) -> int:
@@ -40,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     torch.set_grad_enabled(False)
     try:
-        module = load_module(args.checkpoint)
+        module = load_module(args.checkpoint, prepare=restore_compression)
     except (FileNotFoundError, ValueError) as err:
         print(f"transcribe: {err}", file=sys.stderr)
         return 2

@@ -2,23 +2,55 @@
 
 from __future__ import annotations
 
+import pickle
+import zipfile
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
 from asr.module import AsrModule
 
+Prepare = Callable[[AsrModule, dict], object]
 
-def load_module(path: str | Path, map_location: str = "cpu") -> AsrModule:
-    """The :class:`AsrModule` of checkpoint ``path``, in eval mode, with tokenizer/CMVN/features restored."""
+
+def read_checkpoint(path: str | Path, map_location: str = "cpu") -> dict:
+    """The checkpoint dictionary at ``path``, with a clear error for a missing or unreadable file."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} not found. Fix: train one with 'make baseline' "
                                 "(runs/baseline/checkpoints/best.ckpt) or give the path of an existing .ckpt")
-    module = AsrModule.load_from_checkpoint(path, map_location=map_location, weights_only=False)
+    try:
+        checkpoint = torch.load(path, map_location=map_location, weights_only=False)
+    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile) as err:
+        raise ValueError(f"checkpoint {path} cannot be read ({type(err).__name__}: {err}); it is damaged or not a "
+                         "PyTorch checkpoint: train again or use another .ckpt") from err
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint or "hyper_parameters" not in checkpoint:
+        raise ValueError(f"checkpoint {path} is not a Lightning checkpoint of an AsrModule (no state_dict or "
+                         "hyper_parameters)")
+    return checkpoint
+
+
+def load_module(path: str | Path, map_location: str = "cpu", prepare: Prepare | None = None) -> AsrModule:
+    """The :class:`AsrModule` of checkpoint ``path``, in eval mode, with tokenizer/CMVN/features restored.
+
+    ``prepare(module, checkpoint)`` runs on the freshly built (dense) module before its weights load:
+    the hook through which a caller restores a structure the checkpoint records, such as
+    ``compress.checkpoint.restore_compression`` for a compressed model (this package knows nothing of it).
+    """
+    checkpoint = read_checkpoint(path, map_location)
+    module = AsrModule(**checkpoint["hyper_parameters"])
+    module.on_load_checkpoint(checkpoint)
     if module.assets is None:
         raise ValueError(f"checkpoint {path} carries no tokenizer/CMVN assets; it was not written by shrinkml")
-    return module.eval()
+    if prepare is not None:
+        prepare(module, checkpoint)
+    try:
+        module.load_state_dict(checkpoint["state_dict"])
+    except RuntimeError as err:
+        hint = "" if prepare is not None else " (a compressed checkpoint? load it with prepare=restore_compression)"
+        raise ValueError(f"checkpoint {path} does not fit the model it describes{hint}: {err}") from err
+    return module.eval().to(map_location)
 
 
 def transcribe_features(module: AsrModule, features: list[torch.Tensor], beam_size: int = 0) -> list[str]:

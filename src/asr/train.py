@@ -42,6 +42,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     module = module_factory(vocab_size=datamodule.tokenizer.vocab_size, input_size=datamodule.feature_cfg.n_mels,
                             assets=datamodule.assets())
     callbacks = instantiate_group(cfg.get("callbacks"))
+    if cfg.get("compress"):  # e.g. compress=lowrank: fine-tune a compressed model (a callback from the config)
+        callbacks.append(hydra.utils.instantiate(cfg.compress))
     loggers = instantiate_group(cfg.get("logger"))
     config = OmegaConf.to_container(cfg, resolve=True)
     for logger in loggers:

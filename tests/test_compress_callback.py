@@ -1,0 +1,148 @@
+"""LowRankCompression callback and compressed checkpoints: the swapped model trains, its
+checkpoints carry the scheme and load back without it, resuming keeps the structure, bad input stops."""
+
+from __future__ import annotations
+
+import lightning as L
+import pytest
+import torch
+from asr_helpers import (
+    compose_train,
+    corpus_copy_for_runs,
+    hydra_job,
+    one_thread,
+    run_overrides,
+    shared_dir,
+    trained_run,
+)
+from torch import nn
+
+from asr.checkpoint import load_module
+from asr.model.lstm import ConcatLSTM
+from asr.train import train
+from compress.callback import LowRankCompression
+from compress.checkpoint import SCHEME_KEY, restore_compression
+from compress.cost import pays
+from compress.lowrank import LowRankLinear, kernel_rank
+from compress.scheme import Scheme, SchemeError, current_ranks
+from compress.targets import discover_targets
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    with one_thread():
+        yield
+
+
+def half_rank_scheme(model: nn.Module, exclude=("ctc_head",)) -> Scheme:
+    targets = discover_targets(model, exclude=exclude)
+    return Scheme.build(targets, {t.name: max(1, t.max_rank // 4) for t in targets}, "test")
+
+
+# -- generic: any LightningModule with a `model` ------------------------------------------------
+class Regressor(L.LightningModule):
+    """An LSTM layer and two Linears learning a running sum (a stand-in for any model)."""
+
+    def __init__(self):
+        super().__init__()
+        self.model = nn.ModuleDict({"lstm": ConcatLSTM(6, 12), "hidden": nn.Linear(12, 24), "out": nn.Linear(24, 3)})
+        generator = torch.Generator().manual_seed(0)
+        self.x = torch.randn(8, 10, 6, generator=generator)
+        self.y = torch.tanh(self.x[..., :3].cumsum(dim=1))  # learnable: a running sum of the inputs
+        self.losses: list[float] = []
+
+    def training_step(self, batch, batch_idx):
+        h, _ = self.model["lstm"](self.x)
+        loss = nn.functional.mse_loss(self.model["out"](torch.tanh(self.model["hidden"](h))), self.y)
+        self.losses.append(float(loss.detach()))
+        return loss
+
+    def train_dataloader(self):
+        return [0] * 4
+
+    def configure_optimizers(self):
+        return torch.optim.Adam(self.parameters(), lr=1e-2)
+
+
+def fit(module, callback, tmp_path, epochs=10, ckpt_path=None):
+    trainer = L.Trainer(max_epochs=epochs, callbacks=[callback], logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, default_root_dir=tmp_path, accelerator="cpu")
+    trainer.fit(module, ckpt_path=ckpt_path, weights_only=False)
+    return trainer
+
+
+def test_swapped_model_trains_and_its_checkpoint_restores_without_the_scheme(tmp_path):
+    torch.manual_seed(0)
+    module = Regressor()
+    scheme = Scheme.build(discover_targets(module.model), {"lstm": 3, "hidden": 4, "out": "full"}, "test")
+    scheme.save(tmp_path / "scheme.json")
+    trainer = fit(module, LowRankCompression(tmp_path / "scheme.json"), tmp_path)
+    assert isinstance(module.model["hidden"], LowRankLinear) and kernel_rank(module.model["lstm"]) == 3
+    first, last = sum(module.losses[:4]) / 4, sum(module.losses[-4:]) / 4
+    assert last < 0.7 * first  # the factors are what the optimizer trained
+    trainer.save_checkpoint(tmp_path / "c.ckpt")
+    checkpoint = torch.load(tmp_path / "c.ckpt", weights_only=False)
+    assert checkpoint[SCHEME_KEY]["scheme"]["ranks"] == {"lstm": 3, "hidden": 4, "out": "full"}
+
+    fresh = Regressor()
+    assert restore_compression(fresh, checkpoint).ranks == scheme.ranks
+    fresh.load_state_dict(checkpoint["state_dict"])
+    targets = discover_targets(Regressor().model)
+    assert current_ranks(fresh.model, targets) == {"lstm": 3, "hidden": 4, "out": "full"}
+    with torch.no_grad():
+        torch.testing.assert_close(fresh.model["out"](fresh.model["hidden"](fresh.model["lstm"](fresh.x)[0])),
+                                   module.model["out"](module.model["hidden"](module.model["lstm"](module.x)[0])))
+    assert restore_compression(Regressor(), {"state_dict": {}}) is None  # a dense checkpoint: nothing to do
+
+
+def test_resume_keeps_the_compressed_structure(tmp_path):
+    torch.manual_seed(0)
+    scheme = Scheme.build(discover_targets(Regressor().model), {"lstm": 3, "hidden": 4}, "test")
+    scheme.save(tmp_path / "scheme.json")
+    first = Regressor()
+    trainer = fit(first, LowRankCompression(tmp_path / "scheme.json"), tmp_path, epochs=2)
+    trainer.save_checkpoint(tmp_path / "two.ckpt")
+    resumed = Regressor()
+    fit(resumed, LowRankCompression(tmp_path / "scheme.json"), tmp_path, epochs=3, ckpt_path=tmp_path / "two.ckpt")
+    assert kernel_rank(resumed.model["lstm"]) == 3 and len(resumed.losses) == 4  # one more epoch of 4 steps
+
+
+def test_bad_callback_input_names_the_key(tmp_path):
+    with pytest.raises(SchemeError, match="not found"):
+        LowRankCompression(tmp_path / "missing.json")
+    Scheme.build(discover_targets(Regressor().model), {"hidden": 4}, "test").save(tmp_path / "s.json")
+    with pytest.raises(FileNotFoundError, match="init_from"):
+        LowRankCompression(tmp_path / "s.json", init_from=tmp_path / "none.ckpt")
+    with pytest.raises(SchemeError, match="attribute 'decoder'"):
+        fit(Regressor(), LowRankCompression(tmp_path / "s.json", attribute="decoder"), tmp_path, epochs=1)
+    other = Scheme.build(discover_targets(nn.Sequential(nn.Linear(5, 7))), {"0": 2}, "test")
+    other.save(tmp_path / "other.json")
+    with pytest.raises(SchemeError, match="unknown target '0'"):
+        fit(Regressor(), LowRankCompression(tmp_path / "other.json"), tmp_path, epochs=1)
+
+
+# -- the real entry point: train.py compress=lowrank on the tiny corpus -------------------------
+def test_train_py_fine_tunes_a_compressed_baseline(tiny_corpus, tmp_path_factory):
+    base = shared_dir(tmp_path_factory)
+    run_dir, _ = trained_run(tiny_corpus, base)
+    baseline_ckpt = run_dir / "checkpoints" / "last.ckpt"
+    dense = load_module(baseline_ckpt)
+    scheme = half_rank_scheme(dense.model)
+    scheme.save(base / "quarter.json")
+    corpus = corpus_copy_for_runs(tiny_corpus, base)
+    overrides = ["trainer.max_epochs=1", "test=true", "compress=lowrank", f"compress.scheme={base / 'quarter.json'}",
+                 f"compress.init_from={baseline_ckpt}"]
+    cfg = compose_train(run_overrides(corpus, base, *overrides))
+    with hydra_job(cfg, base / "compressed") as task:
+        summary = train(task)
+    assert summary["params"] < dense.num_parameters()
+    assert summary["wer/test"] >= 0
+    compressed_ckpt = base / "compressed" / "checkpoints" / "last.ckpt"
+    with pytest.raises(ValueError, match="prepare=restore_compression"):
+        load_module(compressed_ckpt)
+    module = load_module(compressed_ckpt, prepare=restore_compression)
+    targets = discover_targets(dense.model, exclude=("ctc_head",))
+    expected = {t.name: scheme.ranks[t.name] if pays(t.shape, scheme.ranks[t.name]) else "full" for t in targets}
+    assert current_ranks(module.model, targets) == expected
+    assert sum(rank != "full" for rank in expected.values()) >= 8
+    assert module.num_parameters() == summary["params"]
