@@ -248,3 +248,15 @@ def test_alignment_mass_loss_measures_lost_alignment_and_is_added_with_its_weigh
 def test_negative_mass_weight_is_refused():
     with pytest.raises(ValueError, match="mass_weight"):
         AsrModel(VOCAB, FEATS, encoder=dict(hidden_size=16, num_layers=1), decoder={}, mass_weight=-1.0)
+
+
+def test_ctc_only_loss_trains_the_encoder_alone():
+    model = make_model(ctc_weight=0.3).train()
+    batch = make_batch()
+    losses = model.loss(batch, ctc_only=True)
+    assert set(losses) == {"ctc", "loss", "tokens"} and torch.equal(losses["loss"], losses["ctc"])
+    losses["loss"].backward()
+    assert all(p.grad is None for p in model.decoder.parameters())
+    assert all(p.grad is not None for p in model.encoder.parameters())
+    with pytest.raises(ValueError, match="ctc_weight"):
+        make_model(ctc_weight=0.0).loss(batch, ctc_only=True)

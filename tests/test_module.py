@@ -129,10 +129,34 @@ def test_non_finite_loss_names_step_and_batch(datamodule, tmp_path, monkeypatch)
     module = make_module(datamodule)
     real_loss = module.model.loss
 
-    def nan_loss(batch, soft_weight=0.0):
-        losses = real_loss(batch, soft_weight)
+    def nan_loss(batch, soft_weight=0.0, ctc_only=False):
+        losses = real_loss(batch, soft_weight, ctc_only)
         return {**losses, "loss": losses["loss"] * float("nan")}
 
     monkeypatch.setattr(module.model, "loss", nan_loss)
     with pytest.raises(FloatingPointError, match=r"global step 0, batch 0 \(utterances \d"):
         make_trainer(tmp_path).fit(module, datamodule=datamodule)
+
+
+def test_ctc_pretraining_steps_leave_the_decoder_untouched(datamodule, tmp_path):
+    module = make_module(datamodule, ctc_weight=0.3)
+    module.hparams.ctc_pretrain_steps = 2
+    before = {k: v.clone() for k, v in module.model.state_dict().items()}
+    make_trainer(tmp_path, max_steps=2).fit(module, datamodule=datamodule)
+    after = module.model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before if k.startswith("decoder."))
+    assert not all(torch.equal(before[k], after[k]) for k in before if k.startswith("encoder."))
+
+
+def test_ctc_pretraining_without_a_ctc_head_is_refused(datamodule):
+    with pytest.raises(ValueError, match="ctc_pretrain_steps=5 needs the CTC head"):
+        AsrModule(vocab_size=datamodule.tokenizer.vocab_size, input_size=datamodule.feature_cfg.n_mels,
+                  model=tiny_model_config(), ctc_pretrain_steps=5)
+
+
+def test_damaged_checkpoint_gives_a_clear_error(checkpoint, tmp_path):
+    path, _ = checkpoint
+    damaged = tmp_path / "damaged.ckpt"
+    damaged.write_bytes(path.read_bytes()[:1000])
+    with pytest.raises(ValueError, match="damaged.ckpt cannot be read"):
+        load_module(damaged)

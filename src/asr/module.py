@@ -36,15 +36,23 @@ class AsrModule(L.LightningModule):
         scheduler: a partial taking the optimizer, stepped every optimizer step; or None.
         beam_size, length_penalty: test-time beam search.
         dev_splits, test_splits: split names, in dataloader order.
+        soft_attention_hold_steps, soft_attention_anneal_steps: see :meth:`soft_attention_weight`.
+        ctc_pretrain_steps: train the encoder alone with CTC for this many first steps (needs
+            ``model.ctc_weight`` > 0). On the embedded corpus the encoder sat on CTC's plateau for
+            ~300 steps; MoChA trained jointly from the start settled meanwhile into boundaries that
+            never fire without training noise, and did not recover.
         assets: tokenizer, CMVN and feature settings; saved into every checkpoint.
     """
 
     def __init__(self, vocab_size: int, input_size: int, model: dict, optimizer: Callable | None = None,
                  scheduler: Callable | None = None, beam_size: int = 4, length_penalty: float = 0.0,
                  dev_splits: list[str] | None = None, test_splits: list[str] | None = None,
-                 soft_attention_hold_steps: int = 0, soft_attention_anneal_steps: int = 0,
+                 soft_attention_hold_steps: int = 0, soft_attention_anneal_steps: int = 0, ctc_pretrain_steps: int = 0,
                  assets: AsrAssets | None = None):
         super().__init__()
+        if ctc_pretrain_steps > 0 and not model.get("ctc_weight", 0.0) > 0:
+            raise ValueError(f"module.ctc_pretrain_steps={ctc_pretrain_steps} needs the CTC head: set "
+                             "model.ctc_weight > 0 (e.g. 0.3) or ctc_pretrain_steps=0")
         self.save_hyperparameters(ignore=["assets", "optimizer", "scheduler"])
         self.model = AsrModel(vocab_size, input_size, **model)
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
@@ -76,7 +84,7 @@ class AsrModule(L.LightningModule):
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         soft_weight = self.soft_attention_weight(self.global_step)
-        losses = self.model.loss(batch, soft_weight)
+        losses = self.model.loss(batch, soft_weight, ctc_only=self.global_step < self.hparams.ctc_pretrain_steps)
         if not torch.isfinite(losses["loss"]):
             raise FloatingPointError(
                 f"non-finite loss {losses['loss'].item()} at global step {self.global_step}, batch {batch_idx} "

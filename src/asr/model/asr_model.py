@@ -40,10 +40,12 @@ class AsrModel(nn.Module):
         """``features`` ``(B, T, F)`` -> memory ``(B, T', D)`` and lengths ``(B,)``."""
         return self.encoder(features, lengths)
 
-    def loss(self, batch: dict, soft_weight: float = 0.0) -> dict[str, torch.Tensor]:
+    def loss(self, batch: dict, soft_weight: float = 0.0, ctc_only: bool = False) -> dict[str, torch.Tensor]:
         """Training losses of a batch (see ``asr.data.datamodule`` for its layout).
 
         ``soft_weight`` mixes a full soft attention into MoChA's (see ``AttentionDecoder.forward``).
+        ``ctc_only`` trains the encoder alone through the CTC head (the decoder is not run): the
+        pre-training phase of ``AsrModule``.
         Returns ``loss`` (what is minimized), ``attention`` (label-smoothed cross-entropy per
         token), ``mass`` (mean of ``1 - sum_j alpha_ij`` over target steps: the share of expected
         alignment that ran off the end of the input), ``ctc`` (when enabled) and ``tokens`` (target
@@ -61,6 +63,11 @@ class AsrModel(nn.Module):
         targets = torch.cat([tokens, tokens.new_full((batch_size, 1), PAD_ID)], dim=1)
         targets[torch.arange(batch_size), token_lengths] = EOS_ID
         previous = torch.cat([bos, tokens], dim=1)
+        if ctc_only:
+            if self.ctc_head is None:
+                raise ValueError("CTC pre-training needs the CTC head: set model.ctc_weight > 0")
+            ctc = self._ctc(memory, memory_lengths, tokens, token_lengths)
+            return {"ctc": ctc, "loss": ctc, "tokens": (token_lengths + 1).sum()}
         mask = torch.arange(memory.shape[1], device=memory.device).unsqueeze(0) < memory_lengths.unsqueeze(1)
         logits, alignment_mass = self.decoder(memory, mask, previous, soft_weight)
         attention = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=PAD_ID,
@@ -70,14 +77,19 @@ class AsrModel(nn.Module):
         out = {"attention": attention, "mass": mass, "tokens": (token_lengths + 1).sum()}
         loss = attention
         if self.ctc_head is not None:
-            log_probs = torch.log_softmax(self.ctc_head(memory), dim=-1).transpose(0, 1)
-            ctc = F.ctc_loss(log_probs, tokens, memory_lengths, token_lengths, blank=PAD_ID, zero_infinity=True)
+            ctc = self._ctc(memory, memory_lengths, tokens, token_lengths)
             out["ctc"] = ctc
             loss = (1 - self.ctc_weight) * attention + self.ctc_weight * ctc
         if self.mass_weight > 0:
             loss = loss + self.mass_weight * mass
         out["loss"] = loss
         return out
+
+    def _ctc(self, memory: torch.Tensor, memory_lengths: torch.Tensor, tokens: torch.Tensor,
+             token_lengths: torch.Tensor) -> torch.Tensor:
+        """CTC loss of the encoder output (blank = padding id), averaged per target token."""
+        log_probs = torch.log_softmax(self.ctc_head(memory), dim=-1).transpose(0, 1)
+        return F.ctc_loss(log_probs, tokens, memory_lengths, token_lengths, blank=PAD_ID, zero_infinity=True)
 
     def max_len(self, memory_length: int) -> int:
         return max(1, math.ceil(memory_length * self.max_decode_ratio)) + 1
