@@ -18,39 +18,26 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from asr.checkpoint import load_module
 from asr.data.errors import DataError
-from asr.evaluate import evaluate
 from asr.train import instantiate_group, write_json_atomic
-from compress.checkpoint import restore_compression
 from compress.sensitivity import plot_table, sensitivity_table
 from compress.svd import SvdCache
 from compress.targets import discover_targets
+from shrinkml.stage import eval_batches, load_recognizer, wer_scorer
 
 
 @hydra.main(config_path="../conf", config_name="sensitivity", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     try:
-        module = load_module(cfg.ckpt, prepare=restore_compression)
-        datamodule = hydra.utils.instantiate(cfg.data)
-        datamodule.prepare_data()
-        datamodule.setup("validate")
+        module = load_recognizer(cfg.ckpt)
+        batches = eval_batches(cfg.data, cfg.split, cfg.max_utterances)
     except (FileNotFoundError, ValueError, DataError) as err:
         print(f"sensitivity: {err}", file=sys.stderr)
         sys.exit(2)
-    batches = list(datamodule.eval_dataloader(cfg.split))
-    if cfg.max_utterances:
-        kept, total = [], 0
-        for batch in batches:
-            if total >= cfg.max_utterances:
-                break
-            kept.append(batch)
-            total += len(batch["utt_ids"])
-        batches = kept
-    model, tokenizer = module.model, module.assets.tokenizer
+    model = module.model
     targets = discover_targets(model, cfg.targets.include, cfg.targets.exclude)
-    table = sensitivity_table(model, targets, SvdCache(), lambda m: evaluate(m, batches, tokenizer).wer,
-                              list(cfg.energies), progress=print)
+    table = sensitivity_table(model, targets, SvdCache(), wer_scorer(module, batches), list(cfg.energies),
+                              progress=print)
     table.update(checkpoint=str(Path(cfg.ckpt).resolve()), split=cfg.split,
                  utterances=sum(len(b["utt_ids"]) for b in batches))
     out = Path(cfg.output_dir)
