@@ -15,6 +15,7 @@ import hydra
 from omegaconf import DictConfig
 
 from asr.checkpoint import load_module
+from asr.data.datamodule import AsrDataModule
 from asr.evaluate import evaluate
 from asr.module import AsrModule
 from compress.checkpoint import restore_compression
@@ -26,14 +27,21 @@ def load_recognizer(path: str | Path) -> AsrModule:
     return load_module(path, prepare=restore_compression)
 
 
-def eval_batches(data_cfg: DictConfig, split: str, max_utterances: int | None = None) -> list[dict]:
-    """Batches of ``split`` from the data config (prepared on first use); the first ``max_utterances``
-    utterances only (whole batches, longest first) when given."""
+def data_module(data_cfg: DictConfig) -> AsrDataModule:
+    """The data module of ``data_cfg``, prepared and set up for evaluation."""
     datamodule = hydra.utils.instantiate(data_cfg)
     datamodule.prepare_data()
     datamodule.setup("validate")
+    return datamodule
+
+
+def eval_batches(data_cfg: DictConfig | AsrDataModule, split: str, max_utterances: int | None = None,
+                 utt_ids: Sequence[str] | None = None) -> list[dict]:
+    """Batches of ``split`` (all of it, or the utterances ``utt_ids``), held in memory; the first
+    ``max_utterances`` utterances only (whole batches, longest first) when given."""
+    datamodule = data_cfg if isinstance(data_cfg, AsrDataModule) else data_module(data_cfg)
     batches, total = [], 0
-    for batch in datamodule.eval_dataloader(split):
+    for batch in datamodule.eval_dataloader(split, utt_ids):
         if max_utterances and total >= max_utterances:
             break
         batches.append(batch)

@@ -258,8 +258,21 @@ class AsrDataModule(L.LightningDataModule):
     def test_dataloader(self) -> list[DataLoader]:
         return [self._loader(split, train=False) for split in self.test_split_names]
 
-    def eval_dataloader(self, split: str) -> DataLoader:
-        """The evaluation loader of any prepared split (the search's proxy sets use it)."""
+    def eval_dataloader(self, split: str, utt_ids: Sequence[str] | None = None) -> DataLoader:
+        """The evaluation loader of any prepared split, or of the utterances ``utt_ids`` of it only
+        (the search's proxy sets); an id that is not in the split raises :class:`DataError`."""
         if split not in self.datasets:
             raise DataError(f"split '{split}' is not one of the data module's splits {self.all_splits}")
-        return self._loader(split, train=False)
+        if utt_ids is None:
+            return self._loader(split, train=False)
+        full = self.datasets[split]
+        index = {u.utt_id: i for i, u in enumerate(full.utterances)}
+        missing = [u for u in utt_ids if u not in index]
+        if missing:
+            raise DataError(f"{len(missing)} utterance(s) of the list are not in split '{split}' of {self.root}, "
+                            f"e.g. {missing[:3]}; the list was made for another corpus: rebuild it")
+        subset = torch.utils.data.Subset(full, [index[u] for u in utt_ids])
+        lengths = [full.lengths[index[u]] for u in utt_ids]
+        sampler = BucketBatchSampler(lengths, self.hparams.eval_batch_size, shuffle=False, seed=self.hparams.seed,
+                                     jitter=self.hparams.length_jitter)
+        return DataLoader(subset, batch_sampler=sampler, collate_fn=collate, num_workers=0)

@@ -1,0 +1,129 @@
+"""``SearchModule``: the RL search of the paper's Algorithm 1 as a LightningModule.
+
+Each training step is one iteration of Algorithm 1: sample a scheme ``s`` from the controller,
+estimate its speed-up ``a``; when ``a < a_t`` the reward is ``R_v(a_t - a)`` (Eq. 6), otherwise the
+scheme is compressed and scored on the proxy set (WER ``w``), rewarded ``R(w)`` (Eq. 4 or 5) and
+added to the explored set ``W``; the controller is updated with ``-log(prod p_i) (r - b)``.
+
+The module knows nothing of speech: ``estimate(ranks) -> a`` and ``evaluate(ranks) -> w`` are
+callables (DESIGN.md). Under DDP every rank samples and evaluates its own scheme (its own random
+stream and explored-set file) and Lightning averages the policy gradients across ranks.
+``policy="random"`` is the random-search baseline: uniform samples, same budget, no updates.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+import lightning as L
+import torch
+
+from rl.controller import Controller, RewardBaseline, reinforce_loss
+from rl.explored import ExploredSet
+from rl.rewards import violation_reward, wer_reward
+from rl.space import SearchSpace
+
+log = logging.getLogger(__name__)
+
+POLICIES = ("rl", "random")
+
+
+class SearchModule(L.LightningModule):
+    """Algorithm 1 over ``space`` against target speed-up ``target_speedup`` (``a_t``).
+
+    Args:
+        space: the ``l x d`` search space ``S``.
+        estimate: ranks -> estimated speed-up ``a``.
+        evaluate: ranks -> proxy-set WER ``w`` (percent).
+        baseline_wer: ``w_b``, the uncompressed model's WER on the same proxy set.
+        reward: ``conservative`` (Eq. 4) or ``aggressive`` (Eq. 5).
+        explored: the explored set ``W`` (opened by the caller: one file per DDP rank).
+        optimizer: partial taking the controller's parameters.
+        baseline_decay: moving-average reward baseline (None: the paper's plain ``r``).
+        policy: ``rl`` (the controller) or ``random`` (uniform sampling, the baseline search).
+        seed: the sampling stream of step ``t`` on rank ``q`` is seeded from ``(seed, t, q)``, so a
+            resumed search samples what an uninterrupted one would have.
+        controller_input_size, controller_hidden_size: 100 and 100 in the paper.
+    """
+
+    def __init__(self, space: SearchSpace, estimate: Callable[[dict], float], evaluate: Callable[[dict], float],
+                 baseline_wer: float, target_speedup: float, reward: str, explored: ExploredSet,
+                 optimizer: Callable | None = None, baseline_decay: float | None = 0.9, policy: str = "rl",
+                 seed: int = 0, controller_input_size: int = 100, controller_hidden_size: int = 100):
+        super().__init__()
+        if policy not in POLICIES:
+            raise ValueError(f"search.policy must be one of {POLICIES}, got {policy!r}")
+        if target_speedup < 1.0:
+            raise ValueError(f"search.target_speedup={target_speedup} is below 1; choose a_t >= 1")
+        self.space, self.estimate, self.evaluate = space, estimate, evaluate
+        self.baseline_wer, self.target_speedup = baseline_wer, target_speedup
+        self.reward_fn = wer_reward(reward)
+        self.explored = explored
+        self.optimizer_factory = optimizer
+        self.policy, self.seed = policy, seed
+        self.controller = Controller(*space.shape, controller_input_size, controller_hidden_size)
+        self.reward_baseline = RewardBaseline(baseline_decay)
+        self.counts = {"samples": 0, "accepted": 0, "evaluated": 0}
+        self.step_seconds: list[float] = []
+
+    # -- one step of Algorithm 1 ---------------------------------------------------------------
+    def _generator(self) -> torch.Generator:
+        return torch.Generator().manual_seed(hash((self.seed, int(self.global_step), self.global_rank)) % 2**62)
+
+    def training_step(self, batch, batch_idx):
+        started = time.perf_counter()
+        generator = self._generator()
+        if self.policy == "random":
+            choices = torch.randint(self.space.shape[1], (self.space.shape[0],), generator=generator)
+            sample = self.controller(choices)
+        else:
+            sample = self.controller(generator=generator)
+        ranks = self.space.ranks(sample.choices.tolist())
+        speedup = float(self.estimate(ranks))
+        self.counts["samples"] += 1
+        wer = None
+        if speedup < self.target_speedup:
+            reward = violation_reward(self.target_speedup - speedup)
+        else:
+            self.counts["accepted"] += 1
+            point = self.explored.get(ranks)
+            if point is None:
+                wer = float(self.evaluate(ranks))
+                self.counts["evaluated"] += 1
+                self.explored.add({"step": int(self.global_step), "rank": self.global_rank, "ranks": ranks,
+                                   "choices": sample.choices.tolist(), "speedup": speedup, "wer": wer,
+                                   "policy": self.policy, "time": time.time()})
+            else:
+                wer = float(point["wer"])
+            reward = self.reward_fn(wer, self.baseline_wer)
+        advantage = self.reward_baseline.advantage(reward)
+        self.step_seconds.append(time.perf_counter() - started)
+        metrics = {"search/reward": reward, "search/speedup": speedup, "search/entropy": float(sample.entropy),
+                   "search/acceptance": self.counts["accepted"] / self.counts["samples"],
+                   "search/explored": float(len(self.explored)), "search/step_seconds": self.step_seconds[-1]}
+        if wer is not None:
+            metrics["search/wer"] = wer
+        self.log_dict(metrics, batch_size=1, on_step=True, on_epoch=False)
+        if self.policy == "random":
+            return None  # the random search never updates
+        return reinforce_loss(sample, advantage)
+
+    # -- Lightning plumbing --------------------------------------------------------------------
+    def configure_optimizers(self):
+        if self.optimizer_factory is None:
+            return torch.optim.Adam(self.controller.parameters(), lr=1e-3)
+        return self.optimizer_factory(self.controller.parameters())
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["search_state"] = {"reward_baseline": self.reward_baseline.state_dict(), "counts": self.counts,
+                                      "space": self.space.to_dict(), "target_speedup": self.target_speedup}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        state = checkpoint.get("search_state", {})
+        if state.get("space") and state["space"] != self.space.to_dict():
+            raise ValueError("the search checkpoint was made for another search space (other targets, ranges or "
+                             "baseline); delete the search's output_dir or choose a new one to start afresh")
+        self.reward_baseline.load_state_dict(state.get("reward_baseline", {}))
+        self.counts.update(state.get("counts", {}))

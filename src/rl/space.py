@@ -1,0 +1,113 @@
+"""The search space ``S`` (paper section 3.1): an ``l x d`` matrix of ranks, one row per target.
+
+Row ``i`` lists the ``d`` rank options of target ``i``; a scheme picks one option per row. Two ways
+to fill it:
+
+* :func:`uniform_space` (the paper's "slow" search): the same range for every target, options at
+  evenly spaced fractions of each target's largest useful rank;
+* :func:`sensitivity_space` (the paper's "fast" search): each target's range narrowed by the
+  sensitivity table (Fig. 2): options at evenly spaced energies from the lowest energy at which
+  factorizing the target alone raised WER by at most ``max_delta``, up to energy 1.
+
+An option whose rank does not pay (``k (m + n) >= m n``) means "leave dense" (:data:`compress.cost.FULL`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from compress.cost import FULL, estimate_speedup, pays
+from compress.svd import Spectrum
+from compress.targets import Target
+
+
+class SearchSpaceError(ValueError):
+    """A search space that is malformed or cannot reach the target speed-up."""
+
+
+@dataclass
+class SearchSpace:
+    """``options[i][j]`` = rank ``S_ij`` of target ``names[i]`` (int, or ``full``)."""
+
+    names: list[str]
+    options: list[list[int | str]]
+
+    def __post_init__(self):
+        widths = {len(row) for row in self.options}
+        if len(self.names) != len(self.options) or len(widths) != 1 or 0 in widths:
+            raise SearchSpaceError(f"search space must be l x d with d >= 1: {len(self.names)} targets, "
+                                   f"row widths {sorted(widths)}")
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return len(self.names), len(self.options[0])
+
+    def ranks(self, choices: Sequence[int]) -> dict[str, int | str]:
+        """The scheme ``s`` (target -> rank) of one option index per target."""
+        return {name: row[j] for name, row, j in zip(self.names, self.options, choices, strict=True)}
+
+    def most_compressed(self) -> dict[str, int | str]:
+        """Each target at its smallest option (the highest speed-up the space can reach)."""
+        return {name: min(row, key=lambda r: float("inf") if r == FULL else r)
+                for name, row in zip(self.names, self.options, strict=True)}
+
+    def check_reachable(self, targets: Sequence[Target], target_speedup: float, by: str = "params") -> float:
+        """The highest estimated speed-up of the space; raises when it is below ``target_speedup``."""
+        if target_speedup < 1.0:
+            raise SearchSpaceError(f"search.target_speedup={target_speedup} is below 1; choose a_t >= 1")
+        best = estimate_speedup(targets, self.most_compressed(), by)
+        if best < target_speedup:
+            raise SearchSpaceError(f"search.target_speedup={target_speedup} is out of reach: the search space's most "
+                                   f"compressed scheme is estimated at {best:.2f}x; lower a_t, widen "
+                                   "search.space (smaller min_fraction / min_energy) or allow more targets")
+        return best
+
+    def to_dict(self) -> dict:
+        return {"names": self.names, "options": self.options}
+
+
+def _option(target: Target, rank: int) -> int | str:
+    rank = max(1, min(rank, target.max_rank))
+    return rank if pays(target.shape, rank) else FULL
+
+
+def uniform_space(targets: Sequence[Target], options: int = 8, min_fraction: float = 0.05) -> SearchSpace:
+    """Every target gets ``options`` ranks at fractions ``min_fraction .. 1`` of its break-even rank
+    ``m n / (m + n)`` (the largest rank that can pay)."""
+    if options < 2 or not 0.0 < min_fraction < 1.0:
+        raise SearchSpaceError(f"search.space needs options >= 2 and 0 < min_fraction < 1, got {options}, "
+                               f"{min_fraction}")
+    rows = []
+    for target in targets:
+        m, n = target.shape
+        break_even = m * n / (m + n)
+        rows.append([_option(target, round(break_even * (min_fraction + (1 - min_fraction) * j / (options - 1))))
+                     for j in range(options)])
+    return SearchSpace([t.name for t in targets], rows)
+
+
+def sensitivity_space(targets: Sequence[Target], spectra: Mapping[str, Spectrum], table: dict, options: int = 8,
+                      max_delta: float = 2.0, floor_energy: float | None = None) -> SearchSpace:
+    """Per-target options at ``options`` evenly spaced energies in ``[e_i, 1]``, ``e_i`` being the lowest
+    energy of the sensitivity ``table`` whose WER rise for target ``i`` stays within ``max_delta`` (the
+    table's highest energy when none does; ``floor_energy`` bounds ``e_i`` from below)."""
+    if options < 2:
+        raise SearchSpaceError(f"search.space.options must be >= 2, got {options}")
+    rows_by_target: dict[str, list[dict]] = {}
+    for row in table["rows"]:
+        rows_by_target.setdefault(row["target"], []).append(row)
+    rows = []
+    for target in targets:
+        measured = rows_by_target.get(target.name)
+        if not measured:
+            raise SearchSpaceError(f"target '{target.name}' is not in the sensitivity table; rerun "
+                                   "scripts/sensitivity.py on this checkpoint or use search.space.kind=uniform")
+        fine = [r["energy"] for r in measured if r["delta"] <= max_delta]
+        lowest = min(fine) if fine else max(r["energy"] for r in measured)
+        if floor_energy is not None:
+            lowest = max(lowest, floor_energy)
+        spectrum = spectra[target.name]
+        energies = [lowest + (1.0 - lowest) * j / (options - 1) for j in range(options)]
+        rows.append([_option(target, spectrum.rank_for_energy(min(e, 1.0), target.name)) for e in energies])
+    return SearchSpace([t.name for t in targets], rows)

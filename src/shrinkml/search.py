@@ -1,0 +1,200 @@
+"""The search stage behind ``search.py``: baseline + proxy set in, RL search (Algorithm 1), report out.
+
+Output directory (``output_dir``), every file enough to resume or reproduce:
+``explored-rank<r>.jsonl`` (the explored set W, append-only), ``checkpoints/last.ckpt`` (controller,
+optimizer, reward baseline), ``best_scheme.json`` (the result: the input of retraining),
+``report.json`` / ``report.md`` (Table 1) and ``explored.png`` (Fig. 4).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from pathlib import Path
+
+import hydra
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from omegaconf import DictConfig, OmegaConf
+
+from asr.data.errors import DataError
+from asr.evaluate import evaluate
+from asr.train import instantiate_group, write_json_atomic
+from compress.cost import estimate_speedup
+from compress.manual import uniform_energy_scheme
+from compress.scheme import Scheme, apply_scheme
+from compress.sensitivity import load_table, sensitive_targets
+from compress.svd import SvdCache
+from rl.explored import ExploredSet
+from rl.report import markdown_table, plot_explored
+from rl.search_module import SearchModule
+from rl.space import SearchSpace, sensitivity_space, uniform_space
+from shrinkml.stage import data_module, eval_batches, load_recognizer, profiled_targets, wer_scorer
+
+log = logging.getLogger(__name__)
+
+
+def proxy_utterances(cfg: DictConfig, datamodule) -> list[str] | None:
+    """The proxy set's utterance ids (``search.proxy``: ``full`` = None, ``random``, ``condensed``)."""
+    kind = cfg.proxy
+    if kind == "full":
+        return None
+    if kind == "random":
+        ids = [u.utt_id for u in datamodule.datasets[cfg.split].utterances]
+        return sorted(random.Random(cfg.seed).sample(ids, min(cfg.proxy_size, len(ids))))
+    if kind == "condensed":
+        path = Path(cfg.condensed_list)
+        if not path.is_file():
+            raise FileNotFoundError(f"condensed proxy list {path} not found; run scripts/condense.py first "
+                                    "(make condense) or use search.proxy=random")
+        ids = [line.split()[0] for line in path.read_text().splitlines() if line.strip()]
+        if not ids:
+            raise DataError(f"condensed proxy list {path} is empty; rerun scripts/condense.py with a lower correl_min")
+        return ids
+    raise ValueError(f"search.proxy must be full, random or condensed, got {kind!r}")
+
+
+def build_space(cfg: DictConfig, targets, cache: SvdCache, model) -> SearchSpace:
+    space = cfg.search.space
+    if space.kind == "uniform":
+        return uniform_space(targets, space.options, space.min_fraction)
+    if space.kind == "sensitivity":
+        spectra = {t.name: cache.get(t.name, t.weight(model)) for t in targets}
+        return sensitivity_space(targets, spectra, load_table(cfg.sensitivity_table), space.options,
+                                 space.max_delta, space.get("floor_energy"))
+    raise ValueError(f"search.space.kind must be uniform or sensitivity, got {space.kind!r}")
+
+
+def open_explored(out: Path, rank: int) -> ExploredSet:
+    """Rank ``rank``'s explored-set file, reading the other ranks' files too (one W across DDP ranks)."""
+    own = out / f"explored-rank{rank}.jsonl"
+    return ExploredSet(own, [p for p in sorted(out.glob("explored-rank*.jsonl")) if p != own])
+
+
+def run_search(cfg: DictConfig) -> dict:
+    """Run (or resume) the search of ``cfg`` and write its result and report; returns the report."""
+    L.seed_everything(cfg.seed, workers=True)
+    started = time.time()
+    out = Path(cfg.output_dir)
+    module = load_recognizer(cfg.ckpt)
+    model = module.model
+    datamodule = data_module(cfg.data)
+    proxy = eval_batches(datamodule, cfg.split, utt_ids=proxy_utterances(cfg, datamodule))
+    targets = profiled_targets(module, proxy, cfg.targets.include, cfg.targets.exclude)
+    cache = SvdCache()
+    search = cfg.search
+    space = build_space(cfg, targets, cache, model)
+    space.check_reachable(targets, search.target_speedup, cfg.by)
+    score = wer_scorer(module, proxy)
+    baseline_wer = score(model)
+    log.info("proxy set: %d utterances, baseline WER %.2f; search space %d x %d", sum(len(b["utt_ids"]) for b in proxy),
+             baseline_wer, *space.shape)
+
+    def estimate(ranks: dict) -> float:
+        return estimate_speedup(targets, ranks, cfg.by)
+
+    def evaluate_ranks(ranks: dict) -> float:
+        return score(apply_scheme(model, Scheme.build(targets, ranks, "automl"), targets, cache))
+
+    checkpoints = ModelCheckpoint(dirpath=out / "checkpoints", save_last=True, save_top_k=0,
+                                  every_n_train_steps=cfg.checkpoint_every)
+    trainer = hydra.utils.instantiate(cfg.trainer, max_steps=search.steps, callbacks=[checkpoints],
+                                      logger=instantiate_group(cfg.get("logger")) or False)
+    rank = trainer.global_rank
+    explored = open_explored(out, rank)
+    optimizer = hydra.utils.instantiate(search.optimizer, _partial_=True)
+    searcher = SearchModule(space, estimate, evaluate_ranks, baseline_wer, search.target_speedup, search.reward,
+                            explored, optimizer, search.baseline_decay, search.policy, cfg.seed)
+    for logger in trainer.loggers:
+        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+    last = out / "checkpoints" / "last.ckpt"
+    steps = torch.utils.data.DataLoader(list(range(search.steps)), batch_size=None)
+    trainer.fit(searcher, train_dataloaders=steps, ckpt_path=str(last) if last.is_file() else None, weights_only=False)
+    if rank != 0:
+        return {}
+    explored = open_explored(out, 0)
+    report = finalize(cfg, module, targets, cache, datamodule, explored, baseline_wer, score, searcher,
+                      time.time() - started)
+    for logger in trainer.loggers:
+        if hasattr(logger, "log_image"):
+            logger.log_image("search/explored", [str(out / "explored.png")])
+            logger.experiment.summary.update({k: v for k, v in report["summary"].items() if v is not None})
+    return report
+
+
+def finalize(cfg, module, targets, cache, datamodule, explored: ExploredSet, baseline_wer: float, score,
+             searcher: SearchModule, wall_seconds: float) -> dict:
+    """Re-evaluate the top-5 explored schemes on the test splits, pick the best, compare it with the
+    manual baselines and the dense model, and write the result scheme, Table 1 and Fig. 4."""
+    out, search, model = Path(cfg.output_dir), cfg.search, module.model
+    a_t = search.target_speedup
+    tokenizer = module.assets.tokenizer
+    tests = {split: eval_batches(datamodule, split) for split in cfg.test_splits}
+    first = cfg.test_splits[0]
+
+    def test_wers(compressed) -> dict:
+        return {f"wer/{split}": evaluate(compressed, batches, tokenizer).wer for split, batches in tests.items()}
+
+    rows = [{"model": "baseline", "speedup/params": 1.0, "proxy_wer": baseline_wer, **test_wers(model)}]
+    weights = {t.name: t.weight(model) for t in targets}
+    manual_dense = {"naive": []}
+    if Path(cfg.sensitivity_table).is_file():
+        table = load_table(cfg.sensitivity_table)
+        manual_dense["guided"] = sensitive_targets(table, cfg.guided.energy, cfg.guided.max_delta)
+    curves: dict[str, list[tuple[float, float]]] = {}
+    for method, dense in manual_dense.items():
+        try:
+            scheme = uniform_energy_scheme(targets, weights, cache, a_t, cfg.by, dense, provenance=method)
+        except ValueError as err:
+            log.warning("manual %s baseline at %.2fx: %s", method, a_t, err)
+            continue
+        compressed = apply_scheme(model, scheme, targets, cache)
+        rows.append({"model": f"manual {method}", "speedup/params": scheme.estimates["speedup/params"],
+                     "proxy_wer": score(compressed), **test_wers(compressed)})
+        curves[method] = []
+        for a in cfg.report.curve_speedups:
+            try:
+                point = uniform_energy_scheme(targets, weights, cache, a, cfg.by, dense, provenance=method)
+            except ValueError:
+                continue
+            curves[method].append((point.estimates[f"speedup/{cfg.by}"],
+                                   score(apply_scheme(model, point, targets, cache))))
+    top = explored.best(a_t, cfg.report.top_k)
+    best = None
+    for rank_in_search, point in enumerate(top, start=1):
+        scheme = Scheme.build(targets, point["ranks"], "automl" if search.policy == "rl" else "random")
+        wers = test_wers(apply_scheme(model, scheme, targets, cache))
+        row = {"model": f"{search.policy} #{rank_in_search}", "speedup/params": scheme.estimates["speedup/params"],
+               "proxy_wer": point["wer"], "found_at_step": point.get("step"), **wers}
+        rows.append(row)
+        if best is None or wers[f"wer/{first}"] < best[1][f"wer/{first}"]:
+            best = (scheme, wers, point)
+    summary = {"target_speedup": a_t, "explored": len(explored), "steps": search.steps,
+               "acceptance": searcher.counts["accepted"] / max(searcher.counts["samples"], 1),
+               "search_wall_seconds": round(wall_seconds, 1), "baseline_proxy_wer": baseline_wer,
+               "mean_step_seconds": (sum(searcher.step_seconds) / len(searcher.step_seconds)
+                                     if searcher.step_seconds else None)}
+    if best is None:
+        log.warning("no explored scheme reached a_t=%.2f: no result scheme written", a_t)
+        summary["best"] = None
+    else:
+        scheme, wers, point = best
+        scheme.metrics.update({"proxy_wer": point["wer"], **wers})
+        scheme.meta.update(found_at_step=point.get("step"), search=search.name, target_speedup=a_t,
+                           checkpoint=str(Path(cfg.ckpt).resolve()), search_wall_seconds=round(wall_seconds, 1))
+        scheme.save(out / "best_scheme.json")
+        summary.update({"best": str(out / "best_scheme.json"), "found_at_step": point.get("step"),
+                        "speedup/params": scheme.estimates["speedup/params"],
+                        "speedup/macs": scheme.estimates.get("speedup/macs"), **wers})
+    report = {"summary": summary, "rows": rows, "curves": curves}
+    write_json_atomic(out / "report.json", report)
+    columns = ["model", "speedup/params", "proxy_wer", *[f"wer/{s}" for s in cfg.test_splits], "found_at_step"]
+    text = (f"# Search `{search.name}` (a_t = {a_t}, policy {search.policy}, {search.steps} steps, "
+            f"{wall_seconds / 60:.1f} min)\n\n" + markdown_table(rows, columns))
+    (out / "report.md").write_text(text)
+    plot_explored(list(explored), out / "explored.png", a_t, baseline_wer, curves,
+                  title=f"{search.name}: explored schemes (a_t = {a_t})")
+    print(text)
+    return report

@@ -1,0 +1,184 @@
+"""The search's parts: rewards (Eq. 4-6), search space, controller + REINFORCE, explored set, and
+SearchModule (Algorithm 1) on a toy problem with a known optimum, including resume."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import lightning as L
+import pytest
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from torch import nn
+
+from compress.cost import FULL, estimate_speedup
+from compress.svd import SvdCache
+from compress.targets import discover_targets
+from rl.controller import Controller, RewardBaseline, reinforce_loss
+from rl.explored import ExploredSet
+from rl.rewards import aggressive_reward, conservative_reward, violation_reward, wer_reward
+from rl.search_module import SearchModule
+from rl.space import SearchSpace, SearchSpaceError, sensitivity_space, uniform_space
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread(one_torch_thread):
+    yield
+
+
+def test_rewards_are_the_papers_equations():
+    assert conservative_reward(8.34, 8.29) == pytest.approx(-math.exp(0.05))  # Eq. 4
+    assert aggressive_reward(20.0, 5.0) == pytest.approx(-math.exp(2.0))  # Eq. 5
+    assert violation_reward(0.5) == pytest.approx(-60.0)  # Eq. 6: -100 * 0.5 - 10
+    assert violation_reward(0.0) == -10.0
+    assert wer_reward("aggressive") is aggressive_reward
+    with pytest.raises(ValueError, match="search.reward"):
+        wer_reward("greedy")
+    with pytest.raises(ValueError, match="baseline WER"):
+        aggressive_reward(3.0, 0.0)
+
+
+def small_model() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(40, 60), nn.Linear(60, 30), nn.Linear(30, 10))
+
+
+def test_uniform_space_rows_and_reachability():
+    targets = discover_targets(small_model())
+    space = uniform_space(targets, options=5, min_fraction=0.1)
+    assert space.shape == (3, 5)
+    for target, row in zip(targets, space.options, strict=True):
+        ints = [r for r in row if r != FULL]
+        assert ints == sorted(ints) and all(1 <= r <= target.max_rank for r in ints)
+    best = space.check_reachable(targets, 1.5)
+    assert best == pytest.approx(estimate_speedup(targets, space.most_compressed()))
+    with pytest.raises(SearchSpaceError, match="out of reach"):
+        space.check_reachable(targets, best + 1)
+    with pytest.raises(SearchSpaceError, match="below 1"):
+        space.check_reachable(targets, 0.9)
+    with pytest.raises(SearchSpaceError, match="l x d"):
+        SearchSpace(["a", "b"], [[1, 2], [1]])
+
+
+def test_sensitivity_space_narrows_sensitive_targets():
+    model = small_model()
+    targets = discover_targets(model)
+    cache = SvdCache()
+    spectra = {t.name: cache.get(t.name, t.weight(model)) for t in targets}
+    rows = [{"target": t.name, "energy": e, "delta": (50.0 if t.name == "0" and e < 0.9 else 0.5)}
+            for t in targets for e in (0.5, 0.7, 0.9)]
+    space = sensitivity_space(targets, spectra, {"rows": rows}, options=4, max_delta=2.0)
+    sensitive, tolerant = space.options[0], space.options[1]
+    assert sensitive[0] == spectra["0"].rank_for_energy(0.9, "0") or sensitive[0] == FULL
+    assert tolerant[0] == spectra["1"].rank_for_energy(0.5, "1")
+    with pytest.raises(SearchSpaceError, match="not in the sensitivity table"):
+        sensitivity_space(targets, spectra, {"rows": rows[:3]})
+
+
+def test_controller_shapes_and_reinforce_gradient():
+    controller = Controller(num_targets=4, num_options=3)
+    assert controller.cell.input_size == 100 and controller.cell.hidden_size == 100  # the paper's controller
+    sample = controller(generator=torch.Generator().manual_seed(0))
+    assert sample.choices.shape == (4,) and sample.log_prob.dim() == 0
+    assert 0 < float(sample.entropy) <= math.log(3) + 1e-6
+    rescored = controller(sample.choices)
+    torch.testing.assert_close(rescored.log_prob, sample.log_prob)
+    d = controller.distributions(sample.choices)
+    assert d.shape == (4, 3)
+    torch.testing.assert_close(d.sum(dim=1), torch.ones(4))
+    expected = torch.log(d[torch.arange(4), sample.choices]).sum()
+    torch.testing.assert_close(sample.log_prob, expected)
+    reinforce_loss(sample, advantage=2.0).backward()
+    assert all(p.grad is not None for p in controller.parameters())
+
+
+def test_reward_baseline_is_a_moving_average():
+    baseline = RewardBaseline(0.5)
+    assert baseline.advantage(-4.0) == 0.0 and baseline.value == -4.0
+    assert baseline.advantage(-2.0) == 2.0 and baseline.value == -3.0
+    assert RewardBaseline(None).advantage(-7.0) == -7.0  # the paper's plain r
+    with pytest.raises(ValueError, match="baseline_decay"):
+        RewardBaseline(1.5)
+
+
+def test_explored_set_persists_and_skips_a_damaged_line(tmp_path, caplog):
+    path = tmp_path / "w.jsonl"
+    explored = ExploredSet(path)
+    explored.add({"ranks": {"a": 2}, "wer": 10.0, "speedup": 2.0, "step": 0})
+    explored.add({"ranks": {"a": 3}, "wer": 8.0, "speedup": 1.5, "step": 1})
+    with path.open("a") as f:
+        f.write('{"ranks": {"a": 4}, "wer": 7.\n')  # half-written line
+    explored_again = ExploredSet(path)
+    assert len(explored_again) == 2 and explored_again.get({"a": 3})["wer"] == 8.0
+    assert explored_again.damaged == [(path, 3)] and "line 3 is damaged" in caplog.text
+    assert [p["wer"] for p in explored_again.best(1.6)] == [10.0]
+    assert explored_again.get({"a": 9}) is None
+
+
+# -- Algorithm 1 on a toy problem ----------------------------------------------------------------
+SPACE = SearchSpace(["x", "y", "z"], [[1, 2, 3, 4]] * 3)
+
+
+def toy_estimate(ranks: dict) -> float:
+    """Speed-up falls as ranks grow: 4 / mean rank."""
+    return 4.0 / (sum(ranks.values()) / 3)
+
+
+class CountingWer:
+    """WER is lowest for x = 4 (the "sensitive" target) and high ranks elsewhere; counts calls."""
+
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, ranks: dict) -> float:
+        self.calls.append(dict(ranks))
+        return 10.0 + 8.0 * (4 - ranks["x"]) + (4 - ranks["y"]) + (4 - ranks["z"])
+
+
+def fit_search(tmp_path, steps, policy="rl", wer=None, resume=False, seed=0):
+    wer = wer or CountingWer()
+    explored = ExploredSet(tmp_path / "explored-rank0.jsonl")
+    module = SearchModule(SPACE, toy_estimate, wer, baseline_wer=10.0, target_speedup=1.6, reward="conservative",
+                          explored=explored, optimizer=lambda p: torch.optim.Adam(p, lr=0.05), policy=policy,
+                          seed=seed)
+    trainer = L.Trainer(max_steps=steps, max_epochs=-1, logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, accelerator="cpu", default_root_dir=tmp_path,
+                        callbacks=[ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True, save_top_k=0,
+                                                   every_n_train_steps=1)])
+    last = tmp_path / "ckpt" / "last.ckpt"
+    trainer.fit(module, train_dataloaders=torch.utils.data.DataLoader(list(range(steps)), batch_size=None),
+                ckpt_path=str(last) if resume and last.is_file() else None, weights_only=False)
+    return module, explored, wer
+
+
+def test_rl_search_learns_the_toy_optimum_and_never_reevaluates(tmp_path):
+    module, explored, wer = fit_search(tmp_path, steps=150)
+    keys = [json.dumps(c, sort_keys=True) for c in wer.calls]
+    assert len(keys) == len(set(keys)) == len(explored)  # each scheme evaluated once
+    best = explored.best(1.6, 1)[0]
+    # meeting a_t = 1.6 needs ranks summing to <= 7, so the optimum is x = 4 with y + z = 3: WER 15
+    assert best["ranks"]["x"] == 4 and best["wer"] == 15.0
+    probabilities = module.controller.distributions(torch.tensor([3, 0, 0]))
+    assert float(probabilities[0, 3]) > 0.5  # the policy learned to keep the sensitive target large
+
+
+def test_random_policy_samples_uniformly_and_does_not_learn(tmp_path):
+    torch.manual_seed(0)
+    reference = Controller(3, 4).state_dict()
+    torch.manual_seed(0)
+    module, explored, _ = fit_search(tmp_path, steps=20, policy="random")
+    assert module.counts["samples"] == 20 and len(explored) > 0
+    assert all(torch.equal(reference[k], v) for k, v in module.controller.state_dict().items())
+
+
+def test_interrupted_search_resumes_without_losing_or_repeating_points(tmp_path):
+    _, first_explored, first_wer = fit_search(tmp_path, steps=10)
+    resumed, explored, wer = fit_search(tmp_path, steps=25, resume=True)
+    assert resumed.global_step == 25 and resumed.counts["samples"] == 25
+    before = {json.dumps(c, sort_keys=True) for c in first_wer.calls}
+    assert not before & {json.dumps(c, sort_keys=True) for c in wer.calls}  # nothing scored twice
+    assert len(explored) == len(first_wer.calls) + len(wer.calls)
+    uninterrupted, _, _ = fit_search(tmp_path / "straight", steps=25)
+    straight = [json.loads(line)["ranks"] for line in (tmp_path / "straight" / "explored-rank0.jsonl").open()]
+    assert straight[: len(first_wer.calls)] == first_wer.calls  # same sampling stream step by step
