@@ -1,0 +1,67 @@
+"""search.py end to end on a tiny trained checkpoint: Algorithm 1 through the real Hydra entry point,
+its result files, resuming by running the same command again, and bad input."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from asr_helpers import VOCAB, corpus_copy_for_runs, shared_dir, trained_run
+from test_compress_scripts import run_script
+
+from compress.scheme import Scheme
+
+
+@pytest.fixture(scope="module")
+def setup(tiny_corpus, tmp_path_factory):
+    base = shared_dir(tmp_path_factory)
+    run_dir, _ = trained_run(tiny_corpus, base)
+    corpus = corpus_copy_for_runs(tiny_corpus, base)
+    common = [f"ckpt={run_dir / 'checkpoints' / 'last.ckpt'}", f"data.root={corpus}",
+              f"data.cache_dir={base / 'features'}", f"data.tokenizer.vocab_size={VOCAB}",
+              f"data.tokenizer.dir={base / 'tokenizer'}", "data.feature_jobs=1", "data.progress=false", "logger=csv",
+              "trainer.enable_progress_bar=false", "proxy=random", "proxy_size=6", "search.space.kind=uniform",
+              "search.space.options=4", "search.target_speedup=1.5", "report.curve_speedups=[1.5]",
+              f"sensitivity_table={base / 'no-table.json'}"]
+    return common, base
+
+
+def read_points(out) -> list[dict]:
+    return [json.loads(line) for line in (out / "explored-rank0.jsonl").open()]
+
+
+def test_search_runs_resumes_and_reports(setup):
+    common, base = setup
+    out = base / "search"
+    first = run_script("../search", *common, "search.steps=4", f"output_dir={out}")
+    assert first.returncode == 0, first.stderr[-3000:]
+    points = read_points(out)
+    assert points and all(p["speedup"] >= 1.5 for p in points)
+    resumed = run_script("../search", *common, "search.steps=8", f"output_dir={out}")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    again = read_points(out)
+    assert again[: len(points)] == points  # nothing lost or rewritten
+    keys = [json.dumps(p["ranks"], sort_keys=True) for p in again]
+    assert len(keys) == len(set(keys))  # no scheme evaluated twice
+    assert max(p["step"] for p in again) <= 7 and max(p["step"] for p in again) >= 4
+    report = json.loads((out / "report.json").read_text())
+    assert report["summary"]["steps"] == 8 and report["summary"]["explored"] == len(again)
+    models = [r["model"] for r in report["rows"]]
+    assert models[0] == "baseline" and "manual naive" in models and "rl #1" in models
+    best = Scheme.load(out / "best_scheme.json")
+    assert best.provenance == "automl" and best.estimates["speedup/params"] >= 1.5
+    assert "wer/test" in best.metrics and best.meta["found_at_step"] is not None
+    assert (out / "explored.png").stat().st_size > 1000 and "| baseline |" in (out / "report.md").read_text()
+
+
+def test_search_bad_input(setup, tmp_path):
+    common, base = setup
+    result = run_script("../search", *common, "search.target_speedup=50", f"output_dir={tmp_path / 'a'}")
+    assert result.returncode == 2 and "out of reach" in result.stderr
+    result = run_script("../search", *common, "proxy=condensed", f"condensed_list={tmp_path / 'none.txt'}",
+                        f"output_dir={tmp_path / 'b'}")
+    assert result.returncode == 2 and "run scripts/condense.py first" in result.stderr
+    (tmp_path / "bad.txt").write_text("no-such-utterance\n")
+    result = run_script("../search", *common, "proxy=condensed", f"condensed_list={tmp_path / 'bad.txt'}",
+                        f"output_dir={tmp_path / 'c'}")
+    assert result.returncode == 2 and "no-such-utterance" in result.stderr
