@@ -4,6 +4,12 @@ This is how TensorFlow and RETURNN store an LSTM, and how the ShrinkML paper cou
 matrices: one compressible matrix per layer. The sequence layer runs PyTorch's fused LSTM
 kernel (oneDNN on CPU) on views of that kernel, so it is as fast as ``torch.nn.LSTM``; the cell
 is used step by step in the decoder. Gate order is PyTorch's: input, forget, cell, output.
+
+A kernel made a rank-``k`` product ``U V`` (the contract in :mod:`asr.model.lowrank_lstm`) keeps
+the fused kernel on the rebuilt product while gradients are on (exact, costs what dense training
+costs); at inference the layer runs the ``k``-dimensional recurrence instead
+(:func:`asr.model.lowrank_lstm.factorized_layer_forward`) and the cell two thin products, which is
+where the speed-up of compression comes from.
 """
 
 from __future__ import annotations
@@ -11,7 +17,10 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+
+from asr.model.lowrank_lstm import factorized_layer_forward, low_rank_factors
 
 
 def _init_kernel(kernel: nn.Parameter, bias: nn.Parameter, hidden_size: int, forget_bias: float) -> None:
@@ -57,6 +66,10 @@ class ConcatLSTM(_ConcatKernel):
         Returns:
             outputs ``(B, T, H)`` and the final ``(h, c)``, each ``(B, H)``.
         """
+        if not torch.is_grad_enabled():
+            factors = low_rank_factors(self)
+            if factors is not None:
+                return factorized_layer_forward(x, factors[0], factors[1], self.bias, state)
         batch = x.shape[0]
         if state is None:
             zeros = x.new_zeros(1, batch, self.hidden_size)
@@ -69,7 +82,6 @@ class ConcatLSTM(_ConcatKernel):
         return out, (h.squeeze(0), c.squeeze(0))
 
 
-
 class ConcatLSTMCell(_ConcatKernel):
     """One LSTM step: ``gates = [x | h] @ kernel^T + bias``; ``kernel`` is ``(4H, in + H)``."""
 
@@ -77,7 +89,11 @@ class ConcatLSTMCell(_ConcatKernel):
                 ) -> tuple[torch.Tensor, torch.Tensor]:
         """``x`` ``(B, in)``, ``state`` ``(h, c)`` each ``(B, H)`` -> new ``(h, c)``."""
         h, c = state
-        gates = torch.nn.functional.linear(torch.cat([x, h], dim=-1), self.kernel, self.bias)
+        factors = low_rank_factors(self)
+        if factors is None:
+            gates = F.linear(torch.cat([x, h], dim=-1), self.kernel, self.bias)
+        else:  # two thin products; U @ V is never rebuilt
+            gates = F.linear(F.linear(torch.cat([x, h], dim=-1), factors[1]), factors[0], self.bias)
         i, f, g, o = gates.chunk(4, dim=-1)
         c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
         h = torch.sigmoid(o) * torch.tanh(c)

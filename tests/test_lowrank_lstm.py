@@ -1,0 +1,240 @@
+"""Inference path of factorized LSTM layers: the C++ recurrence and its PyTorch fallback against the
+dense fused kernel, the factorized reference recurrence and the (unchanged) training path."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from asr.model import lowrank_lstm
+from asr.model import lstm as lstm_module
+from asr.model.asr_model import AsrModel
+from asr.model.lowrank_lstm import factorized_lstm_forward, factorized_lstm_forward_python, low_rank_factors
+from asr.model.lstm import ConcatLSTM, ConcatLSTMCell
+from compress.lowrank import factorize_kernel, factorized_lstm_reference
+from compress.scheme import Scheme, apply_scheme
+from compress.svd import Spectrum, SvdCache
+from compress.targets import discover_targets
+
+IN, H = 5, 7
+ATOL = 1e-5
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def extension() -> None:
+    """Builds the C++ extension once for the module (cached on disk afterwards)."""
+    info = lowrank_lstm.backend_info()
+    if info["backend"] != "cpp":
+        pytest.skip(f"C++ extension not available: {info['reason']}")
+
+
+@pytest.fixture(params=["cpp", "python"])
+def backend(request, monkeypatch) -> str:
+    """Runs a test on the C++ extension and on the PyTorch fallback."""
+    if request.param == "cpp":
+        request.getfixturevalue("extension")
+    else:
+        monkeypatch.setattr(lowrank_lstm, "_uses_extension", lambda *tensors: False)
+    return request.param
+
+
+def dense_layer(seed: int = 0) -> ConcatLSTM:
+    torch.manual_seed(seed)
+    layer = ConcatLSTM(IN, H)
+    with torch.no_grad():
+        layer.bias.normal_()
+    return layer
+
+
+def factorized_copy(layer: ConcatLSTM | ConcatLSTMCell, rank: int | None = None) -> ConcatLSTM | ConcatLSTMCell:
+    """A copy of ``layer`` whose kernel is its SVD product at ``rank`` (full rank by default)."""
+    out = type(layer)(layer.input_size, layer.hidden_size)
+    out.load_state_dict(layer.state_dict())
+    u, v = Spectrum.of(layer.kernel).factors(rank or min(layer.kernel.shape))
+    factorize_kernel(out, u.contiguous(), v.contiguous())
+    return out
+
+
+def random_state(batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.randn(batch, H), torch.randn(batch, H)
+
+
+def test_low_rank_factors_follows_the_parametrization_contract():
+    layer = dense_layer()
+    assert low_rank_factors(layer) is None
+    factorized = factorized_copy(layer, 3)
+    u, v = low_rank_factors(factorized)
+    assert u is factorized.parametrizations.kernel.original0 and v is factorized.parametrizations.kernel.original1
+    assert u.shape == (4 * H, 3) and v.shape == (3, IN + H)
+
+    class Scale(nn.Module):  # one original, no rank: not a low-rank product
+        def forward(self, kernel):
+            return 2 * kernel
+
+    other = dense_layer()
+    parametrize.register_parametrization(other, "kernel", Scale())
+    assert low_rank_factors(other) is None
+
+
+@pytest.mark.parametrize("batch", [1, 6])  # 1: hand-written products, 6: BLAS (above GEMV_ROWS)
+@pytest.mark.parametrize("with_state", [False, True])
+def test_full_rank_inference_matches_the_dense_fused_kernel(backend, batch, with_state):
+    assert batch <= lowrank_lstm.GEMV_ROWS < 6 or batch > lowrank_lstm.GEMV_ROWS
+    layer = dense_layer()
+    factorized = factorized_copy(layer)
+    x = torch.randn(batch, 11, IN)
+    state = random_state(batch) if with_state else None
+    with torch.no_grad():
+        out, (h, c) = factorized(x, state)
+        ref_out, (ref_h, ref_c) = layer(x, state)
+    assert out.shape == (batch, 11, H) and h.shape == c.shape == (batch, H)
+    torch.testing.assert_close(out, ref_out, atol=ATOL, rtol=0)
+    torch.testing.assert_close(h, ref_h, atol=ATOL, rtol=0)
+    torch.testing.assert_close(c, ref_c, atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("batch", [1, 6])
+def test_low_rank_inference_matches_the_reference_recurrence(backend, batch):
+    layer = factorized_copy(dense_layer(1), 3)
+    u, v = low_rank_factors(layer)
+    x = torch.randn(batch, 13, IN)
+    with torch.inference_mode():
+        out, _ = layer(x)
+    reference = factorized_lstm_reference(x, u.detach(), v.detach(), layer.bias.detach(), H)
+    torch.testing.assert_close(out, reference, atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("batch", [1, 6])
+def test_state_carried_across_two_chunks_equals_one_pass(backend, batch):
+    layer = factorized_copy(dense_layer(2), 4)
+    x = torch.randn(batch, 12, IN)
+    state = random_state(batch)
+    with torch.no_grad():
+        whole, (h, c) = layer(x, state)
+        first, mid = layer(x[:, :5], state)
+        second, (h2, c2) = layer(x[:, 5:], mid)
+        empty, (h3, c3) = layer(x[:, :0], (h2, c2))  # an empty chunk keeps the state
+    torch.testing.assert_close(torch.cat([first, second], dim=1), whole, atol=ATOL, rtol=0)
+    torch.testing.assert_close(h2, h, atol=ATOL, rtol=0)
+    torch.testing.assert_close(c2, c, atol=ATOL, rtol=0)
+    assert empty.shape == (batch, 0, H)
+    torch.testing.assert_close(h3, h2, atol=0, rtol=0)
+    torch.testing.assert_close(c3, c2, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("batch", [1, 6])
+def test_extension_and_fallback_agree_on_random_inputs(extension, batch):
+    torch.manual_seed(3)
+    k = 5
+    x_proj, v_h, u = torch.randn(batch, 9, k), torch.randn(k, H), torch.randn(4 * H, k)
+    bias, (h0, c0) = torch.randn(4 * H), random_state(batch)
+    initial = h0.clone(), c0.clone()
+    fast = factorized_lstm_forward(x_proj, v_h, u, bias, h0, c0)
+    slow = factorized_lstm_forward_python(x_proj, v_h, u, bias, h0, c0)
+    for a, b in zip(fast, slow, strict=True):
+        torch.testing.assert_close(a, b, atol=ATOL, rtol=0)
+    assert torch.equal(h0, initial[0]) and torch.equal(c0, initial[1])  # the state is read, not updated
+    packed = lowrank_lstm.pack_factors(v_h, u, bias)
+    again = factorized_lstm_forward(x_proj, v_h, u, bias, h0, c0, packed)
+    assert all(torch.equal(a, b) for a, b in zip(fast, again, strict=True))
+
+
+def test_saturated_gates_stay_finite_and_exact(extension):
+    """The extension's own exp at and beyond its clamping range."""
+    torch.manual_seed(4)
+    x_proj = 200 * torch.randn(2, 6, 3)
+    v_h, u, bias = torch.randn(3, H), 50 * torch.randn(4 * H, 3), torch.randn(4 * H)
+    h0, c0 = random_state(2)
+    fast = factorized_lstm_forward(x_proj, v_h, u, bias, h0, c0)
+    slow = factorized_lstm_forward_python(x_proj, v_h, u, bias, h0, c0)
+    assert all(torch.isfinite(t).all() for t in fast)
+    for a, b in zip(fast, slow, strict=True):
+        torch.testing.assert_close(a, b, atol=ATOL, rtol=0)
+
+
+def test_factorized_cell_equals_the_dense_cell_on_the_product():
+    torch.manual_seed(5)
+    cell = ConcatLSTMCell(IN, H)
+    with torch.no_grad():
+        cell.bias.normal_()
+    factorized = factorized_copy(cell, 3)
+    dense = ConcatLSTMCell(IN, H)
+    with torch.no_grad():
+        dense.kernel.copy_(factorized.kernel)
+        dense.bias.copy_(cell.bias)
+    x, state = torch.randn(4, IN), random_state(4)
+    for got, want in zip(factorized(x, state), dense(x, state), strict=True):
+        torch.testing.assert_close(got, want, atol=ATOL, rtol=0)
+    factorized(x, state)[0].sum().backward()
+    assert factorized.parametrizations.kernel.original0.grad is not None
+    assert factorized.parametrizations.kernel.original1.grad is not None
+
+
+def test_training_path_is_the_exact_fused_kernel_and_trains_u_and_v():
+    layer = factorized_copy(dense_layer(6), 3)
+    u, v = low_rank_factors(layer)
+    x = torch.randn(2, 8, IN)
+    out, _ = layer(x)  # gradients on: the fused kernel on U @ V
+    assert out.requires_grad
+    out.pow(2).sum().backward()
+    grads = u.grad.clone(), v.grad.clone()
+    u_ref, v_ref = u.detach().clone().requires_grad_(), v.detach().clone().requires_grad_()
+    reference = factorized_lstm_reference(x, u_ref, v_ref, layer.bias.detach(), H)
+    torch.testing.assert_close(out.detach(), reference.detach(), atol=ATOL, rtol=0)
+    reference.pow(2).sum().backward()
+    torch.testing.assert_close(grads[0], u_ref.grad, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(grads[1], v_ref.grad, atol=1e-4, rtol=1e-4)
+
+
+def test_compressed_model_encodes_and_decodes_the_same_on_the_fast_path(extension, monkeypatch):
+    calls = []
+    fast_layer = lstm_module.factorized_layer_forward
+    monkeypatch.setattr(lstm_module, "factorized_layer_forward", lambda *args: calls.append(1) or fast_layer(*args))
+    torch.manual_seed(7)
+    model = AsrModel(30, 20, dict(hidden_size=16, num_layers=2, pool=[2]),
+                     dict(hidden_size=16, attention_size=8, embedding_size=8, pre_output_size=12)).eval()
+    targets = discover_targets(model)
+    scheme = Scheme.build(targets, {t.name: min(4, t.max_rank) for t in targets}, "uniform")
+    compressed = apply_scheme(model, scheme, targets, SvdCache())
+    x, lengths = torch.randn(2, 40, 20), torch.tensor([40, 33])
+    exact, _ = compressed.encode(x, lengths)  # gradients on: fused kernel on the rebuilt products
+    assert not calls
+    with torch.inference_mode():
+        fast, _ = compressed.encode(x, lengths)
+        tokens = compressed.greedy_decode(x, lengths)
+    assert len(calls) == 4  # both encoder layers, in encode and in greedy_decode
+    torch.testing.assert_close(fast, exact.detach(), atol=ATOL, rtol=0)
+    with torch.no_grad():
+        streamed, state = [], compressed.encoder.initial_state()
+        for start in range(0, 40, 7):
+            out, state = compressed.encoder.stream(x[:1, start : start + 7], state)
+            streamed.append(out)
+    torch.testing.assert_close(torch.cat(streamed, dim=1), exact[:1].detach(), atol=ATOL, rtol=0)
+    assert len(tokens) == 2
+
+
+def test_an_unavailable_extension_falls_back_with_one_warning(monkeypatch, caplog):
+    monkeypatch.setattr(lowrank_lstm, "_status", {"backend": None, "reason": None, "build_seconds": None})
+    monkeypatch.setenv(lowrank_lstm.ENV_SWITCH, "0")
+    with caplog.at_level(logging.WARNING, logger=lowrank_lstm.__name__):
+        assert lowrank_lstm.backend() == "python"
+        assert lowrank_lstm.backend() == "python"
+        layer = factorized_copy(dense_layer(8), 3)
+        with torch.no_grad():
+            out, _ = layer(torch.randn(1, 4, IN))
+    warnings = [r for r in caplog.records if r.name == lowrank_lstm.__name__]
+    assert len(warnings) == 1 and lowrank_lstm.ENV_SWITCH in warnings[0].getMessage()
+    assert lowrank_lstm.backend_info()["reason"].startswith("switched off")
+    assert out.shape == (1, 4, H)
