@@ -238,3 +238,28 @@ def test_an_unavailable_extension_falls_back_with_one_warning(monkeypatch, caplo
     assert len(warnings) == 1 and lowrank_lstm.ENV_SWITCH in warnings[0].getMessage()
     assert lowrank_lstm.backend_info()["reason"].startswith("switched off")
     assert out.shape == (1, 4, H)
+
+
+def test_dense_kernel_on_the_extension_loop_matches_the_fused_kernel(extension):
+    layer = dense_layer(9)
+    x, state = torch.randn(2, 10, IN), random_state(2)
+    with torch.no_grad():
+        out, (h, c) = lowrank_lstm.dense_layer_forward(x, layer.kernel, layer.bias, state)
+        ref_out, (ref_h, ref_c) = layer(x, state)
+    for got, want in ((out, ref_out), (h, ref_h), (c, ref_c)):
+        torch.testing.assert_close(got, want, atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("factorized", [False, True])
+def test_weights_kept_for_inference_follow_in_place_updates(factorized):
+    """Validation between optimizer steps: inference must see the updated weights."""
+    layer = factorized_copy(dense_layer(10), 3) if factorized else dense_layer(10)
+    weight = low_rank_factors(layer)[0] if factorized else layer.kernel
+    x = torch.randn(1, 6, IN)
+    with torch.no_grad():
+        before, _ = layer(x)
+        weight.mul_(1.5)  # an optimizer step updates parameters in place
+        after, _ = layer(x)
+    exact, _ = layer(x)  # gradients on: nothing kept
+    assert not torch.allclose(before, after)
+    torch.testing.assert_close(after, exact.detach(), atol=ATOL, rtol=0)

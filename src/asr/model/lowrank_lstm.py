@@ -55,7 +55,7 @@ _CPP_SOURCE = r"""
 
 // One copy of each hot loop per instruction set, picked when the library loads (GCC on x86-64).
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define SHRINKML_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#define SHRINKML_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #else
 #define SHRINKML_CLONES
 #endif
@@ -225,23 +225,70 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_packed(
     return {out, h, c};
 }
 
+// W_hh (4H, H) -> W_hh^T (H, Np), zero-padded, for dense_forward.
+at::Tensor pack_dense(const at::Tensor& w_hh) {
+    check_float_cpu(w_hh, "w_hh");
+    TORCH_CHECK(w_hh.dim() == 2 && w_hh.size(0) == 4 * w_hh.size(1), "w_hh must be (4H, H)");
+    at::Tensor packed = at::zeros({w_hh.size(1), padded(w_hh.size(0))}, w_hh.options());
+    packed.narrow(1, 0, w_hh.size(0)).copy_(w_hh.t());
+    return packed;
+}
+
+// The same loop on a dense kernel, for speed comparisons: gates_t = x_gates_t + W_hh h_{t-1}, with
+// x_gates (B, T, 4H) = W_ih x_t + bias for every frame; rows run one after the other.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> dense_forward(const at::Tensor& x_gates, const at::Tensor& w_packed,
+                                                             const at::Tensor& h0, const at::Tensor& c0) {
+    for (const at::Tensor* t : {&x_gates, &w_packed, &h0, &c0}) check_float_cpu(*t, "input");
+    TORCH_CHECK(x_gates.dim() == 3, "x_gates must be (B, T, 4H)");
+    const int64_t batch = x_gates.size(0), steps = x_gates.size(1), width = x_gates.size(2);
+    const int64_t hidden = w_packed.size(0), np = w_packed.size(1);
+    TORCH_CHECK(width == 4 * hidden && np == padded(width) && w_packed.is_contiguous(),
+                "weights must come from pack_dense()");
+    TORCH_CHECK(h0.dim() == 2 && h0.size(0) == batch && h0.size(1) == hidden && c0.sizes() == h0.sizes(),
+                "h0 and c0 must be (B, H)");
+    const at::Tensor xg = x_gates.contiguous();
+    at::Tensor out = at::empty({batch, steps, hidden}, x_gates.options());
+    at::Tensor h = h0.clone(at::MemoryFormat::Contiguous);
+    at::Tensor c = c0.clone(at::MemoryFormat::Contiguous);
+    at::Tensor buffer = at::zeros({np}, x_gates.options());
+    float* gates = buffer.data_ptr<float>();
+    const float* w = w_packed.data_ptr<float>();
+    for (int64_t b = 0; b < batch && steps > 0; ++b) {
+        const float* h_prev = h.data_ptr<float>() + b * hidden;
+        float* c_row = c.data_ptr<float>() + b * hidden;
+        for (int64_t t = 0; t < steps; ++t) {
+            std::memcpy(gates, xg.data_ptr<float>() + (b * steps + t) * width, sizeof(float) * width);
+            gemv_accumulate(h_prev, hidden, w, np, gates);
+            float* h_t = out.data_ptr<float>() + (b * steps + t) * hidden;
+            lstm_gates(gates, c_row, h_t, hidden);
+            h_prev = h_t;
+        }
+        std::memcpy(h.data_ptr<float>() + b * hidden, h_prev, sizeof(float) * hidden);
+    }
+    return {out, h, c};
+}
+
 }  // namespace
 
 TORCH_LIBRARY(shrinkml_lowrank, m) {
     m.def("pack(Tensor v_h, Tensor u, Tensor bias) -> (Tensor, Tensor, Tensor)");
     m.def("forward_packed(Tensor x_proj, Tensor v_packed, Tensor u_packed, Tensor b_packed, Tensor h0, Tensor c0,"
           " int gemv_rows) -> (Tensor, Tensor, Tensor)");
+    m.def("pack_dense(Tensor w_hh) -> Tensor");
+    m.def("dense_forward(Tensor x_gates, Tensor w_packed, Tensor h0, Tensor c0) -> (Tensor, Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(shrinkml_lowrank, CPU, m) {
     m.impl("pack", &pack);
     m.impl("forward_packed", &forward_packed);
+    m.impl("pack_dense", &pack_dense);
+    m.impl("dense_forward", &dense_forward);
 }
 """
 
 _lock = threading.Lock()
 _status: dict = {"backend": None, "reason": None, "build_seconds": None}
-_packed_cache = WeakIdKeyDictionary()  # U parameter -> (key, packed weights of its layer)
+_packed_cache = WeakIdKeyDictionary()  # U (or a dense kernel) -> (key, packed weights of its layer)
 
 
 def _build() -> None:
@@ -373,4 +420,27 @@ def factorized_layer_forward(x: torch.Tensor, u: torch.Tensor, v: torch.Tensor, 
             _packed_cache[u] = cached
         packed = cached[1]
     out, h, c = factorized_lstm_forward(x_proj, v_h, u, bias, h0, c0, packed)
+    return out, (h, c)
+
+
+def dense_layer_forward(x: torch.Tensor, kernel: torch.Tensor, bias: torch.Tensor,
+                        state: tuple[torch.Tensor, torch.Tensor] | None
+                        ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+    """A dense layer (``kernel`` ``(4H, in + H)``) on the C++ loop, rows one after another: for speed
+    comparisons only (``benchmarks/measured_speedup.py``); the model's dense layers run torch's fused
+    kernel. Needs the ``"cpp"`` backend and CPU float32 tensors."""
+    if not _uses_extension(x, kernel, bias):
+        raise RuntimeError(f"dense_layer_forward needs the C++ extension ({backend_info()['reason']})")
+    hidden = kernel.shape[0] // 4
+    w_ih, w_hh = kernel.split([kernel.shape[1] - hidden, hidden], dim=1)
+    with torch.no_grad():
+        x_gates = torch.addmm(bias, x.reshape(-1, x.shape[-1]), w_ih.t()).reshape(*x.shape[:2], 4 * hidden)
+        key = tuple((t.data_ptr(), t._version) for t in (kernel,)) if not kernel.is_inference() else None
+        cached = _packed_cache.get(kernel)
+        if key is None or cached is None or cached[0] != key:
+            cached = (key, torch.ops.shrinkml_lowrank.pack_dense(w_hh))
+            if key is not None:
+                _packed_cache[kernel] = cached
+        h0, c0 = state if state is not None else (x.new_zeros(x.shape[0], hidden),) * 2
+        out, h, c = torch.ops.shrinkml_lowrank.dense_forward(x_gates, cached[1], h0, c0)
     return out, (h, c)
