@@ -7,8 +7,10 @@ STAMP := $(VENV)/.installed
 CORPUS := data/synthetic
 
 BASELINE := runs/baseline
+SENSITIVITY_UTTERANCES ?= 200
 
-.PHONY: setup test lint data corpus prepare baseline pipeline bench clean-cache
+.PHONY: setup test lint data corpus prepare baseline sensitivity manual condense search search-conservative \
+	search-random pipeline bench clean-cache
 
 ## setup: virtual env with the project and its dev extras, plus the system check for the corpus text
 setup: $(STAMP)
@@ -41,8 +43,27 @@ baseline: $(BASELINE)/summary.json
 $(BASELINE)/summary.json: | $(CORPUS)/corpus.json
 	$(PY) train.py +experiment=baseline $(if $(wildcard $(BASELINE)/checkpoints/last.ckpt),ckpt_path=$(BASELINE)/checkpoints/last.ckpt,)
 
-## pipeline: every stage that exists so far: data, baseline
-pipeline: data baseline
+## sensitivity: single-target sensitivity of the baseline (Fig. 2)
+sensitivity: $(BASELINE)/summary.json
+	$(PY) scripts/sensitivity.py max_utterances=$(SENSITIVITY_UTTERANCES)
+
+## manual: naive and guided manual baselines at 1.2x, 2x, 3.7x (Fig. 4), after `make sensitivity`
+manual: $(BASELINE)/summary.json
+	$(PY) scripts/manual_baselines.py
+
+## condense: the condensed proxy set of the dev split (Listing 1, Fig. 3)
+condense: $(BASELINE)/summary.json
+	$(PY) scripts/condense.py
+
+## search: sensitivity, condense, then the aggressive RL search (a_t = 3.7) and its random-search baseline
+search: sensitivity condense
+	$(PY) search.py search=aggressive
+	$(PY) search.py search=random
+search-conservative: sensitivity condense
+	$(PY) search.py search=conservative
+
+## pipeline: every stage that exists so far: data, baseline, search
+pipeline: data baseline search
 
 ## bench: the benchmark scripts (print their numbers)
 bench: setup
