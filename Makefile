@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 CORPUS := data/synthetic
 
 BASELINE := runs/baseline
-SENSITIVITY_UTTERANCES ?= 200
+SENSITIVITY_UTTERANCES ?= 100
 
 .PHONY: setup test lint data corpus prepare baseline sensitivity manual condense search search-conservative \
 	search-random pipeline bench clean-cache

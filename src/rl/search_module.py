@@ -66,7 +66,8 @@ class SearchModule(L.LightningModule):
         self.controller = Controller(*space.shape, controller_input_size, controller_hidden_size)
         self.reward_baseline = RewardBaseline(baseline_decay)
         self.counts = {"samples": 0, "accepted": 0, "evaluated": 0}
-        self.step_seconds: list[float] = []
+        self.step_seconds: list[float] = []  # every step of this process
+        self.evaluated_step_seconds: list[float] = []  # the steps that decoded the proxy set
 
     # -- one step of Algorithm 1 ---------------------------------------------------------------
     def _generator(self) -> torch.Generator:
@@ -83,7 +84,7 @@ class SearchModule(L.LightningModule):
         ranks = self.space.ranks(sample.choices.tolist())
         speedup = float(self.estimate(ranks))
         self.counts["samples"] += 1
-        wer = None
+        wer = point = None
         if speedup < self.target_speedup:
             reward = violation_reward(self.target_speedup - speedup)
         else:
@@ -100,6 +101,8 @@ class SearchModule(L.LightningModule):
             reward = self.reward_fn(wer, self.baseline_wer)
         advantage = self.reward_baseline.advantage(reward)
         self.step_seconds.append(time.perf_counter() - started)
+        if wer is not None and point is None:
+            self.evaluated_step_seconds.append(self.step_seconds[-1])
         metrics = {"search/reward": reward, "search/speedup": speedup, "search/entropy": float(sample.entropy),
                    "search/acceptance": self.counts["accepted"] / self.counts["samples"],
                    "search/explored": float(len(self.explored)), "search/step_seconds": self.step_seconds[-1]}

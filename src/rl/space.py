@@ -6,8 +6,8 @@ to fill it:
 * :func:`uniform_space` (the paper's "slow" search): the same range for every target, options at
   evenly spaced fractions of each target's largest useful rank;
 * :func:`sensitivity_space` (the paper's "fast" search): each target's range narrowed by the
-  sensitivity table (Fig. 2): options at evenly spaced energies from the lowest energy at which
-  factorizing the target alone raised WER by at most ``max_delta``, up to energy 1.
+  sensitivity table (Fig. 2): its smallest option is its rank at the lowest energy at which
+  factorizing it alone raised WER by at most ``max_delta``.
 
 An option whose rank does not pay (``k (m + n) >= m n``) means "leave dense" (:data:`compress.cost.FULL`).
 """
@@ -88,10 +88,15 @@ def uniform_space(targets: Sequence[Target], options: int = 8, min_fraction: flo
 
 
 def sensitivity_space(targets: Sequence[Target], spectra: Mapping[str, Spectrum], table: dict, options: int = 8,
-                      max_delta: float = 2.0, floor_energy: float | None = None) -> SearchSpace:
-    """Per-target options at ``options`` evenly spaced energies in ``[e_i, 1]``, ``e_i`` being the lowest
-    energy of the sensitivity ``table`` whose WER rise for target ``i`` stays within ``max_delta`` (the
-    table's highest energy when none does; ``floor_energy`` bounds ``e_i`` from below)."""
+                      max_delta: float = 2.0, min_fraction: float = 0.05) -> SearchSpace:
+    """Per-target ranges narrowed by the sensitivity ``table`` (the paper's fast search).
+
+    Target ``i``'s smallest option is its rank at ``e_i``, the lowest energy of the table whose WER
+    rise stays within ``max_delta`` points; a target within ``max_delta`` at every energy of the
+    table may go as low as the uniform space (``min_fraction`` of its break-even rank), and one that
+    exceeds it everywhere starts at the table's highest energy. The ``options`` ranks are evenly
+    spaced from there up to the break-even rank (the last option: dense).
+    """
     if options < 2:
         raise SearchSpaceError(f"search.space.options must be >= 2, got {options}")
     rows_by_target: dict[str, list[dict]] = {}
@@ -103,11 +108,14 @@ def sensitivity_space(targets: Sequence[Target], spectra: Mapping[str, Spectrum]
         if not measured:
             raise SearchSpaceError(f"target '{target.name}' is not in the sensitivity table; rerun "
                                    "scripts/sensitivity.py on this checkpoint or use search.space.kind=uniform")
+        m, n = target.shape
+        break_even = m * n / (m + n)
         fine = [r["energy"] for r in measured if r["delta"] <= max_delta]
-        lowest = min(fine) if fine else max(r["energy"] for r in measured)
-        if floor_energy is not None:
-            lowest = max(lowest, floor_energy)
-        spectrum = spectra[target.name]
-        energies = [lowest + (1.0 - lowest) * j / (options - 1) for j in range(options)]
-        rows.append([_option(target, spectrum.rank_for_energy(min(e, 1.0), target.name)) for e in energies])
+        if fine and min(fine) == min(r["energy"] for r in measured):
+            lowest = break_even * min_fraction
+        else:
+            energy = min(fine) if fine else max(r["energy"] for r in measured)
+            lowest = min(spectra[target.name].rank_for_energy(energy, target.name), break_even)
+        rows.append([_option(target, round(lowest + (break_even - lowest) * j / (options - 1)))
+                     for j in range(options)])
     return SearchSpace([t.name for t in targets], rows)

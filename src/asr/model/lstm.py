@@ -7,7 +7,7 @@ is used step by step in the decoder. Gate order is PyTorch's: input, forget, cel
 
 A kernel made a rank-``k`` product ``U V`` (the contract in :mod:`asr.model.lowrank_lstm`) keeps
 the fused kernel on the rebuilt product while gradients are on (exact, costs what dense training
-costs); at inference the layer runs the ``k``-dimensional recurrence instead
+costs); at inference on the CPU the layer runs the ``k``-dimensional recurrence instead
 (:func:`asr.model.lowrank_lstm.factorized_layer_forward`) and the cell two thin products, which is
 where the speed-up of compression comes from.
 """
@@ -83,7 +83,7 @@ class ConcatLSTM(_ConcatKernel):
         Returns:
             outputs ``(B, T, H)`` and the final ``(h, c)``, each ``(B, H)``.
         """
-        if not torch.is_grad_enabled():
+        if not torch.is_grad_enabled() and x.device.type == "cpu":  # elsewhere the fused kernel on U @ V wins
             factors = low_rank_factors(self)
             if factors is not None:
                 return factorized_layer_forward(x, factors[0], factors[1], self.bias, state)
