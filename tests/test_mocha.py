@@ -300,3 +300,23 @@ def test_hard_attention_ignores_frames_before_the_boundary_and_padding():
     assert (weights[1, [6, 7]] > 0).all() and weights[1].sum() == pytest.approx(1.0)
     assert (weights[1, :6] == 0).all() and (weights[1, 8:] == 0).all()
     assert (weights[2] == 0).all()
+
+
+def test_hard_fallback_stops_at_the_most_likely_frame_strictly_ahead():
+    torch.manual_seed(8)
+    attention = MoChA(D, Q, A, chunk_size=3, init_r=-50.0, hard_fallback=True).eval()  # p far below 0.5
+    memory = torch.randn(3, 12, D)
+    keys = attention.keys(memory)
+    mask = torch.ones(3, 12, dtype=torch.bool)
+    query = torch.randn(3, Q)
+    with torch.no_grad():
+        p = torch.sigmoid(attention.monotonic_energy(keys[0], query))
+        weights, boundary = attention.hard(keys, query, torch.tensor([0, 5, 11]), mask)
+        off, off_boundary = attention.hard(keys, query, torch.tensor([0, 5, 11]), mask, fallback=False)
+    assert boundary[0] == 1 + int(p[0, 1:].argmax()) and boundary[1] == 6 + int(p[1, 6:].argmax())
+    assert boundary[2] == 12 and weights[2].sum() == 0  # nothing strictly ahead of the last frame: ran off
+    for b in (0, 1):
+        j = int(boundary[b])
+        assert weights[b].sum() == pytest.approx(1.0) and (weights[b, j + 1 :] == 0).all()
+        assert (weights[b, : max(j - 2, 0)] == 0).all()
+    assert off_boundary.tolist() == [12, 12, 12] and off.sum() == 0  # the paper's inference

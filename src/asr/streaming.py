@@ -85,7 +85,8 @@ class StreamingRecognizer:
                     break
                 weights, boundary = torch.zeros(1, 0), torch.tensor([0])
             else:
-                weights, boundary = attention.hard((self.mono_keys, self.chunk_keys), h, self.state.boundary, mask)
+                weights, boundary = attention.hard((self.mono_keys, self.chunk_keys), h, self.state.boundary, mask,
+                                                   fallback=final and attention.hard_fallback)
                 if int(boundary) >= frames and not final:
                     break  # no frame has fired yet: wait for more audio
             context = torch.bmm(weights.unsqueeze(1), self.memory).squeeze(1) if frames else self.state.context * 0

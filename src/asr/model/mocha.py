@@ -94,9 +94,11 @@ class MoChA(nn.Module):
     """Monotonic chunkwise attention with chunk width ``chunk_size`` (``w``)."""
 
     def __init__(self, key_size: int, query_size: int, attention_size: int, chunk_size: int = 4,
-                 init_r: float = -4.0, init_gain: float = 1.0, noise_std: float = 2.0):
+                 init_r: float = -4.0, init_gain: float = 1.0, noise_std: float = 2.0, hard_fallback: bool = False):
+        """``hard_fallback``: see :meth:`hard` (False: the original MoChA inference)."""
         super().__init__()
         self.chunk_size = chunk_size
+        self.hard_fallback = hard_fallback
         self.noise_std = noise_std
         self.mono_key = nn.Linear(key_size, attention_size)
         self.mono_query = nn.Linear(query_size, attention_size, bias=False)
@@ -133,12 +135,16 @@ class MoChA(nn.Module):
         return alpha, beta
 
     def hard(self, keys: tuple[torch.Tensor, torch.Tensor], query: torch.Tensor, boundary: torch.Tensor,
-             mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+             mask: torch.Tensor, fallback: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Inference step: ``(weights (B, T), new boundary (B,))``.
 
         ``boundary`` ``(B,)`` is the last chosen frame (0 before the first step). Where no frame
         at or after it reaches ``p >= 0.5`` the weights are all zero (zero context) and the new
-        boundary is ``T``: the attention has run off the end of the input.
+        boundary is ``T``: the attention has run off the end of the input. With ``fallback``
+        (default: ``hard_fallback``), it stops instead at the frame of highest ``p`` at or after the
+        boundary, strictly after it (an improvement over the paper's MoChA: a weakly trained energy that never reaches
+        0.5 deleted the rest of the utterance). Streaming passes ``fallback`` only once the input has
+        ended, since the fallback needs every remaining frame.
         """
         frames = keys[0].shape[1]
         positions = torch.arange(frames, device=query.device)
@@ -147,6 +153,11 @@ class MoChA(nn.Module):
         stop = allowed & (p >= 0.5)
         found = stop.any(dim=-1)
         chosen = torch.where(found, stop.float().argmax(dim=-1), torch.full_like(boundary, frames))
+        if self.hard_fallback if fallback is None else fallback:
+            ahead = allowed & (positions.unsqueeze(0) > boundary.unsqueeze(1))  # strictly ahead: no loops in place
+            rescue = ~found & ahead.any(dim=-1)
+            chosen = torch.where(rescue, p.masked_fill(~ahead, -1.0).argmax(dim=-1), chosen)
+            found = found | rescue
         in_chunk = (positions.unsqueeze(0) <= chosen.unsqueeze(1)) & \
                    (positions.unsqueeze(0) > chosen.unsqueeze(1) - self.chunk_size) & mask & found.unsqueeze(1)
         u = self.chunk_energy(keys[1], query).masked_fill(~in_chunk, -math.inf)
