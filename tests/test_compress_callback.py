@@ -146,3 +146,18 @@ def test_train_py_fine_tunes_a_compressed_baseline(tiny_corpus, tmp_path_factory
     assert current_ranks(module.model, targets) == expected
     assert sum(rank != "full" for rank in expected.values()) >= 8
     assert module.num_parameters() == summary["params"]
+
+
+def test_retrain_experiment_fast_dev_run(tiny_corpus, tmp_path_factory):
+    base = shared_dir(tmp_path_factory)
+    run_dir, _ = trained_run(tiny_corpus, base)
+    baseline_ckpt = run_dir / "checkpoints" / "last.ckpt"
+    half_rank_scheme(load_module(baseline_ckpt).model).save(base / "retrain-scheme.json")
+    corpus = corpus_copy_for_runs(tiny_corpus, base)
+    overrides = ["+experiment=retrain", "debug=fdr", "trainer.max_time=null", "model.ctc_weight=0.0",
+                 f"compress.scheme={base / 'retrain-scheme.json'}", f"compress.init_from={baseline_ckpt}"]
+    cfg = compose_train(run_overrides(corpus, base, *overrides))
+    assert cfg.stage == "retrain" and cfg.compress.exclude == ["ctc_head"]
+    with hydra_job(cfg, base / "retrain_fdr") as task:
+        summary = train(task)
+    assert summary["params"] < load_module(baseline_ckpt).num_parameters()
