@@ -8,6 +8,8 @@ CORPUS := data/synthetic
 
 BASELINE := runs/baseline
 SENSITIVITY_UTTERANCES ?= 100
+SENSITIVITY := runs/sensitivity/sensitivity.json
+CONDENSED := runs/condense/condensed.txt
 
 .PHONY: setup test lint data corpus prepare baseline sensitivity manual condense search search-conservative \
 	search-random pipeline bench clean-cache
@@ -44,26 +46,29 @@ $(BASELINE)/summary.json: | $(CORPUS)/corpus.json
 	$(PY) train.py +experiment=baseline $(if $(wildcard $(BASELINE)/checkpoints/last.ckpt),ckpt_path=$(BASELINE)/checkpoints/last.ckpt,)
 
 ## sensitivity: single-target sensitivity of the baseline (Fig. 2)
-sensitivity: $(BASELINE)/summary.json
+sensitivity: $(SENSITIVITY)
+$(SENSITIVITY): $(BASELINE)/summary.json
 	$(PY) scripts/sensitivity.py max_utterances=$(SENSITIVITY_UTTERANCES)
 
-## manual: naive and guided manual baselines at 1.2x, 2x, 3.7x (Fig. 4), after `make sensitivity`
-manual: $(BASELINE)/summary.json
+## manual: naive and guided manual baselines at 1.2x, 2x, 3.7x (Fig. 4)
+manual: runs/manual/manual.json
+runs/manual/manual.json: $(SENSITIVITY)
 	$(PY) scripts/manual_baselines.py
 
 ## condense: the condensed proxy set of the dev split (Listing 1, Fig. 3)
-condense: $(BASELINE)/summary.json
+condense: $(CONDENSED)
+$(CONDENSED): $(BASELINE)/summary.json
 	$(PY) scripts/condense.py
 
-## search: sensitivity, condense, then the aggressive RL search (a_t = 3.7) and its random-search baseline
-search: sensitivity condense
-	$(PY) search.py search=aggressive
-	$(PY) search.py search=random
-search-conservative: sensitivity condense
-	$(PY) search.py search=conservative
+## search: the aggressive RL search (a_t = 3.7) and the random search with the same budget; an
+## interrupted search resumes where it stopped when run again
+search: runs/search/aggressive/report.json runs/search/random/report.json
+runs/search/%/report.json: $(SENSITIVITY) $(CONDENSED)
+	$(PY) search.py search=$*
+search-conservative: runs/search/conservative/report.json
 
-## pipeline: every stage that exists so far: data, baseline, search
-pipeline: data baseline search
+## pipeline: every stage that exists so far: data, baseline, sensitivity, condense, search, manual baselines
+pipeline: data baseline search manual
 
 ## bench: the benchmark scripts (print their numbers)
 bench: setup
