@@ -101,6 +101,19 @@ def test_reward_baseline_is_a_moving_average():
     assert RewardBaseline(None).advantage(-7.0) == -7.0  # the paper's plain r
     with pytest.raises(ValueError, match="baseline_decay"):
         RewardBaseline(1.5)
+    normalized = RewardBaseline(0.5, normalize=True)
+    assert normalized.advantage(-4.0) == 0.0
+    # r - b = 2, variance 0.5 * 0 + 0.5 * 2^2 = 2: advantage 2 / sqrt(2)
+    assert normalized.advantage(-2.0) == pytest.approx(2.0 / math.sqrt(2.0))
+    scale_free = RewardBaseline(0.5, normalize=True)
+    scale_free.advantage(-400.0)
+    assert scale_free.advantage(-200.0) == pytest.approx(2.0 / math.sqrt(2.0))  # the same at 100x the scale
+    converged = RewardBaseline(0.5, normalize=True)
+    for _ in range(50):
+        converged.advantage(-9.0)
+    assert converged.advantage(-8.9) == pytest.approx(0.1 / (0.05 * 9.0), rel=0.01)  # floored, not 0.1 / 1e-8
+    with pytest.raises(ValueError, match="normalize_advantage"):
+        RewardBaseline(None, normalize=True)
 
 
 def test_explored_set_persists_and_skips_a_damaged_line(tmp_path, caplog):
@@ -137,12 +150,12 @@ class CountingWer:
         return 10.0 + 8.0 * (4 - ranks["x"]) + (4 - ranks["y"]) + (4 - ranks["z"])
 
 
-def fit_search(tmp_path, steps, policy="rl", wer=None, resume=False, seed=0):
+def fit_search(tmp_path, steps, policy="rl", wer=None, resume=False, seed=0, **options):
     wer = wer or CountingWer()
     explored = ExploredSet(tmp_path / "explored-rank0.jsonl")
     module = SearchModule(SPACE, toy_estimate, wer, baseline_wer=10.0, target_speedup=1.6, reward="conservative",
                           explored=explored, optimizer=lambda p: torch.optim.Adam(p, lr=0.05), policy=policy,
-                          seed=seed)
+                          seed=seed, **options)
     trainer = L.Trainer(max_steps=steps, max_epochs=-1, logger=False, enable_progress_bar=False,
                         enable_model_summary=False, accelerator="cpu", default_root_dir=tmp_path,
                         callbacks=[ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True, save_top_k=0,
@@ -183,3 +196,38 @@ def test_interrupted_search_resumes_without_losing_or_repeating_points(tmp_path)
     uninterrupted, _, _ = fit_search(tmp_path / "straight", steps=25)
     straight = [json.loads(line)["ranks"] for line in (tmp_path / "straight" / "explored-rank0.jsonl").open()]
     assert straight[: len(first_wer.calls)] == first_wer.calls  # same sampling stream step by step
+
+
+def test_entropy_bonus_raises_the_policy_entropy():
+    torch.manual_seed(0)
+    controller = Controller(3, 4)
+    with torch.no_grad():
+        for head in controller.heads:
+            head.bias.copy_(torch.tensor([3.0, 0.0, 0.0, 0.0]))  # a peaked policy
+    choices = torch.tensor([0, 0, 0])
+
+    def entropy() -> float:
+        d = controller.distributions(choices)
+        return float(-(d * d.log()).sum(dim=1).mean())
+
+    before = entropy()
+    optimizer = torch.optim.SGD(controller.parameters(), lr=0.5)
+    for _ in range(5):
+        sample = controller(choices)
+        loss = reinforce_loss(sample, advantage=0.0) - 1.0 * sample.entropy  # SearchModule's loss, r = b
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert entropy() > before + 0.1
+
+
+def test_geometric_spacing_spreads_options_evenly_in_speedup():
+    targets = discover_targets(nn.Sequential(nn.Linear(400, 600)))
+    row = uniform_space(targets, options=5, min_fraction=0.1, spacing="geometric").options[0]
+    break_even = 400 * 600 / 1000
+    speedups = [break_even / r for r in row[:-1]]
+    ratios = [a / b for a, b in zip(speedups, speedups[1:], strict=False)]
+    assert row[-1] == FULL and max(ratios) / min(ratios) < 1.05  # a constant ratio between options
+    assert speedups[0] == pytest.approx(10.0, rel=0.02)
+    with pytest.raises(SearchSpaceError, match="spacing"):
+        uniform_space(targets, spacing="cubic")

@@ -46,12 +46,16 @@ class SearchModule(L.LightningModule):
         seed: the sampling stream of step ``t`` on rank ``q`` is seeded from ``(seed, t, q)``, so a
             resumed search samples what an uninterrupted one would have.
         controller_input_size, controller_hidden_size: 100 and 100 in the paper.
+        normalize_advantage, entropy_weight: improvements over the paper (off = the paper): divide
+            the advantage by a moving reward standard deviation (:class:`RewardBaseline`), and add
+            ``-entropy_weight * H(pi)`` to the loss to keep the policy exploring.
     """
 
     def __init__(self, space: SearchSpace, estimate: Callable[[dict], float], evaluate: Callable[[dict], float],
                  baseline_wer: float, target_speedup: float, reward: str, explored: ExploredSet,
                  optimizer: Callable | None = None, baseline_decay: float | None = 0.9, policy: str = "rl",
-                 seed: int = 0, controller_input_size: int = 100, controller_hidden_size: int = 100):
+                 seed: int = 0, controller_input_size: int = 100, controller_hidden_size: int = 100,
+                 normalize_advantage: bool = False, entropy_weight: float = 0.0):
         super().__init__()
         if policy not in POLICIES:
             raise ValueError(f"search.policy must be one of {POLICIES}, got {policy!r}")
@@ -64,7 +68,8 @@ class SearchModule(L.LightningModule):
         self.optimizer_factory = optimizer
         self.policy, self.seed = policy, seed
         self.controller = Controller(*space.shape, controller_input_size, controller_hidden_size)
-        self.reward_baseline = RewardBaseline(baseline_decay)
+        self.reward_baseline = RewardBaseline(baseline_decay, normalize_advantage)
+        self.entropy_weight = entropy_weight
         self.counts = {"samples": 0, "accepted": 0, "evaluated": 0}
         self.step_seconds: list[float] = []  # every step of this process
         self.evaluated_step_seconds: list[float] = []  # the steps that decoded the proxy set
@@ -111,7 +116,7 @@ class SearchModule(L.LightningModule):
         self.log_dict(metrics, batch_size=1, on_step=True, on_epoch=False)
         if self.policy == "random":
             return None  # the random search never updates
-        return reinforce_loss(sample, advantage)
+        return reinforce_loss(sample, advantage) - self.entropy_weight * sample.entropy
 
     # -- Lightning plumbing --------------------------------------------------------------------
     def configure_optimizers(self):

@@ -72,9 +72,23 @@ def _option(target: Target, rank: int) -> int | str:
     return rank if pays(target.shape, rank) else FULL
 
 
-def uniform_space(targets: Sequence[Target], options: int = 8, min_fraction: float = 0.05) -> SearchSpace:
-    """Every target gets ``options`` ranks at fractions ``min_fraction .. 1`` of its break-even rank
-    ``m n / (m + n)`` (the largest rank that can pay)."""
+SPACINGS = ("linear", "geometric")
+
+
+def spaced(low: float, high: float, count: int, spacing: str) -> list[float]:
+    """``count`` values from ``low`` to ``high``: evenly (``linear``) or at a constant ratio (``geometric``,
+    which spreads the options evenly in per-matrix speed-up ``high / value`` instead of in rank)."""
+    if spacing not in SPACINGS:
+        raise SearchSpaceError(f"search.space.spacing must be one of {SPACINGS}, got {spacing!r}")
+    if spacing == "linear":
+        return [low + (high - low) * j / (count - 1) for j in range(count)]
+    return [low * (high / low) ** (j / (count - 1)) for j in range(count)]
+
+
+def uniform_space(targets: Sequence[Target], options: int = 8, min_fraction: float = 0.05,
+                  spacing: str = "linear") -> SearchSpace:
+    """Every target gets ``options`` ranks from ``min_fraction`` of its break-even rank
+    ``m n / (m + n)`` (the largest rank that can pay) up to it (dense)."""
     if options < 2 or not 0.0 < min_fraction < 1.0:
         raise SearchSpaceError(f"search.space needs options >= 2 and 0 < min_fraction < 1, got {options}, "
                                f"{min_fraction}")
@@ -82,20 +96,20 @@ def uniform_space(targets: Sequence[Target], options: int = 8, min_fraction: flo
     for target in targets:
         m, n = target.shape
         break_even = m * n / (m + n)
-        rows.append([_option(target, round(break_even * (min_fraction + (1 - min_fraction) * j / (options - 1))))
-                     for j in range(options)])
+        ranks = spaced(break_even * min_fraction, break_even, options, spacing)
+        rows.append([_option(target, round(r)) for r in ranks])
     return SearchSpace([t.name for t in targets], rows)
 
 
 def sensitivity_space(targets: Sequence[Target], spectra: Mapping[str, Spectrum], table: dict, options: int = 8,
-                      max_delta: float = 2.0, min_fraction: float = 0.05) -> SearchSpace:
+                      max_delta: float = 2.0, min_fraction: float = 0.05, spacing: str = "linear") -> SearchSpace:
     """Per-target ranges narrowed by the sensitivity ``table`` (the paper's fast search).
 
     Target ``i``'s smallest option is its rank at ``e_i``, the lowest energy of the table whose WER
     rise stays within ``max_delta`` points; a target within ``max_delta`` at every energy of the
     table may go as low as the uniform space (``min_fraction`` of its break-even rank), and one that
     exceeds it everywhere starts at the table's highest energy. The ``options`` ranks are evenly
-    spaced from there up to the break-even rank (the last option: dense).
+    spaced (``spacing``) from there up to the break-even rank (the last option: dense).
     """
     if options < 2:
         raise SearchSpaceError(f"search.space.options must be >= 2, got {options}")
@@ -116,6 +130,5 @@ def sensitivity_space(targets: Sequence[Target], spectra: Mapping[str, Spectrum]
         else:
             energy = min(fine) if fine else max(r["energy"] for r in measured)
             lowest = min(spectra[target.name].rank_for_energy(energy, target.name), break_even)
-        rows.append([_option(target, round(lowest + (break_even - lowest) * j / (options - 1)))
-                     for j in range(options)])
+        rows.append([_option(target, round(r)) for r in spaced(max(lowest, 1.0), break_even, options, spacing)])
     return SearchSpace([t.name for t in targets], rows)

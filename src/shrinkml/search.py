@@ -59,11 +59,11 @@ def proxy_utterances(cfg: DictConfig, datamodule) -> list[str] | None:
 def build_space(cfg: DictConfig, targets, cache: SvdCache, model) -> SearchSpace:
     space = cfg.search.space
     if space.kind == "uniform":
-        return uniform_space(targets, space.options, space.min_fraction)
+        return uniform_space(targets, space.options, space.min_fraction, space.spacing)
     if space.kind == "sensitivity":
         spectra = {t.name: cache.get(t.name, t.weight(model)) for t in targets}
         return sensitivity_space(targets, spectra, load_table(cfg.sensitivity_table), space.options,
-                                 space.max_delta, space.min_fraction)
+                                 space.max_delta, space.min_fraction, space.spacing)
     raise ValueError(f"search.space.kind must be uniform or sensitivity, got {space.kind!r}")
 
 
@@ -112,7 +112,8 @@ def run_search(cfg: DictConfig) -> dict:
     explored = open_explored(out, rank)
     optimizer = hydra.utils.instantiate(search.optimizer, _partial_=True)
     searcher = SearchModule(space, estimate, evaluate_ranks, baseline_wer, search.target_speedup, search.reward,
-                            explored, optimizer, search.baseline_decay, search.policy, cfg.seed)
+                            explored, optimizer, search.baseline_decay, search.policy, cfg.seed,
+                            normalize_advantage=search.normalize_advantage, entropy_weight=search.entropy_weight)
     for logger in trainer.loggers:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
     last = out / "checkpoints" / "last.ckpt"
