@@ -74,6 +74,7 @@ pipeline: data baseline search manual
 bench: setup
 	$(PY) benchmarks/data_pipeline.py
 	$(PY) benchmarks/asr_speed.py $(if $(wildcard $(BASELINE)/checkpoints/best.ckpt),--ckpt $(BASELINE)/checkpoints/best.ckpt,)
+	$(PY) benchmarks/measured_speedup.py --threads 1 $(if $(wildcard $(BASELINE)/checkpoints/best.ckpt),--ckpt $(BASELINE)/checkpoints/best.ckpt,)
 
 clean-cache:
 	rm -rf cache/features
