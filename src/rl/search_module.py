@@ -108,7 +108,7 @@ class SearchModule(L.LightningModule):
         self.step_seconds.append(time.perf_counter() - started)
         if wer is not None and point is None:
             self.evaluated_step_seconds.append(self.step_seconds[-1])
-        metrics = {"search/reward": reward, "search/speedup": speedup, "search/entropy": float(sample.entropy),
+        metrics = {"search/reward": reward, "search/speedup": speedup, "search/entropy": float(sample.entropy.detach()),
                    "search/acceptance": self.counts["accepted"] / self.counts["samples"],
                    "search/explored": float(len(self.explored)), "search/step_seconds": self.step_seconds[-1]}
         if wer is not None:
