@@ -12,7 +12,7 @@ SENSITIVITY := runs/sensitivity/sensitivity.json
 CONDENSED := runs/condense/condensed.txt
 
 .PHONY: setup test lint data corpus prepare baseline sensitivity manual condense search search-conservative \
-	search-random pipeline bench clean-cache
+	search-random retrain pipeline bench clean-cache
 
 ## setup: virtual env with the project and its dev extras, plus the system check for the corpus text
 setup: $(STAMP)
@@ -66,6 +66,13 @@ search: runs/search/aggressive/report.json runs/search/random/report.json
 runs/search/%/report.json: $(SENSITIVITY) $(CONDENSED)
 	$(PY) search.py search=$*
 search-conservative: runs/search/conservative/report.json
+
+## retrain: fine-tune the aggressive search's scheme and the guided manual 3.7x scheme, same budget
+retrain: runs/retrain_automl/summary.json runs/retrain_guided/summary.json
+runs/retrain_automl/summary.json: runs/search/aggressive/report.json
+	$(PY) train.py +experiment=retrain
+runs/retrain_guided/summary.json: runs/manual/manual.json
+	$(PY) train.py +experiment=retrain task_name=retrain_guided compress.scheme=runs/manual/schemes/guided-3.7x.json
 
 ## pipeline: every stage that exists so far: data, baseline, sensitivity, condense, search, manual baselines
 pipeline: data baseline search manual
