@@ -146,20 +146,28 @@ class MoChA(nn.Module):
         0.5 deleted the rest of the utterance). Streaming passes ``fallback`` only once the input has
         ended, since the fallback needs every remaining frame.
         """
-        frames = keys[0].shape[1]
-        positions = torch.arange(frames, device=query.device)
-        p = torch.sigmoid(self.monotonic_energy(keys[0], query))
-        allowed = mask & (positions.unsqueeze(0) >= boundary.unsqueeze(1))
+        batch, frames = keys[0].shape[:2]
+        start = min(int(boundary.min()), frames) if batch else frames  # no row may stop before this frame
+        if start >= frames:  # every row has run off the end already
+            return keys[1].new_zeros(batch, frames), torch.full_like(boundary, frames)
+        # energies only from the earliest boundary on: the frames before it can never be chosen
+        p = torch.sigmoid(self.monotonic_energy(keys[0][:, start:], query))  # (B, T - start)
+        positions = torch.arange(start, frames, device=query.device)
+        allowed = mask[:, start:] & (positions.unsqueeze(0) >= boundary.unsqueeze(1))
         stop = allowed & (p >= 0.5)
         found = stop.any(dim=-1)
-        chosen = torch.where(found, stop.float().argmax(dim=-1), torch.full_like(boundary, frames))
+        chosen = torch.where(found, start + stop.float().argmax(dim=-1), torch.full_like(boundary, frames))
         if self.hard_fallback if fallback is None else fallback:
             ahead = allowed & (positions.unsqueeze(0) > boundary.unsqueeze(1))  # strictly ahead: no loops in place
             rescue = ~found & ahead.any(dim=-1)
-            chosen = torch.where(rescue, p.masked_fill(~ahead, -1.0).argmax(dim=-1), chosen)
+            chosen = torch.where(rescue, start + p.masked_fill(~ahead, -1.0).argmax(dim=-1), chosen)
             found = found | rescue
-        in_chunk = (positions.unsqueeze(0) <= chosen.unsqueeze(1)) & \
-                   (positions.unsqueeze(0) > chosen.unsqueeze(1) - self.chunk_size) & mask & found.unsqueeze(1)
-        u = self.chunk_energy(keys[1], query).masked_fill(~in_chunk, -math.inf)
-        weights = torch.softmax(u, dim=-1).nan_to_num(0.0)
+        # the chunk energy only on the w frames of each chosen chunk [j - w + 1, j]
+        index = chosen.unsqueeze(1) + torch.arange(1 - self.chunk_size, 1, device=query.device)  # (B, w)
+        safe = index.clamp(0, frames - 1)
+        valid = (index >= 0) & (index < frames) & found.unsqueeze(1) & mask.gather(1, safe)
+        chunk_keys = keys[1].gather(1, safe.unsqueeze(-1).expand(-1, -1, keys[1].shape[-1]))  # (B, w, A)
+        u = self.chunk_energy(chunk_keys, query).masked_fill(~valid, -math.inf)
+        chunk_weights = torch.softmax(u, dim=-1).nan_to_num(0.0)
+        weights = chunk_weights.new_zeros(batch, frames).scatter_add(1, safe, chunk_weights)
         return weights, chosen
