@@ -11,6 +11,8 @@ import csv
 import sys
 from pathlib import Path
 
+from compress.figures import pyplot, save_figure
+
 
 def read_curve(run_dir: Path, split: str) -> list[tuple[int, float, float]]:
     """``(epoch, minutes, WER)`` per validation, from ``run_dir/csv/version_*/metrics.csv`` (all versions, in order)."""
@@ -42,19 +44,13 @@ def main() -> None:
     print(f"| epoch | minutes | WER {args.split} (greedy) |\n|---|---|---|")
     for epoch, minutes, wer in points:
         print(f"| {epoch} | {minutes:.1f} | {wer:.1f} |")
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    fig, ax = pyplot().subplots(figsize=(6, 3.5))
     ax.plot([p[1] for p in points], [min(p[2], 100.0) for p in points], "b-o", markersize=4)
     ax.set_xlabel("training minutes")
     ax.set_ylabel(f"{args.split} WER % (greedy, capped at 100)")
     ax.grid(alpha=0.3)
-    fig.tight_layout()
     png = args.png or args.run_dir / "wer_curve.png"
-    fig.savefig(png, dpi=120)
+    save_figure(fig, png)
     print(f"figure: {png}")
 
 

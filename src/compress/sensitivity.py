@@ -13,6 +13,7 @@ from pathlib import Path
 from torch import nn
 
 from compress.cost import matrix_speedup, pays
+from compress.figures import pyplot, save_figure
 from compress.scheme import Scheme, apply_scheme
 from compress.svd import SvdCache
 from compress.targets import Target
@@ -64,11 +65,7 @@ def load_table(path: str | Path) -> dict:
 
 def plot_table(table: dict, path: str | Path) -> None:
     """Fig. 2: WER increase per target (x) for each energy (one line each)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     names = list(dict.fromkeys(r["target"] for r in table["rows"]))
     fig, ax = plt.subplots(figsize=(max(6, 0.6 * len(names)), 4))
     for energy in table["energies"]:
@@ -80,7 +77,4 @@ def plot_table(table: dict, path: str | Path) -> None:
     ax.set_title(f"Single-target SVD sensitivity (baseline WER {table['baseline_wer']:.2f}%)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)

@@ -16,6 +16,8 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from compress.figures import pyplot, save_figure
+
 Counts = Mapping[str, tuple[int, int]]  # utterance id -> (word errors, reference words)
 
 
@@ -73,11 +75,7 @@ def subset_curve(held_out: Sequence[Counts], ranking: Sequence[str], sizes: Sequ
 
 
 def plot_curve(curve: dict, path, title: str = "") -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     for key, style in (("condensed", "b-o"), ("random", "r--s")):
         points = [(n, v) for n, v in zip(curve["sizes"], curve[key], strict=True) if v is not None]
@@ -89,6 +87,4 @@ def plot_curve(curve: dict, path, title: str = "") -> None:
     ax.set_title(title or "Condensed vs random proxy sets (held-out models)")
     ax.grid(alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)

@@ -6,16 +6,14 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from compress.figures import pyplot, save_figure
+
 
 def plot_explored(points: Sequence[dict], path: str | Path, target_speedup: float, baseline_wer: float,
                   curves: Mapping[str, Sequence[tuple[float, float]]] | None = None, title: str = "") -> None:
     """Fig. 4: each explored scheme at (estimated speed-up, proxy WER), coloured by its search step;
     ``curves`` maps a label (e.g. ``naive``) to ``[(speed-up, WER), ...]``."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
     if points:
         scatter = ax.scatter([p["speedup"] for p in points], [p["wer"] for p in points],
@@ -31,10 +29,7 @@ def plot_explored(points: Sequence[dict], path: str | Path, target_speedup: floa
     ax.set_title(title or "Explored compression schemes")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def markdown_table(rows: Sequence[Mapping], columns: Sequence[str]) -> str:
