@@ -27,7 +27,7 @@ from compress.cost import estimate_speedup
 from compress.manual import uniform_energy_scheme
 from compress.scheme import Scheme, apply_scheme
 from compress.svd import SvdCache
-from rl.condense import condensed_set, corpus_wer, pearson, plot_curve, subset_curve, utterance_correlations
+from rl.condense import condensed_set, corpus_wer, plot_curve, subset_curve, utterance_correlations
 from shrinkml.stage import eval_batches, load_recognizer, profiled_targets
 
 
@@ -82,8 +82,9 @@ def main(cfg: DictConfig) -> None:
     ranking = condensed_set(correlations, cohort[0], -1.0, cfg.min_words)  # the most correlated first
     sizes = [n for n in cfg.curve_sizes if n <= dev_size]
     curve = subset_curve(held_out, ranking, sizes, cfg.random_draws, cfg.seed)
-    chosen_corr = pearson([corpus_wer(c, chosen) for c in held_out], [corpus_wer(c) for c in held_out])
-    random_curve = subset_curve(held_out, ranking, [len(chosen)], cfg.random_draws, cfg.seed)["random"][0]
+    # the condensed set is the head of the ranking, so one point of the curve scores it and its random peers
+    same_size = subset_curve(held_out, ranking, [len(chosen)], cfg.random_draws, cfg.seed)
+    chosen_corr, random_curve = same_size["condensed"][0], same_size["random"][0]
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     tmp = out / "condensed.txt.tmp"
