@@ -80,7 +80,7 @@ class AttentionDecoder(nn.Module):
         alpha = memory.new_zeros(batch, frames)
         alpha[:, 0] = 1.0
         embedded = self.dropout(self.embedding(previous_tokens))
-        logits, masses = [], []
+        states, contexts, masses = [], [], []
         for i in range(previous_tokens.shape[1]):
             h, c = self.cell(torch.cat([embedded[:, i], context], dim=-1), (h, c))
             alpha, beta = self.attention.expected(keys, h, alpha, memory_mask)
@@ -89,8 +89,11 @@ class AttentionDecoder(nn.Module):
                 soft = torch.softmax(self.attention.chunk_energy(keys[1], h).masked_fill(~memory_mask, -1e9), dim=-1)
                 beta = soft_weight * soft + (1.0 - soft_weight) * beta
             context = torch.bmm(beta.unsqueeze(1), memory).squeeze(1)
-            logits.append(self._logits(h, context))
-        return torch.stack(logits, dim=1), torch.stack(masses, dim=1)
+            states.append(h)
+            contexts.append(context)
+        # the output layers do not feed back into the recurrence: one batched product over all steps
+        logits = self._logits(torch.stack(states, dim=1), torch.stack(contexts, dim=1))
+        return logits, torch.stack(masses, dim=1)
 
     # -- hard-attention decoding -------------------------------------------------------------
     def initial_state(self, memory: torch.Tensor) -> DecoderState:
