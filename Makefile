@@ -10,9 +10,12 @@ BASELINE := runs/baseline
 SENSITIVITY_UTTERANCES ?= 100
 SENSITIVITY := runs/sensitivity/sensitivity.json
 CONDENSED := runs/condense/condensed.txt
+TIMED := $(PY) scripts/timed.py
+# resume a run directory's interrupted training: only from a last.ckpt newer than the run's input $(2)
+resume = $(if $(shell test $(1)/checkpoints/last.ckpt -nt $(2) && echo y),ckpt_path=$(1)/checkpoints/last.ckpt,)
 
 .PHONY: setup test lint data corpus prepare baseline sensitivity manual condense search search-conservative \
-	search-random retrain pipeline bench clean-cache
+	search-random retrain quantize compare pipeline bench clean-cache
 
 ## setup: virtual env with the project and its dev extras, plus the system check for the corpus text
 setup: $(STAMP)
@@ -43,39 +46,50 @@ prepare: $(CORPUS)/corpus.json
 ## baseline: train the baseline ASR model (30 minutes on 2 CPU cores); an interrupted run resumes
 baseline: $(BASELINE)/summary.json
 $(BASELINE)/summary.json: | $(CORPUS)/corpus.json
-	$(PY) train.py +experiment=baseline $(if $(wildcard $(BASELINE)/checkpoints/last.ckpt),ckpt_path=$(BASELINE)/checkpoints/last.ckpt,)
+	$(TIMED) baseline -- $(PY) train.py +experiment=baseline $(call resume,$(BASELINE),$(CORPUS)/corpus.json)
 
 ## sensitivity: single-target sensitivity of the baseline (Fig. 2)
 sensitivity: $(SENSITIVITY)
 $(SENSITIVITY): $(BASELINE)/summary.json
-	$(PY) scripts/sensitivity.py max_utterances=$(SENSITIVITY_UTTERANCES)
+	$(TIMED) sensitivity -- $(PY) scripts/sensitivity.py max_utterances=$(SENSITIVITY_UTTERANCES)
 
 ## manual: naive and guided manual baselines at 1.2x, 2x, 3.7x (Fig. 4)
 manual: runs/manual/manual.json
 runs/manual/manual.json: $(SENSITIVITY)
-	$(PY) scripts/manual_baselines.py
+	$(TIMED) manual -- $(PY) scripts/manual_baselines.py
 
 ## condense: the condensed proxy set of the dev split (Listing 1, Fig. 3)
 condense: $(CONDENSED)
 $(CONDENSED): $(BASELINE)/summary.json
-	$(PY) scripts/condense.py
+	$(TIMED) condense -- $(PY) scripts/condense.py
 
 ## search: the aggressive RL search (a_t = 3.7) and the random search with the same budget; an
-## interrupted search resumes where it stopped when run again
+## interrupted search resumes where it stopped when run again (state of an older baseline is kept aside)
 search: runs/search/aggressive/report.json runs/search/random/report.json
 runs/search/%/report.json: $(SENSITIVITY) $(CONDENSED)
-	$(PY) search.py search=$*
+	$(TIMED) "search $*" -- $(PY) search.py search=$* on_stale=restart
 search-conservative: runs/search/conservative/report.json
 
 ## retrain: fine-tune the aggressive search's scheme and the guided manual 3.7x scheme, same budget
+## (a missing or stale scheme stops with the stage to run; an interrupted run resumes)
 retrain: runs/retrain_automl/summary.json runs/retrain_guided/summary.json
 runs/retrain_automl/summary.json: runs/search/aggressive/report.json
-	$(PY) train.py +experiment=retrain
+	$(TIMED) "retrain automl" -- $(PY) train.py +experiment=retrain $(call resume,runs/retrain_automl,runs/search/aggressive/best_scheme.json)
 runs/retrain_guided/summary.json: runs/manual/manual.json
-	$(PY) train.py +experiment=retrain task_name=retrain_guided compress.scheme=runs/manual/schemes/guided-3.7x.json
+	$(TIMED) "retrain guided" -- $(PY) train.py +experiment=retrain task_name=retrain_guided \
+		compress.scheme=runs/manual/schemes/guided-3.7x.json $(call resume,runs/retrain_guided,runs/manual/schemes/guided-3.7x.json)
 
-## pipeline: every stage that exists so far: data, baseline, sensitivity, condense, search, manual baselines
-pipeline: data baseline search manual
+## quantize: the retrained AutoML model in 8 bits: size, WER and measured speed-up
+quantize: runs/quantize/automl/report.json
+runs/quantize/automl/report.json: runs/retrain_automl/summary.json
+	$(TIMED) quantize -- $(PY) scripts/quantize.py
+
+## compare: one table (Markdown, CSV) and figures from the W&B runs of every stage
+compare: setup
+	$(PY) scripts/compare_runs.py
+
+## pipeline: every stage in order, each skipped when its result is there and up to date
+pipeline: data baseline sensitivity condense search manual retrain quantize compare
 
 ## bench: the benchmark scripts (print their numbers)
 bench: setup

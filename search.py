@@ -7,14 +7,14 @@ from omegaconf import DictConfig
 
 from asr.data.errors import DataError
 from rl.space import SearchSpaceError
-from shrinkml.search import run_search
+from shrinkml.search import StaleSearchError, run_search
 
 
 @hydra.main(config_path="conf", config_name="search", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     try:
         run_search(cfg)
-    except (FileNotFoundError, DataError, SearchSpaceError) as err:
+    except (FileNotFoundError, DataError, SearchSpaceError, StaleSearchError) as err:
         print(f"search: {err}", file=sys.stderr)
         sys.exit(2)
 

@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from asr.data.errors import DataError
 from asr.train import instantiate_group, write_json_atomic
 from compress.manual import uniform_energy_scheme
-from compress.scheme import apply_scheme, count_parameters
+from compress.scheme import apply_scheme, count_parameters, file_fingerprint
 from compress.sensitivity import load_table, sensitive_targets
 from compress.svd import SvdCache
 from shrinkml.stage import eval_batches, load_recognizer, profiled_targets, wer_scorer
@@ -48,6 +48,7 @@ def main(cfg: DictConfig) -> None:
     targets = profiled_targets(module, batches, cfg.targets.include, cfg.targets.exclude)
     weights = {t.name: t.weight(model) for t in targets}
     cache, score = SvdCache(), wer_scorer(module, batches)
+    fingerprint = file_fingerprint(cfg.ckpt)
     baseline_wer = score(model)
     rows = [{"method": "dense", "target_speedup": 1.0, "energy": 1.0, "speedup/params": 1.0, "speedup/macs": 1.0,
              "params": count_parameters(model), f"wer/{cfg.split}": baseline_wer}]
@@ -63,7 +64,7 @@ def main(cfg: DictConfig) -> None:
                 sys.exit(2)
             compressed = apply_scheme(model, scheme, targets, cache)
             scheme.metrics[f"wer/{cfg.split}"] = wer = score(compressed)
-            scheme.meta.update(checkpoint=str(Path(cfg.ckpt).resolve()), split=cfg.split)
+            scheme.meta.update(checkpoint=str(Path(cfg.ckpt).resolve()), checkpoint_sha256=fingerprint, split=cfg.split)
             scheme.save(out / "schemes" / f"{method}-{a_t}x.json")
             rows.append({"method": method, "target_speedup": float(a_t), "energy": scheme.meta["energy"],
                          **scheme.estimates, "params": count_parameters(compressed), f"wer/{cfg.split}": wer})

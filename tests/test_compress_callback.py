@@ -3,6 +3,8 @@ checkpoints carry the scheme and load back without it, resuming keeps the struct
 
 from __future__ import annotations
 
+import json
+
 import lightning as L
 import pytest
 import torch
@@ -24,7 +26,7 @@ from compress.callback import LowRankCompression
 from compress.checkpoint import SCHEME_KEY, restore_compression
 from compress.cost import pays
 from compress.lowrank import LowRankLinear, kernel_rank
-from compress.scheme import Scheme, SchemeError, current_ranks
+from compress.scheme import Scheme, SchemeError, current_ranks, file_fingerprint
 from compress.targets import discover_targets
 
 
@@ -161,3 +163,21 @@ def test_retrain_experiment_fast_dev_run(tiny_corpus, tmp_path_factory):
     with hydra_job(cfg, base / "retrain_fdr") as task:
         summary = train(task)
     assert summary["params"] < load_module(baseline_ckpt).num_parameters()
+    assert summary["stage"] == "retrain" and summary["provenance"] == "test"
+    assert summary["speedup/params"] > 1.5 and summary["scheme"].endswith("retrain-scheme.json")
+    assert summary["seed/wer/dev"] >= 0  # the WER before retraining (evaluate_seed in the experiment)
+    assert json.loads((base / "retrain_fdr" / "seed_metrics.json").read_text())["seed/wer/dev"] == summary[
+        "seed/wer/dev"]
+
+
+def test_a_scheme_made_from_another_checkpoint_is_stale(tmp_path):
+    (tmp_path / "base.ckpt").write_bytes(b"the baseline as it is now")
+    scheme = Scheme.build(discover_targets(Regressor().model), {"hidden": 4}, "automl")
+    scheme.meta.update(checkpoint="runs/baseline/checkpoints/best.ckpt", checkpoint_sha256="0" * 64)
+    scheme.save(tmp_path / "s.json")
+    with pytest.raises(SchemeError, match="stale.*make search"):
+        LowRankCompression(tmp_path / "s.json", init_from=tmp_path / "base.ckpt")
+    LowRankCompression(tmp_path / "s.json", init_from=tmp_path / "base.ckpt", check_provenance=False)
+    scheme.meta["checkpoint_sha256"] = file_fingerprint(tmp_path / "base.ckpt")
+    scheme.save(tmp_path / "s.json")
+    assert LowRankCompression(tmp_path / "s.json", init_from=tmp_path / "base.ckpt").summary()["provenance"] == "automl"

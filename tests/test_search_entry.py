@@ -9,7 +9,8 @@ import pytest
 from asr_helpers import VOCAB, corpus_copy_for_runs, shared_dir, trained_run
 from test_compress_scripts import run_script
 
-from compress.scheme import Scheme
+from compress.scheme import Scheme, file_fingerprint
+from shrinkml.search import StaleSearchError, guard_search_state
 
 
 @pytest.fixture(scope="module")
@@ -65,3 +66,22 @@ def test_search_bad_input(setup, tmp_path):
     result = run_script("../search", *common, "proxy=condensed", f"condensed_list={tmp_path / 'bad.txt'}",
                         f"output_dir={tmp_path / 'c'}")
     assert result.returncode == 2 and "no-such-utterance" in result.stderr
+
+
+def test_search_state_of_another_checkpoint_is_not_resumed(tmp_path):
+    ckpt, other = tmp_path / "a.ckpt", tmp_path / "b.ckpt"
+    ckpt.write_bytes(b"baseline one")
+    other.write_bytes(b"baseline two")
+    out = tmp_path / "search"
+    out.mkdir()
+    guard_search_state(out, ckpt, "error")  # a fresh directory: the source is recorded
+    (out / "explored-rank0.jsonl").write_text('{"ranks": {}}\n')
+    guard_search_state(out, ckpt, "error")  # same checkpoint: the state is resumed as it is
+    assert (out / "explored-rank0.jsonl").is_file()
+    with pytest.raises(StaleSearchError, match="on_stale=restart"):
+        guard_search_state(out, other, "error")
+    guard_search_state(out, other, "restart")
+    assert not (out / "explored-rank0.jsonl").exists()
+    kept = list(out.glob("stale-*/explored-rank0.jsonl"))
+    assert len(kept) == 1 and kept[0].read_text() == '{"ranks": {}}\n'  # nothing lost
+    assert json.loads((out / "source.json").read_text())["checkpoint_sha256"] == file_fingerprint(other)

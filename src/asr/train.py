@@ -32,6 +32,39 @@ def instantiate_group(group: DictConfig | None) -> list:
     return [hydra.utils.instantiate(entry) for entry in group.values() if entry is not None and "_target_" in entry]
 
 
+def seed_metrics(cfg: DictConfig, trainer: L.Trainer, module: L.LightningModule, datamodule) -> dict[str, float]:
+    """With ``evaluate_seed``, the dev WER/CER of the model before training, as ``seed/wer/<split>``: the
+    "before retraining" point of a fine-tuning run. Measured on a fresh start, kept in
+    ``seed_metrics.json`` so that a resumed run reports it too."""
+    if not cfg.get("evaluate_seed"):
+        return {}
+    path = Path(cfg.paths.output_dir) / "seed_metrics.json"
+    if cfg.get("ckpt_path"):
+        return json.loads(path.read_text()) if path.is_file() else {}
+    trainer.validate(module, datamodule=datamodule, weights_only=False)
+    seed = {f"seed/{k}": float(v) for k, v in trainer.callback_metrics.items() if k.startswith(("wer/", "cer/"))}
+    write_json_atomic(path, seed)
+    log.info("before training: %s", ", ".join(f"{k} {v:.2f}" for k, v in seed.items()))
+    return seed
+
+
+def measured_speedup(cfg: DictConfig, module: L.LightningModule, datamodule) -> dict[str, float]:
+    """With ``measure_speedup.reference`` (a checkpoint, e.g. the dense baseline of a fine-tuned
+    compressed model), batch-1 decoding latency of the trained model against it (:mod:`asr.latency`)."""
+    settings = cfg.get("measure_speedup")
+    if not settings or not settings.get("reference"):
+        return {}
+    from asr.checkpoint import load_module
+    from asr.latency import measure_against
+
+    reference = load_module(settings.reference)
+    split = datamodule.test_split_names[0] if cfg.get("test") else datamodule.dev_split_names[0]
+    result = measure_against(module.model, reference.model, datamodule, split, module.assets.features.frame_shift_ms,
+                             settings.utterances, settings.threads, settings.repeats)
+    log.info("measured speed-up against %s: %.2fx", settings.reference, result["speedup/measured"])
+    return result
+
+
 def train(cfg: DictConfig) -> dict[str, float]:
     """Train (or resume with ``ckpt_path``) and test the model of ``cfg``; returns the final metrics."""
     L.seed_everything(cfg.seed, workers=True)
@@ -52,8 +85,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
     log.info("model: %.2f M parameters, %.1f MB", module.num_parameters() / 1e6, module.size_mb())
     # our own checkpoints hold config containers (data module hyper-parameters), which torch.load's
     # weights_only mode refuses: resuming needs the full unpickler, as test() and load_module() use
+    seed = seed_metrics(cfg, trainer, module, datamodule)
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=False)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(("wer/", "cer/"))}
+    metrics.update(seed)
     if cfg.get("test"):
         checkpoint = trainer.checkpoint_callback
         best = checkpoint.best_model_path if checkpoint is not None and checkpoint.best_model_path else None
@@ -61,7 +96,12 @@ def train(cfg: DictConfig) -> dict[str, float]:
         metrics.update(module.test_results)
         if best:
             metrics["best_checkpoint"] = best
-    summary = {"params": module.num_parameters(), "size_mb": round(module.size_mb(), 3), **metrics}
+    metrics.update(measured_speedup(cfg, module, datamodule))
+    summary = {"stage": cfg.get("stage"), "params": module.num_parameters(), "size_mb": round(module.size_mb(), 3),
+               **metrics}
+    for callback in callbacks:  # e.g. the compression callback: provenance and estimated speed-ups
+        if callable(getattr(callback, "summary", None)):
+            summary.update(callback.summary())
     for logger in loggers:
         if hasattr(logger, "experiment") and hasattr(logger.experiment, "summary"):
             logger.experiment.summary.update(summary)

@@ -17,7 +17,7 @@ import lightning as L
 import torch
 
 from compress.checkpoint import SCHEME_KEY, compression_record, get_submodule, set_submodule
-from compress.scheme import Scheme, SchemeError, apply_scheme, count_parameters
+from compress.scheme import Scheme, SchemeError, apply_scheme, count_parameters, file_fingerprint
 from compress.svd import SvdCache
 from compress.targets import discover_targets
 
@@ -33,21 +33,43 @@ class LowRankCompression(L.Callback):
             first (the baseline to compress); None compresses the module's current weights.
         attribute: dotted path of the model inside the Lightning module (``model`` for ``AsrModule``).
         include, exclude: target name patterns, as for :func:`compress.targets.discover_targets`.
+        check_provenance: stop when the scheme records a source checkpoint (``meta.checkpoint_sha256``)
+            other than ``init_from``: a search result made for another baseline is stale.
     """
 
     def __init__(self, scheme: str | Path, init_from: str | Path | None = None, attribute: str = "model",
-                 include: Sequence[str] = ("*",), exclude: Sequence[str] = ()):
+                 include: Sequence[str] = ("*",), exclude: Sequence[str] = (), check_provenance: bool = True):
         if not attribute:
             raise SchemeError("compress.attribute must name the model inside the LightningModule, e.g. 'model'")
         self.scheme_path = Path(scheme)
-        self.scheme = Scheme.load(self.scheme_path)  # fail at start-up, not after data preparation
+        if not self.scheme_path.is_file():  # fail at start-up, not after data preparation
+            raise SchemeError(f"compress.scheme {self.scheme_path} not found: run the stage that writes it first "
+                              "(make search for the AutoML result, make manual for the manual baselines)")
+        self.scheme = Scheme.load(self.scheme_path)
         self.init_from = Path(init_from) if init_from else None
         if self.init_from is not None and not self.init_from.is_file():
             raise FileNotFoundError(f"compress.init_from checkpoint {self.init_from} not found; give the baseline's "
                                     "checkpoint (e.g. runs/baseline/checkpoints/best.ckpt)")
+        if check_provenance and self.init_from is not None:
+            self._check_made_from(self.init_from)
         self.attribute = attribute
         self.include, self.exclude = list(include), list(exclude)
         self.applied = False
+
+    def _check_made_from(self, checkpoint: Path) -> None:
+        """Stop when the scheme records another source checkpoint than ``init_from`` (a stale result)."""
+        made_from = self.scheme.meta.get("checkpoint_sha256")
+        if made_from and made_from != file_fingerprint(checkpoint):
+            raise SchemeError(
+                f"compress.scheme {self.scheme_path} is stale: it was made from the checkpoint "
+                f"{self.scheme.meta.get('checkpoint', '?')} as it was then, not from compress.init_from {checkpoint} "
+                "as it is now; run the stage that made the scheme again on the current baseline (make search, or "
+                "make manual), or pass compress.check_provenance=false to fine-tune it anyway")
+
+    def summary(self) -> dict:
+        """Entries for the run summary: the scheme's provenance, file and estimated speed-ups."""
+        return {"provenance": self.scheme.provenance, "scheme": str(self.scheme_path),
+                **{k: v for k, v in self.scheme.estimates.items() if k.startswith("speedup/")}}
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if self.applied:

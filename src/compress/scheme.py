@@ -7,6 +7,7 @@ shape of every target it was made for, so it is refused on a model of another sh
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import os
 import tempfile
@@ -23,6 +24,15 @@ from compress.svd import SvdCache
 from compress.targets import Target
 
 FORMAT = "shrinkml-scheme/1"
+
+
+def file_fingerprint(path: str | Path) -> str:
+    """SHA-256 of a file's bytes (a scheme records the checkpoint it was made from, to catch stale results)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 class SchemeError(ValueError):

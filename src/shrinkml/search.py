@@ -8,6 +8,7 @@ optimizer, reward baseline), ``best_scheme.json`` (the result: the input of retr
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 import time
@@ -24,7 +25,7 @@ from asr.evaluate import evaluate
 from asr.train import instantiate_group, write_json_atomic
 from compress.cost import estimate_speedup
 from compress.manual import uniform_energy_scheme
-from compress.scheme import Scheme, apply_scheme
+from compress.scheme import Scheme, apply_scheme, file_fingerprint
 from compress.sensitivity import load_table, sensitive_targets
 from compress.svd import SvdCache
 from rl.explored import ExploredSet
@@ -77,11 +78,47 @@ def open_explored(out: Path, rank: int) -> ExploredSet:
     return ExploredSet(own, [p for p in sorted(out.glob("explored-rank*.jsonl")) if p != own])
 
 
+class StaleSearchError(RuntimeError):
+    """The search state in ``output_dir`` was made from another baseline checkpoint."""
+
+
+STATE_FILES = ("explored-rank*.jsonl", "checkpoints", "best_scheme.json", "report.json", "report.md", "explored.png")
+
+
+def guard_search_state(out: Path, ckpt: str | Path, on_stale: str) -> None:
+    """Make sure the search state in ``out`` belongs to checkpoint ``ckpt`` before resuming it.
+
+    ``source.json`` records the checkpoint's SHA-256 when a search starts. State made from another
+    checkpoint (or with no record) is stale: resuming it would mix WERs of two models. With
+    ``on_stale=error`` the search stops and says what to do; with ``restart`` the stale files move
+    into ``out/stale-<sha>/`` (nothing is deleted) and the search starts afresh.
+    """
+    if on_stale not in ("error", "restart"):
+        raise ValueError(f"on_stale={on_stale!r}; choose error or restart")
+    sha = file_fingerprint(ckpt)
+    record = out / "source.json"
+    state = [p for pattern in STATE_FILES for p in out.glob(pattern)]
+    made_from = json.loads(record.read_text()).get("checkpoint_sha256") if record.is_file() else None
+    if state and made_from != sha:
+        if on_stale == "error":
+            raise StaleSearchError(f"{out} holds a search of another baseline checkpoint than {ckpt} "
+                             f"({'recorded ' + made_from[:12] if made_from else 'no record'}, now {sha[:12]}): "
+                             "run with on_stale=restart to keep it aside and start afresh, or choose another "
+                             "output_dir")
+        aside = out / f"stale-{(made_from or 'unknown')[:12]}"
+        aside.mkdir(parents=True, exist_ok=True)
+        for path in state:
+            path.rename(aside / path.name)
+        log.warning("search state of another checkpoint moved to %s; starting afresh", aside)
+    write_json_atomic(record, {"checkpoint": str(Path(ckpt).resolve()), "checkpoint_sha256": sha})
+
+
 def run_search(cfg: DictConfig) -> dict:
     """Run (or resume) the search of ``cfg`` and write its result and report; returns the report."""
     L.seed_everything(cfg.seed, workers=True)
     started = time.time()
     out = Path(cfg.output_dir)
+    guard_search_state(out, cfg.ckpt, cfg.get("on_stale", "error"))
     module = load_recognizer(cfg.ckpt)
     model = module.model
     datamodule = data_module(cfg.data)
@@ -193,9 +230,11 @@ def finalize(cfg, module, targets, cache, datamodule, explored: ExploredSet, bas
         scheme, wers, point = best
         scheme.metrics.update({"proxy_wer": point["wer"], **wers})
         scheme.meta.update(found_at_step=point.get("step"), search=search.name, target_speedup=a_t,
-                           checkpoint=str(Path(cfg.ckpt).resolve()), search_wall_seconds=round(wall_seconds, 1))
+                           checkpoint=str(Path(cfg.ckpt).resolve()), checkpoint_sha256=file_fingerprint(cfg.ckpt),
+                           search_wall_seconds=round(wall_seconds, 1))
         scheme.save(out / "best_scheme.json")
         summary.update({"best": str(out / "best_scheme.json"), "found_at_step": point.get("step"),
+                        "provenance": scheme.provenance,
                         "speedup/params": scheme.estimates["speedup/params"],
                         "speedup/macs": scheme.estimates.get("speedup/macs"), **wers})
     report = {"summary": summary, "rows": rows, "curves": curves}

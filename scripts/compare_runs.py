@@ -1,0 +1,50 @@
+#!/usr/bin/env python
+"""Compare the runs of every stage in one table and two figures (``make compare``).
+
+    python scripts/compare_runs.py                         # offline runs under runs/ (or W&B when logged in)
+    python scripts/compare_runs.py runs_dir=/some/other/runs output_dir=/tmp/compare
+    python scripts/compare_runs.py source=online project=shrinkml entity=my-team
+
+Writes ``comparison.md``, ``comparison.csv``, ``pareto.png`` (estimated speed-up against WER of
+every model) and ``retraining.png`` (the paper's Fig. 5: WER before and after retraining), and
+prints the table with the runs it skipped and why.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig
+
+from asr.tracking import wandb_mode
+from shrinkml.compare import compare, markdown, offline_runs, read_online_runs, read_stage_times, write_outputs
+
+
+@hydra.main(config_path="../conf", config_name="compare", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    source = cfg.source if cfg.source != "auto" else ("online" if wandb_mode() == "online" else "offline")
+    if source == "online":
+        runs = read_online_runs(cfg.project, cfg.entity)
+    elif source == "offline":
+        if not Path(cfg.runs_dir).is_dir():
+            print(f"compare_runs: runs_dir {cfg.runs_dir} is not a directory; point runs_dir= at the runs "
+                  "(the W&B offline run directories are found below it)", file=sys.stderr)
+            sys.exit(2)
+        runs = list(offline_runs(cfg.runs_dir))
+    else:
+        print(f"compare_runs: source={cfg.source!r}; choose auto, online or offline", file=sys.stderr)
+        sys.exit(2)
+    comparison = compare(runs)
+    comparison.stage_times = read_stage_times(cfg.stage_times)
+    written = write_outputs(comparison, cfg.output_dir, cfg.split)
+    print(markdown(comparison))
+    print("written: " + ", ".join(f"{k} {v}" for k, v in written.items()))
+    if not comparison.rows:
+        print("compare_runs: no run had a model to compare (see the skipped runs above)", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

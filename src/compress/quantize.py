@@ -1,0 +1,131 @@
+"""8-bit post-training quantization of any (compressed) model: the paper's 8-bit size (section 4.3).
+
+* Every ``nn.Linear`` -- the dense ones and both halves of a :class:`compress.lowrank.LowRankLinear`
+  -- becomes PyTorch's dynamic int8 Linear (``torch.ao.quantization.quantize_dynamic``): int8
+  weights, activations quantized per call, int8 matrix products.
+* Every LSTM concatenated kernel (a dense ``[W_ih | W_hh]``, or the factors ``U'`` and ``V*`` of a
+  factorized one) is rounded to 8 bits per output row (symmetric, one float scale per row) and
+  stored as int8. PyTorch has no int8 kernel for a custom LSTM layer, so it computes in float on
+  the rounded weights ("weight-only int8"): the file shrinks 4x, the WER shows the rounding, the
+  LSTM's speed is unchanged.
+
+The quantized file (:func:`save_int8`) holds the int8 state and whatever the caller adds (the
+model's hyper-parameters, its compression scheme); :func:`load_int8` rebuilds the model from it.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import os
+import tempfile
+import warnings
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from compress.targets import is_lstm_kernel_module
+
+FORMAT = "shrinkml-int8/1"
+_INT8_SUFFIX, _SCALE_SUFFIX = ".int8", ".int8_scale"
+
+
+def quantize_rows(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric per-row 8-bit quantization of ``weight`` ``(m, n)``: int8 ``(m, n)`` and scales ``(m, 1)``
+    with ``weight ~= q * scale`` (``|q| <= 127``)."""
+    scale = weight.detach().abs().amax(dim=1, keepdim=True).clamp(min=1e-12) / 127.0
+    q = torch.round(weight.detach() / scale).clamp(-127, 127).to(torch.int8)
+    return q, scale.float()
+
+
+def dequantize_rows(q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """Float ``(m, n)`` from :func:`quantize_rows`' output."""
+    return q.float() * scale
+
+
+def kernel_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
+    """The LSTM kernel tensors of ``model`` by state-dict key: each dense kernel, or the ``U'`` and
+    ``V*`` originals of a factorized (parametrized) one."""
+    found = {}
+    for name, module in model.named_modules():
+        if not is_lstm_kernel_module(module):
+            continue
+        prefix = f"{name}." if name else ""
+        parametrizations = getattr(module, "parametrizations", None)
+        if parametrizations is not None and "kernel" in parametrizations:
+            for key, tensor in parametrizations["kernel"].named_parameters():
+                found[f"{prefix}parametrizations.kernel.{key}"] = tensor
+        else:
+            found[f"{prefix}kernel"] = module.kernel
+    return found
+
+
+def _dynamic_linear(model: nn.Module) -> nn.Module:
+    with warnings.catch_warnings():  # the eager quantization API warns that it is deprecated; it is what torch has
+        warnings.simplefilter("ignore")
+        return torch.ao.quantization.quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8)
+
+
+def quantize_int8(model: nn.Module) -> nn.Module:
+    """An int8 copy of ``model`` (the original is untouched): dynamic int8 Linears, LSTM kernels
+    rounded to 8 bits per row. Runs on the CPU."""
+    quantized = copy.deepcopy(model).cpu().eval()
+    with torch.no_grad():
+        for tensor in kernel_parameters(quantized).values():
+            tensor.copy_(dequantize_rows(*quantize_rows(tensor)))
+    return _dynamic_linear(quantized)
+
+
+def int8_state_dict(quantized: nn.Module) -> dict[str, torch.Tensor]:
+    """The state of a :func:`quantize_int8` model with its LSTM kernels as int8 and per-row scales
+    (the Linears' packed int8 weights are already in the state dict)."""
+    state = quantized.state_dict()
+    for key in kernel_parameters(quantized):
+        q, scale = quantize_rows(state.pop(key))
+        state[key + _INT8_SUFFIX], state[key + _SCALE_SUFFIX] = q, scale
+    return state
+
+
+def serialized_mb(state: Mapping) -> float:
+    """Size of ``state`` as written by ``torch.save``, in MB (2^20 bytes)."""
+    buffer = io.BytesIO()
+    torch.save(dict(state), buffer)
+    return buffer.getbuffer().nbytes / 2**20
+
+
+def save_int8(path: str | Path, quantized: nn.Module, **extra) -> float:
+    """Write the int8 model (and ``extra`` entries, e.g. hyper-parameters) atomically; returns its size in MB."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    os.close(fd)
+    torch.save({"format": FORMAT, "state_dict": int8_state_dict(quantized), **extra}, tmp)
+    os.replace(tmp, path)
+    return path.stat().st_size / 2**20
+
+
+def load_int8(path: str | Path, build: Callable[[dict], nn.Module]) -> tuple[nn.Module, dict]:
+    """Read a :func:`save_int8` file: ``build(file)`` makes the float model of the right structure
+    (e.g. from the stored hyper-parameters, with its compression restored), which is then quantized
+    and given the stored int8 state. Returns the model and the file's entries."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"int8 model {path} not found; make it with scripts/quantize.py")
+    try:
+        stored = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:  # noqa: BLE001 - any unpickling failure means a damaged file
+        raise ValueError(f"int8 model {path} is damaged ({type(err).__name__}: {err}); run scripts/quantize.py "
+                         "again") from err
+    if not isinstance(stored, dict) or stored.get("format") != FORMAT:
+        raise ValueError(f"{path} is not an int8 model file (expected format {FORMAT!r})")
+    quantized = _dynamic_linear(build(stored).cpu().eval())
+    state = OrderedDict(stored["state_dict"])
+    state._metadata = getattr(stored["state_dict"], "_metadata", None)  # module versions: quantized loaders read them
+    for key in [k for k in state if k.endswith(_INT8_SUFFIX)]:
+        name = key[: -len(_INT8_SUFFIX)]
+        state[name] = dequantize_rows(state.pop(key), state.pop(name + _SCALE_SUFFIX))
+    quantized.load_state_dict(state)
+    return quantized, stored
