@@ -134,3 +134,14 @@ def test_offline_runs_through_the_script(offline_dir, tmp_path):
                               f"runs_dir={tmp_path / 'nowhere'}", f"output_dir={tmp_path}"], cwd=ROOT, env=env,
                              capture_output=True, text=True, timeout=600)
     assert missing.returncode == 2 and "nowhere" in missing.stderr
+
+
+def test_timed_records_a_stage_and_keeps_its_exit_status(tmp_path):
+    env = {**os.environ, "STAGE_TIMES": str(tmp_path / "times.json")}
+    for stage, code in (("search aggressive", 0), ("retrain automl", 3)):
+        done = subprocess.run([sys.executable, str(ROOT / "scripts" / "timed.py"), stage, "--", sys.executable, "-c",
+                               f"import sys; sys.exit({code})"], env=env, capture_output=True, text=True, timeout=120)
+        assert done.returncode == code and f"stage '{stage}'" in done.stdout
+    times = read_stage_times(tmp_path / "times.json")
+    assert set(times) == {"search aggressive", "retrain automl"} and times["retrain automl"]["returncode"] == 3
+    assert all(0 <= entry["seconds"] < 60 for entry in times.values())
