@@ -231,3 +231,21 @@ def test_geometric_spacing_spreads_options_evenly_in_speedup():
     assert speedups[0] == pytest.approx(10.0, rel=0.02)
     with pytest.raises(SearchSpaceError, match="spacing"):
         uniform_space(targets, spacing="cubic")
+
+
+def _share_at_target(module, draws=200) -> float:
+    """Share of the policy's samples that meet a_t = 1.6 with the least speed-up possible (ranks summing to 7)."""
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        sums = [sum(SPACE.ranks(module.controller(generator=generator).choices.tolist()).values())
+                for _ in range(draws)]
+    return sum(s == 7 for s in sums) / draws
+
+
+def test_excess_weight_holds_the_policy_at_the_target(tmp_path):
+    flat = lambda ranks: 10.0  # noqa: E731 - WER that ignores the ranks: only the speed-up terms differ
+    plain, _, _ = fit_search(tmp_path / "plain", steps=150, wer=flat)
+    held, _, _ = fit_search(tmp_path / "held", steps=150, wer=flat, excess_weight=5.0)
+    assert _share_at_target(held) > 0.5 and _share_at_target(held) > _share_at_target(plain) + 0.2
+    with pytest.raises(ValueError, match="excess_weight"):
+        fit_search(tmp_path / "bad", steps=1, excess_weight=-1.0)

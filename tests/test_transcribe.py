@@ -102,7 +102,9 @@ def test_bad_audio_fails_naming_the_file(transcribe, checkpoint, tmp_path, capsy
 @pytest.mark.parametrize("stream", [False, True])
 def test_shortest_usable_audio(transcribe, checkpoint, module, tmp_path, capsys, stream):
     needed = transcribe.min_samples(module)
-    assert needed == 400 + 3 * 160  # 25 ms window + 3 shifts of 10 ms: 4 feature frames, pooled x4 to one
+    reduction = module.model.encoder.reduction  # x8 here: 2 stacked input frames, pooled x2 x2
+    assert reduction == 8
+    assert needed == 400 + (reduction - 1) * 160  # 25 ms window + 7 shifts of 10 ms: 8 feature frames, reduced to one
     path = tmp_path / "short.flac"
     sf.write(path, np.random.default_rng(0).normal(0, 0.1, needed).astype(np.float32), 16000)
     assert transcribe.main([str(checkpoint), str(path), *(["--stream"] if stream else [])]) == 0

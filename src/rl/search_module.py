@@ -49,13 +49,17 @@ class SearchModule(L.LightningModule):
         normalize_advantage, entropy_weight: improvements over the paper (off = the paper): divide
             the advantage by a moving reward standard deviation (:class:`RewardBaseline`), and add
             ``-entropy_weight * H(pi)`` to the loss to keep the policy exploring.
+        excess_weight: improvement over the paper (0 = Eq. 4/5 as published): subtract
+            ``excess_weight * (a - a_t)`` from the reward of an accepted scheme. Eq. 5 alone gives no
+            reason to stay at the target while Eq. 6 punishes every sample below it, and the policy
+            drifted to 4-5x for a_t = 3.7, paying WER for speed-up nobody asked for.
     """
 
     def __init__(self, space: SearchSpace, estimate: Callable[[dict], float], evaluate: Callable[[dict], float],
                  baseline_wer: float, target_speedup: float, reward: str, explored: ExploredSet,
                  optimizer: Callable | None = None, baseline_decay: float | None = 0.9, policy: str = "rl",
                  seed: int = 0, controller_input_size: int = 100, controller_hidden_size: int = 100,
-                 normalize_advantage: bool = False, entropy_weight: float = 0.0):
+                 normalize_advantage: bool = False, entropy_weight: float = 0.0, excess_weight: float = 0.0):
         super().__init__()
         if policy not in POLICIES:
             raise ValueError(f"search.policy must be one of {POLICIES}, got {policy!r}")
@@ -70,6 +74,9 @@ class SearchModule(L.LightningModule):
         self.controller = Controller(*space.shape, controller_input_size, controller_hidden_size)
         self.reward_baseline = RewardBaseline(baseline_decay, normalize_advantage)
         self.entropy_weight = entropy_weight
+        if excess_weight < 0:
+            raise ValueError(f"search.excess_weight={excess_weight} is negative; use 0 (the paper) or more")
+        self.excess_weight = excess_weight
         self.counts = {"samples": 0, "accepted": 0, "evaluated": 0}
         self.step_seconds: list[float] = []  # every step of this process
         self.evaluated_step_seconds: list[float] = []  # the steps that decoded the proxy set
@@ -103,7 +110,7 @@ class SearchModule(L.LightningModule):
                                    "policy": self.policy, "time": time.time()})
             else:
                 wer = float(point["wer"])
-            reward = self.reward_fn(wer, self.baseline_wer)
+            reward = self.reward_fn(wer, self.baseline_wer) - self.excess_weight * (speedup - self.target_speedup)
         advantage = self.reward_baseline.advantage(reward)
         self.step_seconds.append(time.perf_counter() - started)
         if wer is not None and point is None:
