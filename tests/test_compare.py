@@ -124,7 +124,8 @@ def test_offline_runs_through_the_script(offline_dir, tmp_path):
     assert {r["name"] for r in runs if r["config"].get("stage") == "baseline"} == {"baseline"}
     env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline"}
     done = subprocess.run([sys.executable, str(ROOT / "scripts" / "compare_runs.py"), f"runs_dir={offline_dir}",
-                           f"output_dir={tmp_path}"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+                           f"output_dir={tmp_path}", f"stage_times={tmp_path / 'no-times.json'}"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "| baseline | baseline | dense | 1.00 |" in done.stdout
     assert "foreign" in done.stdout and "no 'stage'" in done.stdout
