@@ -50,8 +50,8 @@ def real_time_factor(model: nn.Module, utterances: Sequence[tuple[torch.Tensor, 
 
 def measured_speedups(models: Mapping[str, nn.Module], reference: str, utterances: Sequence, frame_shift_ms: float,
                       threads: int = 1, repeats: int = 2) -> dict[str, dict[str, float]]:
-    """``{name: {"rtf": ..., "speedup": rtf(reference) / rtf(name)}}`` for every model, measured
-    interleaved on ``threads`` threads (restored afterwards)."""
+    """``{name: {"rtf": ..., "speedup": rtf(reference) / rtf(name)}}`` for every model, measured one
+    model after the other on ``threads`` threads (restored afterwards)."""
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:

@@ -15,14 +15,18 @@ from omegaconf import DictConfig, OmegaConf
 log = logging.getLogger(__name__)
 
 
-def write_json_atomic(path: Path, data: dict) -> None:
-    """Write ``data`` as JSON through a temporary file and a rename."""
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write ``text`` through a temporary file and a rename (line endings kept as given)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=2)
-        f.write("\n")
+    with os.fdopen(fd, "w", newline="") as f:
+        f.write(text)
     os.replace(tmp, path)
+
+
+def write_json_atomic(path: Path, data: dict) -> None:
+    """Write ``data`` as JSON through a temporary file and a rename."""
+    write_text_atomic(path, json.dumps(data, indent=2) + "\n")
 
 
 def instantiate_group(group: DictConfig | None) -> list:
@@ -83,9 +87,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
         logger.log_hyperparams(config)
     trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     log.info("model: %.2f M parameters, %.1f MB", module.num_parameters() / 1e6, module.size_mb())
+    seed = seed_metrics(cfg, trainer, module, datamodule)
     # our own checkpoints hold config containers (data module hyper-parameters), which torch.load's
     # weights_only mode refuses: resuming needs the full unpickler, as test() and load_module() use
-    seed = seed_metrics(cfg, trainer, module, datamodule)
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=False)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(("wer/", "cer/"))}
     metrics.update(seed)

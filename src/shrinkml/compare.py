@@ -18,15 +18,14 @@ import csv
 import io
 import json
 import math
-import os
 import shutil
 import subprocess
 import sys
-import tempfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from asr.train import write_text_atomic
 from compress.figures import pyplot, save_figure
 
 STAGE_ORDER = ("baseline", "search", "manual", "retrain", "quantize")
@@ -172,7 +171,7 @@ def offline_runs(root: str | Path, reader: Callable[[Path], dict] = read_offline
         except ValueError as err:
             run = {"name": run_dir.name, "state": "unknown", "config": {}, "summary": {}, "source": str(run_dir),
                    "error": str(err)}
-        run["order"] = (run_dir / next((p.name for p in run_dir.glob("*.wandb")), "")).stat().st_mtime
+        run["order"] = max(p.stat().st_mtime for p in run_dir.glob("*.wandb"))  # the log's last write
         yield run
 
 
@@ -195,14 +194,6 @@ def markdown(comparison: Comparison) -> str:
     if comparison.skipped:
         lines += ["", "Skipped runs:", ""] + [f"- `{source}`: {reason}" for source, reason in comparison.skipped]
     return "\n".join(lines) + "\n"
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    with os.fdopen(fd, "w", newline="") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 def csv_text(comparison: Comparison) -> str:
@@ -265,8 +256,8 @@ def write_outputs(comparison: Comparison, out: str | Path, split: str) -> dict[s
     """``comparison.md``, ``comparison.csv`` and the figures in ``out``; returns what was written."""
     out = Path(out)
     written = {"markdown": out / "comparison.md", "csv": out / "comparison.csv"}
-    _write_text_atomic(written["markdown"], markdown(comparison))
-    _write_text_atomic(written["csv"], csv_text(comparison))
+    write_text_atomic(written["markdown"], markdown(comparison))
+    write_text_atomic(written["csv"], csv_text(comparison))
     if plot_pareto(comparison, split, out / "pareto.png"):
         written["pareto"] = out / "pareto.png"
     if plot_retraining(comparison, out / "retraining.png"):

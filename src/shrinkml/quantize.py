@@ -2,7 +2,7 @@
 
 Reads a (compressed) checkpoint, writes its int8 version (:mod:`compress.quantize`), and reports
 model size before and after, WER per test split before and after, and decoding latency against
-the dense baseline (:mod:`shrinkml.latency`), as ``report.json`` and a W&B run of group ``quantize``.
+the dense baseline (:mod:`asr.latency`), as ``report.json`` and a W&B run of group ``quantize``.
 """
 
 from __future__ import annotations
