@@ -37,13 +37,14 @@ class AttentionDecoder(nn.Module):
 
     def __init__(self, vocab_size: int, memory_size: int, embedding_size: int = 128, hidden_size: int = 256,
                  attention_size: int = 256, pre_output_size: int = 256, chunk_size: int = 4, init_r: float = -4.0,
-                 init_gain: float = 1.0, noise_std: float = 2.0, dropout: float = 0.0, hard_fallback: bool = False):
+                 init_gain: float = 1.0, noise_std: float = 2.0, dropout: float = 0.0, hard_fallback: bool = False,
+                 hard_block: int = 0):
         super().__init__()
         self.vocab_size = vocab_size
         self.embedding = nn.Embedding(vocab_size, embedding_size)
         self.cell = ConcatLSTMCell(embedding_size + memory_size, hidden_size)
         self.attention = MoChA(memory_size, hidden_size, attention_size, chunk_size, init_r, init_gain, noise_std,
-                               hard_fallback)
+                               hard_fallback, hard_block)
         self.pre_output = nn.Linear(hidden_size + memory_size, pre_output_size)
         self.output = nn.Linear(pre_output_size, vocab_size)
         self.dropout = nn.Dropout(dropout)

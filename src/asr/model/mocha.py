@@ -94,11 +94,17 @@ class MoChA(nn.Module):
     """Monotonic chunkwise attention with chunk width ``chunk_size`` (``w``)."""
 
     def __init__(self, key_size: int, query_size: int, attention_size: int, chunk_size: int = 4,
-                 init_r: float = -4.0, init_gain: float = 1.0, noise_std: float = 2.0, hard_fallback: bool = False):
-        """``hard_fallback``: see :meth:`hard` (False: the original MoChA inference)."""
+                 init_r: float = -4.0, init_gain: float = 1.0, noise_std: float = 2.0, hard_fallback: bool = False,
+                 hard_block: int = 0):
+        """``hard_fallback``: see :meth:`hard` (False: the original MoChA inference). ``hard_block``:
+        frames per monotonic-energy evaluation in :meth:`hard` (0: every frame ahead at once); any value
+        gives the same output."""
         super().__init__()
+        if hard_block < 0:
+            raise ValueError(f"model.decoder.hard_block must be >= 0 (0 = all frames at once), got {hard_block}")
         self.chunk_size = chunk_size
         self.hard_fallback = hard_fallback
+        self.hard_block = hard_block
         self.noise_std = noise_std
         self.mono_key = nn.Linear(key_size, attention_size)
         self.mono_query = nn.Linear(query_size, attention_size, bias=False)
@@ -150,10 +156,27 @@ class MoChA(nn.Module):
         start = min(int(boundary.min()), frames) if batch else frames  # no row may stop before this frame
         if start >= frames:  # every row has run off the end already
             return keys[1].new_zeros(batch, frames), torch.full_like(boundary, frames)
-        # energies only from the earliest boundary on: the frames before it can never be chosen
-        p = torch.sigmoid(self.monotonic_energy(keys[0][:, start:], query))  # (B, T - start)
-        positions = torch.arange(start, frames, device=query.device)
-        allowed = mask[:, start:] & (positions.unsqueeze(0) >= boundary.unsqueeze(1))
+        # energies only from the earliest boundary on (the frames before it can never be chosen), in
+        # blocks of ``hard_block`` frames until every row has found its stop: as a streaming MoChA
+        # reads ahead only as far as it must. Rows left without a stop have seen every frame, so the
+        # fallback's argmax is the same as with all frames at once.
+        step = self.hard_block or frames
+        blocks, end = [], start
+        seen = torch.zeros_like(boundary, dtype=torch.bool)  # rows with a stop in the frames read so far
+        while end < frames:
+            block_end = min(frames, end + step)
+            block = torch.sigmoid(self.monotonic_energy(keys[0][:, end:block_end], query))  # (B, block_end - end)
+            blocks.append(block)
+            if block_end < frames:
+                block_positions = torch.arange(end, block_end, device=query.device)
+                block_allowed = mask[:, end:block_end] & (block_positions.unsqueeze(0) >= boundary.unsqueeze(1))
+                seen |= (block_allowed & (block >= 0.5)).any(dim=-1)
+            end = block_end
+            if bool(seen.all()):
+                break
+        p = torch.cat(blocks, dim=1) if len(blocks) > 1 else blocks[0]  # (B, end - start)
+        positions = torch.arange(start, end, device=query.device)
+        allowed = mask[:, start:end] & (positions.unsqueeze(0) >= boundary.unsqueeze(1))
         stop = allowed & (p >= 0.5)
         found = stop.any(dim=-1)
         chosen = torch.where(found, start + stop.float().argmax(dim=-1), torch.full_like(boundary, frames))
