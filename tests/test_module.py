@@ -160,3 +160,13 @@ def test_damaged_checkpoint_gives_a_clear_error(checkpoint, tmp_path):
     damaged.write_bytes(path.read_bytes()[:1000])
     with pytest.raises(ValueError, match="damaged.ckpt cannot be read"):
         load_module(damaged)
+
+
+def test_resuming_under_other_decoding_options_continues(checkpoint, datamodule, tmp_path):
+    """``hard_block``, ``hard_fallback`` and ``max_decode_ratio`` change decoding only, not the weights."""
+    path, _ = checkpoint
+    module = make_module(datamodule, decoder={"hard_block": 3, "hard_fallback": True}, max_decode_ratio=2.0)
+    trainer = make_trainer(tmp_path, max_steps=2)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=str(path))
+    assert trainer.global_step == 2
+    assert module.model.decoder.attention.hard_block == 3 and module.model.max_decode_ratio == 2.0

@@ -135,6 +135,17 @@ def test_resume_from_last_checkpoint(trained, corpus, base):
     assert resumed["epoch"] == 1 and resumed["global_step"] == 6  # one more epoch after the first
 
 
+def test_last_checkpoint_follows_every_epoch_when_the_best_does_not_improve(corpus, base):
+    """``last.ckpt`` (what a resume starts from) is the newest epoch's even when the monitored value never
+    improves after epoch 0 (``train/minutes`` only grows), and ``best.ckpt`` stays at epoch 0."""
+    summary = run(corpus, base, "never_better", "trainer.max_epochs=3",
+                  "callbacks.model_checkpoint.monitor=train/minutes")
+    checkpoints = base / "never_better" / "checkpoints"
+    assert summary["best_checkpoint"] == str(checkpoints / "best.ckpt")
+    assert torch.load(checkpoints / "best.ckpt", map_location="cpu", weights_only=False)["epoch"] == 0
+    assert torch.load(checkpoints / "last.ckpt", map_location="cpu", weights_only=False)["epoch"] == 2
+
+
 def test_resume_with_another_model_size_fails_clearly(trained, corpus, base):
     from asr.module import ModelMismatchError
 

@@ -25,6 +25,22 @@ class ModelMismatchError(ValueError):
     """A checkpoint made for another vocabulary or model shape."""
 
 
+# model settings that only change how a trained model decodes, never its weights: a checkpoint
+# resumes or tests under other values of these
+MODEL_DECODING_OPTIONS = ("max_decode_ratio",)
+DECODER_DECODING_OPTIONS = ("hard_block", "hard_fallback")
+
+
+def _training_shape(key: str, value):
+    """``value`` of hyper-parameter ``key`` without the decoding-only model settings."""
+    if key != "model" or not isinstance(value, dict):
+        return value
+    out = {k: v for k, v in value.items() if k not in MODEL_DECODING_OPTIONS}
+    if isinstance(out.get("decoder"), dict):
+        out["decoder"] = {k: v for k, v in out["decoder"].items() if k not in DECODER_DECODING_OPTIONS}
+    return out
+
+
 class AsrModule(L.LightningModule):
     """Lightning wrapper: optimization, decoding, metrics and checkpoint assets.
 
@@ -155,7 +171,7 @@ class AsrModule(L.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         stored = checkpoint.get("hyper_parameters", {})
         for key in ("vocab_size", "input_size", "model"):
-            if key in stored and stored[key] != self.hparams[key]:
+            if key in stored and _training_shape(key, stored[key]) != _training_shape(key, self.hparams[key]):
                 raise ModelMismatchError(
                     f"checkpoint was made with {key}={stored[key]!r} but the config gives {key}={self.hparams[key]!r}; "
                     "use the data/model config the checkpoint was trained with, or start a new run without ckpt_path"

@@ -94,7 +94,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(("wer/", "cer/"))}
     metrics.update(seed)
     if cfg.get("test"):
-        checkpoint = trainer.checkpoint_callback
+        checkpoint = next((c for c in trainer.checkpoint_callbacks if c.monitor), None)  # best.ckpt's, not last's
         best = checkpoint.best_model_path if checkpoint is not None and checkpoint.best_model_path else None
         trainer.test(module, datamodule=datamodule, ckpt_path=best, weights_only=False)
         metrics.update(module.test_results)
