@@ -67,12 +67,21 @@ def build_model(ckpt: str | None, config: Path, vocab: int, features: int) -> tu
         from asr.checkpoint import load_module
 
         return load_module(ckpt).model, ckpt
-    cfg = OmegaConf.to_container(OmegaConf.load(config), resolve=True)
+    cfg = OmegaConf.to_container(load_model_config(config), resolve=True)
     accepted = inspect.signature(AsrModel.__init__).parameters
     dropped = sorted(k for k in cfg if k not in accepted)
     model = AsrModel(vocab_size=vocab, input_size=features, **{k: v for k, v in cfg.items() if k in accepted})
     note = f" (ignored keys: {', '.join(dropped)})" if dropped else ""
     return model, f"{config.relative_to(ROOT) if config.is_relative_to(ROOT) else config}, random weights{note}"
+
+
+def load_model_config(path: Path):
+    """A model config YAML with its ``defaults`` list applied (siblings in the same group, then ``_self_``),
+    as Hydra composes ``conf/model/paper.yaml`` on top of ``small.yaml``."""
+    own = OmegaConf.load(path)
+    defaults = own.pop("defaults", None) or []
+    parts = [load_model_config(path.parent / f"{name}.yaml") for name in defaults if name != "_self_"]
+    return OmegaConf.merge(*parts, own) if parts else own
 
 
 def fraction_scheme(targets: list[Target], target_speedup: float) -> Scheme:

@@ -64,10 +64,23 @@ def main(cfg: DictConfig) -> None:
         return result.utterances
 
     cohort = [counts(model, "cohort baseline")]
-    cohort += [counts(m.model, f"cohort {path}") for m, path in zip(others, cfg.cohort.checkpoints, strict=True)]
+
+    def join(member: dict, label: str) -> None:
+        if any(member == other for other in cohort):  # e.g. last.ckpt is the best epoch: the same model again
+            print(f"cohort {label}: decodes exactly like a member already in the cohort; left out")
+        else:
+            cohort.append(member)
+
+    for m, path in zip(others, cfg.cohort.checkpoints, strict=True):
+        join(counts(m.model, f"cohort {path}"), str(path))
     for a in cfg.cohort.speedups:
         scheme = uniform_energy_scheme(targets, weights, cache, float(a), cfg.by)
-        cohort.append(counts(apply_scheme(model, scheme, targets, cache), f"cohort naive {a}x"))
+        join(counts(apply_scheme(model, scheme, targets, cache), f"cohort naive {a}x"), f"naive {a}x")
+    # random SVD schemes of the baseline (another random stream than the held-out ones)
+    for s in random_schemes(targets, cfg.cohort.random_schemes, cfg.held_out.min_speedup, cfg.held_out.max_speedup,
+                            cfg.by, cfg.seed + 1):
+        label = f"random {s.estimates['speedup/params']:.2f}x"
+        join(counts(apply_scheme(model, s, targets, cache), f"cohort {label}"), label)
     held_out = [counts(apply_scheme(model, s, targets, cache), f"held-out random {s.estimates['speedup/params']:.2f}x")
                 for s in random_schemes(targets, cfg.held_out.random_schemes, cfg.held_out.min_speedup,
                                         cfg.held_out.max_speedup, cfg.by, cfg.seed)]

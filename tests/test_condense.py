@@ -69,3 +69,22 @@ def test_condense_script_end_to_end(tiny_corpus, tmp_path_factory):
     assert 1 <= summary["condensed_utterances"] == len([x for x in lines if x]) <= summary["dev_utterances"] // 2
     assert len(summary["cohort_wers"]) == 4 and len(summary["held_out_wers"]) == 3
     assert (out / "condense.png").stat().st_size > 1000
+
+
+def test_condense_cohort_takes_random_schemes_and_leaves_out_duplicates(tiny_corpus, tmp_path_factory):
+    base = shared_dir(tmp_path_factory)
+    run_dir, _ = trained_run(tiny_corpus, base)
+    corpus = corpus_copy_for_runs(tiny_corpus, base)
+    out = base / "condense_random_cohort"
+    ckpt = run_dir / "checkpoints" / "last.ckpt"
+    result = run_script("condense", f"ckpt={ckpt}", f"data.root={corpus}",
+                        f"data.cache_dir={base / 'features'}", f"data.tokenizer.vocab_size={VOCAB}",
+                        f"data.tokenizer.dir={base / 'tokenizer'}", "data.feature_jobs=1", "data.progress=false",
+                        "logger=csv", f"cohort.checkpoints=[{ckpt}]", "cohort.speedups=[1.2]",
+                        "cohort.random_schemes=4", "held_out.random_schemes=3", "correl_min=-1.0", "min_words=1",
+                        "max_fraction=0.5", "curve_sizes=[2,4]", f"output_dir={out}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"cohort {ckpt}: decodes exactly like a member already in the cohort; left out" in result.stdout
+    assert result.stdout.count("cohort random ") >= 4  # each random member decoded (and kept unless a duplicate)
+    summary = json.loads((out / "condense.json").read_text())
+    assert 3 <= len(summary["cohort_wers"]) <= 6  # the baseline, naive 1.2x, 4 random; never the checkpoint twice
