@@ -162,18 +162,20 @@ class MoChA(nn.Module):
         # fallback's argmax is the same as with all frames at once.
         step = self.hard_block or frames
         blocks, end = [], start
-        seen = torch.zeros_like(boundary, dtype=torch.bool)  # rows with a stop in the frames read so far
+        seen = None  # (B,) rows with a stop in the frames read so far
         while end < frames:
             block_end = min(frames, end + step)
             block = torch.sigmoid(self.monotonic_energy(keys[0][:, end:block_end], query))  # (B, block_end - end)
             blocks.append(block)
-            if block_end < frames:
+            if block_end < frames:  # the last block needs no check: nothing is left to read
                 block_positions = torch.arange(end, block_end, device=query.device)
                 block_allowed = mask[:, end:block_end] & (block_positions.unsqueeze(0) >= boundary.unsqueeze(1))
-                seen |= (block_allowed & (block >= 0.5)).any(dim=-1)
+                hit = (block_allowed & (block >= 0.5)).any(dim=-1)
+                seen = hit if seen is None else seen | hit
+                if bool(seen.all()):
+                    end = block_end
+                    break
             end = block_end
-            if bool(seen.all()):
-                break
         p = torch.cat(blocks, dim=1) if len(blocks) > 1 else blocks[0]  # (B, end - start)
         positions = torch.arange(start, end, device=query.device)
         allowed = mask[:, start:end] & (positions.unsqueeze(0) >= boundary.unsqueeze(1))
