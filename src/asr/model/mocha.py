@@ -161,28 +161,27 @@ class MoChA(nn.Module):
         # reads ahead only as far as it must. Rows left without a stop have seen every frame, so the
         # fallback's argmax is the same as with all frames at once.
         step = self.hard_block or frames
-        blocks, end = [], start
+        p_blocks, allowed_blocks, end = [], [], start
         seen = None  # (B,) rows with a stop in the frames read so far
         while end < frames:
-            block_end = min(frames, end + step)
-            block = torch.sigmoid(self.monotonic_energy(keys[0][:, end:block_end], query))  # (B, block_end - end)
-            blocks.append(block)
-            if block_end < frames:  # the last block needs no check: nothing is left to read
-                block_positions = torch.arange(end, block_end, device=query.device)
-                block_allowed = mask[:, end:block_end] & (block_positions.unsqueeze(0) >= boundary.unsqueeze(1))
+            begin, end = end, min(frames, end + step)
+            block = torch.sigmoid(self.monotonic_energy(keys[0][:, begin:end], query))  # (B, end - begin)
+            block_positions = torch.arange(begin, end, device=query.device)
+            block_allowed = mask[:, begin:end] & (block_positions.unsqueeze(0) >= boundary.unsqueeze(1))
+            p_blocks.append(block)
+            allowed_blocks.append(block_allowed)
+            if end < frames:  # after the last block nothing is left to read: no check
                 hit = (block_allowed & (block >= 0.5)).any(dim=-1)
                 seen = hit if seen is None else seen | hit
                 if bool(seen.all()):
-                    end = block_end
                     break
-            end = block_end
-        p = torch.cat(blocks, dim=1) if len(blocks) > 1 else blocks[0]  # (B, end - start)
-        positions = torch.arange(start, end, device=query.device)
-        allowed = mask[:, start:end] & (positions.unsqueeze(0) >= boundary.unsqueeze(1))
+        p = torch.cat(p_blocks, dim=1) if len(p_blocks) > 1 else p_blocks[0]  # (B, end - start)
+        allowed = torch.cat(allowed_blocks, dim=1) if len(allowed_blocks) > 1 else allowed_blocks[0]
         stop = allowed & (p >= 0.5)
         found = stop.any(dim=-1)
         chosen = torch.where(found, start + stop.float().argmax(dim=-1), torch.full_like(boundary, frames))
         if self.hard_fallback if fallback is None else fallback:
+            positions = torch.arange(start, end, device=query.device)
             ahead = allowed & (positions.unsqueeze(0) > boundary.unsqueeze(1))  # strictly ahead: no loops in place
             rescue = ~found & ahead.any(dim=-1)
             chosen = torch.where(rescue, start + p.masked_fill(~ahead, -1.0).argmax(dim=-1), chosen)
