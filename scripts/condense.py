@@ -27,7 +27,14 @@ from compress.cost import estimate_speedup
 from compress.manual import uniform_energy_scheme
 from compress.scheme import Scheme, apply_scheme
 from compress.svd import SvdCache
-from rl.condense import condensed_set, corpus_wer, plot_curve, subset_curve, utterance_correlations
+from rl.condense import (
+    condensed_set,
+    corpus_wer,
+    greedy_condensed_set,
+    plot_curve,
+    subset_curve,
+    utterance_correlations,
+)
 from shrinkml.stage import eval_batches, load_recognizer, profiled_targets
 
 
@@ -87,13 +94,20 @@ def main(cfg: DictConfig) -> None:
     correlations = utterance_correlations(cohort)
     dev_size = len(correlations)
     max_size = max(1, int(dev_size * cfg.max_fraction))
-    chosen = condensed_set(correlations, cohort[0], cfg.correl_min, cfg.min_words, max_size)
-    if not chosen:
-        print(f"condense: no utterance correlates above correl_min={cfg.correl_min}; lower it or add cohort members",
-              file=sys.stderr)
-        sys.exit(1)
-    ranking = condensed_set(correlations, cohort[0], -1.0, cfg.min_words)  # the most correlated first
     sizes = [n for n in cfg.curve_sizes if n <= dev_size]
+    if cfg.selection == "listing1":
+        chosen = condensed_set(correlations, cohort[0], cfg.correl_min, cfg.min_words, max_size)
+        ranking = condensed_set(correlations, cohort[0], -1.0, cfg.min_words)  # the most correlated first
+    elif cfg.selection == "greedy":
+        ranking = greedy_condensed_set(cohort, cfg.min_words, max([max_size, *sizes]), cfg.greedy.candidate_min)
+        chosen = ranking[:max_size]
+    else:
+        print(f"condense: selection={cfg.selection!r}; choose listing1 or greedy", file=sys.stderr)
+        sys.exit(2)
+    if not chosen:
+        print(f"condense: no utterance correlates above correl_min={cfg.correl_min} (or none has min_words="
+              f"{cfg.min_words}); lower them or add cohort members", file=sys.stderr)
+        sys.exit(1)
     curve = subset_curve(held_out, ranking, sizes, cfg.random_draws, cfg.seed)
     # the condensed set is the head of the ranking, so one point of the curve scores it and its random peers
     same_size = subset_curve(held_out, ranking, [len(chosen)], cfg.random_draws, cfg.seed)
@@ -103,7 +117,8 @@ def main(cfg: DictConfig) -> None:
     tmp = out / "condensed.txt.tmp"
     tmp.write_text("".join(f"{u} {correlations[u]:.4f}\n" for u in chosen))
     tmp.replace(out / "condensed.txt")
-    summary = {"dev_utterances": dev_size, "condensed_utterances": len(chosen), "correl_min": cfg.correl_min,
+    summary = {"dev_utterances": dev_size, "condensed_utterances": len(chosen), "selection": cfg.selection,
+               "correl_min": cfg.correl_min,
                "held_out_correlation": chosen_corr, "random_same_size_correlation": random_curve,
                "cohort_wers": [corpus_wer(c) for c in cohort], "held_out_wers": [corpus_wer(c) for c in held_out]}
     write_json_atomic(out / "condense.json", {**summary, "curve": curve, "correlations": correlations})

@@ -15,7 +15,7 @@ from torch import nn
 from compress.cost import FULL, estimate_speedup
 from compress.svd import SvdCache
 from compress.targets import discover_targets
-from rl.controller import Controller, RewardBaseline, reinforce_loss
+from rl.controller import Controller, RankAdvantage, RewardBaseline, reinforce_loss
 from rl.explored import ExploredSet
 from rl.rewards import aggressive_reward, conservative_reward, violation_reward, wer_reward
 from rl.search_module import SearchModule
@@ -116,6 +116,26 @@ def test_reward_baseline_is_a_moving_average():
         RewardBaseline(None, normalize=True)
 
 
+def test_rank_advantage_orders_rewards_and_ignores_their_scale():
+    ranked = RankAdvantage(window=4)
+    assert ranked.advantage(-5.0) == 0.0  # nothing to compare with yet
+    assert ranked.advantage(-300.0) == -1.0  # below every earlier reward
+    assert ranked.advantage(-4.0) == 1.0  # above both, however small the margin
+    assert ranked.advantage(-5.0) == pytest.approx(2 * (1 + 0.5) / 3 - 1)  # above -300, tied with -5, below -4
+    for reward in (-1.0, -2.0, -3.0):
+        ranked.advantage(reward)
+    assert ranked.history == [-5.0, -1.0, -2.0, -3.0]  # the last `window` rewards only
+    scaled = RankAdvantage(window=4)
+    for reward in (-5.0, -300.0, -4.0):
+        scaled.advantage(100 * reward)
+    assert scaled.advantage(-500.0) == pytest.approx(2 * (1 + 0.5) / 3 - 1)  # the same at 100x the scale
+    restored = RankAdvantage(window=4)
+    restored.load_state_dict(ranked.state_dict())
+    assert restored.history == ranked.history and restored.advantage(0.0) == ranked.advantage(0.0)
+    with pytest.raises(ValueError, match="rank_window"):
+        RankAdvantage(window=0)
+
+
 def test_explored_set_persists_and_skips_a_damaged_line(tmp_path, caplog):
     path = tmp_path / "w.jsonl"
     explored = ExploredSet(path)
@@ -150,10 +170,10 @@ class CountingWer:
         return 10.0 + 8.0 * (4 - ranks["x"]) + (4 - ranks["y"]) + (4 - ranks["z"])
 
 
-def fit_search(tmp_path, steps, policy="rl", wer=None, resume=False, seed=0, **options):
+def fit_search(tmp_path, steps, policy="rl", wer=None, resume=False, seed=0, reward="conservative", **options):
     wer = wer or CountingWer()
     explored = ExploredSet(tmp_path / "explored-rank0.jsonl")
-    module = SearchModule(SPACE, toy_estimate, wer, baseline_wer=10.0, target_speedup=1.6, reward="conservative",
+    module = SearchModule(SPACE, toy_estimate, wer, baseline_wer=10.0, target_speedup=1.6, reward=reward,
                           explored=explored, optimizer=lambda p: torch.optim.Adam(p, lr=0.05), policy=policy,
                           seed=seed, **options)
     trainer = L.Trainer(max_steps=steps, max_epochs=-1, logger=False, enable_progress_bar=False,
@@ -239,3 +259,13 @@ def test_excess_weight_is_configurable_and_checked(tmp_path):
     assert module.excess_weight == 5.0 and plain.excess_weight == 0.0
     with pytest.raises(ValueError, match="excess_weight"):
         fit_search(tmp_path / "bad", steps=1, excess_weight=-1.0)
+
+
+def test_rank_advantage_search_learns_the_toy_optimum_and_checks_its_name(tmp_path):
+    module, explored, _ = fit_search(tmp_path / "rank", steps=150, advantage="rank", rank_window=32)
+    assert isinstance(module.reward_baseline, RankAdvantage)
+    best = explored.best(1.6, 1)[0]
+    assert best["ranks"]["x"] == 4 and best["wer"] == 15.0
+    assert float(module.controller.distributions(torch.tensor([3, 0, 0]))[0, 3]) > 0.5
+    with pytest.raises(ValueError, match="search.advantage"):
+        fit_search(tmp_path / "bad", steps=1, advantage="median")

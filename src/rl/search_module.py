@@ -20,7 +20,7 @@ from collections.abc import Callable
 import lightning as L
 import torch
 
-from rl.controller import Controller, RewardBaseline, reinforce_loss
+from rl.controller import ADVANTAGES, Controller, RankAdvantage, RewardBaseline, reinforce_loss
 from rl.explored import ExploredSet
 from rl.rewards import violation_reward, wer_reward
 from rl.space import SearchSpace
@@ -49,6 +49,8 @@ class SearchModule(L.LightningModule):
         normalize_advantage, entropy_weight: improvements over the paper (off = the paper): divide
             the advantage by a moving reward standard deviation (:class:`RewardBaseline`), and add
             ``-entropy_weight * H(pi)`` to the loss to keep the policy exploring.
+        advantage: ``moving`` (``r - b`` with the moving baseline: the paper's, optionally normalized)
+            or ``rank`` (:class:`RankAdvantage` over the last ``rank_window`` rewards; improvement).
         excess_weight: improvement over the paper (0 = Eq. 4/5 as published): subtract
             ``excess_weight * (a - a_t)`` from the reward of an accepted scheme. Eq. 5 alone gives no
             reason to stay at the target while Eq. 6 punishes every sample below it, and the policy
@@ -59,7 +61,8 @@ class SearchModule(L.LightningModule):
                  baseline_wer: float, target_speedup: float, reward: str, explored: ExploredSet,
                  optimizer: Callable | None = None, baseline_decay: float | None = 0.9, policy: str = "rl",
                  seed: int = 0, controller_input_size: int = 100, controller_hidden_size: int = 100,
-                 normalize_advantage: bool = False, entropy_weight: float = 0.0, excess_weight: float = 0.0):
+                 normalize_advantage: bool = False, entropy_weight: float = 0.0, excess_weight: float = 0.0,
+                 advantage: str = "moving", rank_window: int = 64):
         super().__init__()
         if policy not in POLICIES:
             raise ValueError(f"search.policy must be one of {POLICIES}, got {policy!r}")
@@ -72,7 +75,10 @@ class SearchModule(L.LightningModule):
         self.optimizer_factory = optimizer
         self.policy, self.seed = policy, seed
         self.controller = Controller(*space.shape, controller_input_size, controller_hidden_size)
-        self.reward_baseline = RewardBaseline(baseline_decay, normalize_advantage)
+        if advantage not in ADVANTAGES:
+            raise ValueError(f"search.advantage must be one of {ADVANTAGES}, got {advantage!r}")
+        self.reward_baseline = (RankAdvantage(rank_window) if advantage == "rank"
+                                else RewardBaseline(baseline_decay, normalize_advantage))
         self.entropy_weight = entropy_weight
         if excess_weight < 0:
             raise ValueError(f"search.excess_weight={excess_weight} is negative; use 0 (the paper) or more")

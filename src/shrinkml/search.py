@@ -151,7 +151,8 @@ def run_search(cfg: DictConfig) -> dict:
     searcher = SearchModule(space, estimate, evaluate_ranks, baseline_wer, search.target_speedup, search.reward,
                             explored, optimizer, search.baseline_decay, search.policy, cfg.seed,
                             normalize_advantage=search.normalize_advantage, entropy_weight=search.entropy_weight,
-                            excess_weight=search.get("excess_weight", 0.0))
+                            excess_weight=search.get("excess_weight", 0.0),
+                            advantage=search.get("advantage", "moving"), rank_window=search.get("rank_window", 64))
     for logger in trainer.loggers:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
     last = out / "checkpoints" / "last.ckpt"
