@@ -141,16 +141,19 @@ def timed_attention(model: AsrModel, watch: Stopwatch):
         del attention.keys, attention.hard
 
 
-def decode_steps(model: AsrModel, memory: torch.Tensor, memory_lengths: torch.Tensor, steps: int) -> None:
-    """``decoder.greedy`` without the early stop: exactly ``steps`` hard-attention steps."""
+def decode_steps(model: AsrModel, memory: torch.Tensor, memory_lengths: torch.Tensor, steps: int,
+                 cpp_step: bool = True) -> None:
+    """``decoder.greedy`` without the early stop: exactly ``steps`` hard-attention steps (on the C++ step
+    where it applies, as ``greedy`` does, unless ``cpp_step`` is False)."""
     decoder = model.decoder
     frames = memory.shape[1]
     mask = torch.arange(frames).unsqueeze(0) < memory_lengths.unsqueeze(1)
     keys = decoder.attention.keys(memory)
     state = decoder.initial_state(memory)
     tokens = torch.full((memory.shape[0],), BOS_ID, dtype=torch.long)
+    plan = decoder.inference_plan() if cpp_step else None
     for _ in range(steps):
-        log_probs, state, _ = decoder.step(memory, keys, mask, tokens, state)
+        log_probs, state, _ = decoder.step(memory, keys, mask, tokens, state, plan)
         tokens = log_probs.argmax(dim=-1)
 
 

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from asr.data.tokenizer import BOS_ID, EOS_ID, PAD_ID
+from asr.model.fast_decode import StepPlan, fast_step, step_plan
 from asr.model.lstm import ConcatLSTMCell
 from asr.model.mocha import MoChA
 
@@ -104,13 +105,26 @@ class AttentionDecoder(nn.Module):
         return DecoderState(h, c, memory.new_zeros(batch, memory.shape[2]), zeros)
 
     def step(self, memory: torch.Tensor, keys: tuple[torch.Tensor, torch.Tensor], memory_mask: torch.Tensor,
-             tokens: torch.Tensor, state: DecoderState) -> tuple[torch.Tensor, DecoderState, torch.Tensor]:
+             tokens: torch.Tensor, state: DecoderState, plan: StepPlan | None = None
+             ) -> tuple[torch.Tensor, DecoderState, torch.Tensor]:
         """One hard-attention step for ``N`` rows: previous ``tokens`` ``(N,)`` -> log-probabilities
-        ``(N, V)``, the new state and the attention weights ``(N, T)``."""
+        ``(N, V)``, the new state and the attention weights ``(N, T)``.
+
+        With a ``plan`` (:meth:`inference_plan`) the step runs as one C++ operator with the same results.
+        """
+        if plan is not None:
+            log_probs, h, c, context, boundary, weights = fast_step(
+                plan, memory, keys, memory_mask, tokens, state.h, state.c, state.context, state.boundary)
+            return log_probs, DecoderState(h, c, context, boundary), weights
         h, c = self.cell(torch.cat([self.embedding(tokens), state.context], dim=-1), (state.h, state.c))
         weights, boundary = self.attention.hard(keys, h, state.boundary, memory_mask)
         context = torch.bmm(weights.unsqueeze(1), memory).squeeze(1)
         return self.decode_log_probs(h, context), DecoderState(h, c, context, boundary), weights
+
+    def inference_plan(self) -> StepPlan | None:
+        """The weights of the C++ inference step (:mod:`asr.model.fast_decode`), or None where it does
+        not apply (training, gradients on, another device or dtype, modules it does not know)."""
+        return step_plan(self)
 
     @torch.no_grad()
     def greedy(self, memory: torch.Tensor, memory_lengths: torch.Tensor, max_len: int) -> list[list[int]]:
@@ -122,8 +136,9 @@ class AttentionDecoder(nn.Module):
         tokens = torch.full((batch,), BOS_ID, dtype=torch.long, device=memory.device)
         finished = torch.zeros(batch, dtype=torch.bool, device=memory.device)
         out: list[list[int]] = [[] for _ in range(batch)]
+        plan = self.inference_plan()
         for _ in range(max_len):
-            log_probs, state, _ = self.step(memory, keys, mask, tokens, state)
+            log_probs, state, _ = self.step(memory, keys, mask, tokens, state, plan)
             tokens = log_probs.argmax(dim=-1)
             for b in torch.nonzero(~finished & (tokens != EOS_ID)).flatten().tolist():
                 out[b].append(int(tokens[b]))
@@ -150,10 +165,11 @@ class AttentionDecoder(nn.Module):
         scores = torch.zeros(1, device=memory.device)
         prefixes: list[list[int]] = [[]]
         finished: list[tuple[float, list[int]]] = []
+        plan = self.inference_plan()
         for _ in range(max_len):
             n = tokens.shape[0]
             log_probs, state, _ = self.step(memory.expand(n, -1, -1), tuple(k.expand(n, -1, -1) for k in keys),
-                                            mask.expand(n, -1), tokens, state)
+                                            mask.expand(n, -1), tokens, state, plan)
             candidates = (scores.unsqueeze(1) + log_probs).flatten()
             top_scores, top = candidates.topk(min(beam_size * 2, candidates.numel()))
             rows, ids = top // self.vocab_size, top % self.vocab_size

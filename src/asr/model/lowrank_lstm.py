@@ -29,6 +29,7 @@ import logging
 import os
 import threading
 import time
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -39,6 +40,8 @@ log = logging.getLogger(__name__)
 
 ENV_SWITCH = "SHRINKML_LSTM_EXTENSION"  # "0" keeps the C++ extension from being built or used
 _EXTENSION = "shrinkml_factorized_lstm"  # build directory name under torch's extensions directory
+# the attention decoder's inference step (asr.model.fast_decode), compiled into the same library
+DECODE_STEP_SOURCE = Path(__file__).with_name("csrc") / "decode_step.cpp"
 GEMV_ROWS = 4  # batches up to this size run the hand-written products, larger ones BLAS
 
 _CPP_SOURCE = r"""
@@ -301,9 +304,10 @@ def _build() -> None:
         try:
             from torch.utils.cpp_extension import load_inline
 
-            load_inline(_EXTENSION, _CPP_SOURCE, extra_cflags=["-O3", "-fno-trapping-math"],
-                        is_python_module=False, no_implicit_headers=True)
-            _ = torch.ops.shrinkml_lowrank.forward_packed  # raises if the operators were not registered
+            load_inline(_EXTENSION, _CPP_SOURCE + DECODE_STEP_SOURCE.read_text(),
+                        extra_cflags=["-O3", "-fno-trapping-math"], is_python_module=False, no_implicit_headers=True)
+            # raise if the operators were not registered
+            _ = torch.ops.shrinkml_lowrank.forward_packed, torch.ops.shrinkml_lowrank.decode_step
         except Exception as err:  # any build or load failure means: use the fallback
             lines = str(err).strip().splitlines()
             reason = f"{type(err).__name__}: {lines[-1] if lines else ''}"

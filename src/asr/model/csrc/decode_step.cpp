@@ -1,0 +1,177 @@
+// One greedy/beam step of the attention decoder with hard monotonic (MoChA) attention, for inference.
+// Appended to the factorized-LSTM source (asr/model/lowrank_lstm.py): it reuses that file's
+// SHRINKML_CLONES, exp_approx, tanh_approx, lstm_gates and check_float_cpu, and adds one operator
+// to the same library. Mirrors asr.model.decoder.AttentionDecoder.step exactly (up to float
+// rounding): every PyTorch operation of that step becomes one C++ call or loop here, which removes
+// the per-operation overhead that dominates a batch-1 step of a small (or compressed) decoder.
+//
+// A "linear chain" is a list of weights [W_1 (k_1, n), W_2 (k_2, k_1), ...] and an optional bias:
+// y = x W_1^T W_2^T ... + b. A dense nn.Linear is [W]; a rank-k factorized one is [V* (k, n), U' (m, k)].
+
+#include <ATen/ops/addmm.h>
+#include <ATen/ops/cat.h>
+#include <ATen/ops/index_select.h>
+#include <ATen/ops/log_softmax.h>
+#include <ATen/ops/mm.h>
+#include <ATen/ops/tanh.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <optional>
+#include <vector>
+
+namespace {
+
+constexpr int kAcc = 16;  // independent partial sums: lets the compiler vectorize a dot product exactly
+
+// sum_a v[a] tanh(k[a] + q[a]): one attention energy (before gain, bias and sigmoid).
+SHRINKML_CLONES
+float tanh_dot(const float* __restrict k, const float* __restrict q, const float* __restrict v, int64_t n) {
+    float acc[kAcc] = {0.0f};
+    int64_t a = 0;
+    for (; a + kAcc <= n; a += kAcc) {
+        for (int l = 0; l < kAcc; ++l) acc[l] += v[a + l] * tanh_approx(k[a + l] + q[a + l]);
+    }
+    float total = 0.0f;
+    for (int l = 0; l < kAcc; ++l) total += acc[l];
+    for (; a < n; ++a) total += v[a] * tanh_approx(k[a] + q[a]);
+    return total;
+}
+
+at::Tensor linear_chain(const at::Tensor& x, const std::vector<at::Tensor>& weights,
+                        const std::optional<at::Tensor>& bias) {
+    TORCH_CHECK(!weights.empty(), "a linear chain needs at least one weight");
+    at::Tensor y = x;
+    for (size_t i = 0; i < weights.size(); ++i) {
+        const bool last = i + 1 == weights.size();
+        y = last && bias.has_value() && bias->defined() ? at::addmm(*bias, y, weights[i].t())
+                                                         : at::mm(y, weights[i].t());
+    }
+    return y.contiguous();
+}
+
+// Returns (log_probs (B, V), h (B, H), c (B, H), context (B, D), boundary (B,), weights (B, T)).
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> decode_step(
+        const at::Tensor& tokens, const at::Tensor& h, const at::Tensor& c, const at::Tensor& context,
+        const at::Tensor& boundary, const at::Tensor& memory, const at::Tensor& mono_keys,
+        const at::Tensor& chunk_keys, const at::Tensor& mask, const at::Tensor& embedding,
+        std::vector<at::Tensor> cell, const at::Tensor& cell_bias, std::vector<at::Tensor> mono_query,
+        const at::Tensor& mono_v, double mono_r, std::vector<at::Tensor> chunk_query, const at::Tensor& chunk_v,
+        std::vector<at::Tensor> pre_output, const std::optional<at::Tensor>& pre_bias,
+        std::vector<at::Tensor> output, const std::optional<at::Tensor>& out_bias, int64_t chunk_size,
+        bool fallback, int64_t pad_id, int64_t bos_id) {
+    for (const at::Tensor* t : {&h, &c, &context, &memory, &mono_keys, &chunk_keys, &embedding, &cell_bias,
+                                &mono_v, &chunk_v}) {
+        check_float_cpu(*t, "decode_step");
+    }
+    TORCH_CHECK(memory.dim() == 3 && mono_keys.dim() == 3 && chunk_keys.dim() == 3 && mask.dim() == 2,
+                "memory and keys must be (B, T, .), mask (B, T)");
+    TORCH_CHECK(memory.stride(2) == 1 && mono_keys.stride(2) == 1 && chunk_keys.stride(2) == 1,
+                "memory and keys must be contiguous in their last dimension");
+    TORCH_CHECK(mask.scalar_type() == at::kBool && tokens.scalar_type() == at::kLong &&
+                boundary.scalar_type() == at::kLong, "mask bool, tokens and boundary int64");
+    const at::Tensor boundary_in = boundary.contiguous();
+    const int64_t batch = h.size(0), hidden = h.size(1), frames = memory.size(1), width = mono_keys.size(2);
+    TORCH_CHECK(chunk_size >= 1, "chunk_size must be >= 1");
+
+    // s_i = LSTM([E y_{i-1} ; c_{i-1}], s_{i-1})
+    const at::Tensor inputs = at::cat({at::index_select(embedding, 0, tokens), context, h}, 1);
+    const at::Tensor gates = linear_chain(inputs, cell, cell_bias);  // (B, 4H)
+    TORCH_CHECK(gates.size(1) == 4 * hidden, "the cell's weights do not match its state size");
+    at::Tensor c_new = c.clone(at::MemoryFormat::Contiguous);
+    at::Tensor h_new = at::empty({batch, hidden}, h.options());
+    for (int64_t b = 0; b < batch; ++b) {
+        lstm_gates(gates.data_ptr<float>() + b * 4 * hidden, c_new.data_ptr<float>() + b * hidden,
+                   h_new.data_ptr<float>() + b * hidden, hidden);
+    }
+
+    // hard monotonic attention: first frame j >= boundary with p_ij >= 0.5, then a softmax over its chunk
+    const at::Tensor q_mono = linear_chain(h_new, mono_query, std::nullopt);  // (B, A)
+    const at::Tensor q_chunk = linear_chain(h_new, chunk_query, std::nullopt);  // (B, A)
+    TORCH_CHECK(q_mono.size(1) == width && q_chunk.size(1) == chunk_keys.size(2), "attention sizes do not match");
+    at::Tensor weights = at::zeros({batch, frames}, h.options());
+    at::Tensor context_new = at::zeros({batch, memory.size(2)}, h.options());
+    at::Tensor boundary_new = at::empty({batch}, boundary.options());
+    const bool* mask_data = mask.data_ptr<bool>();
+    const float* v = mono_v.contiguous().data_ptr<float>();
+    const float* cv = chunk_v.contiguous().data_ptr<float>();
+    const float r = static_cast<float>(mono_r);
+    const int64_t dim = memory.size(2);
+    std::vector<float> chunk_energy(chunk_size);
+    std::vector<int64_t> chunk_index(chunk_size);
+    for (int64_t b = 0; b < batch; ++b) {
+        const int64_t from = boundary_in.data_ptr<int64_t>()[b];
+        const float* keys_b = mono_keys.data_ptr<float>() + b * mono_keys.stride(0);
+        const float* q = q_mono.data_ptr<float>() + b * width;
+        const bool* mask_b = mask_data + b * mask.stride(0);
+        int64_t chosen = frames, best = -1;
+        float best_p = -1.0f;
+        for (int64_t j = std::max<int64_t>(from, 0); j < frames; ++j) {
+            if (!mask_b[j * mask.stride(1)]) continue;
+            const float e = tanh_dot(keys_b + j * mono_keys.stride(1), q, v, width) + r;
+            const float p = 1.0f / (1.0f + std::exp(-e));
+            if (p >= 0.5f) {
+                chosen = j;
+                break;
+            }
+            if (j > from && p > best_p) {  // strictly ahead of the boundary: the fallback's candidates
+                best_p = p;
+                best = j;
+            }
+        }
+        if (chosen == frames && fallback && best >= 0) chosen = best;
+        boundary_new.data_ptr<int64_t>()[b] = chosen;
+        if (chosen == frames) continue;  // ran off the end: zero weights, zero context
+        const float* ck_b = chunk_keys.data_ptr<float>() + b * chunk_keys.stride(0);
+        const float* qc = q_chunk.data_ptr<float>() + b * chunk_keys.size(2);
+        float top = -std::numeric_limits<float>::infinity();
+        int64_t count = 0;
+        for (int64_t i = chosen - chunk_size + 1; i <= chosen; ++i) {
+            if (i < 0 || !mask_b[i * mask.stride(1)]) continue;
+            const float u = tanh_dot(ck_b + i * chunk_keys.stride(1), qc, cv, chunk_keys.size(2));
+            chunk_energy[count] = u;
+            chunk_index[count++] = i;
+            top = std::max(top, u);
+        }
+        float total = 0.0f;
+        for (int64_t n = 0; n < count; ++n) {
+            chunk_energy[n] = std::exp(chunk_energy[n] - top);
+            total += chunk_energy[n];
+        }
+        float* w_b = weights.data_ptr<float>() + b * frames;
+        float* ctx = context_new.data_ptr<float>() + b * dim;
+        const float* mem_b = memory.data_ptr<float>() + b * memory.stride(0);
+        for (int64_t n = 0; n < count; ++n) {
+            const float share = chunk_energy[n] / total;
+            w_b[chunk_index[n]] = share;
+            const float* row = mem_b + chunk_index[n] * memory.stride(1);
+            for (int64_t d = 0; d < dim; ++d) ctx[d] += share * row[d];
+        }
+    }
+
+    // logits_i = W_out tanh(W_pre [s_i ; c_i]); padding and start ids are never outputs
+    const at::Tensor pre = at::tanh(linear_chain(at::cat({h_new, context_new}, 1), pre_output, pre_bias));
+    at::Tensor logits = linear_chain(pre, output, out_bias);
+    const float minus_inf = -std::numeric_limits<float>::infinity();
+    for (int64_t b = 0; b < batch; ++b) {
+        float* row = logits.data_ptr<float>() + b * logits.size(1);
+        row[pad_id] = minus_inf;
+        row[bos_id] = minus_inf;
+    }
+    return {at::log_softmax(logits, 1), h_new, c_new, context_new, boundary_new, weights};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(shrinkml_lowrank, m) {
+    m.def("decode_step(Tensor tokens, Tensor h, Tensor c, Tensor context, Tensor boundary, Tensor memory,"
+          " Tensor mono_keys, Tensor chunk_keys, Tensor mask, Tensor embedding, Tensor[] cell, Tensor cell_bias,"
+          " Tensor[] mono_query, Tensor mono_v, float mono_r, Tensor[] chunk_query, Tensor chunk_v,"
+          " Tensor[] pre_output, Tensor? pre_bias, Tensor[] output, Tensor? out_bias, int chunk_size,"
+          " bool fallback, int pad_id, int bos_id) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+}
+
+TORCH_LIBRARY_IMPL(shrinkml_lowrank, CPU, m) {
+    m.impl("decode_step", &decode_step);
+}
