@@ -70,7 +70,11 @@ constexpr int64_t kLanes = 16;  // padding unit of the packed weights (one AVX-5
 // exp(x) for x in [-87, 88]: 2^n * p(r), n = round(x / ln 2), r = x - n ln 2 (two-part ln 2),
 // p the degree-7 Taylor polynomial (relative error ~5e-9 on |r| <= ln(2) / 2). The rounding uses
 // the 1.5 * 2^23 trick so that n is also read from the float's bits: no libm call, vectorizable.
-inline float exp_approx(float x) {
+// always_inline: the vectorized loops that call these are target clones, and GCC stopped inlining the
+// helpers into them once they had several callers (a scalar call per element, ~10x slower gate math).
+#define SHRINKML_INLINE __attribute__((always_inline)) inline
+
+SHRINKML_INLINE float exp_approx(float x) {
     x = x < -87.0f ? -87.0f : x;
     x = x > 88.0f ? 88.0f : x;
     const float shifter = 12582912.0f;  // 1.5 * 2^23
@@ -94,9 +98,9 @@ inline float exp_approx(float x) {
     return p * scale;
 }
 
-inline float sigmoid_approx(float x) { return 1.0f / (1.0f + exp_approx(-x)); }
+SHRINKML_INLINE float sigmoid_approx(float x) { return 1.0f / (1.0f + exp_approx(-x)); }
 
-inline float tanh_approx(float x) { return 2.0f / (1.0f + exp_approx(-2.0f * x)) - 1.0f; }
+SHRINKML_INLINE float tanh_approx(float x) { return 2.0f / (1.0f + exp_approx(-2.0f * x)) - 1.0f; }
 
 // One step of gate math for one row: gates [i | f | g | o] (4H), c (H) updated in place, new h written.
 SHRINKML_CLONES
