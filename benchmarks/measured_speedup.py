@@ -16,6 +16,11 @@ the compressed model is timed against the dense one, split as in the paper's Fig
 * decoder: the rest of that loop (``decoder.step``: LSTM cell, output layers, argmax), run for a
   fixed number of steps (``--tokens-per-4s`` per 4 s of audio) rather than to end-of-sentence.
 
+Decoding runs the decoder step as greedy decoding does: as one C++ operator
+(``asr.model.fast_decode``), whose hard monotonic attention cannot be timed apart from the rest of
+the step; the attention column then holds the key projections only and the decoder column the whole
+step. ``--python-step`` times the PyTorch step instead, with the three-way split above.
+
 Inference runs under ``torch.inference_mode``: factorized LSTM layers take the k-dimensional
 recurrence of ``asr.model.lowrank_lstm`` (C++ extension), dense ones torch's fused (oneDNN)
 LSTM, which is checked against ``torch.nn.LSTM`` first. Every model is timed in turn within each
@@ -167,32 +172,33 @@ def encode(model: AsrModel, x: torch.Tensor, lengths: torch.Tensor, chunk: int) 
     return torch.cat(outputs, dim=1), model.encoder.output_lengths(lengths)
 
 
-def run_once(model: AsrModel, x: torch.Tensor, lengths: torch.Tensor, chunk: int, steps: int) -> dict[str, float]:
-    """Seconds spent in encoder, attention and decoder on one utterance batch."""
+def run_once(model: AsrModel, x: torch.Tensor, lengths: torch.Tensor, chunk: int, steps: int,
+             cpp_step: bool = True) -> dict[str, float]:
+    """Seconds spent in encoder, attention and decoder on one utterance batch (see the module docstring)."""
     watch = Stopwatch()
     with torch.inference_mode(), timed_attention(model, watch):
         start = time.perf_counter()
         memory, memory_lengths = encode(model, x, lengths, chunk)
         encoder = time.perf_counter() - start
         start = time.perf_counter()
-        decode_steps(model, memory, memory_lengths, steps)
+        decode_steps(model, memory, memory_lengths, steps, cpp_step)
         loop = time.perf_counter() - start
     return {"encoder": encoder, "attention": watch.seconds, "decoder": loop - watch.seconds}
 
 
 def measure(models: dict[str, AsrModel], batch: int, frames: int, chunk: int, steps: int, warmup: int,
-            repeats: int, features: int) -> dict[str, dict[str, float]]:
+            repeats: int, features: int, cpp_step: bool = True) -> dict[str, dict[str, float]]:
     """Median seconds per part and whole for every model; models take turns within each repeat."""
     torch.manual_seed(1)
     x = torch.randn(batch, frames, features)
     lengths = torch.full((batch,), frames)
     for _ in range(warmup):
         for model in models.values():
-            run_once(model, x, lengths, chunk, steps)
+            run_once(model, x, lengths, chunk, steps, cpp_step)
     samples: dict[str, list[dict[str, float]]] = {name: [] for name in models}
     for _ in range(repeats):
         for name, model in models.items():
-            samples[name].append(run_once(model, x, lengths, chunk, steps))
+            samples[name].append(run_once(model, x, lengths, chunk, steps, cpp_step))
     out = {}
     for name, runs in samples.items():
         out[name] = {part: statistics.median(r[part] for r in runs) for part in PARTS}
@@ -231,6 +237,11 @@ def dense_kernel_check(hidden: int, input_size: int, batch: int, frames: int, re
                 if i >= 3:
                     times[name].append(time.perf_counter() - start)
     return {name: 1000 * statistics.median(t) for name, t in times.items()}
+
+
+def _has_plan(model: AsrModel) -> bool:
+    with torch.inference_mode():
+        return model.decoder.inference_plan() is not None
 
 
 # -- output ----------------------------------------------------------------------------------
@@ -279,6 +290,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    parser.add_argument("--python-step", action="store_true",
+                        help="decode with the PyTorch decoder step (attention timed apart) instead of the C++ one")
     parser.add_argument("--json", type=Path, help="also write every number to this JSON file")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -338,13 +351,18 @@ def main() -> None:
         print(f"  {name}: {scheme.provenance}" + (f", energy {energy:.3f}" if energy is not None else "")
               + f", {count_parameters(models[name]) / 1e6:.2f} M parameters; LSTM ranks {lstm_ranks}")
 
+    cpp_step = not args.python_step and _has_plan(model)
+    print("decoder step: " + ("C++ operator (attention column = key projections only; decoder column = the whole "
+                              "step, hard attention included)" if cpp_step else
+                              "PyTorch (attention = key projections + hard monotonic step)"))
     scenarios = {
         f"batch 1 streaming ({args.chunk}-frame chunks of {args.frames} frames)": dict(batch=1, chunk=args.chunk),
         f"batch {args.batch} offline ({args.frames} frames)": dict(batch=args.batch, chunk=0),
     }
     results: dict = {
         "model": source, "parameters": count_parameters(model), "threads": torch.get_num_threads(),
-        "backend": info, "dense_kernel_check": checks, "frames": args.frames, "decoder_steps": steps,
+        "backend": info, "cpp_step": cpp_step, "dense_kernel_check": checks, "frames": args.frames,
+        "decoder_steps": steps,
         "schemes": {name: s.to_dict() for name, s in schemes.items()}, "scenarios": {},
     }
     for title, scenario in scenarios.items():
@@ -352,7 +370,7 @@ def main() -> None:
         if scenario["batch"] <= lowrank_lstm.GEMV_ROWS and info["backend"] == "cpp":
             timed["dense-loop"] = dense_on_extension_loop(model)
         timing = measure(timed, scenario["batch"], args.frames, scenario["chunk"], steps, args.warmup,
-                         args.repeats, features)
+                         args.repeats, features, cpp_step)
         dense = timing["dense"]
         rows = []
         for name, scheme in schemes.items():

@@ -14,7 +14,7 @@ from asr.model import fast_decode, lowrank_lstm
 from asr.model.asr_model import AsrModel
 from compress.scheme import Scheme, apply_scheme
 from compress.svd import SvdCache
-from compress.targets import discover_targets
+from compress.targets import discover_targets, profile_uses
 
 VOCAB, FEATS = 40, 20
 ATOL = 2e-5
@@ -146,6 +146,21 @@ def test_no_plan_in_training_with_gradients_or_for_unknown_modules(monkeypatch):
         assert quantized.decoder.inference_plan() is None  # a dynamically quantized Linear is not an nn.Linear
         monkeypatch.setattr(lowrank_lstm, "_uses_extension", lambda *tensors: False)
         assert model.decoder.inference_plan() is None
+
+
+def test_no_plan_while_hooks_watch_the_decoder_so_profiling_counts_every_product():
+    model = make_model()
+    targets = discover_targets(model, include=["decoder.*"])
+    x, lengths = torch.randn(2, 64, FEATS), torch.tensor([64, 40])
+    with torch.no_grad():
+        handle = model.decoder.output.register_forward_hook(lambda *args: None)
+        assert model.decoder.inference_plan() is None
+        handle.remove()
+        assert model.decoder.inference_plan() is not None
+    profiled = profile_uses(model, targets, lambda: model.greedy_decode(x, lengths), audio_seconds=1.0)
+    uses = {t.name: t.uses_per_second for t in profiled}
+    assert uses["decoder.output"] > 0 and uses["decoder.cell"] == uses["decoder.output"]
+    assert uses["decoder.attention.mono_query"] > 0
 
 
 def test_linear_chain_reads_dense_and_two_stage_linears():

@@ -14,7 +14,9 @@ PyTorch step):
   module with ``first`` (no bias) and ``second`` ``nn.Linear`` children computing ``second(first(x))``
   (the low-rank linear of the compression package, which this package never imports);
 * the LSTM cell is dense or factorized by the contract of :mod:`asr.model.lowrank_lstm`;
-* CPU float32 weights, evaluation mode, and the C++ extension built (:func:`lowrank_lstm.backend`).
+* CPU float32 weights, evaluation mode, and the C++ extension built (:func:`lowrank_lstm.backend`);
+* no forward hooks on the decoder's modules (nor global ones): whoever hooks a module must see its
+  calls, such as the compression package's count of matrix-vector products per second of audio.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.nn.modules import module as module_hooks
 
 from asr.data.tokenizer import BOS_ID, PAD_ID
 from asr.model import lowrank_lstm
@@ -39,6 +42,13 @@ def linear_chain(module: nn.Module) -> Chain | None:
     if type(first) is nn.Linear and type(second) is nn.Linear and first.bias is None:
         return [first.weight, second.weight], second.bias
     return None
+
+
+def _hooked(root: nn.Module) -> bool:
+    """Whether a forward hook would see calls of ``root`` or its submodules (which the C++ step skips)."""
+    if module_hooks._global_forward_hooks or module_hooks._global_forward_pre_hooks:
+        return True
+    return any(m._forward_hooks or m._forward_pre_hooks for m in root.modules())
 
 
 @dataclass
@@ -64,7 +74,7 @@ def step_plan(decoder: nn.Module) -> StepPlan | None:
 
     The plan holds the weights as they are now: build it once per decoding call, under ``torch.no_grad``.
     """
-    if decoder.training or torch.is_grad_enabled():
+    if decoder.training or torch.is_grad_enabled() or _hooked(decoder):
         return None
     attention = decoder.attention
     chains = {name: linear_chain(module) for name, module in (
