@@ -206,6 +206,19 @@ def test_random_policy_samples_uniformly_and_does_not_learn(tmp_path):
     assert all(torch.equal(reference[k], v) for k, v in module.controller.state_dict().items())
 
 
+def test_random_feasible_policy_meets_the_target_at_every_step_and_does_not_learn(tmp_path):
+    torch.manual_seed(0)
+    reference = Controller(3, 4).state_dict()
+    torch.manual_seed(0)
+    module, explored, wer = fit_search(tmp_path, steps=20, policy="random_feasible")
+    plain, _, _ = fit_search(tmp_path / "plain", steps=20, policy="random")
+    assert module.counts["accepted"] == module.counts["samples"] == 20  # 4 / mean rank >= 1.6 at every step
+    assert plain.counts["accepted"] < 20  # uniform samples miss the target ...
+    assert len(wer.calls) > plain.counts["evaluated"]  # ... so the feasible search decodes more with the same steps
+    assert len({json.dumps(p["ranks"], sort_keys=True) for p in explored}) == len(explored) > 1
+    assert all(torch.equal(reference[k], v) for k, v in module.controller.state_dict().items())
+
+
 def test_interrupted_search_resumes_without_losing_or_repeating_points(tmp_path):
     _, first_explored, first_wer = fit_search(tmp_path, steps=10)
     resumed, explored, wer = fit_search(tmp_path, steps=25, resume=True)

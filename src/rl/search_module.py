@@ -8,7 +8,10 @@ added to the explored set ``W``; the controller is updated with ``-log(prod p_i)
 The module knows nothing of speech: ``estimate(ranks) -> a`` and ``evaluate(ranks) -> w`` are
 callables (DESIGN.md). Under DDP every rank samples and evaluates its own scheme (its own random
 stream and explored-set file) and Lightning averages the policy gradients across ranks.
-``policy="random"`` is the random-search baseline: uniform samples, same budget, no updates.
+``policy="random"`` is the random-search baseline: uniform samples, same budget, no updates;
+``policy="random_feasible"`` draws uniform samples until one meets ``a_t`` (rejection sampling: uniform
+over the feasible schemes), so that, like a converged controller, it decodes a scheme at nearly every
+step: the random baseline at an equal number of decodes rather than of samples.
 """
 
 from __future__ import annotations
@@ -27,7 +30,8 @@ from rl.space import SearchSpace
 
 log = logging.getLogger(__name__)
 
-POLICIES = ("rl", "random")
+POLICIES = ("rl", "random", "random_feasible")
+FEASIBLE_DRAWS = 10_000  # random_feasible: uniform draws per step before it keeps an infeasible one
 
 
 class SearchModule(L.LightningModule):
@@ -42,7 +46,8 @@ class SearchModule(L.LightningModule):
         explored: the explored set ``W`` (opened by the caller: one file per DDP rank).
         optimizer: partial taking the controller's parameters.
         baseline_decay: moving-average reward baseline (None: the paper's plain ``r``).
-        policy: ``rl`` (the controller) or ``random`` (uniform sampling, the baseline search).
+        policy: ``rl`` (the controller), ``random`` (uniform sampling, the baseline search) or
+            ``random_feasible`` (uniform over the schemes that meet ``a_t``, by rejection).
         seed: the sampling stream of step ``t`` on rank ``q`` is seeded from ``(seed, t, q)``, so a
             resumed search samples what an uninterrupted one would have.
         controller_input_size, controller_hidden_size: 100 and 100 in the paper.
@@ -94,13 +99,18 @@ class SearchModule(L.LightningModule):
     def training_step(self, batch, batch_idx):
         started = time.perf_counter()
         generator = self._generator()
-        if self.policy == "random":
-            choices = torch.randint(self.space.shape[1], (self.space.shape[0],), generator=generator)
-            sample = self.controller(choices)
-        else:
+        if self.policy == "rl":
             sample = self.controller(generator=generator)
-        ranks = self.space.ranks(sample.choices.tolist())
-        speedup = float(self.estimate(ranks))
+            ranks = self.space.ranks(sample.choices.tolist())
+            speedup = float(self.estimate(ranks))
+        else:
+            for _ in range(FEASIBLE_DRAWS if self.policy == "random_feasible" else 1):
+                choices = torch.randint(self.space.shape[1], (self.space.shape[0],), generator=generator)
+                ranks = self.space.ranks(choices.tolist())
+                speedup = float(self.estimate(ranks))
+                if speedup >= self.target_speedup:
+                    break
+            sample = self.controller(choices)
         self.counts["samples"] += 1
         wer = point = None
         if speedup < self.target_speedup:
@@ -127,8 +137,8 @@ class SearchModule(L.LightningModule):
         if wer is not None:
             metrics["search/wer"] = wer
         self.log_dict(metrics, batch_size=1, on_step=True, on_epoch=False)
-        if self.policy == "random":
-            return None  # the random search never updates
+        if self.policy != "rl":
+            return None  # the random searches never update
         return reinforce_loss(sample, advantage) - self.entropy_weight * sample.entropy
 
     # -- Lightning plumbing --------------------------------------------------------------------
