@@ -220,12 +220,14 @@ def test_random_feasible_policy_meets_the_target_at_every_step_and_does_not_lear
 
 
 def test_interrupted_search_resumes_without_losing_or_repeating_points(tmp_path):
+    torch.manual_seed(0)  # the controller's initial weights, the same for the uninterrupted run below
     _, first_explored, first_wer = fit_search(tmp_path, steps=10)
     resumed, explored, wer = fit_search(tmp_path, steps=25, resume=True)
     assert resumed.global_step == 25 and resumed.counts["samples"] == 25
     before = {json.dumps(c, sort_keys=True) for c in first_wer.calls}
     assert not before & {json.dumps(c, sort_keys=True) for c in wer.calls}  # nothing scored twice
     assert len(explored) == len(first_wer.calls) + len(wer.calls)
+    torch.manual_seed(0)
     uninterrupted, _, _ = fit_search(tmp_path / "straight", steps=25)
     straight = [json.loads(line)["ranks"] for line in (tmp_path / "straight" / "explored-rank0.jsonl").open()]
     assert straight[: len(first_wer.calls)] == first_wer.calls  # same sampling stream step by step
