@@ -3,6 +3,7 @@ training with a message naming the step and the batch."""
 
 from __future__ import annotations
 
+import copy
 from functools import partial
 
 import lightning as L
@@ -25,14 +26,15 @@ def datamodule(tiny_corpus, tmp_path_factory):
     return prepared_datamodule(tiny_corpus, shared_dir(tmp_path_factory))
 
 
-def make_module(datamodule, vocab_size: int | None = None, **model) -> AsrModule:
+def make_module(datamodule, vocab_size: int | None = None, distill: dict | None = None, **model) -> AsrModule:
     torch.manual_seed(0)
     config = tiny_model_config()
     for key, value in model.items():  # e.g. encoder={"hidden_size": 32}
         config[key] = {**config[key], **value} if isinstance(value, dict) else value
     return AsrModule(vocab_size=vocab_size or datamodule.tokenizer.vocab_size,
                      input_size=datamodule.feature_cfg.n_mels, model=config,
-                     optimizer=partial(torch.optim.Adam, lr=1e-3), beam_size=2, assets=datamodule.assets())
+                     optimizer=partial(torch.optim.Adam, lr=1e-3), beam_size=2, assets=datamodule.assets(),
+                     distill=distill)
 
 
 def make_trainer(root, **settings) -> L.Trainer:
@@ -129,8 +131,8 @@ def test_non_finite_loss_names_step_and_batch(datamodule, tmp_path, monkeypatch)
     module = make_module(datamodule)
     real_loss = module.model.loss
 
-    def nan_loss(batch, soft_weight=0.0, ctc_only=False):
-        losses = real_loss(batch, soft_weight, ctc_only)
+    def nan_loss(batch, soft_weight=0.0, ctc_only=False, **options):
+        losses = real_loss(batch, soft_weight, ctc_only, **options)
         return {**losses, "loss": losses["loss"] * float("nan")}
 
     monkeypatch.setattr(module.model, "loss", nan_loss)
@@ -170,3 +172,38 @@ def test_resuming_under_other_decoding_options_continues(checkpoint, datamodule,
     trainer.fit(module, datamodule=datamodule, ckpt_path=str(path))
     assert trainer.global_step == 2
     assert module.model.decoder.attention.hard_block == 3 and module.model.max_decode_ratio == 2.0
+
+
+def test_distillation_from_a_checkpoint_trains_with_a_frozen_teacher_that_is_never_saved(checkpoint, datamodule,
+                                                                                            tmp_path):
+    path, _ = checkpoint
+    module = make_module(datamodule, distill={"teacher": str(path), "weight": 1.0, "temperature": 2.0})
+    trainer = make_trainer(tmp_path, max_steps=2)
+    trainer.fit(module, datamodule=datamodule)
+    teacher = load_module(path).model
+    assert module.teacher is not None and float(trainer.callback_metrics["train/distill"]) > 0
+    assert all(torch.equal(a, b) for a, b in zip(module.teacher.state_dict().values(), teacher.state_dict().values(),
+                                                  strict=True))  # the teacher did not learn
+    assert not any(name.startswith("teacher") for name in module.state_dict())
+    saved = tmp_path / "student.ckpt"
+    trainer.save_checkpoint(saved)
+    assert load_module(saved).teacher is None  # decoding a distilled model loads no teacher
+
+
+def test_distillation_loss_is_zero_for_the_teacher_itself_and_positive_otherwise(datamodule):
+    module = make_module(datamodule, distill={"teacher": "unused.ckpt", "weight": 1.0, "temperature": 2.0}).eval()
+    batch = next(iter(datamodule.train_dataloader()))
+    object.__setattr__(module, "teacher", copy.deepcopy(module.model))
+    losses = module.model.loss(batch, keep_logits=True)
+    assert float(module.distillation_loss(batch, losses["logits"], losses["targets"])) < 1e-6
+    with torch.no_grad():
+        module.teacher.decoder.output.weight.add_(0.5 * torch.randn_like(module.teacher.decoder.output.weight))
+    assert float(module.distillation_loss(batch, losses["logits"], losses["targets"])) > 1e-3
+
+
+@pytest.mark.parametrize("distill, match", [({"weight": 1.0}, "module.distill.teacher"),
+                                            ({"teacher": "t.ckpt", "weight": 1.0, "temperature": 0.0}, "temperature"),
+                                            ({"teacher": "t.ckpt", "weight": -1.0}, "weight")])
+def test_impossible_distillation_settings_are_refused(datamodule, distill, match):
+    with pytest.raises(ValueError, match=match):
+        make_module(datamodule, distill=distill)

@@ -15,6 +15,7 @@ import lightning as L
 import torch
 
 from asr.assets import AsrAssets
+from asr.data.tokenizer import PAD_ID
 from asr.metrics import error_counts, rates
 from asr.model.asr_model import AsrModel
 
@@ -58,14 +59,26 @@ class AsrModule(L.LightningModule):
             ~300 steps; MoChA trained jointly from the start settled meanwhile into boundaries that
             never fire without training noise, and did not recover.
         assets: tokenizer, CMVN and feature settings; saved into every checkpoint.
+        distill: knowledge distillation from a trained dense model (an improvement for fine-tuning a
+            compressed model; ``weight`` 0, the default, is off): ``teacher`` (its checkpoint, loaded
+            when fitting starts), ``weight`` and ``temperature`` ``T``. The loss adds
+            ``weight * T^2 * KL(p_teacher || p_student)`` per target token, both softened by ``T``, over
+            the teacher-forced decoder outputs.
     """
 
     def __init__(self, vocab_size: int, input_size: int, model: dict, optimizer: Callable | None = None,
                  scheduler: Callable | None = None, beam_size: int = 4, length_penalty: float = 0.0,
                  dev_splits: list[str] | None = None, test_splits: list[str] | None = None,
                  soft_attention_hold_steps: int = 0, soft_attention_anneal_steps: int = 0, ctc_pretrain_steps: int = 0,
-                 assets: AsrAssets | None = None):
+                 assets: AsrAssets | None = None, distill: dict | None = None):
         super().__init__()
+        self.distill = {"teacher": None, "weight": 0.0, "temperature": 1.0, **(distill or {})}
+        if self.distill["weight"] < 0 or self.distill["temperature"] <= 0:
+            raise ValueError(f"module.distill needs weight >= 0 and temperature > 0, got {self.distill}")
+        if self.distill["weight"] > 0 and not self.distill["teacher"]:
+            raise ValueError("module.distill.weight > 0 needs module.distill.teacher: the checkpoint of the dense "
+                             "model to learn from (e.g. runs/baseline/checkpoints/best.ckpt)")
+        self.teacher: AsrModel | None = None  # loaded in on_fit_start; never saved, never optimized
         if ctc_pretrain_steps > 0 and not model.get("ctc_weight", 0.0) > 0:
             raise ValueError(f"module.ctc_pretrain_steps={ctc_pretrain_steps} needs the CTC head: set "
                              "model.ctc_weight > 0 (e.g. 0.3) or ctc_pretrain_steps=0")
@@ -81,6 +94,25 @@ class AsrModule(L.LightningModule):
     # -- training ----------------------------------------------------------------------------
     def on_fit_start(self) -> None:
         self._fit_start = time.perf_counter()
+        if self.distill["weight"] > 0 and self.teacher is None:
+            from asr.checkpoint import load_module  # it imports this module
+
+            teacher = load_module(self.distill["teacher"]).model
+            teacher.requires_grad_(False)
+            object.__setattr__(self, "teacher", teacher.eval().to(self.device))  # not a submodule: not saved
+            log.info("distilling from %s (weight %s, temperature %s)", self.distill["teacher"],
+                     self.distill["weight"], self.distill["temperature"])
+
+    def distillation_loss(self, batch: dict, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """``T^2 KL(p_teacher || p_student)`` per target token (``targets`` ``(B, U + 1)``, padding
+        excluded) of the student's teacher-forced ``logits`` ``(B, U + 1, V)``."""
+        temperature = self.distill["temperature"]
+        with torch.no_grad():
+            teacher = torch.log_softmax(self.teacher.teacher_forced_logits(batch) / temperature, dim=-1)
+        student = torch.log_softmax(logits / temperature, dim=-1)
+        kl = (teacher.exp() * (teacher - student)).sum(dim=-1)  # (B, U + 1)
+        steps = targets != PAD_ID
+        return temperature**2 * (kl * steps).sum() / steps.sum()
 
     def soft_attention_weight(self, step: int) -> float:
         """Share of full soft attention mixed into MoChA during training: 1 for the first
@@ -100,7 +132,12 @@ class AsrModule(L.LightningModule):
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         soft_weight = self.soft_attention_weight(self.global_step)
-        losses = self.model.loss(batch, soft_weight, ctc_only=self.global_step < self.hparams.ctc_pretrain_steps)
+        ctc_only = self.global_step < self.hparams.ctc_pretrain_steps
+        distill = self.teacher is not None and self.distill["weight"] > 0 and not ctc_only
+        losses = self.model.loss(batch, soft_weight, ctc_only=ctc_only, keep_logits=distill)
+        if distill:
+            losses["distill"] = self.distillation_loss(batch, losses.pop("logits"), losses.pop("targets"))
+            losses["loss"] = losses["loss"] + self.distill["weight"] * losses["distill"]
         if not torch.isfinite(losses["loss"]):
             raise FloatingPointError(
                 f"non-finite loss {losses['loss'].item()} at global step {self.global_step}, batch {batch_idx} "

@@ -40,7 +40,25 @@ class AsrModel(nn.Module):
         """``features`` ``(B, T, F)`` -> memory ``(B, T', D)`` and lengths ``(B,)``."""
         return self.encoder(features, lengths)
 
-    def loss(self, batch: dict, soft_weight: float = 0.0, ctc_only: bool = False) -> dict[str, torch.Tensor]:
+    @staticmethod
+    def _decoder_io(tokens: torch.Tensor, token_lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Teacher-forced decoder inputs (start id, then the tokens) and targets (the tokens, then an
+        end id, padding after it), each ``(B, U + 1)``."""
+        batch_size = tokens.shape[0]
+        previous = torch.cat([tokens.new_full((batch_size, 1), BOS_ID), tokens], dim=1)
+        targets = torch.cat([tokens, tokens.new_full((batch_size, 1), PAD_ID)], dim=1)
+        targets[torch.arange(batch_size), token_lengths] = EOS_ID
+        return previous, targets
+
+    def teacher_forced_logits(self, batch: dict) -> torch.Tensor:
+        """Decoder logits ``(B, U + 1, V)`` with the reference tokens as inputs (no CTC, no loss)."""
+        memory, memory_lengths = self.encode(batch["features"], batch["feature_lengths"])
+        previous, _ = self._decoder_io(batch["tokens"], batch["token_lengths"])
+        mask = torch.arange(memory.shape[1], device=memory.device).unsqueeze(0) < memory_lengths.unsqueeze(1)
+        return self.decoder(memory, mask, previous)[0]
+
+    def loss(self, batch: dict, soft_weight: float = 0.0, ctc_only: bool = False,
+             keep_logits: bool = False) -> dict[str, torch.Tensor]:
         """Training losses of a batch (see ``asr.data.datamodule`` for its layout).
 
         ``soft_weight`` mixes a full soft attention into MoChA's (see ``AttentionDecoder.forward``).
@@ -49,7 +67,8 @@ class AsrModel(nn.Module):
         Returns ``loss`` (what is minimized), ``attention`` (label-smoothed cross-entropy per
         token), ``mass`` (mean of ``1 - sum_j alpha_ij`` over target steps: the share of expected
         alignment that ran off the end of the input), ``ctc`` (when enabled) and ``tokens`` (target
-        count incl. end ids).
+        count incl. end ids); with ``keep_logits`` also the decoder's ``logits`` ``(B, U + 1, V)`` and
+        their ``targets`` ``(B, U + 1)`` (padding id after the end id), for a distillation loss.
 
         With ``mass_weight`` > 0 the loss adds ``mass_weight * mass``, an improvement over the
         paper's recipe (in the spirit of the quantity loss of Inaguma et al., 2020): trained
@@ -58,11 +77,7 @@ class AsrModel(nn.Module):
         """
         memory, memory_lengths = self.encode(batch["features"], batch["feature_lengths"])
         tokens, token_lengths = batch["tokens"], batch["token_lengths"]
-        batch_size = tokens.shape[0]
-        bos = tokens.new_full((batch_size, 1), BOS_ID)
-        targets = torch.cat([tokens, tokens.new_full((batch_size, 1), PAD_ID)], dim=1)
-        targets[torch.arange(batch_size), token_lengths] = EOS_ID
-        previous = torch.cat([bos, tokens], dim=1)
+        previous, targets = self._decoder_io(tokens, token_lengths)
         if ctc_only:
             if self.ctc_head is None:
                 raise ValueError("CTC pre-training needs the CTC head: set model.ctc_weight > 0")
@@ -75,6 +90,8 @@ class AsrModel(nn.Module):
         steps = targets != PAD_ID
         mass = ((1.0 - alignment_mass) * steps).sum() / steps.sum()
         out = {"attention": attention, "mass": mass, "tokens": (token_lengths + 1).sum()}
+        if keep_logits:
+            out["logits"], out["targets"] = logits, targets
         loss = attention
         if self.ctc_head is not None:
             ctc = self._ctc(memory, memory_lengths, tokens, token_lengths)
