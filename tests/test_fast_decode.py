@@ -107,6 +107,13 @@ def test_cpp_step_matches_the_pytorch_step(kind):
     assert (boundaries < frames).any() and (boundaries.diff(dim=0) > 0).any()
 
 
+def test_the_cpp_step_clocks_its_attention_part():
+    fast_decode.take_attention_seconds()
+    run_steps(make_model(), steps=3)
+    assert fast_decode.take_attention_seconds() > 0
+    assert fast_decode.take_attention_seconds() == 0  # reading restarts the clock
+
+
 def test_cpp_step_with_the_fallback_and_an_attention_that_never_fires():
     model = make_model(hard_fallback=True, init_r=-30.0)
     boundaries = torch.stack(run_steps(model, steps=6))

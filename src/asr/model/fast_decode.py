@@ -82,6 +82,8 @@ def step_plan(decoder: nn.Module) -> StepPlan | None:
         ("chunk_v", attention.chunk_v), ("pre_output", decoder.pre_output), ("output", decoder.output))}
     if any(chain is None for chain in chains.values()) or len(chains["chunk_v"][0]) != 1:
         return None
+    if any(chains[name][1] is not None for name in ("mono_query", "chunk_query", "chunk_v")):
+        return None  # the C++ step adds no bias to the attention's query projections and chunk energy
     factors = lowrank_lstm.low_rank_factors(decoder.cell)
     if factors is None and not isinstance(decoder.cell.kernel, nn.Parameter):
         return None  # another parametrization of the kernel
@@ -109,3 +111,9 @@ def fast_step(plan: StepPlan, memory: torch.Tensor, keys: tuple[torch.Tensor, to
         plan.cell_bias, plan.mono_query, plan.mono_v, plan.mono_r, plan.chunk_query, plan.chunk_v,
         plan.pre_output[0], plan.pre_output[1], plan.output[0], plan.output[1], plan.chunk_size, plan.fallback,
         PAD_ID, BOS_ID)
+
+
+def take_attention_seconds() -> float:
+    """Seconds the C++ step has spent in hard attention (query projections, monotonic scan, chunk softmax,
+    context) since the last call, in this process; the counter restarts at 0. For speed breakdowns."""
+    return torch.ops.shrinkml_lowrank.take_attention_nanoseconds() / 1e9

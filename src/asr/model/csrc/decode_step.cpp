@@ -16,6 +16,8 @@
 #include <ATen/ops/tanh.h>
 
 #include <algorithm>
+#include <atomic>
+#include <chrono>
 #include <cmath>
 #include <limits>
 #include <optional>
@@ -24,6 +26,10 @@
 namespace {
 
 constexpr int kAcc = 16;  // independent partial sums: lets the compiler vectorize a dot product exactly
+
+// Nanoseconds spent in the attention part of decode_step (query projections, hard monotonic scan, chunk
+// softmax and context) since the last read: the benchmark's encoder / attention / decoder split (Fig. 6).
+std::atomic<int64_t> attention_nanoseconds{0};
 
 // sum_a v[a] tanh(k[a] + q[a]): one attention energy (before gain, bias and sigmoid).
 SHRINKML_CLONES
@@ -87,6 +93,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     }
 
     // hard monotonic attention: first frame j >= boundary with p_ij >= 0.5, then a softmax over its chunk
+    const auto attention_start = std::chrono::steady_clock::now();
     const at::Tensor q_mono = linear_chain(h_new, mono_query, std::nullopt);  // (B, A)
     const at::Tensor q_chunk = linear_chain(h_new, chunk_query, std::nullopt);  // (B, A)
     TORCH_CHECK(q_mono.size(1) == width && q_chunk.size(1) == chunk_keys.size(2), "attention sizes do not match");
@@ -150,6 +157,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
         }
     }
 
+    attention_nanoseconds += std::chrono::duration_cast<std::chrono::nanoseconds>(
+        std::chrono::steady_clock::now() - attention_start).count();
+
     // logits_i = W_out tanh(W_pre [s_i ; c_i]); padding and start ids are never outputs
     const at::Tensor pre = at::tanh(linear_chain(at::cat({h_new, context_new}, 1), pre_output, pre_bias));
     at::Tensor logits = linear_chain(pre, output, out_bias);
@@ -162,6 +172,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     return {at::log_softmax(logits, 1), h_new, c_new, context_new, boundary_new, weights};
 }
 
+int64_t take_attention_nanoseconds() { return attention_nanoseconds.exchange(0); }
+
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(shrinkml_lowrank, m) {
@@ -170,6 +182,7 @@ TORCH_LIBRARY_FRAGMENT(shrinkml_lowrank, m) {
           " Tensor[] mono_query, Tensor mono_v, float mono_r, Tensor[] chunk_query, Tensor chunk_v,"
           " Tensor[] pre_output, Tensor? pre_bias, Tensor[] output, Tensor? out_bias, int chunk_size,"
           " bool fallback, int pad_id, int bos_id) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+    m.def("take_attention_nanoseconds() -> int", &take_attention_nanoseconds);  // no tensors: one kernel for all
 }
 
 TORCH_LIBRARY_IMPL(shrinkml_lowrank, CPU, m) {
