@@ -119,8 +119,8 @@ void lstm_gates(const float* __restrict gates, float* __restrict c, float* __res
 
 // y[n0 : n0 + W] = sum_j x[j] w[j, n0 : n0 + W] (+ y's old values when accumulate); w is (K, N) row-major.
 template <int W>
-SHRINKML_INLINE void gemv_block(const float* __restrict x, int64_t K, const float* __restrict w, int64_t N, int64_t n0,
-                       float* __restrict y) {
+SHRINKML_INLINE void gemv_block(const float* __restrict x, int64_t K, const float* __restrict w, int64_t N,
+                                int64_t n0, float* __restrict y) {
     float acc[W];
     for (int l = 0; l < W; ++l) acc[l] = y[n0 + l];
     for (int64_t j = 0; j < K; ++j) {
@@ -143,8 +143,8 @@ void gemv_accumulate(const float* __restrict x, int64_t K, const float* __restri
 // Y[r, n0 : n0 + W] += sum_j X[r, j] w[j, n0 : n0 + W] for R rows at once: each weight row is loaded
 // once for the R rows (R x W accumulators in registers). X rows are ldx apart, Y rows ldy apart.
 template <int R, int W>
-SHRINKML_INLINE void gemm_block(const float* __restrict x, int64_t ldx, int64_t K, const float* __restrict w, int64_t N,
-                       int64_t n0, float* __restrict y, int64_t ldy) {
+SHRINKML_INLINE void gemm_block(const float* __restrict x, int64_t ldx, int64_t K, const float* __restrict w,
+                                int64_t N, int64_t n0, float* __restrict y, int64_t ldy) {
     float acc[R][W];
     for (int r = 0; r < R; ++r)
         for (int l = 0; l < W; ++l) acc[r][l] = y[r * ldy + n0 + l];
@@ -159,26 +159,23 @@ SHRINKML_INLINE void gemm_block(const float* __restrict x, int64_t ldx, int64_t 
         for (int l = 0; l < W; ++l) y[r * ldy + n0 + l] = acc[r][l];
 }
 
-// Y (rows, N) += X (rows, K) @ w (K, N), N a multiple of kLanes: blocks of 4 (then 2, 1) rows x 64 outputs.
+// R rows of Y (N outputs, a multiple of kLanes) += R rows of X @ w, in blocks of 64 outputs, then 16.
+template <int R>
+SHRINKML_INLINE void gemm_rows(const float* __restrict x, int64_t ldx, int64_t K, const float* __restrict w,
+                               int64_t N, float* __restrict y, int64_t ldy) {
+    int64_t n0 = 0;
+    for (; n0 + 64 <= N; n0 += 64) gemm_block<R, 64>(x, ldx, K, w, N, n0, y, ldy);
+    for (; n0 < N; n0 += kLanes) gemm_block<R, kLanes>(x, ldx, K, w, N, n0, y, ldy);
+}
+
+// Y (rows, N) += X (rows, K) @ w (K, N), N a multiple of kLanes: blocks of 4 (then 2, 1) rows.
 SHRINKML_CLONES
 void gemm_accumulate(const float* __restrict x, int64_t ldx, int64_t rows, int64_t K, const float* __restrict w,
                      int64_t N, float* __restrict y, int64_t ldy) {
     int64_t r = 0;
-    for (; r + 4 <= rows; r += 4) {
-        int64_t n0 = 0;
-        for (; n0 + 64 <= N; n0 += 64) gemm_block<4, 64>(x + r * ldx, ldx, K, w, N, n0, y + r * ldy, ldy);
-        for (; n0 < N; n0 += kLanes) gemm_block<4, kLanes>(x + r * ldx, ldx, K, w, N, n0, y + r * ldy, ldy);
-    }
-    for (; r + 2 <= rows; r += 2) {
-        int64_t n0 = 0;
-        for (; n0 + 64 <= N; n0 += 64) gemm_block<2, 64>(x + r * ldx, ldx, K, w, N, n0, y + r * ldy, ldy);
-        for (; n0 < N; n0 += kLanes) gemm_block<2, kLanes>(x + r * ldx, ldx, K, w, N, n0, y + r * ldy, ldy);
-    }
-    for (; r < rows; ++r) {
-        int64_t n0 = 0;
-        for (; n0 + 64 <= N; n0 += 64) gemm_block<1, 64>(x + r * ldx, ldx, K, w, N, n0, y + r * ldy, ldy);
-        for (; n0 < N; n0 += kLanes) gemm_block<1, kLanes>(x + r * ldx, ldx, K, w, N, n0, y + r * ldy, ldy);
-    }
+    for (; r + 4 <= rows; r += 4) gemm_rows<4>(x + r * ldx, ldx, K, w, N, y + r * ldy, ldy);
+    for (; r + 2 <= rows; r += 2) gemm_rows<2>(x + r * ldx, ldx, K, w, N, y + r * ldy, ldy);
+    for (; r < rows; ++r) gemm_rows<1>(x + r * ldx, ldx, K, w, N, y + r * ldy, ldy);
 }
 
 int64_t padded(int64_t n) { return (n + kLanes - 1) / kLanes * kLanes; }

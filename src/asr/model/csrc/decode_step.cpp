@@ -101,8 +101,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     at::Tensor context_new = at::zeros({batch, memory.size(2)}, h.options());
     at::Tensor boundary_new = at::empty({batch}, boundary.options());
     const bool* mask_data = mask.data_ptr<bool>();
-    const float* v = mono_v.contiguous().data_ptr<float>();
-    const float* cv = chunk_v.contiguous().data_ptr<float>();
+    const at::Tensor mono_v_c = mono_v.contiguous(), chunk_v_c = chunk_v.contiguous();  // held: pointers below
+    const float* v = mono_v_c.data_ptr<float>();
+    const float* cv = chunk_v_c.data_ptr<float>();
     const float r = static_cast<float>(mono_r);
     const int64_t dim = memory.size(2);
     std::vector<float> chunk_energy(chunk_size);
