@@ -10,7 +10,9 @@ from asr.data.audio import load_audio
 from asr.data.corpus import read_split
 from asr.data.features import log_mel
 from asr.data.tokenizer import BOS_ID, EOS_ID, PAD_ID
+from asr.model import lowrank_lstm
 from asr.model.asr_model import AsrModel
+from asr.model.decoder import AttentionDecoder
 from asr.streaming import StreamingRecognizer
 
 
@@ -62,8 +64,13 @@ def stream(model: AsrModel, assets, wave: torch.Tensor, sizes: list[int], max_to
     return recognizer, early, late
 
 
+@pytest.mark.parametrize("step", ["cpp", "python"])
 @pytest.mark.parametrize("sizes", [[1600], [4000], [160, 1234, 7, 5000, 399]])
-def test_streaming_equals_offline_greedy(assets, waves, sizes):
+def test_streaming_equals_offline_greedy(assets, waves, sizes, step, monkeypatch):
+    if step == "python":  # the PyTorch decoder step (kept while waiting for audio) instead of the C++ one
+        monkeypatch.setattr(AttentionDecoder, "inference_plan", lambda self: None)
+    elif lowrank_lstm.backend() != "cpp":
+        pytest.fail(f"the C++ extension must build on this machine: {lowrank_lstm.backend_info()['reason']}")
     progressed = ran_off = 0
     for seed in (0, 2):
         model = make_model(assets, seed)

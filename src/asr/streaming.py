@@ -4,10 +4,14 @@ Features are computed per whole 25 ms frame as audio arrives (Kaldi's per-frame 
 them identical to the offline ones), the encoder carries its LSTM states and pooling leftovers
 from chunk to chunk, and the decoder emits token ``i`` as soon as some frame ``j`` at or after
 its last boundary has ``p_ij >= 0.5`` -- everything it needs (the chunk ``[j - w + 1, j]``) has
-arrived by then. The result equals offline greedy decoding of the whole utterance.
+arrived by then. The result equals offline greedy decoding of the whole utterance. Each step runs
+as the C++ decoder step where it applies (:mod:`asr.model.fast_decode`; a step that must wait for
+audio is dropped and run again when more frames arrive), else on the PyTorch modules.
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 import torch
 
@@ -74,25 +78,22 @@ class StreamingRecognizer:
         attention = decoder.attention
         emitted: list[int] = []
         frames = self.memory.shape[1]
+        plan = decoder.inference_plan() if frames else None
+        if plan is not None:  # the fallback only once the input has ended (it needs every remaining frame)
+            plan = dataclasses.replace(plan, fallback=final and attention.hard_fallback)
         while not self.done and len(self.tokens) < self.max_tokens:
-            if self.pending is None:
-                inputs = torch.cat([decoder.embedding(self.previous), self.state.context], dim=-1)
-                self.pending = decoder.cell(inputs, (self.state.h, self.state.c))
-            h, c = self.pending
-            mask = torch.ones(1, frames, dtype=torch.bool)
-            if frames == 0:
-                if not final:
-                    break
-                weights, boundary = torch.zeros(1, 0), torch.tensor([0])
-            else:
-                weights, boundary = attention.hard((self.mono_keys, self.chunk_keys), h, self.state.boundary, mask,
-                                                   fallback=final and attention.hard_fallback)
-                if int(boundary) >= frames and not final:
+            if plan is not None:  # the C++ step: cell, attention and output in one call; dropped when waiting
+                mask = torch.ones(1, frames, dtype=torch.bool)
+                log_probs, state, _ = decoder.step(self.memory, (self.mono_keys, self.chunk_keys), mask,
+                                                   self.previous, self.state, plan)
+                if int(state.boundary) >= frames and not final:
                     break  # no frame has fired yet: wait for more audio
-            context = torch.bmm(weights.unsqueeze(1), self.memory).squeeze(1) if frames else self.state.context * 0
-            token = int(decoder.decode_log_probs(h, context).argmax(dim=-1))
-            self.state = type(self.state)(h, c, context, boundary)
-            self.pending = None
+                token = int(log_probs.argmax(dim=-1))
+                self.state, self.pending = state, None
+            else:
+                token = self._python_step(final, frames)
+                if token is None:
+                    break
             self.previous = torch.tensor([token])
             if token == EOS_ID:
                 self.done = True
@@ -100,6 +101,30 @@ class StreamingRecognizer:
             self.tokens.append(token)
             emitted.append(token)
         return emitted
+
+    def _python_step(self, final: bool, frames: int) -> int | None:
+        """One step on the PyTorch modules (the cell is kept while waiting); None: wait for more audio."""
+        decoder = self.model.decoder
+        attention = decoder.attention
+        if self.pending is None:
+            inputs = torch.cat([decoder.embedding(self.previous), self.state.context], dim=-1)
+            self.pending = decoder.cell(inputs, (self.state.h, self.state.c))
+        h, c = self.pending
+        mask = torch.ones(1, frames, dtype=torch.bool)
+        if frames == 0:
+            if not final:
+                return None
+            weights, boundary = torch.zeros(1, 0), torch.tensor([0])
+        else:
+            weights, boundary = attention.hard((self.mono_keys, self.chunk_keys), h, self.state.boundary, mask,
+                                               fallback=final and attention.hard_fallback)
+            if int(boundary) >= frames and not final:
+                return None  # no frame has fired yet: wait for more audio
+        context = torch.bmm(weights.unsqueeze(1), self.memory).squeeze(1) if frames else self.state.context * 0
+        token = int(decoder.decode_log_probs(h, context).argmax(dim=-1))
+        self.state = type(self.state)(h, c, context, boundary)
+        self.pending = None
+        return token
 
     def text(self) -> str:
         return self.assets.tokenizer.decode(self.tokens)
