@@ -133,7 +133,7 @@ class AsrModule(L.LightningModule):
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         soft_weight = self.soft_attention_weight(self.global_step)
         ctc_only = self.global_step < self.hparams.ctc_pretrain_steps
-        distill = self.teacher is not None and self.distill["weight"] > 0 and not ctc_only
+        distill = self.teacher is not None and not ctc_only  # a teacher is loaded only for weight > 0
         losses = self.model.loss(batch, soft_weight, ctc_only=ctc_only, keep_logits=distill)
         if distill:
             losses["distill"] = self.distillation_loss(batch, losses.pop("logits"), losses.pop("targets"))

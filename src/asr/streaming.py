@@ -81,9 +81,9 @@ class StreamingRecognizer:
         plan = decoder.inference_plan() if frames else None
         if plan is not None:  # the fallback only once the input has ended (it needs every remaining frame)
             plan = dataclasses.replace(plan, fallback=final and attention.hard_fallback)
+        mask = torch.ones(1, frames, dtype=torch.bool)
         while not self.done and len(self.tokens) < self.max_tokens:
             if plan is not None:  # the C++ step: cell, attention and output in one call; dropped when waiting
-                mask = torch.ones(1, frames, dtype=torch.bool)
                 log_probs, state, _ = decoder.step(self.memory, (self.mono_keys, self.chunk_keys), mask,
                                                    self.previous, self.state, plan)
                 if int(state.boundary) >= frames and not final:
@@ -91,7 +91,7 @@ class StreamingRecognizer:
                 token = int(log_probs.argmax(dim=-1))
                 self.state, self.pending = state, None
             else:
-                token = self._python_step(final, frames)
+                token = self._python_step(final, frames, mask)
                 if token is None:
                     break
             self.previous = torch.tensor([token])
@@ -102,7 +102,7 @@ class StreamingRecognizer:
             emitted.append(token)
         return emitted
 
-    def _python_step(self, final: bool, frames: int) -> int | None:
+    def _python_step(self, final: bool, frames: int, mask: torch.Tensor) -> int | None:
         """One step on the PyTorch modules (the cell is kept while waiting); None: wait for more audio."""
         decoder = self.model.decoder
         attention = decoder.attention
@@ -110,7 +110,6 @@ class StreamingRecognizer:
             inputs = torch.cat([decoder.embedding(self.previous), self.state.context], dim=-1)
             self.pending = decoder.cell(inputs, (self.state.h, self.state.c))
         h, c = self.pending
-        mask = torch.ones(1, frames, dtype=torch.bool)
         if frames == 0:
             if not final:
                 return None

@@ -41,6 +41,11 @@ class AsrModel(nn.Module):
         return self.encoder(features, lengths)
 
     @staticmethod
+    def _frame_mask(memory: torch.Tensor, memory_lengths: torch.Tensor) -> torch.Tensor:
+        """``(B, T')`` bool, True on the frames of ``memory`` ``(B, T', D)`` within ``memory_lengths``."""
+        return torch.arange(memory.shape[1], device=memory.device).unsqueeze(0) < memory_lengths.unsqueeze(1)
+
+    @staticmethod
     def _decoder_io(tokens: torch.Tensor, token_lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Teacher-forced decoder inputs (start id, then the tokens) and targets (the tokens, then an
         end id, padding after it), each ``(B, U + 1)``."""
@@ -54,7 +59,7 @@ class AsrModel(nn.Module):
         """Decoder logits ``(B, U + 1, V)`` with the reference tokens as inputs (no CTC, no loss)."""
         memory, memory_lengths = self.encode(batch["features"], batch["feature_lengths"])
         previous, _ = self._decoder_io(batch["tokens"], batch["token_lengths"])
-        mask = torch.arange(memory.shape[1], device=memory.device).unsqueeze(0) < memory_lengths.unsqueeze(1)
+        mask = self._frame_mask(memory, memory_lengths)
         return self.decoder(memory, mask, previous)[0]
 
     def loss(self, batch: dict, soft_weight: float = 0.0, ctc_only: bool = False,
@@ -83,7 +88,7 @@ class AsrModel(nn.Module):
                 raise ValueError("CTC pre-training needs the CTC head: set model.ctc_weight > 0")
             ctc = self._ctc(memory, memory_lengths, tokens, token_lengths)
             return {"ctc": ctc, "loss": ctc, "tokens": (token_lengths + 1).sum()}
-        mask = torch.arange(memory.shape[1], device=memory.device).unsqueeze(0) < memory_lengths.unsqueeze(1)
+        mask = self._frame_mask(memory, memory_lengths)
         logits, alignment_mass = self.decoder(memory, mask, previous, soft_weight)
         attention = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=PAD_ID,
                                     label_smoothing=self.label_smoothing)
