@@ -284,3 +284,36 @@ def test_rank_advantage_search_learns_the_toy_optimum_and_checks_its_name(tmp_pa
     assert module.counts["accepted"] > 0.9 * module.counts["samples"]  # it learned to meet a_t
     with pytest.raises(ValueError, match="search.advantage"):
         fit_search(tmp_path / "bad", steps=1, advantage="median")
+
+
+def test_masked_controller_is_a_distribution_over_exactly_the_feasible_schemes():
+    torch.manual_seed(0)
+    controller = Controller(3, 4)
+    module = SearchModule(SPACE, toy_estimate, CountingWer(), baseline_wer=10.0, target_speedup=1.6,
+                          reward="conservative", explored=None, feasibility="mask")
+    total = 0.0
+    for x in range(4):
+        for y in range(4):
+            for z in range(4):
+                with torch.no_grad():
+                    probability = float(controller(torch.tensor([x, y, z]), allowed=module.allowed_options)
+                                        .log_prob.exp())
+                feasible = toy_estimate(SPACE.ranks([x, y, z])) >= 1.6
+                assert (probability > 0) == feasible, (x, y, z)
+                total += probability
+    assert total == pytest.approx(1.0, abs=1e-5)  # renormalized over the feasible schemes only
+    rows = controller.distributions(torch.tensor([3, 0, 0]), allowed=module.allowed_options)
+    # ranks must sum to <= 7.5: after x = 4, y <= 2 (z >= 1), and after x = 4, y = 1, z <= 2
+    assert float(rows[1, 2:].sum()) == 0.0 < float(rows[1, :2].min())
+    assert float(rows[2, 2:].sum()) == 0.0 < float(rows[2, :2].min())
+
+
+def test_masked_search_meets_the_target_at_every_step_and_learns_the_toy_optimum(tmp_path):
+    module, explored, wer = fit_search(tmp_path, steps=120, feasibility="mask", reward="aggressive",
+                                       normalize_advantage=True, entropy_weight=0.3)  # the aggressive config
+    assert module.counts["accepted"] == module.counts["samples"] == 120  # no sample is ever below a_t
+    assert all(toy_estimate(ranks) >= 1.6 for ranks in wer.calls)
+    best = explored.best(1.6, 1)[0]
+    assert best["ranks"]["x"] == 4 and best["wer"] == 15.0
+    with pytest.raises(ValueError, match="search.feasibility"):
+        fit_search(tmp_path / "bad", steps=1, feasibility="clip")

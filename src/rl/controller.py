@@ -12,6 +12,7 @@ average of past rewards (``baseline_decay``; ``None`` gives the paper's plain ``
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -28,6 +29,10 @@ class Sample:
     entropy: torch.Tensor
 
 
+OptionMask = Callable[[int, list[int]], torch.Tensor]
+"""``allowed(i, earlier) -> (d,) bool``: the options target ``i`` may take after the choices ``earlier``."""
+
+
 class Controller(nn.Module):
     """Policy over ``num_targets`` (``l``) decisions of ``num_options`` (``d``) each."""
 
@@ -40,14 +45,24 @@ class Controller(nn.Module):
         self.cell = nn.LSTMCell(input_size, hidden_size)
         self.heads = nn.ModuleList(nn.Linear(hidden_size, num_options) for _ in range(num_targets))
 
-    def forward(self, choices: torch.Tensor | None = None, generator: torch.Generator | None = None) -> Sample:
-        """Sample a scheme (or score the given ``choices`` ``(l,)``): ``D_i`` step by step."""
+    def forward(self, choices: torch.Tensor | None = None, generator: torch.Generator | None = None,
+                allowed: OptionMask | None = None) -> Sample:
+        """Sample a scheme (or score the given ``choices`` ``(l,)``): ``D_i`` step by step.
+
+        ``allowed(i, earlier)`` (optional) gives the options target ``i`` may take after the choices
+        ``earlier`` (a bool tensor ``(d,)``): ``D_i`` is renormalized over them (action masking), and
+        ``log_prob`` is the probability of the scheme under that masked policy.
+        """
         x = self.start.unsqueeze(0)
         state = None
         picked, log_probs, entropies = [], [], []
         for i in range(self.num_targets):
             state = self.cell(x, state)
             logits = self.heads[i](state[0]).squeeze(0)  # (d,)
+            if allowed is not None:
+                mask = allowed(i, [int(c) for c in picked])
+                if mask.any():  # none: scoring given choices that already left the allowed set (log p = -inf)
+                    logits = logits.masked_fill(~mask, float("-inf"))
             log_d = torch.log_softmax(logits, dim=-1)
             if choices is None:
                 j = torch.multinomial(log_d.exp().detach(), 1, generator=generator).squeeze(0)
@@ -55,18 +70,23 @@ class Controller(nn.Module):
                 j = choices[i]
             picked.append(j)
             log_probs.append(log_d[j])
-            entropies.append(-(log_d.exp() * log_d).sum())
+            p_d = log_d.exp()  # masked options: p = 0, and 0 log 0 = 0 (also in the gradient)
+            entropies.append(-(p_d * log_d.masked_fill(p_d == 0, 0.0)).sum())
             if i + 1 < self.num_targets:
                 x = self.embeddings[i](j.view(1))
         return Sample(torch.stack(picked), torch.stack(log_probs).sum(), torch.stack(entropies).mean())
 
     @torch.no_grad()
-    def distributions(self, choices: torch.Tensor) -> torch.Tensor:
-        """``D`` ``(l, d)`` along the path ``choices`` (each row conditioned on the earlier choices)."""
+    def distributions(self, choices: torch.Tensor, allowed: OptionMask | None = None) -> torch.Tensor:
+        """``D`` ``(l, d)`` along the path ``choices`` (each row conditioned on the earlier choices,
+        masked by ``allowed`` as in :meth:`forward`)."""
         x, state, rows = self.start.unsqueeze(0), None, []
         for i in range(self.num_targets):
             state = self.cell(x, state)
-            rows.append(torch.softmax(self.heads[i](state[0]).squeeze(0), dim=-1))
+            logits = self.heads[i](state[0]).squeeze(0)
+            if allowed is not None and (mask := allowed(i, choices[:i].tolist())).any():
+                logits = logits.masked_fill(~mask, float("-inf"))
+            rows.append(torch.softmax(logits, dim=-1))
             if i + 1 < self.num_targets:
                 x = self.embeddings[i](choices[i].view(1))
         return torch.stack(rows)

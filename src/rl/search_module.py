@@ -31,6 +31,7 @@ from rl.space import SearchSpace
 log = logging.getLogger(__name__)
 
 POLICIES = ("rl", "random", "random_feasible")
+FEASIBILITY = ("penalty", "mask")
 FEASIBLE_DRAWS = 10_000  # random_feasible: uniform draws per step before it keeps an infeasible one
 
 
@@ -56,6 +57,12 @@ class SearchModule(L.LightningModule):
             ``-entropy_weight * H(pi)`` to the loss to keep the policy exploring.
         advantage: ``moving`` (``r - b`` with the moving baseline: the paper's, optionally normalized)
             or ``rank`` (:class:`RankAdvantage` over the last ``rank_window`` rewards; improvement).
+        feasibility: ``penalty`` (the paper: a sample below ``a_t`` is rewarded by Eq. 6) or ``mask``
+            (improvement: the controller picks target by target only among the options that keep ``a_t``
+            reachable (:meth:`SearchSpace.completable`), so every sample meets it and every reward is a
+            WER reward). With Eq. 6 the penalties (tens to hundreds) set the advantage's scale, the WER
+            differences between accepted schemes (Eq. 5: about -4 to -5) hardly move the policy, and it
+            learns mostly to stay clear of the target, over-compressing (README "Search").
         excess_weight: improvement over the paper (0 = Eq. 4/5 as published): subtract
             ``excess_weight * (a - a_t)`` from the reward of an accepted scheme. Eq. 5 alone gives no
             reason to stay at the target while Eq. 6 punishes every sample below it, and the policy
@@ -67,7 +74,7 @@ class SearchModule(L.LightningModule):
                  optimizer: Callable | None = None, baseline_decay: float | None = 0.9, policy: str = "rl",
                  seed: int = 0, controller_input_size: int = 100, controller_hidden_size: int = 100,
                  normalize_advantage: bool = False, entropy_weight: float = 0.0, excess_weight: float = 0.0,
-                 advantage: str = "moving", rank_window: int = 64):
+                 advantage: str = "moving", rank_window: int = 64, feasibility: str = "penalty"):
         super().__init__()
         if policy not in POLICIES:
             raise ValueError(f"search.policy must be one of {POLICIES}, got {policy!r}")
@@ -88,6 +95,9 @@ class SearchModule(L.LightningModule):
         if excess_weight < 0:
             raise ValueError(f"search.excess_weight={excess_weight} is negative; use 0 (the paper) or more")
         self.excess_weight = excess_weight
+        if feasibility not in FEASIBILITY:
+            raise ValueError(f"search.feasibility must be one of {FEASIBILITY}, got {feasibility!r}")
+        self.feasibility = feasibility
         self.counts = {"samples": 0, "accepted": 0, "evaluated": 0}
         self.step_seconds: list[float] = []  # every step of this process
         self.evaluated_step_seconds: list[float] = []  # the steps that decoded the proxy set
@@ -96,11 +106,17 @@ class SearchModule(L.LightningModule):
     def _generator(self) -> torch.Generator:
         return torch.Generator().manual_seed(hash((self.seed, int(self.global_step), self.global_rank)) % 2**62)
 
+    def allowed_options(self, i: int, earlier: list[int]) -> torch.Tensor:
+        """The controller's mask under ``feasibility=mask``: target ``i``'s options ``(d,)`` that keep
+        ``a_t`` reachable after the choices ``earlier``."""
+        return torch.tensor(self.space.completable(i, earlier, self.estimate, self.target_speedup))
+
     def training_step(self, batch, batch_idx):
         started = time.perf_counter()
         generator = self._generator()
         if self.policy == "rl":
-            sample = self.controller(generator=generator)
+            sample = self.controller(generator=generator,
+                                     allowed=self.allowed_options if self.feasibility == "mask" else None)
             ranks = self.space.ranks(sample.choices.tolist())
             speedup = float(self.estimate(ranks))
         else:

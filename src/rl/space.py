@@ -14,7 +14,7 @@ An option whose rank does not pay (``k (m + n) >= m n``) means "leave dense" (:d
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from compress.cost import FULL, estimate_speedup, pays
@@ -51,6 +51,22 @@ class SearchSpace:
         """Each target at its smallest option (the highest speed-up the space can reach)."""
         return {name: min(row, key=lambda r: float("inf") if r == FULL else r)
                 for name, row in zip(self.names, self.options, strict=True)}
+
+    def completable(self, i: int, earlier: Sequence[int], estimate: Callable[[dict], float],
+                    target_speedup: float) -> list[bool]:
+        """Which options of target ``i`` still let a scheme reach ``target_speedup``, given the option
+        indices ``earlier`` of targets ``0 .. i-1``: option ``j`` is kept when the scheme with ``earlier``,
+        ``j`` and every later target at its smallest option meets it. Exact for any estimate that falls as
+        ranks grow (Eq. 3 summed over parameters or MACs); used to mask the controller (``search.feasibility``).
+        """
+        smallest = self.most_compressed()
+        scheme = {name: row[j] for name, row, j in zip(self.names, self.options, earlier, strict=False)}
+        scheme.update({name: smallest[name] for name in self.names[i + 1:]})
+        keep = []
+        for rank in self.options[i]:
+            scheme[self.names[i]] = rank
+            keep.append(estimate(scheme) >= target_speedup)
+        return keep
 
     def check_reachable(self, targets: Sequence[Target], target_speedup: float, by: str = "params") -> float:
         """The highest estimated speed-up of the space; raises when it is below ``target_speedup``."""

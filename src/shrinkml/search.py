@@ -152,7 +152,8 @@ def run_search(cfg: DictConfig) -> dict:
                             explored, optimizer, search.baseline_decay, search.policy, cfg.seed,
                             normalize_advantage=search.normalize_advantage, entropy_weight=search.entropy_weight,
                             excess_weight=search.get("excess_weight", 0.0),
-                            advantage=search.get("advantage", "moving"), rank_window=search.get("rank_window", 64))
+                            advantage=search.get("advantage", "moving"), rank_window=search.get("rank_window", 64),
+                            feasibility=search.get("feasibility", "penalty"))
     for logger in trainer.loggers:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
     last = out / "checkpoints" / "last.ckpt"
