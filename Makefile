@@ -63,9 +63,9 @@ condense: $(CONDENSED)
 $(CONDENSED): $(BASELINE)/summary.json
 	$(TIMED) condense -- $(PY) scripts/condense.py
 
-## search: the aggressive RL search (a_t = 3.7) and the random search with the same budget; an
+## search: the aggressive RL search (a_t = 3.7) and the random search over feasible schemes, same budget; an
 ## interrupted search resumes where it stopped when run again (state of an older baseline is kept aside)
-search: runs/search/aggressive/report.json runs/search/random/report.json
+search: runs/search/aggressive/report.json runs/search/random_feasible/report.json
 runs/search/%/report.json: $(SENSITIVITY) $(CONDENSED)
 	$(TIMED) "search $*" -- $(PY) search.py search=$* on_stale=restart
 search-conservative: runs/search/conservative/report.json
