@@ -178,6 +178,8 @@ def test_distillation_from_a_checkpoint_trains_with_a_frozen_teacher_that_is_nev
                                                                                             tmp_path):
     path, _ = checkpoint
     module = make_module(datamodule, distill={"teacher": str(path), "weight": 1.0, "temperature": 2.0})
+    with torch.no_grad():  # the student must differ from the teacher (both may start from the same seeded init)
+        module.model.decoder.output.weight.add_(0.5 * torch.randn_like(module.model.decoder.output.weight))
     trainer = make_trainer(tmp_path, max_steps=2)
     trainer.fit(module, datamodule=datamodule)
     teacher = load_module(path).model
