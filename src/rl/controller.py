@@ -45,6 +45,15 @@ class Controller(nn.Module):
         self.cell = nn.LSTMCell(input_size, hidden_size)
         self.heads = nn.ModuleList(nn.Linear(hidden_size, num_options) for _ in range(num_targets))
 
+    def _logits(self, i: int, state: tuple[torch.Tensor, torch.Tensor], earlier: list[int],
+                allowed: OptionMask | None) -> torch.Tensor:
+        """Target ``i``'s logits ``(d,)``, the options ``allowed`` forbids after ``earlier`` at ``-inf``
+        (none allowed: scoring given choices that already left the allowed set, whose log p is -inf)."""
+        logits = self.heads[i](state[0]).squeeze(0)
+        if allowed is not None and (mask := allowed(i, earlier)).any():
+            logits = logits.masked_fill(~mask, float("-inf"))
+        return logits
+
     def forward(self, choices: torch.Tensor | None = None, generator: torch.Generator | None = None,
                 allowed: OptionMask | None = None) -> Sample:
         """Sample a scheme (or score the given ``choices`` ``(l,)``): ``D_i`` step by step.
@@ -58,12 +67,7 @@ class Controller(nn.Module):
         picked, log_probs, entropies = [], [], []
         for i in range(self.num_targets):
             state = self.cell(x, state)
-            logits = self.heads[i](state[0]).squeeze(0)  # (d,)
-            if allowed is not None:
-                mask = allowed(i, [int(c) for c in picked])
-                if mask.any():  # none: scoring given choices that already left the allowed set (log p = -inf)
-                    logits = logits.masked_fill(~mask, float("-inf"))
-            log_d = torch.log_softmax(logits, dim=-1)
+            log_d = torch.log_softmax(self._logits(i, state, [int(c) for c in picked], allowed), dim=-1)
             if choices is None:
                 j = torch.multinomial(log_d.exp().detach(), 1, generator=generator).squeeze(0)
             else:
@@ -83,10 +87,7 @@ class Controller(nn.Module):
         x, state, rows = self.start.unsqueeze(0), None, []
         for i in range(self.num_targets):
             state = self.cell(x, state)
-            logits = self.heads[i](state[0]).squeeze(0)
-            if allowed is not None and (mask := allowed(i, choices[:i].tolist())).any():
-                logits = logits.masked_fill(~mask, float("-inf"))
-            rows.append(torch.softmax(logits, dim=-1))
+            rows.append(torch.softmax(self._logits(i, state, choices[:i].tolist(), allowed), dim=-1))
             if i + 1 < self.num_targets:
                 x = self.embeddings[i](choices[i].view(1))
         return torch.stack(rows)
