@@ -3,6 +3,7 @@
 
     python scripts/quantize.py                                  # runs/retrain_automl's best checkpoint
     python scripts/quantize.py ckpt=runs/retrain_guided/checkpoints/best.ckpt name=guided
+    python scripts/quantize.py linear=weight_only name=automl_weight_only   # int8 storage, float compute
 
 Writes ``runs/quantize/<name>/model_int8.pt`` and ``report.json`` (size in MB, test WER float and
 int8, measured batch-1 speed-up against the dense baseline) and logs a W&B run (group ``quantize``).
@@ -27,7 +28,8 @@ def main(cfg: DictConfig) -> None:
         print(f"quantize: {err}", file=sys.stderr)
         sys.exit(2)
     splits = ", ".join(f"{s} {summary[f'wer_float/{s}']:.2f} -> {summary[f'wer/{s}']:.2f}" for s in cfg.splits)
-    print(f"quantize: size {summary['size_mb_float']:.2f} MB -> {summary['size_mb']:.2f} MB "
+    print(f"quantize ({cfg.linear} int8 Linears): size {summary['size_mb_float']:.2f} MB -> "
+          f"{summary['size_mb']:.2f} MB "
           f"(baseline {summary['size_mb_baseline']:.2f} MB); WER float -> int8: {splits}; measured speed-up vs "
           f"baseline: float {summary['speedup/measured_float']:.2f}x, int8 {summary['speedup/measured']:.2f}x "
           f"(estimated {summary.get('speedup/params', 1.0):.2f}x)")

@@ -15,9 +15,11 @@ from asr_helpers import VOCAB, corpus_copy_for_runs, one_thread, shared_dir, tra
 from torch import nn
 
 from asr.model.asr_model import AsrModel
+from asr.model.fast_decode import step_plan
 from compress.quantize import (
     dequantize_rows,
     kernel_parameters,
+    linear_weights,
     load_int8,
     quantize_int8,
     quantize_rows,
@@ -88,6 +90,39 @@ def test_int8_model_stays_close_leaves_the_original_and_round_trips(compressed, 
         assert loaded.greedy_decode(features, lengths) == quantized.greedy_decode(features, lengths)
 
 
+@pytest.mark.parametrize("compressed", [False, True])
+def test_weight_only_int8_keeps_float_linears_on_the_8_bit_grid_and_the_fast_decoder_step(compressed, tmp_path):
+    model = small_asr(compressed)
+    features, lengths = torch.randn(2, 40, 20), torch.tensor([40, 31])
+    quantized = quantize_int8(model, linear="weight_only")
+    linears = linear_weights(quantized)
+    assert len(linears) == sum(isinstance(m, nn.Linear) for m in model.modules()) > 0
+    assert not any(isinstance(m, torch.ao.nn.quantized.dynamic.Linear) for m in quantized.modules())
+    for key, tensor in {**linears, **kernel_parameters(quantized)}.items():  # every row on its 8-bit grid
+        q, scale = quantize_rows(tensor)
+        assert torch.allclose(dequantize_rows(q, scale), tensor, atol=1e-6), key
+    original = model.state_dict()
+    assert any(not torch.equal(original[key], tensor) for key, tensor in linears.items())  # really rounded
+    with torch.no_grad():
+        # the C++ decoder step applies exactly where it applies to the float model (dynamic Linears: never)
+        assert (step_plan(quantized.decoder) is None) == (step_plan(model.decoder) is None)
+        assert step_plan(quantize_int8(model).decoder) is None
+        q_memory, _ = quantized.encode(features, lengths)
+        memory, _ = model.encode(features, lengths)
+    assert 0 < (q_memory - memory).norm() / memory.norm() < 0.05
+    size = save_int8(tmp_path / "m.pt", quantized)
+    dynamic_size = save_int8(tmp_path / "d.pt", quantize_int8(model))
+    assert size < 0.7 * serialized_mb(model.state_dict()) and size < 1.3 * dynamic_size
+    loaded, stored = load_int8(tmp_path / "m.pt", lambda _: small_asr(compressed))
+    assert stored["linear"] == "weight_only"
+    assert not any(isinstance(m, torch.ao.nn.quantized.dynamic.Linear) for m in loaded.modules())
+    with torch.no_grad():
+        assert torch.equal(loaded.encode(features, lengths)[0], q_memory)
+        assert loaded.greedy_decode(features, lengths) == quantized.greedy_decode(features, lengths)
+    with pytest.raises(ValueError, match="weight_only"):
+        quantize_int8(model, linear="int4")
+
+
 def test_damaged_or_foreign_int8_files_are_refused(tmp_path):
     with pytest.raises(FileNotFoundError, match="scripts/quantize.py"):
         load_int8(tmp_path / "none.pt", lambda _: small_asr(False))
@@ -118,7 +153,7 @@ def test_quantize_script_reports_size_wer_and_speedup(tiny_corpus, tmp_path_fact
     assert report["size_mb"] < 0.7 * report["size_mb_float"]
     assert report["wer/test"] >= 0 and report["wer_float/test"] >= 0
     assert report["speedup/measured"] > 0 and report["rtf"]["int8"] > 0
-    assert "quantize: size" in done.stdout
+    assert "quantize (dynamic int8 Linears): size" in done.stdout
     missing = subprocess.run([sys.executable, str(ROOT / "scripts" / "quantize.py"), *args,
                               f"ckpt={base / 'none.ckpt'}"], cwd=ROOT, env=env, capture_output=True, text=True,
                              timeout=600)

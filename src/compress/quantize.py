@@ -1,8 +1,12 @@
 """8-bit post-training quantization of any (compressed) model: the paper's 8-bit size (section 4.3).
 
 * Every ``nn.Linear`` -- the dense ones and both halves of a :class:`compress.lowrank.LowRankLinear`
-  -- becomes PyTorch's dynamic int8 Linear (``torch.ao.quantization.quantize_dynamic``): int8
-  weights, activations quantized per call, int8 matrix products.
+  -- becomes, with ``linear="dynamic"`` (the default), PyTorch's dynamic int8 Linear
+  (``torch.ao.quantization.quantize_dynamic``): int8 weights, activations quantized per call, int8
+  matrix products. With ``linear="weight_only"`` (an improvement for batch-1 decoding) it stays a
+  float ``nn.Linear`` whose weight is rounded to 8 bits per row and stored as int8, like the LSTM
+  kernels: the same file size, float compute, so fused float kernels (the decoder's C++ step) still
+  apply; PyTorch's dynamic int8 Linear is slower than float at batch 1 for the embedded model's widths.
 * Every LSTM concatenated kernel (a dense ``[W_ih | W_hh]``, or the factors ``U'`` and ``V*`` of a
   factorized one) is rounded to 8 bits per output row (symmetric, one float scale per row) and
   stored as int8. PyTorch has no int8 kernel for a custom LSTM layer, so it computes in float on
@@ -31,6 +35,7 @@ from compress.targets import is_lstm_kernel_module
 
 FORMAT = "shrinkml-int8/1"
 _INT8_SUFFIX, _SCALE_SUFFIX = ".int8", ".int8_scale"
+LINEAR_MODES = ("dynamic", "weight_only")
 
 
 def quantize_rows(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -63,27 +68,54 @@ def kernel_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
     return found
 
 
+def linear_weights(model: nn.Module) -> dict[str, nn.Parameter]:
+    """The weights of the float ``nn.Linear`` modules of ``model`` by state-dict key (none once they are
+    dynamically quantized)."""
+    return {f"{name}.weight" if name else "weight": module.weight for name, module in model.named_modules()
+            if isinstance(module, nn.Linear)}
+
+
+def rounded_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
+    """The tensors that are stored as int8 rows: the LSTM kernels and the float Linears' weights."""
+    return {**kernel_parameters(model), **linear_weights(model)}
+
+
+def linear_mode(quantized: nn.Module) -> str:
+    """``"dynamic"`` when ``quantized`` holds dynamically quantized Linears, else ``"weight_only"``."""
+    dynamic = torch.ao.nn.quantized.dynamic.Linear
+    return "dynamic" if any(isinstance(m, dynamic) for m in quantized.modules()) else "weight_only"
+
+
+def _check_linear(linear: str) -> None:
+    if linear not in LINEAR_MODES:
+        raise ValueError(f"unknown int8 Linear mode {linear!r}; use one of {', '.join(LINEAR_MODES)} "
+                         "(config key linear)")
+
+
 def _dynamic_linear(model: nn.Module) -> nn.Module:
     with warnings.catch_warnings():  # the eager quantization API warns that it is deprecated; it is what torch has
         warnings.simplefilter("ignore")
         return torch.ao.quantization.quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8)
 
 
-def quantize_int8(model: nn.Module) -> nn.Module:
-    """An int8 copy of ``model`` (the original is untouched): dynamic int8 Linears, LSTM kernels
-    rounded to 8 bits per row. Runs on the CPU."""
+def quantize_int8(model: nn.Module, linear: str = "dynamic") -> nn.Module:
+    """An int8 copy of ``model`` (the original is untouched): LSTM kernels rounded to 8 bits per row,
+    Linears dynamically quantized (``linear="dynamic"``) or rounded to 8 bits per row too
+    (``"weight_only"``). Runs on the CPU."""
+    _check_linear(linear)
     quantized = copy.deepcopy(model).cpu().eval()
+    rounded = kernel_parameters(quantized) if linear == "dynamic" else rounded_parameters(quantized)
     with torch.no_grad():
-        for tensor in kernel_parameters(quantized).values():
+        for tensor in rounded.values():
             tensor.copy_(dequantize_rows(*quantize_rows(tensor)))
-    return _dynamic_linear(quantized)
+    return _dynamic_linear(quantized) if linear == "dynamic" else quantized
 
 
 def int8_state_dict(quantized: nn.Module) -> dict[str, torch.Tensor]:
-    """The state of a :func:`quantize_int8` model with its LSTM kernels as int8 and per-row scales
-    (the Linears' packed int8 weights are already in the state dict)."""
+    """The state of a :func:`quantize_int8` model with its LSTM kernels (and weight-only Linears) as int8
+    and per-row scales (dynamic Linears' packed int8 weights are already in the state dict)."""
     state = quantized.state_dict()
-    for key in kernel_parameters(quantized):
+    for key in rounded_parameters(quantized):
         q, scale = quantize_rows(state.pop(key))
         state[key + _INT8_SUFFIX], state[key + _SCALE_SUFFIX] = q, scale
     return state
@@ -102,7 +134,8 @@ def save_int8(path: str | Path, quantized: nn.Module, **extra) -> float:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
     os.close(fd)
-    torch.save({"format": FORMAT, "state_dict": int8_state_dict(quantized), **extra}, tmp)
+    torch.save({"format": FORMAT, "linear": linear_mode(quantized), "state_dict": int8_state_dict(quantized),
+                **extra}, tmp)
     os.replace(tmp, path)
     return path.stat().st_size / 2**20
 
@@ -121,7 +154,10 @@ def load_int8(path: str | Path, build: Callable[[dict], nn.Module]) -> tuple[nn.
                          "again") from err
     if not isinstance(stored, dict) or stored.get("format") != FORMAT:
         raise ValueError(f"{path} is not an int8 model file (expected format {FORMAT!r})")
-    quantized = _dynamic_linear(build(stored).cpu().eval())
+    linear = stored.get("linear", "dynamic")
+    _check_linear(linear)
+    quantized = build(stored).cpu().eval()
+    quantized = _dynamic_linear(quantized) if linear == "dynamic" else quantized
     state = OrderedDict(stored["state_dict"])
     state._metadata = getattr(stored["state_dict"], "_metadata", None)  # module versions: quantized loaders read them
     for key in [k for k in state if k.endswith(_INT8_SUFFIX)]:

@@ -44,13 +44,14 @@ def run_quantize(cfg: DictConfig) -> dict:
     module = load_recognizer(cfg.ckpt)
     checkpoint = torch.load(cfg.ckpt, map_location="cpu", weights_only=False)
     baseline = load_recognizer(cfg.baseline)
-    quantized = quantize_int8(module.model)
+    quantized = quantize_int8(module.model, cfg.linear)
     extras = {key: checkpoint[key] for key in ("hyper_parameters", "asr_assets", SCHEME_KEY) if key in checkpoint}
     file_mb = save_int8(out / "model_int8.pt", quantized, source_checkpoint=str(cfg.ckpt), **extras)
     quantized, _ = load_int8_recognizer(out / "model_int8.pt")  # measure what was written, not what was meant
     datamodule = data_module(cfg.data)
     tokenizer = module.assets.tokenizer
-    summary = {"stage": "quantize", "source_checkpoint": str(cfg.ckpt), "params": count_parameters(module.model),
+    summary = {"stage": "quantize", "source_checkpoint": str(cfg.ckpt), "linear": cfg.linear,
+               "params": count_parameters(module.model),
                # weights as torch.save writes them (the file also holds the tokenizer and CMVN: file_mb)
                "size_mb": round(serialized_mb(int8_state_dict(quantized)), 3), "file_mb": round(file_mb, 3),
                "size_mb_float": round(serialized_mb(module.model.state_dict()), 3),
