@@ -144,6 +144,10 @@ def test_last_checkpoint_follows_every_epoch_when_the_best_does_not_improve(corp
     assert summary["best_checkpoint"] == str(checkpoints / "best.ckpt")
     assert torch.load(checkpoints / "best.ckpt", map_location="cpu", weights_only=False)["epoch"] == 0
     assert torch.load(checkpoints / "last.ckpt", map_location="cpu", weights_only=False)["epoch"] == 2
+    with open(next((base / "never_better").glob("csv/version_*/metrics.csv"))) as f:
+        dev = [(row["epoch"], float(row["cer/dev"])) for row in csv.DictReader(f) if row.get("cer/dev")]
+    assert [epoch for epoch, _ in dev[:3]] == ["0", "1", "2"]
+    assert summary["cer/dev"] == pytest.approx(dev[0][1])  # the summary's dev metrics are best.ckpt's, not the last's
 
 
 def test_resume_with_another_model_size_fails_clearly(trained, corpus, base):

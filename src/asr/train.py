@@ -96,6 +96,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if cfg.get("test"):
         checkpoint = next((c for c in trainer.checkpoint_callbacks if c.monitor), None)  # best.ckpt's, not last's
         best = checkpoint.best_model_path if checkpoint is not None and checkpoint.best_model_path else None
+        if best:  # the dev metrics of the model that is tested (callback_metrics hold the last epoch's)
+            trainer.validate(module, datamodule=datamodule, ckpt_path=best, weights_only=False)
+            metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(("wer/", "cer/"))})
         trainer.test(module, datamodule=datamodule, ckpt_path=best, weights_only=False)
         metrics.update(module.test_results)
         if best:
