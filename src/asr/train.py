@@ -36,6 +36,11 @@ def instantiate_group(group: DictConfig | None) -> list:
     return [hydra.utils.instantiate(entry) for entry in group.values() if entry is not None and "_target_" in entry]
 
 
+def error_rates(trainer: L.Trainer) -> dict[str, float]:
+    """The WER and CER values (``wer/<split>``, ``cer/<split>``) of the trainer's latest fit, validate or test."""
+    return {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(("wer/", "cer/"))}
+
+
 def seed_metrics(cfg: DictConfig, trainer: L.Trainer, module: L.LightningModule, datamodule) -> dict[str, float]:
     """With ``evaluate_seed``, the dev WER/CER of the model before training, as ``seed/wer/<split>``: the
     "before retraining" point of a fine-tuning run. Measured on a fresh start, kept in
@@ -46,7 +51,7 @@ def seed_metrics(cfg: DictConfig, trainer: L.Trainer, module: L.LightningModule,
     if cfg.get("ckpt_path"):
         return json.loads(path.read_text()) if path.is_file() else {}
     trainer.validate(module, datamodule=datamodule, weights_only=False)
-    seed = {f"seed/{k}": float(v) for k, v in trainer.callback_metrics.items() if k.startswith(("wer/", "cer/"))}
+    seed = {f"seed/{k}": v for k, v in error_rates(trainer).items()}
     write_json_atomic(path, seed)
     log.info("before training: %s", ", ".join(f"{k} {v:.2f}" for k, v in seed.items()))
     return seed
@@ -91,14 +96,14 @@ def train(cfg: DictConfig) -> dict[str, float]:
     # our own checkpoints hold config containers (data module hyper-parameters), which torch.load's
     # weights_only mode refuses: resuming needs the full unpickler, as test() and load_module() use
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=False)
-    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(("wer/", "cer/"))}
+    metrics = error_rates(trainer)
     metrics.update(seed)
     if cfg.get("test"):
         checkpoint = next((c for c in trainer.checkpoint_callbacks if c.monitor), None)  # best.ckpt's, not last's
         best = checkpoint.best_model_path if checkpoint is not None and checkpoint.best_model_path else None
         if best:  # the dev metrics of the model that is tested (callback_metrics hold the last epoch's)
             trainer.validate(module, datamodule=datamodule, ckpt_path=best, weights_only=False)
-            metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(("wer/", "cer/"))})
+            metrics.update(error_rates(trainer))
         trainer.test(module, datamodule=datamodule, ckpt_path=best, weights_only=False)
         metrics.update(module.test_results)
         if best:
