@@ -4,12 +4,20 @@ its result files, resuming by running the same command again, and bad input."""
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import pytest
+import torch
 from asr_helpers import VOCAB, corpus_copy_for_runs, shared_dir, trained_run
+from omegaconf import OmegaConf
 from test_compress_scripts import run_script
+from torch import nn
 
-from compress.scheme import Scheme, file_fingerprint
+from compress.scheme import Scheme, current_ranks, file_fingerprint
+from compress.svd import SvdCache
+from compress.targets import discover_targets
+from rl.explored import ExploredSet
+from shrinkml import search
 from shrinkml.search import StaleSearchError, guard_search_state
 
 
@@ -52,6 +60,7 @@ def test_search_runs_resumes_and_reports(setup):
     best = Scheme.load(out / "best_scheme.json")
     assert best.provenance == "automl" and best.estimates["speedup/params"] >= 1.5
     assert "wer/test" in best.metrics and best.meta["found_at_step"] is not None
+    assert best.meta["selected_on"] == "dev" and best.metrics["wer/dev"] == report["summary"]["wer/dev"]
     assert (out / "explored.png").stat().st_size > 1000 and "| baseline |" in (out / "report.md").read_text()
 
 
@@ -85,3 +94,44 @@ def test_search_state_of_another_checkpoint_is_not_resumed(tmp_path):
     kept = list(out.glob("stale-*/explored-rank0.jsonl"))
     assert len(kept) == 1 and kept[0].read_text() == '{"ranks": {}}\n'  # nothing lost
     assert json.loads((out / "source.json").read_text())["checkpoint_sha256"] == file_fingerprint(other)
+
+
+def test_result_scheme_is_chosen_on_the_whole_dev_split_not_on_test(tmp_path, monkeypatch):
+    """finalize with a stub scorer: the proxy prefers A, test prefers A too, the whole dev split prefers B.
+    The result must be B, the top-k scheme with the lowest whole-dev WER; test is only reported."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(40, 60), nn.Linear(60, 30), nn.Linear(30, 10))
+    targets = discover_targets(model)
+    schemes = {"A": {"0": 4, "1": 4, "2": 2}, "B": {"0": 6, "1": 4, "2": 2}, "C": {"0": 4, "1": 6, "2": 2}}
+    wer_of = {"A": {"dev": 30.0, "test": 10.0}, "B": {"dev": 20.0, "test": 25.0}, "C": {"dev": 25.0, "test": 15.0}}
+    name_of = {json.dumps(r, sort_keys=True): name for name, r in schemes.items()}
+
+    def stub_evaluate(compressed, batches, tokenizer):  # batches is the split's name (stub eval_batches)
+        name = name_of.get(json.dumps(current_ranks(compressed, targets), sort_keys=True))
+        return SimpleNamespace(wer=wer_of[name][batches] if name else 50.0)
+
+    monkeypatch.setattr(search, "eval_batches", lambda datamodule, split: split)
+    monkeypatch.setattr(search, "evaluate", stub_evaluate)
+    explored = ExploredSet(tmp_path / "explored-rank0.jsonl")
+    for step, (name, proxy_wer) in enumerate([("A", 5.0), ("B", 6.0), ("C", 7.0)]):
+        explored.add({"ranks": schemes[name], "wer": proxy_wer, "speedup": 2.0, "step": step})
+    (tmp_path / "base.ckpt").write_bytes(b"baseline")
+    cfg = OmegaConf.create({
+        "output_dir": str(tmp_path), "ckpt": str(tmp_path / "base.ckpt"), "split": "dev", "test_splits": ["test"],
+        "by": "params", "sensitivity_table": str(tmp_path / "none.json"), "guided": {"energy": 0.7, "max_delta": 2.0},
+        "report": {"top_k": 3, "curve_speedups": []},
+        "search": {"name": "toy", "target_speedup": 1.5, "policy": "rl", "steps": 3}})
+    OmegaConf.set_struct(cfg, True)
+    module = SimpleNamespace(model=model, assets=SimpleNamespace(tokenizer=None))
+    searcher = SimpleNamespace(counts={"samples": 3, "accepted": 3}, step_seconds=[0.1], evaluated_step_seconds=[0.1])
+    report = search.finalize(cfg, module, targets, SvdCache(), None, explored, 4.0, lambda m: 50.0, searcher,
+                             wall_seconds=1.0, proxy_decode_seconds=0.1)
+    best = Scheme.load(tmp_path / "best_scheme.json")
+    assert best.ranks == schemes["B"]  # not A (best proxy and best test WER), not C (second on test)
+    assert best.metrics["wer/dev"] == 20.0 and best.metrics["wer/test"] == 25.0 and best.meta["selected_on"] == "dev"
+    summary = report["summary"]
+    assert summary["selected_on"] == "dev" and summary["wer/dev"] == 20.0 and summary["wer/test"] == 25.0
+    assert all("wer/dev" in row and "wer/test" in row for row in report["rows"])  # baseline, manual, top-k
+    assert [r["wer/test"] for r in report["rows"] if r["model"].startswith("rl #")] == [10.0, 25.0, 15.0]
+    assert [r["selected"] for r in report["rows"] if r["model"].startswith("rl #")] == ["", "on dev", ""]
+    assert "| wer/dev | wer/test |" in (tmp_path / "report.md").read_text()
