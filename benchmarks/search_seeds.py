@@ -1,8 +1,8 @@
 #!/usr/bin/env python
-"""RL search against random search over several seeds, same budget (issue 5: "RL beats random search").
+"""RL search against random search over several seeds, same budget (does RL beat random search?).
 
-    python benchmarks/search_seeds.py --seeds 0 1 2                       # aggressive, 600 steps each
-    python benchmarks/search_seeds.py --seeds 0 1 2 --variant rank=search.advantage=rank \\
+    python benchmarks/search_seeds.py --seeds 0 1 2                       # aggressive, its configured steps
+    python benchmarks/search_seeds.py --seeds 0 1 2 --variant penalty=search.feasibility=penalty \\
         --variant random=search=random                                   # any search.py overrides per variant
 
 Each variant is a list of ``search.py`` overrides (``name=override,override,...``); every variant runs

@@ -27,14 +27,7 @@ from compress.cost import estimate_speedup
 from compress.manual import uniform_energy_scheme
 from compress.scheme import Scheme, apply_scheme
 from compress.svd import SvdCache
-from rl.condense import (
-    condensed_set,
-    corpus_wer,
-    greedy_condensed_set,
-    plot_curve,
-    subset_curve,
-    utterance_correlations,
-)
+from rl.condense import condensed_set, corpus_wer, plot_curve, subset_curve, utterance_correlations
 from shrinkml.stage import eval_batches, load_recognizer, profiled_targets
 
 
@@ -95,15 +88,8 @@ def main(cfg: DictConfig) -> None:
     dev_size = len(correlations)
     max_size = max(1, int(dev_size * cfg.max_fraction))
     sizes = [n for n in cfg.curve_sizes if n <= dev_size]
-    if cfg.selection == "listing1":
-        chosen = condensed_set(correlations, cohort[0], cfg.correl_min, cfg.min_words, max_size)
-        ranking = condensed_set(correlations, cohort[0], -1.0, cfg.min_words)  # the most correlated first
-    elif cfg.selection == "greedy":
-        ranking = greedy_condensed_set(cohort, cfg.min_words, max([max_size, *sizes]), cfg.greedy.candidate_min)
-        chosen = ranking[:max_size]
-    else:
-        print(f"condense: selection={cfg.selection!r}; choose listing1 or greedy", file=sys.stderr)
-        sys.exit(2)
+    chosen = condensed_set(correlations, cohort[0], cfg.correl_min, cfg.min_words, max_size)
+    ranking = condensed_set(correlations, cohort[0], -1.0, cfg.min_words)  # the most correlated first
     if not chosen:
         print(f"condense: no utterance correlates above correl_min={cfg.correl_min} (or none has min_words="
               f"{cfg.min_words}); lower them or add cohort members", file=sys.stderr)
@@ -117,7 +103,7 @@ def main(cfg: DictConfig) -> None:
     tmp = out / "condensed.txt.tmp"
     tmp.write_text("".join(f"{u} {correlations[u]:.4f}\n" for u in chosen))
     tmp.replace(out / "condensed.txt")
-    summary = {"dev_utterances": dev_size, "condensed_utterances": len(chosen), "selection": cfg.selection,
+    summary = {"dev_utterances": dev_size, "condensed_utterances": len(chosen),
                "correl_min": cfg.correl_min,
                "held_out_correlation": chosen_corr, "random_same_size_correlation": random_curve,
                "cohort_wers": [corpus_wer(c) for c in cohort], "held_out_wers": [corpus_wer(c) for c in held_out]}

@@ -11,7 +11,7 @@ import pytest
 from asr_helpers import VOCAB, corpus_copy_for_runs, shared_dir, trained_run
 from test_compress_scripts import run_script
 
-from rl.condense import condensed_set, corpus_wer, greedy_condensed_set, pearson, subset_curve, utterance_correlations
+from rl.condense import condensed_set, corpus_wer, pearson, subset_curve, utterance_correlations
 
 
 def synthetic_cohort(models: int, seed: int) -> list[dict]:
@@ -88,17 +88,3 @@ def test_condense_cohort_takes_random_schemes_and_leaves_out_duplicates(tiny_cor
     assert result.stdout.count("cohort random ") >= 4  # each random member decoded (and kept unless a duplicate)
     summary = json.loads((out / "condense.json").read_text())
     assert 3 <= len(summary["cohort_wers"]) <= 6  # the baseline, naive 1.2x, 4 random; never the checkpoint twice
-
-
-def test_greedy_selection_picks_representative_utterances_and_beats_random_subsets():
-    cohort, held_out = synthetic_cohort(8, seed=0), synthetic_cohort(6, seed=1)
-    unfiltered = greedy_condensed_set(cohort, min_words=5, max_size=10)
-    assert len(unfiltered) == len(set(unfiltered)) == 10 and unfiltered[0].startswith("good")
-    chosen = greedy_condensed_set(cohort, min_words=5, max_size=10, candidate_min=0.7)
-    assert len(chosen) == 10 and all(u.startswith("good") for u in chosen)  # the floor keeps noise out
-    assert greedy_condensed_set(cohort, min_words=11) == []  # every utterance too short
-    curve = subset_curve(held_out, greedy_condensed_set(cohort, max_size=10), [2, 5, 10], draws=30)
-    assert all(c > r for c, r in zip(curve["condensed"], curve["random"], strict=True))
-    with pytest.raises(ValueError, match="at least 3 models"):
-        greedy_condensed_set(cohort[:2])
-

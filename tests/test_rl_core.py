@@ -15,7 +15,7 @@ from torch import nn
 from compress.cost import FULL, estimate_speedup
 from compress.svd import SvdCache
 from compress.targets import discover_targets
-from rl.controller import Controller, RankAdvantage, RewardBaseline, reinforce_loss
+from rl.controller import Controller, RewardBaseline, reinforce_loss
 from rl.explored import ExploredSet
 from rl.rewards import aggressive_reward, conservative_reward, violation_reward, wer_reward
 from rl.search_module import SearchModule
@@ -114,26 +114,6 @@ def test_reward_baseline_is_a_moving_average():
     assert converged.advantage(-8.9) == pytest.approx(0.1 / (0.05 * 9.0), rel=0.01)  # floored, not 0.1 / 1e-8
     with pytest.raises(ValueError, match="normalize_advantage"):
         RewardBaseline(None, normalize=True)
-
-
-def test_rank_advantage_orders_rewards_and_ignores_their_scale():
-    ranked = RankAdvantage(window=4)
-    assert ranked.advantage(-5.0) == 0.0  # nothing to compare with yet
-    assert ranked.advantage(-300.0) == -1.0  # below every earlier reward
-    assert ranked.advantage(-4.0) == 1.0  # above both, however small the margin
-    assert ranked.advantage(-5.0) == pytest.approx(2 * (1 + 0.5) / 3 - 1)  # above -300, tied with -5, below -4
-    for reward in (-1.0, -2.0, -3.0):
-        ranked.advantage(reward)
-    assert ranked.history == [-5.0, -1.0, -2.0, -3.0]  # the last `window` rewards only
-    scaled = RankAdvantage(window=4)
-    for reward in (-5.0, -300.0, -4.0):
-        scaled.advantage(100 * reward)
-    assert scaled.advantage(-500.0) == pytest.approx(2 * (1 + 0.5) / 3 - 1)  # the same at 100x the scale
-    restored = RankAdvantage(window=4)
-    restored.load_state_dict(ranked.state_dict())
-    assert restored.history == ranked.history and restored.advantage(0.0) == ranked.advantage(0.0)
-    with pytest.raises(ValueError, match="rank_window"):
-        RankAdvantage(window=0)
 
 
 def test_explored_set_persists_and_skips_a_damaged_line(tmp_path, caplog):
@@ -266,24 +246,6 @@ def test_geometric_spacing_spreads_options_evenly_in_speedup():
     assert speedups[0] == pytest.approx(10.0, rel=0.02)
     with pytest.raises(SearchSpaceError, match="spacing"):
         uniform_space(targets, spacing="cubic")
-
-
-def test_excess_weight_is_configurable_and_checked(tmp_path):
-    module, _, _ = fit_search(tmp_path / "held", steps=5, wer=lambda ranks: 10.0, excess_weight=5.0)
-    plain, _, _ = fit_search(tmp_path / "plain", steps=1, wer=lambda ranks: 10.0)
-    assert module.excess_weight == 5.0 and plain.excess_weight == 0.0
-    with pytest.raises(ValueError, match="excess_weight"):
-        fit_search(tmp_path / "bad", steps=1, excess_weight=-1.0)
-
-
-def test_rank_advantage_search_learns_the_toy_optimum_and_checks_its_name(tmp_path):
-    module, explored, _ = fit_search(tmp_path / "rank", steps=150, advantage="rank", rank_window=32,
-                                     reward="aggressive", entropy_weight=0.01)
-    assert isinstance(module.reward_baseline, RankAdvantage)
-    assert len(explored) >= 1 and explored.best(1.6, 1)[0]["wer"] <= 29.0
-    assert module.counts["accepted"] > 0.9 * module.counts["samples"]  # it learned to meet a_t
-    with pytest.raises(ValueError, match="search.advantage"):
-        fit_search(tmp_path / "bad", steps=1, advantage="median")
 
 
 def test_masked_controller_is_a_distribution_over_exactly_the_feasible_schemes():

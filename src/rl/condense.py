@@ -6,13 +6,6 @@ across the cohort and the cohort's whole-set WERs says how representative it is.
 ``correl_min`` (and of at least ``min_words`` words) form the condensed set (the most correlated
 first, at most ``max_size`` of them). Fig. 3 checks the result on models outside the cohort: the
 correlation with whole-set WER of condensed and of random subsets of growing size.
-
-:func:`greedy_condensed_set` is an improvement over Listing 1 (``selection: greedy``): it scores
-subsets, not single utterances, adding one at a time the utterance that makes the subset's WER
-correlate best with the whole-set WER across the cohort. Listing 1 keeps utterances that are each
-representative, but they can be alike (the ones good models all get right). Measured on the
-2026-12-02 baselines (README "Search"), Listing 1 lost to random subsets on one and won on the
-other (0.991 against 0.987), where greedy gave 0.989, so Listing 1 stays the default.
 """
 
 from __future__ import annotations
@@ -60,41 +53,6 @@ def condensed_set(correlations: Mapping[str, float], counts: Counts, correl_min:
     kept = [u for u, r in correlations.items() if not math.isnan(r) and r > correl_min and counts[u][1] >= min_words]
     kept.sort(key=lambda u: -correlations[u])
     return kept[:max_size] if max_size else kept
-
-
-def greedy_condensed_set(cohort: Sequence[Counts], min_words: int = 1, max_size: int = 20,
-                         candidate_min: float = -1.0) -> list[str]:
-    """Forward selection: start empty, add the utterance whose addition maximizes
-    ``pearson(WER of the subset per cohort model, whole-set WER per model)``, until ``max_size``.
-
-    Candidates have at least ``min_words`` words and a correlation of their own (Listing 1's
-    ``correl[u]``) above ``candidate_min``: without that floor a small cohort lets the greedy step
-    pick utterances whose errors are noise that happens to cancel the subset's residuals. Returns
-    the utterances in the order chosen (each prefix is the greedy set of its size)."""
-    correlations = utterance_correlations(cohort)
-    ids = [u for u, (_, words) in cohort[0].items()
-           if words >= min_words and not math.isnan(correlations[u]) and correlations[u] > candidate_min]
-    if not ids:
-        return []
-    totals = np.array([corpus_wer(c) for c in cohort])  # (M,)
-    errors = np.array([[c[u][0] for u in ids] for c in cohort], dtype=np.float64)  # (M, N)
-    words = np.array([cohort[0][u][1] for u in ids], dtype=np.float64)  # (N,) the same references for every model
-    centred_totals = totals - totals.mean()
-    chosen: list[int] = []
-    error_sum, word_sum = np.zeros(len(cohort)), 0.0
-    available = np.ones(len(ids), dtype=bool)
-    for _ in range(min(max_size, len(ids))):
-        wers = (error_sum[:, None] + errors) / np.maximum(word_sum + words, 1.0)[None, :]  # (M, N) subset WER
-        centred = wers - wers.mean(axis=0, keepdims=True)
-        norms = np.sqrt((centred**2).sum(axis=0)) * np.sqrt((centred_totals**2).sum())
-        scores = np.where(norms > 0, (centred * centred_totals[:, None]).sum(axis=0) / np.maximum(norms, 1e-12), -2.0)
-        scores[~available] = -np.inf
-        j = int(np.argmax(scores))
-        chosen.append(j)
-        available[j] = False
-        error_sum += errors[:, j]
-        word_sum += words[j]
-    return [ids[j] for j in chosen]
 
 
 def subset_curve(held_out: Sequence[Counts], ranking: Sequence[str], sizes: Sequence[int], draws: int = 20,

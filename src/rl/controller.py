@@ -136,48 +136,6 @@ class RewardBaseline:
         self.variance = state.get("variance", 0.0 if self.value is not None else None)
 
 
-class RankAdvantage:
-    """Scale-free advantage from the rank of a reward among the last ``window`` rewards (improvement
-    over the paper; ``search.advantage=rank``).
-
-    ``advantage(r) = 2 (#{h < r} + #{h = r} / 2) / |h| - 1`` in ``[-1, 1]``, ``h`` the previous
-    ``window`` rewards (0 for the first one). It is the fitness shaping of evolution strategies
-    applied to REINFORCE: only the order of rewards counts. With the moving baseline, Eq. 6's
-    penalties (tens to hundreds) set the scale, and the differences between accepted schemes
-    (Eq. 5 spans about -4 to -6) were a few percent of the signal: the policy learned to meet
-    ``a_t`` but hardly which accepted scheme was better. By rank, once most samples are accepted,
-    most of the signal orders accepted schemes by WER. Measured (benchmarks/search_seeds.py, 2 seeds):
-    worse than the moving baseline (mean test WER 32.95 against 30.73), so it is off by default.
-    """
-
-    def __init__(self, window: int = 64):
-        if window < 1:
-            raise ValueError(f"search.rank_window must be >= 1, got {window}")
-        self.window = window
-        self.history: list[float] = []
-
-    def advantage(self, reward: float) -> float:
-        """The rank advantage of ``reward`` against the history (before it joins the history)."""
-        history = self.history
-        value = 0.0
-        if history:
-            below = sum(h < reward for h in history)
-            ties = sum(h == reward for h in history)
-            value = 2.0 * (below + 0.5 * ties) / len(history) - 1.0
-        history.append(reward)
-        del history[:-self.window]
-        return value
-
-    def state_dict(self) -> dict:
-        return {"window": self.window, "history": list(self.history)}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.history = list(state.get("history", []))[-self.window:]
-
-
-ADVANTAGES = ("moving", "rank")
-
-
 def reinforce_loss(sample: Sample, advantage: float) -> torch.Tensor:
     """Algorithm 1, line 18: ``-log(prod_i p_i) * advantage``."""
     return -sample.log_prob * advantage

@@ -23,7 +23,7 @@ from collections.abc import Callable
 import lightning as L
 import torch
 
-from rl.controller import ADVANTAGES, Controller, RankAdvantage, RewardBaseline, reinforce_loss
+from rl.controller import Controller, RewardBaseline, reinforce_loss
 from rl.explored import ExploredSet
 from rl.rewards import violation_reward, wer_reward
 from rl.space import SearchSpace
@@ -55,26 +55,19 @@ class SearchModule(L.LightningModule):
         normalize_advantage, entropy_weight: improvements over the paper (off = the paper): divide
             the advantage by a moving reward standard deviation (:class:`RewardBaseline`), and add
             ``-entropy_weight * H(pi)`` to the loss to keep the policy exploring.
-        advantage: ``moving`` (``r - b`` with the moving baseline: the paper's, optionally normalized)
-            or ``rank`` (:class:`RankAdvantage` over the last ``rank_window`` rewards; improvement).
         feasibility: ``penalty`` (the paper: a sample below ``a_t`` is rewarded by Eq. 6) or ``mask``
             (improvement: the controller picks target by target only among the options that keep ``a_t``
             reachable (:meth:`SearchSpace.completable`), so every sample meets it and every reward is a
             WER reward). With Eq. 6 the penalties (tens to hundreds) set the advantage's scale, the WER
             differences between accepted schemes (Eq. 5: about -4 to -5) hardly move the policy, and it
             learns mostly to stay clear of the target, over-compressing (README "Search").
-        excess_weight: improvement over the paper (0 = Eq. 4/5 as published): subtract
-            ``excess_weight * (a - a_t)`` from the reward of an accepted scheme. Eq. 5 alone gives no
-            reason to stay at the target while Eq. 6 punishes every sample below it, and the policy
-            drifted to 4-5x for a_t = 3.7, paying WER for speed-up nobody asked for.
     """
 
     def __init__(self, space: SearchSpace, estimate: Callable[[dict], float], evaluate: Callable[[dict], float],
                  baseline_wer: float, target_speedup: float, reward: str, explored: ExploredSet,
                  optimizer: Callable | None = None, baseline_decay: float | None = 0.9, policy: str = "rl",
                  seed: int = 0, controller_input_size: int = 100, controller_hidden_size: int = 100,
-                 normalize_advantage: bool = False, entropy_weight: float = 0.0, excess_weight: float = 0.0,
-                 advantage: str = "moving", rank_window: int = 64, feasibility: str = "penalty"):
+                 normalize_advantage: bool = False, entropy_weight: float = 0.0, feasibility: str = "penalty"):
         super().__init__()
         if policy not in POLICIES:
             raise ValueError(f"search.policy must be one of {POLICIES}, got {policy!r}")
@@ -87,14 +80,8 @@ class SearchModule(L.LightningModule):
         self.optimizer_factory = optimizer
         self.policy, self.seed = policy, seed
         self.controller = Controller(*space.shape, controller_input_size, controller_hidden_size)
-        if advantage not in ADVANTAGES:
-            raise ValueError(f"search.advantage must be one of {ADVANTAGES}, got {advantage!r}")
-        self.reward_baseline = (RankAdvantage(rank_window) if advantage == "rank"
-                                else RewardBaseline(baseline_decay, normalize_advantage))
+        self.reward_baseline = RewardBaseline(baseline_decay, normalize_advantage)
         self.entropy_weight = entropy_weight
-        if excess_weight < 0:
-            raise ValueError(f"search.excess_weight={excess_weight} is negative; use 0 (the paper) or more")
-        self.excess_weight = excess_weight
         if feasibility not in FEASIBILITY:
             raise ValueError(f"search.feasibility must be one of {FEASIBILITY}, got {feasibility!r}")
         self.feasibility = feasibility
@@ -142,7 +129,7 @@ class SearchModule(L.LightningModule):
                                    "policy": self.policy, "time": time.time()})
             else:
                 wer = float(point["wer"])
-            reward = self.reward_fn(wer, self.baseline_wer) - self.excess_weight * (speedup - self.target_speedup)
+            reward = self.reward_fn(wer, self.baseline_wer)
         advantage = self.reward_baseline.advantage(reward)
         self.step_seconds.append(time.perf_counter() - started)
         if wer is not None and point is None:

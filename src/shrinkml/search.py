@@ -119,7 +119,7 @@ def run_search(cfg: DictConfig) -> dict:
     started = time.time()
     out = Path(cfg.output_dir)
     guard_search_state(out, cfg.ckpt, cfg.get("on_stale", "error"))
-    module = load_recognizer(cfg.ckpt)
+    module = load_recognizer(cfg.ckpt, cfg.decoding)
     model = module.model
     datamodule = data_module(cfg.data)
     proxy = eval_batches(datamodule, cfg.split, utt_ids=proxy_utterances(cfg, datamodule))
@@ -151,9 +151,7 @@ def run_search(cfg: DictConfig) -> dict:
     searcher = SearchModule(space, estimate, evaluate_ranks, baseline_wer, search.target_speedup, search.reward,
                             explored, optimizer, search.baseline_decay, search.policy, cfg.seed,
                             normalize_advantage=search.normalize_advantage, entropy_weight=search.entropy_weight,
-                            excess_weight=search.get("excess_weight", 0.0),
-                            advantage=search.get("advantage", "moving"), rank_window=search.get("rank_window", 64),
-                            feasibility=search.get("feasibility", "penalty"))
+                            feasibility=search.feasibility)
     for logger in trainer.loggers:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
     last = out / "checkpoints" / "last.ckpt"
