@@ -4,12 +4,16 @@
     python scripts/check_corpus.py data/synthetic
     python scripts/check_corpus.py /data/LibriSpeech --splits dev-clean test-clean
 
-Exits with status 1 naming the first bad file and what is wrong with it.
+Every directory under the root is checked as a split (except hidden ones and the tokenizer's), so an
+empty or misplaced split fails here as it would in scripts/prepare_data.py. Transcripts that are not in
+the LibriSpeech form are normalized as training will normalize them, with one warning per file.
+Exits with status 2 and one line naming the first bad file or directory, what is wrong and the fix.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 
 from asr.data.errors import DataError
@@ -22,11 +26,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--splits", nargs="+", help="splits to check (default: all)")
     parser.add_argument("--no-decode", action="store_true", help="read audio headers only (faster)")
     args = parser.parse_args(argv)
+    logging.basicConfig(format="check_corpus: warning: %(message)s", level=logging.WARNING)
     try:
         report = validate_corpus(args.root, args.splits, decode=not args.no_decode)
     except DataError as err:
         print(f"check_corpus: {err}", file=sys.stderr)
-        return 1
+        return 2
     print(f"{'split':<18}{'utterances':>11}{'hours':>9}{'speakers':>10}{'vocabulary':>12}  sample rates")
     for s in report:
         rates = ",".join(str(r) for r in sorted(s.sample_rates))

@@ -5,6 +5,8 @@
     python scripts/prepare_data.py data=librispeech data.root=/data/LibriSpeech
 
 Everything it writes is reused by train.py; running it again does only what is missing.
+A corpus or data config it cannot use exits with status 2 and one line naming the file or key and the fix
+(as scripts/check_corpus.py does).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ def main(cfg: DictConfig) -> None:
         datamodule.setup("fit")
     except DataError as err:
         print(f"prepare_data: {err}", file=sys.stderr)
-        sys.exit(1)
+        sys.exit(2)
     for split, dataset in datamodule.datasets.items():
         frames = sum(dataset.lengths)
         print(f"{split:>16}: {len(dataset)} utterances, {frames} frames, "

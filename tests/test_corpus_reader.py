@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from asr.data.corpus import check_root, list_splits, read_split
+from asr.data.corpus import check_root, list_splits, read_split, split_dirs
 from asr.data.errors import DataError
 from asr.data.validate import validate_corpus
 
@@ -39,6 +39,19 @@ def test_list_splits_ignores_directories_without_transcripts(corpus_copy):
     (corpus_copy / "tokenizer" / "bpe60.model").write_bytes(b"x")
     assert list_splits(corpus_copy) == ["dev", "test", "train"]
 
+
+
+def test_split_dirs_counts_empty_splits_but_not_the_tokenizer_or_other_files(corpus_copy):
+    (corpus_copy / "tokenizer").mkdir()
+    (corpus_copy / "tokenizer" / "bpe60.model").write_bytes(b"x")
+    (corpus_copy / "cache" / "sub").mkdir(parents=True)
+    (corpus_copy / "cache" / "sub" / "feats.npy").write_bytes(b"x")
+    (corpus_copy / ".git").mkdir()
+    (corpus_copy / "dev-other").mkdir()
+    (corpus_copy / "flat").mkdir()
+    (corpus_copy / "flat" / "1-2-0000.wav").write_bytes(b"")
+    assert split_dirs(corpus_copy) == ["dev", "dev-other", "flat", "test", "train"]
+    assert list_splits(corpus_copy) == ["dev", "test", "train"]
 
 def test_transcripts_are_upper_cased_and_whitespace_collapsed(corpus_copy):
     chapter, trans = first_chapter(corpus_copy)
@@ -81,6 +94,13 @@ def test_missing_split_lists_the_available_ones(tiny_corpus):
     assert "split 'train-clean-100' not found" in message
     assert "found: dev, test, train" in message and "data.train_split" in message
 
+
+
+def test_empty_split_directory(corpus_copy):
+    shutil.rmtree(corpus_copy / "dev")
+    (corpus_copy / "dev").mkdir()
+    with pytest.raises(DataError, match=re.escape(f"split directory {corpus_copy / 'dev'} is empty. Fix: put")):
+        read_split(corpus_copy, "dev")
 
 def test_split_without_transcripts(corpus_copy):
     (corpus_copy / "other" / "1" / "2").mkdir(parents=True)
@@ -171,3 +191,11 @@ def test_validate_corpus_names_an_empty_audio_file(corpus_copy, decode):
     sf.write(str(wav), np.zeros(0, np.float32), 16000)
     with pytest.raises(DataError, match=re.escape(f"audio file {wav} holds no samples")):
         validate_corpus(corpus_copy, decode=decode)
+
+
+def test_validate_corpus_reads_every_split_before_decoding(corpus_copy):
+    flac = sorted((corpus_copy / "dev").rglob("*.flac"))[0]
+    flac.write_bytes(b"this is not a flac file" * 10)
+    (corpus_copy / "zz").mkdir()  # an empty split, sorted after the others
+    with pytest.raises(DataError, match=re.escape(f"split directory {corpus_copy / 'zz'} is empty")):
+        validate_corpus(corpus_copy)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import logging
 import shutil
 from pathlib import Path
 from types import ModuleType
@@ -13,6 +14,7 @@ import pytest
 import soundfile as sf
 
 from asr.data.corpus import list_splits, read_split
+from asr.data.errors import DataError
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 
@@ -69,7 +71,7 @@ def test_check_corpus_reports_shared_speakers(check_corpus, corpus_copy, capsys)
 def test_check_corpus_corrupt_flac(check_corpus, corpus_copy, capsys, flags):
     flac = sorted((corpus_copy / "train").rglob("*.flac"))[5]
     flac.write_bytes(bytes(range(256)) * 8)
-    assert check_corpus.main([str(corpus_copy), *flags]) == 1
+    assert check_corpus.main([str(corpus_copy), *flags]) == 2
     err = capsys.readouterr().err
     assert err.startswith("check_corpus: ") and str(flac) in err
 
@@ -77,7 +79,7 @@ def test_check_corpus_corrupt_flac(check_corpus, corpus_copy, capsys, flags):
 def test_check_corpus_zero_byte_file(check_corpus, corpus_copy, capsys):
     flac = sorted((corpus_copy / "dev").rglob("*.flac"))[0]
     flac.write_bytes(b"")
-    assert check_corpus.main([str(corpus_copy)]) == 1
+    assert check_corpus.main([str(corpus_copy)]) == 2
     assert str(flac) in capsys.readouterr().err
 
 
@@ -86,22 +88,82 @@ def test_check_corpus_zero_sample_file(check_corpus, corpus_copy, capsys, flags)
     flac = sorted((corpus_copy / "test").rglob("*.flac"))[0]
     flac.unlink()
     sf.write(str(flac.with_suffix(".wav")), np.zeros(0, np.float32), 16000)
-    assert check_corpus.main([str(corpus_copy), *flags]) == 1
+    assert check_corpus.main([str(corpus_copy), *flags]) == 2
     err = capsys.readouterr().err
     assert f"{flac.with_suffix('.wav')} holds no samples" in err
 
 
 def test_check_corpus_missing_root_and_layout_errors(check_corpus, tmp_path, corpus_copy, capsys):
-    assert check_corpus.main([str(tmp_path / "nowhere")]) == 1
+    assert check_corpus.main([str(tmp_path / "nowhere")]) == 2
     assert "does not exist" in capsys.readouterr().err
     (tmp_path / "flat").mkdir()
     (tmp_path / "flat" / "a.flac").write_bytes(b"")
-    assert check_corpus.main([str(tmp_path / "flat")]) == 1
+    assert check_corpus.main([str(tmp_path / "flat")]) == 2
     assert "no split under" in capsys.readouterr().err
     trans = sorted((corpus_copy / "dev").rglob("*.trans.txt"))[0]
     trans.write_text(trans.read_text() + trans.read_text().splitlines()[0] + "\n")
-    assert check_corpus.main([str(corpus_copy)]) == 1
+    assert check_corpus.main([str(corpus_copy)]) == 2
     assert f"{trans}:" in capsys.readouterr().err
+
+
+
+def test_check_corpus_empty_split_directory_fails_as_prepare_data_does(check_corpus, corpus_copy, tmp_path, capsys):
+    from asr.data.datamodule import AsrDataModule
+
+    empty = corpus_copy / "dev-other"
+    empty.mkdir()
+    assert check_corpus.main([str(corpus_copy)]) == 2
+    captured = capsys.readouterr()
+    assert "OK" not in captured.out
+    expected = f"split directory {empty} is empty. Fix: put the split's SPEAKER/CHAPTER directories in it"
+    assert captured.err.startswith(f"check_corpus: {expected}") and captured.err.count("\n") == 1
+    datamodule = AsrDataModule(root=str(corpus_copy), train_split="train", dev_splits=["dev", "dev-other"],
+                               test_splits=["test"], cache_dir=str(tmp_path / "features"),
+                               tokenizer={"dir": str(tmp_path / "tok"), "vocab_size": 60}, progress=False)
+    with pytest.raises(DataError) as info:
+        datamodule.prepare_data()
+    assert f"check_corpus: {info.value}\n" == captured.err
+
+
+@pytest.mark.parametrize("layout", ["speaker dirs only", "flat audio", "emptied"])
+def test_check_corpus_split_without_transcripts(check_corpus, corpus_copy, capsys, layout):
+    split = corpus_copy / ("dev" if layout == "emptied" else "extra")
+    if layout == "speaker dirs only":
+        (split / "19" / "198").mkdir(parents=True)
+    elif layout == "flat audio":
+        split.mkdir()
+        shutil.copy(sorted((corpus_copy / "dev").rglob("*.flac"))[0], split / "19-198-0000.flac")
+    else:
+        shutil.rmtree(split)
+        split.mkdir()
+    assert check_corpus.main([str(corpus_copy), "--no-decode"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"check_corpus: split directory {split} ") and err.count("\n") == 1 and "Fix:" in err
+
+
+def test_check_corpus_skips_directories_that_are_not_splits(check_corpus, corpus_copy, capsys):
+    (corpus_copy / "tokenizer").mkdir()  # left empty by a failed tokenizer training: still not a split
+    (corpus_copy / "notes").mkdir()
+    (corpus_copy / "notes" / "README.txt").write_text("made on 2026-12-03\n")
+    (corpus_copy / ".hidden").mkdir()
+    assert check_corpus.main([str(corpus_copy), "--no-decode"]) == 0
+    out = capsys.readouterr().out
+    assert [line.split()[0] for line in out.splitlines()[1:-1]] == ["dev", "test", "train"]
+
+
+def test_check_corpus_bad_transcripts(check_corpus, corpus_copy, capsys, caplog):
+    trans = sorted((corpus_copy / "dev").rglob("*.trans.txt"))[0]
+    lines = trans.read_text().splitlines()
+    trans.write_text("\n".join([lines[0].lower() + ",", *lines[1:]]) + "\n")
+    with caplog.at_level(logging.WARNING, logger="asr.data.corpus"):
+        assert check_corpus.main([str(corpus_copy), "--no-decode"]) == 0
+    assert capsys.readouterr().out.rstrip().endswith("OK")
+    assert [r.getMessage().split(" normalized")[0] for r in caplog.records] == [f"{trans}: 1 of {len(lines)} "
+                                                                                "transcript lines"]
+    trans.write_bytes(trans.read_bytes().replace(b",", b"\xe9"))
+    assert check_corpus.main([str(corpus_copy), "--no-decode"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"check_corpus: {trans}:1: byte 0xe9") and "re-encode the file as UTF-8" in err
 
 
 # -- make_corpus.py -------------------------------------------------------------------------------

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import soundfile as sf
 
-from asr.data.corpus import list_splits, read_split
+from asr.data.corpus import read_split, split_dirs
 from asr.data.errors import DataError
 
 
@@ -28,18 +28,22 @@ class SplitStats:
 
 
 def validate_corpus(root: str | Path, splits: list[str] | None = None, decode: bool = True) -> list[SplitStats]:
-    """Read ``splits`` (default: every split under ``root``) and, with ``decode``, decode each file.
+    """Read ``splits`` (default: every directory under ``root`` meant as a split, see
+    :func:`~asr.data.corpus.split_dirs`) and, with ``decode``, decode each file.
 
-    Raises :class:`DataError` at the first problem, naming the file and what is wrong.
+    Every split's layout and transcripts are read before any audio is decoded. Raises
+    :class:`DataError` at the first problem, naming the file and what is wrong: an empty split
+    directory is one, as it is for the data module.
     """
-    splits = splits or list_splits(root)
+    splits = splits or split_dirs(root)
     if not splits:
         raise DataError(f"no split under {root} holds SPEAKER/CHAPTER/*.trans.txt files; "
                         "is it a LibriSpeech-layout root?")
+    utterances = {split: read_split(root, split) for split in splits}
     report = []
-    for split in splits:
+    for split, utts in utterances.items():
         stats = SplitStats(split)
-        for utt in read_split(root, split):
+        for utt in utts:
             try:
                 if decode:
                     samples, rate = sf.read(str(utt.audio_path), dtype="int16", always_2d=True)
