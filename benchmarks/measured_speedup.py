@@ -49,9 +49,10 @@ from pathlib import Path
 
 import torch
 from omegaconf import OmegaConf
+from torch.utils.weak import WeakIdKeyDictionary
 
 from asr.data.tokenizer import BOS_ID
-from asr.model import fast_decode, lowrank_lstm
+from asr.model import lowrank_lstm
 from asr.model.asr_model import AsrModel
 from asr.model.lstm import ConcatLSTM
 from compress.cost import estimate_speedup
@@ -118,6 +119,12 @@ def part_of(target: Target) -> str:
 
 
 # -- timing ----------------------------------------------------------------------------------
+def take_attention_seconds() -> float:
+    """Seconds the C++ decoder step has spent in hard attention (query projections, monotonic scan, chunk
+    softmax, context) since the last call, in this process; the counter restarts at 0."""
+    return torch.ops.shrinkml_lowrank.take_attention_nanoseconds() / 1e9
+
+
 class Stopwatch:
     def __init__(self):
         self.seconds = 0.0
@@ -181,10 +188,10 @@ def run_once(model: AsrModel, x: torch.Tensor, lengths: torch.Tensor, chunk: int
         encoder = time.perf_counter() - start
         start = time.perf_counter()
         if cpp_step:
-            fast_decode.take_attention_seconds()  # restart the C++ step's attention clock
+            take_attention_seconds()  # restart the C++ step's attention clock
         decode_steps(model, memory, memory_lengths, steps, cpp_step)
         loop = time.perf_counter() - start
-        attention = watch.seconds + (fast_decode.take_attention_seconds() if cpp_step else 0.0)
+        attention = watch.seconds + (take_attention_seconds() if cpp_step else 0.0)
     return {"encoder": encoder, "attention": attention, "decoder": loop - attention}
 
 
@@ -217,8 +224,35 @@ def dense_on_extension_loop(model: AsrModel) -> AsrModel:
     return clone
 
 
+_dense_packed = WeakIdKeyDictionary()  # dense kernel -> (key, its W_hh packed for the extension's loop)
+
+
+def dense_layer_forward(x: torch.Tensor, kernel: torch.Tensor, bias: torch.Tensor,
+                        state: tuple[torch.Tensor, torch.Tensor] | None
+                        ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+    """A dense layer (``kernel`` ``(4H, in + H)``) on the extension's C++ loop, rows one after another
+    (the model's dense layers run torch's fused kernel). Needs the ``"cpp"`` backend and CPU float32."""
+    if lowrank_lstm.backend() != "cpp":
+        raise RuntimeError(f"dense_layer_forward needs the C++ extension ({lowrank_lstm.backend_info()['reason']})")
+    if any(t.device.type != "cpu" or t.dtype != torch.float32 for t in (x, kernel, bias)):
+        raise RuntimeError("dense_layer_forward runs CPU float32 tensors only")
+    hidden = kernel.shape[0] // 4
+    w_ih, w_hh = kernel.split([kernel.shape[1] - hidden, hidden], dim=1)
+    with torch.no_grad():
+        x_gates = torch.addmm(bias, x.reshape(-1, x.shape[-1]), w_ih.t()).reshape(*x.shape[:2], 4 * hidden)
+        key = (kernel.data_ptr(), kernel._version) if not kernel.is_inference() else None
+        cached = _dense_packed.get(kernel)
+        if key is None or cached is None or cached[0] != key:
+            cached = (key, torch.ops.shrinkml_lowrank.pack_dense(w_hh))
+            if key is not None:
+                _dense_packed[kernel] = cached
+        h0, c0 = state if state is not None else (x.new_zeros(x.shape[0], hidden),) * 2
+        out, h, c = torch.ops.shrinkml_lowrank.dense_forward(x_gates, cached[1], h0, c0)
+    return out, (h, c)
+
+
 def loop_forward(layer: ConcatLSTM, x: torch.Tensor, state=None):
-    return lowrank_lstm.dense_layer_forward(x, layer.kernel, layer.bias, state)
+    return dense_layer_forward(x, layer.kernel, layer.bias, state)
 
 
 def dense_kernel_check(hidden: int, input_size: int, batch: int, frames: int, repeats: int) -> dict[str, float]:

@@ -3,13 +3,17 @@ dense fused kernel, the factorized reference recurrence and the (unchanged) trai
 
 from __future__ import annotations
 
+import importlib.util
 import logging
+from pathlib import Path
+from types import ModuleType
 
 import pytest
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from asr import kernels
 from asr.model import lowrank_lstm
 from asr.model import lstm as lstm_module
 from asr.model.asr_model import AsrModel
@@ -22,6 +26,15 @@ from compress.targets import discover_targets
 
 IN, H = 5, 7
 ATOL = 1e-5
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def load_benchmark(name: str) -> ModuleType:
+    """``benchmarks/<name>.py`` as a module (the benchmarks are scripts, not a package)."""
+    spec = importlib.util.spec_from_file_location(f"_benchmark_{name}", BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -240,14 +253,34 @@ def test_an_unavailable_extension_falls_back_with_one_warning(monkeypatch, caplo
     assert out.shape == (1, 4, H)
 
 
+def test_a_missing_compiler_or_source_is_a_clear_reason_for_the_fallback(monkeypatch, tmp_path, caplog):
+    monkeypatch.setattr(kernels, "_loaded", False)
+    monkeypatch.setenv("CXX", "no-such-compiler-shrinkml")
+    with pytest.raises(RuntimeError, match="no C\\+\\+ compiler 'no-such-compiler-shrinkml' on PATH"):
+        kernels.load()
+    monkeypatch.setattr(lowrank_lstm, "_status", {"backend": None, "reason": None, "build_seconds": None})
+    monkeypatch.delenv(lowrank_lstm.ENV_SWITCH, raising=False)
+    with caplog.at_level(logging.WARNING, logger=lowrank_lstm.__name__):
+        assert lowrank_lstm.backend() == "python"
+    assert "no C++ compiler" in lowrank_lstm.backend_info()["reason"]
+    monkeypatch.setattr(kernels, "CSRC", tmp_path)
+    with pytest.raises(FileNotFoundError, match="lstm_math.cpp, factorized_lstm.cpp, decode_step.cpp missing"):
+        kernels.load()
+
+
 def test_dense_kernel_on_the_extension_loop_matches_the_fused_kernel(extension):
+    """The comparison kernel of benchmarks/measured_speedup.py (dense weights on the extension's loop)."""
+    dense_layer_forward = load_benchmark("measured_speedup").dense_layer_forward
     layer = dense_layer(9)
     x, state = torch.randn(2, 10, IN), random_state(2)
     with torch.no_grad():
-        out, (h, c) = lowrank_lstm.dense_layer_forward(x, layer.kernel, layer.bias, state)
+        out, (h, c) = dense_layer_forward(x, layer.kernel, layer.bias, state)
         ref_out, (ref_h, ref_c) = layer(x, state)
-    for got, want in ((out, ref_out), (h, ref_h), (c, ref_c)):
-        torch.testing.assert_close(got, want, atol=ATOL, rtol=0)
+        for got, want in ((out, ref_out), (h, ref_h), (c, ref_c)):
+            torch.testing.assert_close(got, want, atol=ATOL, rtol=0)
+        layer.kernel.mul_(0.5)  # the packed weights follow an in-place update
+        out, _ = dense_layer_forward(x, layer.kernel, layer.bias, None)
+        torch.testing.assert_close(out, layer(x)[0], atol=ATOL, rtol=0)
 
 
 @pytest.mark.parametrize("factorized", [False, True])

@@ -1,4 +1,4 @@
-"""The attention decoder's inference step as one C++ call (``csrc/decode_step.cpp``).
+"""The attention decoder's inference step as one C++ call (``asr/kernels/csrc/decode_step.cpp``).
 
 A batch-1 step of :meth:`asr.model.decoder.AttentionDecoder.step` is some forty small PyTorch
 operations (LSTM cell, two query projections, the hard monotonic scan, the chunk softmax, the output
@@ -112,8 +112,3 @@ def fast_step(plan: StepPlan, memory: torch.Tensor, keys: tuple[torch.Tensor, to
         plan.pre_output[0], plan.pre_output[1], plan.output[0], plan.output[1], plan.chunk_size, plan.fallback,
         PAD_ID, BOS_ID)
 
-
-def take_attention_seconds() -> float:
-    """Seconds the C++ step has spent in hard attention (query projections, monotonic scan, chunk softmax,
-    context) since the last call, in this process; the counter restarts at 0. For speed breakdowns."""
-    return torch.ops.shrinkml_lowrank.take_attention_nanoseconds() / 1e9

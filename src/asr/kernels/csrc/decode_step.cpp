@@ -1,29 +1,38 @@
-// One greedy/beam step of the attention decoder with hard monotonic (MoChA) attention, for inference.
-// Appended to the factorized-LSTM source (asr/model/lowrank_lstm.py): it reuses that file's
-// SHRINKML_CLONES, exp_approx, tanh_approx, lstm_gates and check_float_cpu, and adds one operator
-// to the same library. Mirrors asr.model.decoder.AttentionDecoder.step exactly (up to float
-// rounding): every PyTorch operation of that step becomes one C++ call or loop here, which removes
-// the per-operation overhead that dominates a batch-1 step of a small (or compressed) decoder.
+// One greedy/beam step of the attention decoder with hard monotonic (MoChA) attention, for inference
+// (asr.model.fast_decode). It uses the gate math of lstm_math.h and adds its operators to the library
+// shrinkml_lowrank that factorized_lstm.cpp defines. Mirrors asr.model.decoder.AttentionDecoder.step exactly
+// (up to float rounding): every PyTorch operation of that step becomes one C++ call or loop here, which
+// removes the per-operation overhead that dominates a batch-1 step of a small (or compressed) decoder.
 //
 // A "linear chain" is a list of weights [W_1 (k_1, n), W_2 (k_2, k_1), ...] and an optional bias:
 // y = x W_1^T W_2^T ... + b. A dense nn.Linear is [W]; a rank-k factorized one is [V* (k, n), U' (m, k)].
+#include "lstm_math.h"
 
 #include <ATen/ops/addmm.h>
 #include <ATen/ops/cat.h>
+#include <ATen/ops/empty.h>
 #include <ATen/ops/index_select.h>
 #include <ATen/ops/log_softmax.h>
 #include <ATen/ops/mm.h>
 #include <ATen/ops/tanh.h>
+#include <ATen/ops/zeros.h>
+#include <torch/library.h>
 
 #include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cmath>
+#include <cstdint>
 #include <limits>
 #include <optional>
+#include <tuple>
 #include <vector>
 
 namespace {
+
+using shrinkml::check_float_cpu;
+using shrinkml::lstm_gates;
+using shrinkml::tanh_approx;
 
 constexpr int kAcc = 16;  // independent partial sums: lets the compiler vectorize a dot product exactly
 

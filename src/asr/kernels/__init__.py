@@ -1,0 +1,67 @@
+"""The C++ inference kernels, one library built on first use: :func:`load`.
+
+The sources are in ``csrc/`` (installed with the package):
+
+* ``lstm_math.h`` / ``lstm_math.cpp``: the gate math (exp, sigmoid and tanh without libm calls) and
+  one LSTM step, shared by the operators below;
+* ``factorized_lstm.cpp``: the rank-``k`` LSTM recurrence of :mod:`asr.model.lowrank_lstm`
+  (``pack``, ``forward_packed``) and the same loop on a dense kernel for speed comparisons
+  (``pack_dense``, ``dense_forward``, used by ``benchmarks/measured_speedup.py``);
+* ``decode_step.cpp``: the attention decoder's inference step of :mod:`asr.model.fast_decode`
+  (``decode_step``, and ``take_attention_nanoseconds``, its clock of the attention part).
+
+They register the operators under ``torch.ops.shrinkml_lowrank`` (CPU float32). The hot loops are
+compiled for AVX-512, AVX2 and plain x86-64 and chosen at load time on x86-64 with GCC. Building takes
+about a minute (a C++ compiler and ninja are needed), then the library is cached in torch's extensions
+directory, which ``TORCH_EXTENSIONS_DIR`` overrides; a changed source is rebuilt on the next load.
+Callers decide what to do when it cannot be built (:func:`asr.model.lowrank_lstm.backend` falls back
+to PyTorch operations).
+"""
+
+from __future__ import annotations
+
+import shutil
+import threading
+from pathlib import Path
+
+import torch
+
+NAME = "shrinkml_kernels"  # build directory name under torch's extensions directory
+CSRC = Path(__file__).with_name("csrc")
+SOURCES = ("lstm_math.cpp", "factorized_lstm.cpp", "decode_step.cpp")
+CFLAGS = ("-O3", "-fno-trapping-math")
+NAMESPACE = "shrinkml_lowrank"  # torch.ops.<NAMESPACE>.<operator>
+OPERATORS = ("pack", "forward_packed", "pack_dense", "dense_forward", "decode_step", "take_attention_nanoseconds")
+
+_lock = threading.Lock()
+_loaded = False
+
+
+def load() -> None:
+    """Build the library (or load the cached build) and register its operators, once per process.
+
+    Raises ``RuntimeError`` naming the cause when there is no C++ compiler, the build fails or an
+    operator is missing, and ``FileNotFoundError`` when a source file is not installed.
+    """
+    global _loaded
+    with _lock:
+        if _loaded:
+            return
+        missing = [name for name in SOURCES if not (CSRC / name).is_file()]
+        if missing:
+            raise FileNotFoundError(f"{CSRC}: kernel sources {', '.join(missing)} missing; reinstall shrinkml "
+                                    "(pyproject.toml package-data ships asr/kernels/csrc/*.cpp and *.h)")
+        from torch.utils.cpp_extension import get_cxx_compiler
+        from torch.utils.cpp_extension import load as load_extension
+
+        compiler = get_cxx_compiler()  # $CXX, else c++
+        if shutil.which(compiler.split()[0] if compiler.strip() else "c++") is None:
+            raise RuntimeError(f"no C++ compiler {compiler!r} on PATH (set CXX, or install one: apt-get install g++)")
+
+        load_extension(NAME, [str(CSRC / name) for name in SOURCES], extra_cflags=list(CFLAGS),
+                       is_python_module=False)
+        library = getattr(torch.ops, NAMESPACE)
+        absent = [op for op in OPERATORS if not hasattr(library, op)]
+        if absent:
+            raise RuntimeError(f"{NAME}: operators {', '.join(absent)} not registered under torch.ops.{NAMESPACE}")
+        _loaded = True
