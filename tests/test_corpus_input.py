@@ -80,6 +80,13 @@ def test_normalize_transcript(written, normalized):
     assert normalize_transcript(normalized) == normalized
 
 
+
+def test_normalize_transcript_fast_path_agrees_with_the_full_one():
+    rng = np.random.default_rng(0)
+    for _ in range(2000):
+        text = "".join(rng.choice(list("AB1' "), rng.integers(1, 10)))
+        assert normalize_transcript(text) == normalize_transcript(text + ","), repr(text)  # "," forces the full path
+
 def test_lower_case_and_punctuation_normalized_with_one_warning_per_file(tmp_path, caplog):
     trans = write_chapter(tmp_path, ["19-198-0000 the old man, at last.", "19-198-0001 HER SISTER SAW IT",
                                      "19-198-0002 \u201cMy father!\u201d"])

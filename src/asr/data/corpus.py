@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,8 @@ TRANSCRIPT_SUFFIX = ".trans.txt"
 # beside the splits but not one of them.
 TOKENIZER_DIR = "tokenizer"
 _APOSTROPHES = str.maketrans({"\u2018": "'", "\u2019": "'", "\u02bc": "'"})
+_WORD = r"[A-Z0-9']*[A-Z0-9][A-Z0-9']*"
+_NORMAL_FORM = re.compile(f"{_WORD}( {_WORD})*")  # what normalize_transcript leaves as it is (the fast path)
 _warned: set[tuple[str, int, int]] = set()  # (file, size, mtime) already warned about in this process
 
 
@@ -51,6 +54,8 @@ def normalize_transcript(text: str) -> str:
 
     Digits are kept as written (LibriSpeech spells numbers out; a corpus with digits teaches them as such).
     """
+    if _NORMAL_FORM.fullmatch(text):
+        return text
     text = unicodedata.normalize("NFC", unicodedata.normalize("NFC", text).translate(_APOSTROPHES).upper())
     words = "".join(ch if ch.isalnum() or ch == "'" else " " for ch in text).split()
     return " ".join(w for w in words if w.strip("'"))
