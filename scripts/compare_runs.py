@@ -5,9 +5,11 @@
     python scripts/compare_runs.py runs_dir=/some/other/runs output_dir=/tmp/compare
     python scripts/compare_runs.py source=online project=shrinkml entity=my-team
 
-Writes ``comparison.md``, ``comparison.csv``, ``pareto.png`` (estimated speed-up against WER of
-every model) and ``retraining.png`` (the paper's Fig. 5: WER before and after retraining), and
-prints the table with the runs it skipped and why.
+Writes ``pareto.png`` (WER of every model against its estimated and its measured speed-up, one
+legend entry per model), ``retraining.png`` (the paper's Fig. 5: WER before and after retraining,
+the dense control beside the compressed seeds), ``comparison.md`` (the figures, the table of every
+model, the final models against the dense control and the baseline, stage wall times) and
+``comparison.csv``, and prints the tables with the runs it skipped and why.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ def main(cfg: DictConfig) -> None:
     comparison = compare(runs)
     comparison.stage_times = read_stage_times(cfg.stage_times)
     written = write_outputs(comparison, cfg.output_dir, cfg.split)
-    print(markdown(comparison))
+    print(markdown(comparison, cfg.split))
     print("written: " + ", ".join(f"{k} {v}" for k, v in written.items()))
     if not comparison.rows:
         print("compare_runs: no run had a model to compare (see the skipped runs above)", file=sys.stderr)

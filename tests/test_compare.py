@@ -1,9 +1,10 @@
-"""scripts/compare_runs.py: rows from stage runs, skipped runs with reasons, table and figures,
-on real offline W&B runs it did not create (including a damaged one)."""
+"""scripts/compare_runs.py: rows from stage runs, skipped runs with reasons, the dense control and the
+table against it, legible figures, on real offline W&B runs it did not create (including a damaged one)."""
 
 from __future__ import annotations
 
 import csv
+import io
 import os
 import subprocess
 import sys
@@ -13,11 +14,14 @@ import pytest
 
 from shrinkml.compare import (
     compare,
+    csv_text,
     find_offline_runs,
     markdown,
     offline_runs,
+    pareto_figure,
     read_online_runs,
     read_stage_times,
+    retraining_figure,
     write_outputs,
 )
 
@@ -56,7 +60,9 @@ def test_rows_skips_and_supersedes():
     assert result.rows[0]["speedup/params"] == 1.0 and result.rows[0]["provenance"] == "dense"
     assert result.columns[-1] == "seed/wer/dev"
     table = markdown(result)
-    assert "| retrain | retrain_automl | automl | 3.90 | 4.10 |" in table and "Skipped runs" in table
+    assert "| AutoML retrained | retrain | retrain_automl | automl | 3.90 | 4.10 |" in table and "Skipped runs" in table
+    assert "| baseline (baseline) |" in table and "| baseline (baseline-old) |" in table  # same label: the name added
+    assert "No dense control run" in table
 
 
 def test_same_stage_into_the_same_directory_keeps_the_newest():
@@ -74,10 +80,140 @@ def test_outputs_are_written(tmp_path):
     assert "| baseline | 30.5 | now |" in markdown(result) and "bad" not in markdown(result)
     written = write_outputs(result, tmp_path, "test")
     assert set(written) == {"markdown", "csv", "pareto", "retraining"}
+    assert Path(written["markdown"]).read_text().startswith("![pareto](pareto.png)\n![retraining](retraining.png)")
     rows = list(csv.DictReader(Path(written["csv"]).read_text().splitlines()))
     assert [r["name"] for r in rows] == ["baseline", "retrain_automl", "retrain_guided"]
     assert float(rows[2]["seed/wer/dev"]) == 60.0 and rows[0]["speedup/measured"] == "1.0"
     assert Path(written["pareto"]).stat().st_size > 1000
+
+
+CONTROL = {"params": 3000, "size_mb": 12.0, "wer/dev": 29.0, "wer/test": 27.0, "seed/wer/dev": 30.0,
+           "speedup/measured": 0.98}  # train.py +experiment=retrain_dense: no provenance, no estimated speed-up
+
+
+def session_runs():
+    """Every stage of one pipeline: baseline, the search, the dense control and two retrained seeds, and the
+    retrained AutoML model in int8 in both Linear modes."""
+    return [
+        run("baseline", "baseline", BASELINE),
+        run("search_aggressive", "search", {"provenance": "automl", "speedup/params": 3.9, "wer/test": 45.0}),
+        run("retrain_automl", "retrain", {**RETRAIN, "speedup/measured": 2.3}),
+        run("retrain_guided", "retrain", {**RETRAIN, "provenance": "guided", "wer/test": 29.0, "seed/wer/dev": 60.0}),
+        run("retrain_dense", "retrain", CONTROL),
+        run("quantize_automl", "quantize", {**RETRAIN, "linear": "weight_only", "size_mb": 1.27,
+                                            "speedup/measured": 2.15, "wer/test": 30.5}),
+        run("quantize_automl_dynamic", "quantize", {**RETRAIN, "linear": "dynamic", "size_mb": 1.26,
+                                                    "speedup/measured": 0.74, "wer/test": 31.0}),
+    ]
+
+
+def test_dense_control_row_and_the_table_against_it():
+    result = compare(session_runs())
+    result.stage_times = {"baseline": {"seconds": 1800.0}, "retrain automl": {"seconds": 1230.0},
+                          "retrain dense": {"seconds": 1260.0}, "quantize": {"seconds": 60.0}}
+    assert [r["name"] for r in result.rows if r["stage"] == "retrain"] == ["retrain_dense", "retrain_automl",
+                                                                           "retrain_guided"]
+    control = result.reference("control")
+    assert control["name"] == "retrain_dense" and control["model"] == "dense control"
+    assert control["provenance"] == "dense" and control["speedup/params"] == 1.0 and control["speedup/macs"] == 1.0
+    assert control["speedup/measured"] == 0.98  # a measured value is kept as measured
+    table = markdown(result, "test")
+    assert "| dense control | retrain | retrain_dense | dense | 1.00 | 1.00 | 0.98 |" in table
+    section = table[table.index("Against the dense control"):]
+    assert "Dense control: `retrain_dense`" in section and "search_aggressive" not in section
+    # AutoML 31.0 against the control's 27.0 and the baseline's 28.0; the control against the baseline: -3.6
+    assert "| AutoML retrained | retrain_automl | 3.90 | 2.30 | 3.50 | 31.00 | +14.8 | +10.7 | 20.5 |" in section
+    assert "| guided retrained | retrain_guided | 3.90 |  | 3.50 | 29.00 | +7.4 | +3.6 |  |" in section
+    assert "| dense control | retrain_dense | 1.00 | 0.98 | 12.00 | 27.00 | reference | -3.6 | 21.0 |" in section
+    assert "| baseline | baseline | 1.00 | 1.00 | 12.00 | 28.00 | +3.7 | reference | 30.0 |" in section
+    assert "| retrain dense | 21.0 |" in table  # the stage wall times keep every recorded stage
+    rows = {r["name"]: r for r in csv.DictReader(io.StringIO(csv_text(result, "test")))}
+    assert float(rows["retrain_automl"]["wer/test_change_vs_control_pct"]) == pytest.approx(14.815, abs=1e-3)
+    assert rows["retrain_dense"]["wer/test_change_vs_control_pct"] == "" and rows["search_aggressive"]["model"]
+    assert float(rows["retrain_dense"]["wall_seconds"]) == 1260.0
+    assert "No dense control run" in markdown(compare(session_runs()[:4]), "test")
+
+
+def test_a_compressed_retrain_is_not_the_control():
+    result = compare([run("retrain_x", "retrain", {**RETRAIN, "provenance": ""}),
+                      run("retrain_dense", "retrain", {**CONTROL, "provenance": "dense", "speedup/params": 1.0})])
+    assert {r["name"]: r["role"] for r in result.rows} == {"retrain_dense": "control", "retrain_x": "model"}
+
+
+def test_quantized_rows_show_size_measured_speedup_and_linear_mode():
+    result = compare(session_runs() + [run("quantize_old", "quantize", {**RETRAIN, "speedup/measured": 1.1})])
+    table = markdown(result, "test")
+    assert ("| AutoML int8 weight-only | quantize | quantize_automl | automl | 3.90 | 4.10 | 2.15 | 900.00 | 1.27 |"
+            in table)
+    assert ("| AutoML int8 dynamic | quantize | quantize_automl_dynamic | automl | 3.90 | 4.10 | 0.74 | 900.00 | 1.26 |"
+            in table)
+    assert "| AutoML int8 | quantize | quantize_old |" in table  # a summary without the mode: no mode claimed
+
+
+def drawn_text_boxes(fig):
+    """(text, window box) of every text drawn in ``fig`` after the layout ``save_figure`` gives it: titles,
+    axis and tick labels in view, legend entries, annotations, bar values."""
+    from matplotlib.text import Text
+
+    fig.tight_layout()
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    tick_labels, shown = set(), []
+    for ax in fig.axes:
+        for axis in (ax.xaxis, ax.yaxis):
+            low, high = sorted(axis.get_view_interval())
+            for tick in axis.get_major_ticks() + axis.get_minor_ticks():
+                tick_labels.update({id(tick.label1), id(tick.label2)})
+                if ax.axison and tick.get_loc() is not None and low - 1e-9 <= tick.get_loc() <= high + 1e-9:
+                    shown += [tick.label1, tick.label2]
+    texts = [t for t in fig.findobj(Text) if id(t) not in tick_labels] + shown
+    return [(t.get_text(), t.get_window_extent(renderer)) for t in texts if t.get_visible() and t.get_text().strip()]
+
+
+def assert_no_overlapping_text(fig):
+    boxes = drawn_text_boxes(fig)
+    assert len(boxes) > 10
+    for i, (text, box) in enumerate(boxes):
+        for other, other_box in boxes[i + 1:]:
+            assert not box.shrunk(0.98, 0.98).overlaps(other_box.shrunk(0.98, 0.98)), f"{text!r} overlaps {other!r}"
+
+
+def test_figures_are_legible(tmp_path):
+    from compress.figures import pyplot
+
+    result = compare(session_runs())
+    fig = pareto_figure(result, "test")
+    estimated, measured, legend_axes = fig.axes
+    final = [r for r in result.rows if r["stage"] != "search"]  # the search's scheme (not retrained): table only
+    entries = [t.get_text() for t in legend_axes.get_legend().get_texts()]
+    assert len(entries) == len(final) == 6 and len(set(entries)) == len(entries)
+    assert entries[0] == "baseline" and "dense control\nretrain_dense" in entries
+    assert any(e.startswith("guided retrained") and e.endswith("(not measured)") for e in entries)
+    assert "search rows (not retrained): in the table" in legend_axes.get_legend().get_title().get_text()
+    handles = legend_axes.get_legend().legend_handles
+    assert len({(h.get_color(), h.get_marker()) for h in handles}) == len(final)
+    assert len(estimated.collections) == 6 and len(measured.collections) == 5  # guided has no measured speed-up
+    assert [tuple(c.get_offsets()[0]) for c in measured.collections if c.get_offsets()[0][0] == 1.0] == [(1.0, 28.0)]
+    assert "5 of 6 models measured" in measured.get_title()
+    assert "×" in estimated.get_xlabel() and "×" in measured.get_xlabel() and "(%)" in estimated.get_ylabel()
+    positions = [tuple(t.get_position()) for ax in fig.axes for t in ax.texts]
+    assert len(positions) == len(set(positions))  # no text annotations stacked at one point
+    assert_no_overlapping_text(fig)
+    pyplot().close(fig)
+    crowded = compare([run("baseline", "baseline", BASELINE)]  # a dozen models at one point stay distinguishable
+                      + [run(f"retrain_seed_{i}", "retrain", RETRAIN) for i in range(12)])
+    fig = pareto_figure(crowded, "test")
+    handles = fig.axes[2].get_legend().legend_handles
+    assert len(handles) == 13 and len({(h.get_color(), h.get_marker()) for h in handles}) == 13
+    assert_no_overlapping_text(fig)
+    pyplot().close(fig)
+    fig = retraining_figure(result)
+    assert [t.get_text().split("\n")[0] for t in fig.axes[0].get_xticklabels()] == [
+        "dense control", "AutoML retrained", "guided retrained"]
+    assert_no_overlapping_text(fig)
+    pyplot().close(fig)
+    written = write_outputs(result, tmp_path, "test")
+    assert all(Path(written[k]).stat().st_size > 10_000 for k in ("pareto", "retraining"))
 
 
 def test_online_runs_are_read_through_the_api():
@@ -127,10 +263,10 @@ def test_offline_runs_through_the_script(offline_dir, tmp_path):
                            f"output_dir={tmp_path}", f"stage_times={tmp_path / 'no-times.json'}"], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "| baseline | baseline | dense | 1.00 |" in done.stdout
+    assert "| baseline | baseline | baseline | dense | 1.00 |" in done.stdout
     assert "foreign" in done.stdout and "no 'stage'" in done.stdout
     assert "damaged" in done.stdout
-    assert (tmp_path / "comparison.md").read_text().count("| baseline |") == 1
+    assert (tmp_path / "comparison.md").read_text().count("| baseline | baseline | baseline |") == 1
     missing = subprocess.run([sys.executable, str(ROOT / "scripts" / "compare_runs.py"),
                               f"runs_dir={tmp_path / 'nowhere'}", f"output_dir={tmp_path}"], cwd=ROOT, env=env,
                              capture_output=True, text=True, timeout=600)
