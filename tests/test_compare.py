@@ -91,7 +91,7 @@ CONTROL = {"params": 3000, "size_mb": 12.0, "wer/dev": 29.0, "wer/test": 27.0, "
            "speedup/measured": 0.98}  # train.py +experiment=retrain_dense: no provenance, no estimated speed-up
 
 
-def session_runs():
+def pipeline_runs():
     """Every stage of one pipeline: baseline, the search, the dense control and two retrained seeds, and the
     retrained AutoML model in int8 in both Linear modes."""
     return [
@@ -108,7 +108,7 @@ def session_runs():
 
 
 def test_dense_control_row_and_the_table_against_it():
-    result = compare(session_runs())
+    result = compare(pipeline_runs())
     result.stage_times = {"baseline": {"seconds": 1800.0}, "retrain automl": {"seconds": 1230.0},
                           "retrain dense": {"seconds": 1260.0}, "quantize": {"seconds": 60.0}}
     assert [r["name"] for r in result.rows if r["stage"] == "retrain"] == ["retrain_dense", "retrain_automl",
@@ -131,7 +131,7 @@ def test_dense_control_row_and_the_table_against_it():
     assert float(rows["retrain_automl"]["wer/test_change_vs_control_pct"]) == pytest.approx(14.815, abs=1e-3)
     assert rows["retrain_dense"]["wer/test_change_vs_control_pct"] == "" and rows["search_aggressive"]["model"]
     assert float(rows["retrain_dense"]["wall_seconds"]) == 1260.0
-    assert "No dense control run" in markdown(compare(session_runs()[:4]), "test")
+    assert "No dense control run" in markdown(compare(pipeline_runs()[:4]), "test")
 
 
 def test_a_compressed_retrain_is_not_the_control():
@@ -141,7 +141,7 @@ def test_a_compressed_retrain_is_not_the_control():
 
 
 def test_quantized_rows_show_size_measured_speedup_and_linear_mode():
-    result = compare(session_runs() + [run("quantize_old", "quantize", {**RETRAIN, "speedup/measured": 1.1})])
+    result = compare(pipeline_runs() + [run("quantize_old", "quantize", {**RETRAIN, "speedup/measured": 1.1})])
     table = markdown(result, "test")
     assert ("| AutoML int8 weight-only | quantize | quantize_automl | automl | 3.90 | 4.10 | 2.15 | 900.00 | 1.27 |"
             in table)
@@ -181,7 +181,7 @@ def assert_no_overlapping_text(fig):
 def test_figures_are_legible(tmp_path):
     from compress.figures import pyplot
 
-    result = compare(session_runs())
+    result = compare(pipeline_runs())
     fig = pareto_figure(result, "test")
     estimated, measured, legend_axes = fig.axes
     final = [r for r in result.rows if r["stage"] != "search"]  # the search's scheme (not retrained): table only
