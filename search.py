@@ -6,6 +6,7 @@ import hydra
 from omegaconf import DictConfig
 
 from asr.data.errors import DataError
+from rl.explored import ExploredSetError
 from rl.space import SearchSpaceError
 from shrinkml.search import StaleSearchError, run_search
 
@@ -14,7 +15,7 @@ from shrinkml.search import StaleSearchError, run_search
 def main(cfg: DictConfig) -> None:
     try:
         run_search(cfg)
-    except (FileNotFoundError, DataError, SearchSpaceError, StaleSearchError) as err:
+    except (FileNotFoundError, DataError, SearchSpaceError, StaleSearchError, ExploredSetError) as err:
         print(f"search: {err}", file=sys.stderr)
         sys.exit(2)
 

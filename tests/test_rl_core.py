@@ -16,7 +16,7 @@ from compress.cost import FULL, estimate_speedup
 from compress.svd import SvdCache
 from compress.targets import discover_targets
 from rl.controller import Controller, RewardBaseline, reinforce_loss
-from rl.explored import ExploredSet
+from rl.explored import ExploredSet, ExploredSetError
 from rl.rewards import aggressive_reward, conservative_reward, violation_reward, wer_reward
 from rl.search_module import SearchModule
 from rl.space import SearchSpace, SearchSpaceError, sensitivity_space, uniform_space
@@ -116,18 +116,66 @@ def test_reward_baseline_is_a_moving_average():
         RewardBaseline(None, normalize=True)
 
 
+def point(a: int, wer: float, speedup: float = 2.0, step: int = 0) -> dict:
+    return {"ranks": {"a": a}, "wer": wer, "speedup": speedup, "step": step}
+
+
 def test_explored_set_persists_and_skips_a_damaged_line(tmp_path, caplog):
     path = tmp_path / "w.jsonl"
     explored = ExploredSet(path)
-    explored.add({"ranks": {"a": 2}, "wer": 10.0, "speedup": 2.0, "step": 0})
-    explored.add({"ranks": {"a": 3}, "wer": 8.0, "speedup": 1.5, "step": 1})
+    explored.add(point(2, 10.0, 2.0, 0))
+    explored.add(point(3, 8.0, 1.5, 1))
     with path.open("a") as f:
         f.write('{"ranks": {"a": 4}, "wer": 7.\n')  # half-written line
     explored_again = ExploredSet(path)
     assert len(explored_again) == 2 and explored_again.get({"a": 3})["wer"] == 8.0
-    assert explored_again.damaged == [(path, 3)] and "line 3 is damaged" in caplog.text
+    assert explored_again.damaged == [(path, 3)] and "the last line, 3, was cut off" in caplog.text
     assert [p["wer"] for p in explored_again.best(1.6)] == [10.0]
     assert explored_again.get({"a": 9}) is None
+    with pytest.raises(ValueError, match="missing 'speedup'"):
+        explored_again.add({"ranks": {"a": 5}, "wer": 7.0, "step": 2})  # never written
+    assert len(path.read_text().splitlines()) == 2  # the damaged line truncated away, nothing else
+
+
+def test_point_appended_after_a_kill_cut_off_the_last_line_is_kept(tmp_path, caplog):
+    """A kill leaves the last line without its newline; the next point must not land on that line."""
+    path = tmp_path / "w.jsonl"
+    explored = ExploredSet(path)
+    explored.add(point(2, 10.0))
+    with path.open("a") as f:
+        f.write(json.dumps(point(3, 8.0))[:20])  # cut off mid-write, no newline
+    resumed = ExploredSet(path)
+    assert len(resumed) == 1 and resumed.damaged == [(path, 2)] and "cut off" in caplog.text
+    resumed.add(point(4, 7.0, step=1))  # the decode after the resume
+    again = ExploredSet(path)
+    assert [p["ranks"]["a"] for p in again] == [2, 4] and again.damaged == []
+    with path.open("a") as f:
+        f.write(json.dumps(point(5, 6.0, step=2)))  # complete, but killed before its newline
+    kept = ExploredSet(path)
+    assert [p["ranks"]["a"] for p in kept] == [2, 4, 5] and "lacked its newline" in caplog.text
+    kept.add(point(6, 5.0, step=3))
+    assert [p["ranks"]["a"] for p in ExploredSet(path)] == [2, 4, 5, 6]
+
+
+def test_explored_set_stops_at_open_on_a_bad_line(tmp_path):
+    path = tmp_path / "w.jsonl"
+    good, no_speedup = json.dumps(point(2, 10.0)), json.dumps({"ranks": {"a": 3}, "wer": 8.0, "step": 1})
+    path.write_text(f"{good}\n{no_speedup}\n{json.dumps(point(4, 7.0))}\n")
+    with pytest.raises(ExploredSetError, match=r"w.jsonl: line 2 is bad \(missing 'speedup'\)"):
+        ExploredSet(path)
+    path.write_text(f"{good}\n{no_speedup}\n")  # complete but malformed last line: not a kill, an error
+    with pytest.raises(ExploredSetError, match="line 2"):
+        ExploredSet(path)
+    path.write_text(f'{good}\n{{"ranks": {{"a"\n{good}\n')  # unparseable line in the middle
+    with pytest.raises(ExploredSetError, match="line 2"):
+        ExploredSet(path)
+    path.write_text(f'{good}\n{{"ranks": {{"a": 3}}, "wer": "high", "speedup": 2.0, "step": 1}}\n')
+    with pytest.raises(ExploredSetError, match="'wer' is 'high'"):
+        ExploredSet(path)
+    other = tmp_path / "other.jsonl"  # another rank's file, maybe being written now: read, never changed
+    other.write_text(f"{good}\n" + json.dumps(point(3, 8.0))[:15])
+    mine = ExploredSet(tmp_path / "mine.jsonl", [other])
+    assert len(mine) == 1 and mine.damaged == [(other, 2)] and not other.read_text().endswith("\n")
 
 
 # -- Algorithm 1 on a toy problem ----------------------------------------------------------------

@@ -132,8 +132,7 @@ class RewardBaseline:
         return {"decay": self.decay, "value": self.value, "variance": self.variance}
 
     def load_state_dict(self, state: dict) -> None:
-        self.value = state.get("value")
-        self.variance = state.get("variance", 0.0 if self.value is not None else None)
+        self.value, self.variance = state["value"], state["variance"]
 
 
 def reinforce_loss(sample: Sample, advantage: float) -> torch.Tensor:

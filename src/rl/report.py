@@ -17,7 +17,7 @@ def plot_explored(points: Sequence[dict], path: str | Path, target_speedup: floa
     fig, ax = plt.subplots(figsize=(7, 4.5))
     if points:
         scatter = ax.scatter([p["speedup"] for p in points], [p["wer"] for p in points],
-                             c=[p.get("step", 0) for p in points], cmap="viridis", s=14, alpha=0.8, label="explored")
+                             c=[p["step"] for p in points], cmap="viridis", s=14, alpha=0.8, label="explored")
         fig.colorbar(scatter, ax=ax, label="search step")
     for (label, curve), style in zip((curves or {}).items(), ("r--o", "m--s", "k--^"), strict=False):
         if curve:

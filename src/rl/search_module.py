@@ -45,7 +45,7 @@ class SearchModule(L.LightningModule):
         baseline_wer: ``w_b``, the uncompressed model's WER on the same proxy set.
         reward: ``conservative`` (Eq. 4) or ``aggressive`` (Eq. 5).
         explored: the explored set ``W`` (opened by the caller: one file per DDP rank).
-        optimizer: partial taking the controller's parameters.
+        optimizer: partial taking the controller's parameters (``search.optimizer``; needed to train).
         baseline_decay: moving-average reward baseline (None: the paper's plain ``r``).
         policy: ``rl`` (the controller), ``random`` (uniform sampling, the baseline search) or
             ``random_feasible`` (uniform over the schemes that meet ``a_t``, by rejection).
@@ -147,7 +147,7 @@ class SearchModule(L.LightningModule):
     # -- Lightning plumbing --------------------------------------------------------------------
     def configure_optimizers(self):
         if self.optimizer_factory is None:
-            return torch.optim.Adam(self.controller.parameters(), lr=1e-3)
+            raise ValueError("SearchModule needs an optimizer to train its controller (search.optimizer)")
         return self.optimizer_factory(self.controller.parameters())
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
@@ -155,9 +155,12 @@ class SearchModule(L.LightningModule):
                                       "space": self.space.to_dict(), "target_speedup": self.target_speedup}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        state = checkpoint.get("search_state", {})
-        if state.get("space") and state["space"] != self.space.to_dict():
+        if "search_state" not in checkpoint:
+            raise ValueError("the checkpoint holds no search state (it was not written by SearchModule); delete the "
+                             "search's output_dir or choose a new one to start afresh")
+        state = checkpoint["search_state"]
+        if state["space"] != self.space.to_dict():
             raise ValueError("the search checkpoint was made for another search space (other targets, ranges or "
                              "baseline); delete the search's output_dir or choose a new one to start afresh")
-        self.reward_baseline.load_state_dict(state.get("reward_baseline", {}))
-        self.counts.update(state.get("counts", {}))
+        self.reward_baseline.load_state_dict(state["reward_baseline"])
+        self.counts.update(state["counts"])

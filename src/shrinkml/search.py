@@ -118,7 +118,7 @@ def run_search(cfg: DictConfig) -> dict:
     L.seed_everything(cfg.seed, workers=True)
     started = time.time()
     out = Path(cfg.output_dir)
-    guard_search_state(out, cfg.ckpt, cfg.get("on_stale", "error"))
+    guard_search_state(out, cfg.ckpt, cfg.on_stale)
     module = load_recognizer(cfg.ckpt, cfg.decoding)
     model = module.model
     datamodule = data_module(cfg.data)
@@ -219,7 +219,7 @@ def finalize(cfg, module, targets, cache, datamodule, explored: ExploredSet, bas
         scheme = Scheme.build(targets, point["ranks"], "automl" if search.policy == "rl" else "random")
         wers = split_wers(apply_scheme(model, scheme, targets, cache))
         row = {"model": f"{search.policy} #{rank_in_search}", "speedup/params": scheme.estimates["speedup/params"],
-               "proxy_wer": point["wer"], "found_at_step": point.get("step"), **wers, "selected": ""}
+               "proxy_wer": point["wer"], "found_at_step": point["step"], **wers, "selected": ""}
         rows.append(row)
         candidates.append((scheme, wers, point, row))
     summary = {"target_speedup": a_t, "explored": len(explored), "steps": search.steps,
@@ -238,11 +238,11 @@ def finalize(cfg, module, targets, cache, datamodule, explored: ExploredSet, bas
         scheme, wers, point, row = min(candidates, key=lambda c: c[1][dev_key])
         row["selected"] = f"on {dev}"
         scheme.metrics.update({"proxy_wer": point["wer"], **wers})
-        scheme.meta.update(found_at_step=point.get("step"), search=search.name, target_speedup=a_t,
+        scheme.meta.update(found_at_step=point["step"], search=search.name, target_speedup=a_t,
                            checkpoint=str(Path(cfg.ckpt).resolve()), checkpoint_sha256=file_fingerprint(cfg.ckpt),
                            search_wall_seconds=round(wall_seconds, 1), selected_on=dev)
         scheme.save(out / "best_scheme.json")
-        summary.update({"best": str(out / "best_scheme.json"), "found_at_step": point.get("step"),
+        summary.update({"best": str(out / "best_scheme.json"), "found_at_step": point["step"],
                         "provenance": scheme.provenance, "selected_on": dev,
                         "speedup/params": scheme.estimates["speedup/params"],
                         "speedup/macs": scheme.estimates.get("speedup/macs"), **wers})
