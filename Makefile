@@ -43,7 +43,7 @@ $(CORPUS)/corpus.json: conf/corpus/synthetic.yaml | $(STAMP)
 prepare: $(CORPUS)/corpus.json
 	$(PY) scripts/prepare_data.py
 
-## baseline: train the baseline ASR model (30 minutes on 2 CPU cores); an interrupted run resumes
+## baseline: train the baseline ASR model (20 epochs, about 30 minutes on 2 CPU cores); an interrupted run resumes
 baseline: $(BASELINE)/summary.json
 $(BASELINE)/summary.json: | $(CORPUS)/corpus.json
 	$(TIMED) baseline -- $(PY) train.py +experiment=baseline $(call resume,$(BASELINE),$(CORPUS)/corpus.json)
@@ -70,14 +70,17 @@ runs/search/%/report.json: $(SENSITIVITY) $(CONDENSED)
 	$(TIMED) "search $*" -- $(PY) search.py search=$* on_stale=restart
 search-conservative: runs/search/conservative/report.json
 
-## retrain: fine-tune the aggressive search's scheme and the guided manual 3.7x scheme, same budget
-## (a missing or stale scheme stops with the stage to run; an interrupted run resumes)
-retrain: runs/retrain_automl/summary.json runs/retrain_guided/summary.json
+## retrain: fine-tune the aggressive search's scheme and the guided manual 3.7x scheme, and train the dense
+## baseline on for the same budget (the dense control); a missing or stale scheme stops with the stage to run;
+## an interrupted run resumes
+retrain: runs/retrain_automl/summary.json runs/retrain_guided/summary.json runs/retrain_dense/summary.json
 runs/retrain_automl/summary.json: runs/search/aggressive/report.json
 	$(TIMED) "retrain automl" -- $(PY) train.py +experiment=retrain $(call resume,runs/retrain_automl,runs/search/aggressive/best_scheme.json)
 runs/retrain_guided/summary.json: runs/manual/manual.json
 	$(TIMED) "retrain guided" -- $(PY) train.py +experiment=retrain task_name=retrain_guided \
 		compress.scheme=runs/manual/schemes/guided-3.7x.json $(call resume,runs/retrain_guided,runs/manual/schemes/guided-3.7x.json)
+runs/retrain_dense/summary.json: $(BASELINE)/summary.json
+	$(TIMED) "retrain dense" -- $(PY) train.py +experiment=retrain_dense $(call resume,runs/retrain_dense,$(BASELINE)/summary.json)
 
 ## quantize: the retrained AutoML model in 8 bits: size, WER and measured speed-up
 quantize: runs/quantize/automl/report.json

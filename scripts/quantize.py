@@ -3,7 +3,7 @@
 
     python scripts/quantize.py                                  # runs/retrain_automl's best checkpoint
     python scripts/quantize.py ckpt=runs/retrain_guided/checkpoints/best.ckpt name=guided
-    python scripts/quantize.py linear=weight_only name=automl_weight_only   # int8 storage, float compute
+    python scripts/quantize.py linear=dynamic name=automl_dynamic   # PyTorch dynamic int8 Linears (int8 products)
 
 Writes ``runs/quantize/<name>/model_int8.pt`` and ``report.json`` (size in MB, test WER float and
 int8, measured batch-1 speed-up against the dense baseline) and logs a W&B run (group ``quantize``).

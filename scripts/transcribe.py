@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("audio", nargs="+")
     parser.add_argument("--stream", action="store_true", help="streaming decoding with partial results")
     parser.add_argument("--chunk-ms", type=int, default=160, help="audio per streaming chunk")
-    parser.add_argument("--beam", type=int, default=None, help="beam size (default: the checkpoint's; 0 = greedy)")
+    parser.add_argument("--beam", type=int, default=None, help="beam size (default: the checkpoint's decoding.beam_size; 0 = greedy)")
     args = parser.parse_args(argv)
     torch.set_grad_enabled(False)
     try:
@@ -46,7 +46,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"transcribe: {err}", file=sys.stderr)
         return 2
     assets = module.assets
-    beam = module.hparams.beam_size if args.beam is None else args.beam
     needed = min_samples(module)
     for path in args.audio:
         try:
@@ -71,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{path}: {recognizer.text()}")
         else:
             feats = assets.cmvn(log_mel(wave, assets.features))
-            print(f"{path}: {transcribe_features(module, [feats], beam)[0]}")
+            print(f"{path}: {transcribe_features(module, [feats], args.beam)[0]}")
     return 0
 
 

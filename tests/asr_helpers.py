@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, open_dict, read_write
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from asr.data.datamodule import AsrDataModule
 
@@ -29,13 +29,20 @@ TINY_MODEL_OVERRIDES = [
 ]
 
 
+def tiny_decoding(**overrides) -> dict:
+    """The ``decoding`` settings of conf/decoding/default.yaml with ``overrides``."""
+    settings = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "decoding" / "default.yaml"))
+    settings.update(overrides)
+    return settings
+
+
 def tiny_model_config(**decoder) -> dict:
     """``AsrModel`` keyword arguments of a tiny model (``decoder`` entries override)."""
     settings = dict(embedding_size=8, hidden_size=16, attention_size=16, pre_output_size=16, chunk_size=3,
                     init_r=0.0, init_gain=3.0, noise_std=0.0, dropout=0.0)
     settings.update(decoder)
     return dict(encoder=dict(hidden_size=16, num_layers=2, pool=[2, 2], dropout=0.0), decoder=settings,
-                ctc_weight=0.0, label_smoothing=0.1, max_decode_ratio=1.0)
+                ctc_weight=0.0, label_smoothing=0.1)
 
 
 @contextmanager
@@ -111,7 +118,7 @@ def run_overrides(corpus: Path, workdir: Path, *extra: str) -> list[str]:
         "logger=csv",
         "callbacks.progress_bar=null",
         "trainer.enable_progress_bar=false",
-        "module.beam_size=2",
+        "decoding.beam_size=2",
         *TINY_MODEL_OVERRIDES,
         *extra,
     ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import hydra
 import lightning as L
 import pytest
 import torch
@@ -132,8 +133,9 @@ def test_train_py_fine_tunes_a_compressed_baseline(tiny_corpus, tmp_path_factory
     scheme = half_rank_scheme(dense.model)
     scheme.save(base / "quarter.json")
     corpus = corpus_copy_for_runs(tiny_corpus, base)
+    # the config's model differs from the checkpoint's (CTC head): the architecture comes from init_from
     overrides = ["trainer.max_epochs=1", "test=true", "compress=lowrank", f"compress.scheme={base / 'quarter.json'}",
-                 f"compress.init_from={baseline_ckpt}"]
+                 f"init_from={baseline_ckpt}", "model.ctc_weight=0.3"]
     cfg = compose_train(run_overrides(corpus, base, *overrides))
     with hydra_job(cfg, base / "compressed") as task:
         summary = train(task)
@@ -148,6 +150,10 @@ def test_train_py_fine_tunes_a_compressed_baseline(tiny_corpus, tmp_path_factory
     assert current_ranks(module.model, targets) == expected
     assert sum(rank != "full" for rank in expected.values()) >= 8
     assert module.num_parameters() == summary["params"]
+    # a compressed checkpoint cannot start a dense run
+    cfg = compose_train(run_overrides(corpus, base, "trainer.max_epochs=1", f"init_from={compressed_ckpt}"))
+    with hydra_job(cfg, base / "refused") as task, pytest.raises(ValueError, match="compressed checkpoint"):
+        train(task)
 
 
 def test_retrain_experiment_fast_dev_run(tiny_corpus, tmp_path_factory):
@@ -156,8 +162,8 @@ def test_retrain_experiment_fast_dev_run(tiny_corpus, tmp_path_factory):
     baseline_ckpt = run_dir / "checkpoints" / "last.ckpt"
     half_rank_scheme(load_module(baseline_ckpt).model).save(base / "retrain-scheme.json")
     corpus = corpus_copy_for_runs(tiny_corpus, base)
-    overrides = ["+experiment=retrain", "debug=fdr", "trainer.max_time=null", "model.ctc_weight=0.0",
-                 f"compress.scheme={base / 'retrain-scheme.json'}", f"compress.init_from={baseline_ckpt}"]
+    overrides = ["+experiment=retrain", "debug=fdr", f"compress.scheme={base / 'retrain-scheme.json'}",
+                 f"init_from={baseline_ckpt}"]
     cfg = compose_train(run_overrides(corpus, base, *overrides))
     assert cfg.stage == "retrain" and cfg.compress.exclude == ["ctc_head"]
     with hydra_job(cfg, base / "retrain_fdr") as task:
@@ -181,3 +187,28 @@ def test_a_scheme_made_from_another_checkpoint_is_stale(tmp_path):
     scheme.meta["checkpoint_sha256"] = file_fingerprint(tmp_path / "base.ckpt")
     scheme.save(tmp_path / "s.json")
     assert LowRankCompression(tmp_path / "s.json", init_from=tmp_path / "base.ckpt").summary()["provenance"] == "automl"
+
+
+def test_dense_control_continues_the_baseline_uncompressed(tiny_corpus, tmp_path_factory):
+    """``+experiment=retrain_dense``: the baseline's architecture and weights, no compression, the retrain budget."""
+    base = shared_dir(tmp_path_factory)
+    run_dir, _ = trained_run(tiny_corpus, base)
+    baseline_ckpt = run_dir / "checkpoints" / "last.ckpt"
+    dense = load_module(baseline_ckpt)
+    corpus = corpus_copy_for_runs(tiny_corpus, base)
+    cfg = compose_train(run_overrides(corpus, base, "+experiment=retrain_dense", "trainer.max_epochs=1",
+                                      f"init_from={baseline_ckpt}", "model.ctc_weight=0.3", "evaluate_seed=true",
+                                      "measure_speedup.reference=null"))
+    assert cfg.get("compress") is None and cfg.task_name == "retrain_dense"
+    with hydra_job(cfg, base / "retrain_dense") as task:
+        summary = train(task)
+    assert summary["params"] == dense.num_parameters()  # no CTC head added: the checkpoint's architecture
+    assert "provenance" not in summary
+    # it starts from the baseline's weights: its WER before training is the baseline's
+    dev = cfg.data.dev_splits[0]
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
+    with hydra_job(cfg, base / "retrain_dense_check"):
+        datamodule = hydra.utils.instantiate(cfg.data)
+        trainer.validate(dense, datamodule=datamodule, verbose=False)
+    assert summary[f"seed/wer/{dev}"] == pytest.approx(float(trainer.callback_metrics[f"wer/{dev}"]))
+

@@ -9,10 +9,10 @@ from functools import partial
 import lightning as L
 import pytest
 import torch
-from asr_helpers import VOCAB, one_thread, prepared_datamodule, shared_dir, tiny_model_config
+from asr_helpers import VOCAB, one_thread, prepared_datamodule, shared_dir, tiny_decoding, tiny_model_config
 
 from asr.checkpoint import load_module, transcribe_features
-from asr.module import AsrModule, ModelMismatchError
+from asr.module import AsrModule, ModelMismatchError, TrainingDivergedError, decoding_settings
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -33,7 +33,8 @@ def make_module(datamodule, vocab_size: int | None = None, distill: dict | None 
         config[key] = {**config[key], **value} if isinstance(value, dict) else value
     return AsrModule(vocab_size=vocab_size or datamodule.tokenizer.vocab_size,
                      input_size=datamodule.feature_cfg.n_mels, model=config,
-                     optimizer=partial(torch.optim.Adam, lr=1e-3), beam_size=2, assets=datamodule.assets(),
+                     optimizer=partial(torch.optim.Adam, lr=1e-3), decoding=tiny_decoding(beam_size=2),
+                     assets=datamodule.assets(),
                      distill=distill)
 
 
@@ -63,7 +64,7 @@ def test_checkpoint_loads_with_weights_and_assets(checkpoint, datamodule):
     assert datamodule.tokenizer.vocab_size == VOCAB
     module = load_module(path)
     assert not module.training
-    assert module.hparams.vocab_size == VOCAB and module.hparams.beam_size == 2
+    assert module.hparams.vocab_size == VOCAB and module.decoding["beam_size"] == 2
     for (name, expected), (_, loaded) in zip(trained.model.state_dict().items(), module.model.state_dict().items(),
                                              strict=True):
         assert torch.equal(expected, loaded), name
@@ -127,16 +128,18 @@ def test_resuming_the_same_model_continues_from_the_checkpoint(checkpoint, datam
     assert trainer.global_step == 2
 
 
-def test_non_finite_loss_names_step_and_batch(datamodule, tmp_path, monkeypatch):
+@pytest.mark.parametrize(("factor", "kind"), [(float("nan"), "non-finite"), (1e10, "diverged")])
+def test_non_finite_or_exploding_loss_stops_naming_step_and_batch(datamodule, tmp_path, monkeypatch, factor, kind):
+    """A loss from ~6 to 6e10 is a diverged run: it stops with a clear error, as a NaN does."""
     module = make_module(datamodule)
     real_loss = module.model.loss
 
-    def nan_loss(batch, soft_weight=0.0, ctc_only=False, **options):
-        losses = real_loss(batch, soft_weight, ctc_only, **options)
-        return {**losses, "loss": losses["loss"] * float("nan")}
+    def bad_loss(batch, ctc_only=False, **options):
+        losses = real_loss(batch, ctc_only, **options)
+        return {**losses, "loss": losses["loss"] * factor}
 
-    monkeypatch.setattr(module.model, "loss", nan_loss)
-    with pytest.raises(FloatingPointError, match=r"global step 0, batch 0 \(utterances \d"):
+    monkeypatch.setattr(module.model, "loss", bad_loss)
+    with pytest.raises(TrainingDivergedError, match=kind + r".* loss .* global step 0, batch 0 \(utterances \d"):
         make_trainer(tmp_path).fit(module, datamodule=datamodule)
 
 
@@ -153,7 +156,7 @@ def test_ctc_pretraining_steps_leave_the_decoder_untouched(datamodule, tmp_path)
 def test_ctc_pretraining_without_a_ctc_head_is_refused(datamodule):
     with pytest.raises(ValueError, match="ctc_pretrain_steps=5 needs the CTC head"):
         AsrModule(vocab_size=datamodule.tokenizer.vocab_size, input_size=datamodule.feature_cfg.n_mels,
-                  model=tiny_model_config(), ctc_pretrain_steps=5)
+                  model=tiny_model_config(), decoding=tiny_decoding(), ctc_pretrain_steps=5)
 
 
 def test_damaged_checkpoint_gives_a_clear_error(checkpoint, tmp_path):
@@ -164,14 +167,22 @@ def test_damaged_checkpoint_gives_a_clear_error(checkpoint, tmp_path):
         load_module(damaged)
 
 
-def test_resuming_under_other_decoding_options_continues(checkpoint, datamodule, tmp_path):
-    """``hard_block``, ``hard_fallback`` and ``max_decode_ratio`` change decoding only, not the weights."""
+def test_resuming_under_other_decoding_settings_continues(checkpoint, datamodule, tmp_path):
+    """The ``decoding`` settings change decoding only, not the weights: a resume under others continues."""
     path, _ = checkpoint
-    module = make_module(datamodule, decoder={"hard_block": 3, "hard_fallback": True}, max_decode_ratio=2.0)
+    module = make_module(datamodule)
+    module.set_decoding(tiny_decoding(beam_size=3, max_decode_ratio=2.0, hard_fallback=True))
     trainer = make_trainer(tmp_path, max_steps=2)
     trainer.fit(module, datamodule=datamodule, ckpt_path=str(path))
     assert trainer.global_step == 2
-    assert module.model.decoder.attention.hard_block == 3 and module.model.max_decode_ratio == 2.0
+    assert module.model.decoder.attention.hard_fallback and module.model.max_decode_ratio == 2.0
+
+
+def test_decoding_settings_are_checked():
+    with pytest.raises(ValueError, match="missing \\['hard_fallback'\\]"):
+        decoding_settings({"beam_size": 2, "length_penalty": 1.0, "max_decode_ratio": 1.0})
+    with pytest.raises(ValueError, match="beam_size must be >= 0"):
+        decoding_settings(tiny_decoding(beam_size=-1))
 
 
 def test_distillation_from_a_checkpoint_trains_with_a_frozen_teacher_that_is_never_saved(checkpoint, datamodule,

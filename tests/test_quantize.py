@@ -143,7 +143,7 @@ def test_quantize_script_reports_size_wer_and_speedup(tiny_corpus, tmp_path_fact
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HYDRA_FULL_ERROR": "1"}
     args = [f"ckpt={ckpt}", f"baseline={ckpt}", f"data.root={corpus}", f"data.cache_dir={base / 'features'}",
             f"data.tokenizer.vocab_size={VOCAB}", f"data.tokenizer.dir={base / 'tokenizer'}", "data.feature_jobs=1",
-            "data.progress=false", "logger=csv", "beam_size=2", "latency.utterances=3", "latency.repeats=1",
+            "data.progress=false", "logger=csv", "decoding.beam_size=2", "latency.utterances=3", "latency.repeats=1",
             f"output_dir={out}"]
     done = subprocess.run([sys.executable, str(ROOT / "scripts" / "quantize.py"), *args], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=600)
@@ -153,7 +153,7 @@ def test_quantize_script_reports_size_wer_and_speedup(tiny_corpus, tmp_path_fact
     assert report["size_mb"] < 0.7 * report["size_mb_float"]
     assert report["wer/test"] >= 0 and report["wer_float/test"] >= 0
     assert report["speedup/measured"] > 0 and report["rtf"]["int8"] > 0
-    assert "quantize (dynamic int8 Linears): size" in done.stdout
+    assert "quantize (weight_only int8 Linears): size" in done.stdout  # the default mode
     missing = subprocess.run([sys.executable, str(ROOT / "scripts" / "quantize.py"), *args,
                               f"ckpt={base / 'none.ckpt'}"], cwd=ROOT, env=env, capture_output=True, text=True,
                              timeout=600)

@@ -62,8 +62,8 @@ def test_fast_dev_run(corpus, base, experiment):
     cfg = compose_train(run_overrides(corpus, base, *extra))
     assert cfg.trainer.fast_dev_run is True
     if experiment == "baseline":
-        assert cfg.trainer.max_epochs == 200
-        assert cfg.hydra.run.dir == f"{base}/runs/baseline"
+        assert cfg.trainer.max_epochs == 20 and cfg.trainer.max_time is None  # a step budget, not wall time
+        assert cfg.hydra.run.dir == f"{base}/logs/debug/baseline"  # never runs/baseline, the real baseline's
     name = f"fdr_{experiment}"
     with hydra_job(cfg, base / name) as task:
         assert task.paths.output_dir == str(base / name)  # ${hydra:runtime.output_dir}

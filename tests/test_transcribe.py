@@ -58,8 +58,8 @@ def expected_text(module, path: Path, beam: int) -> str:
 def test_offline_transcription_prints_path_and_text(transcribe, checkpoint, module, flac, capsys):
     assert transcribe.main([str(checkpoint), str(flac)]) == 0
     out = capsys.readouterr().out
-    assert out == f"{flac}: {expected_text(module, flac, beam=module.hparams.beam_size)}\n"
-    assert module.hparams.beam_size == 2  # the checkpoint's beam (module.beam_size=2)
+    assert out == f"{flac}: {expected_text(module, flac, beam=module.decoding['beam_size'])}\n"
+    assert module.decoding["beam_size"] == 2  # the checkpoint's beam (decoding.beam_size=2)
 
 
 def test_greedy_and_several_files(transcribe, checkpoint, module, tiny_corpus, capsys):

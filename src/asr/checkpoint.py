@@ -53,9 +53,11 @@ def load_module(path: str | Path, map_location: str = "cpu", prepare: Prepare | 
     return module.eval().to(map_location)
 
 
-def transcribe_features(module: AsrModule, features: list[torch.Tensor], beam_size: int = 0) -> list[str]:
-    """Texts of normalized feature matrices ``(T, F)``; ``beam_size`` 0 = greedy."""
+def transcribe_features(module: AsrModule, features: list[torch.Tensor], beam_size: int | None = None) -> list[str]:
+    """Texts of normalized feature matrices ``(T, F)``; ``beam_size`` 0 = greedy, None = the module's
+    decoding settings."""
     lengths = torch.tensor([f.shape[0] for f in features])
     batch = torch.nn.utils.rnn.pad_sequence(features, batch_first=True)
-    ids = module.model.decode(batch, lengths, beam_size, module.hparams.length_penalty)
+    beam_size = module.decoding["beam_size"] if beam_size is None else beam_size
+    ids = module.model.decode(batch, lengths, beam_size, module.decoding["length_penalty"])
     return [module.assets.tokenizer.decode(x) for x in ids]

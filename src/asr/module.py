@@ -8,6 +8,7 @@ test split with beam search. Both log ``wer/<split>`` and ``cer/<split>`` (perce
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable
 
@@ -26,20 +27,24 @@ class ModelMismatchError(ValueError):
     """A checkpoint made for another vocabulary or model shape."""
 
 
-# model settings that only change how a trained model decodes, never its weights: a checkpoint
-# resumes or tests under other values of these
-MODEL_DECODING_OPTIONS = ("max_decode_ratio",)
-DECODER_DECODING_OPTIONS = ("hard_block", "hard_fallback")
+class TrainingDivergedError(FloatingPointError):
+    """The training loss became non-finite or exploded past ``module.max_loss``."""
 
 
-def _training_shape(key: str, value):
-    """``value`` of hyper-parameter ``key`` without the decoding-only model settings."""
-    if key != "model" or not isinstance(value, dict):
-        return value
-    out = {k: v for k, v in value.items() if k not in MODEL_DECODING_OPTIONS}
-    if isinstance(out.get("decoder"), dict):
-        out["decoder"] = {k: v for k, v in out["decoder"].items() if k not in DECODER_DECODING_OPTIONS}
-    return out
+DECODING_KEYS = ("beam_size", "length_penalty", "max_decode_ratio", "hard_fallback")
+
+
+def decoding_settings(decoding: dict) -> dict:
+    """The ``decoding`` config group (``conf/decoding/default.yaml``) checked: exactly its four keys."""
+    decoding = dict(decoding)
+    missing = [k for k in DECODING_KEYS if k not in decoding]
+    unknown = [k for k in decoding if k not in DECODING_KEYS]
+    if missing or unknown:
+        raise ValueError(f"decoding settings need exactly {', '.join(DECODING_KEYS)} (conf/decoding/default.yaml); "
+                         f"missing {missing}, unknown {unknown}")
+    if decoding["beam_size"] < 0:
+        raise ValueError(f"decoding.beam_size must be >= 0 (0 = greedy), got {decoding['beam_size']}")
+    return decoding
 
 
 class AsrModule(L.LightningModule):
@@ -51,9 +56,13 @@ class AsrModule(L.LightningModule):
         optimizer: a partial taking the parameters (``conf/module``: ``_partial_: true``); needed to
             train, not to decode (checkpoints do not store it, so ``load_from_checkpoint`` has none).
         scheduler: a partial taking the optimizer, stepped every optimizer step; or None.
-        beam_size, length_penalty: test-time beam search.
+        decoding: the ``decoding`` config group: ``beam_size`` and ``length_penalty`` of the test-time
+            beam search (validation decodes greedily), ``max_decode_ratio`` and ``hard_fallback``
+            (``AsrModel.set_decoding``). A loaded checkpoint decodes with the settings it was trained
+            with until :meth:`set_decoding` gives others.
         dev_splits, test_splits: split names, in dataloader order.
-        soft_attention_hold_steps, soft_attention_anneal_steps: see :meth:`soft_attention_weight`.
+        max_loss: stop training with a clear error when the loss exceeds this (a diverged run),
+            not only when it is NaN or infinite.
         ctc_pretrain_steps: train the encoder alone with CTC for this many first steps (needs
             ``model.ctc_weight`` > 0). On the embedded corpus the encoder sat on CTC's plateau for
             ~300 steps; MoChA trained jointly from the start settled meanwhile into boundaries that
@@ -67,11 +76,14 @@ class AsrModule(L.LightningModule):
     """
 
     def __init__(self, vocab_size: int, input_size: int, model: dict, optimizer: Callable | None = None,
-                 scheduler: Callable | None = None, beam_size: int = 4, length_penalty: float = 0.0,
+                 scheduler: Callable | None = None, decoding: dict | None = None,
                  dev_splits: list[str] | None = None, test_splits: list[str] | None = None,
-                 soft_attention_hold_steps: int = 0, soft_attention_anneal_steps: int = 0, ctc_pretrain_steps: int = 0,
+                 ctc_pretrain_steps: int = 0, max_loss: float = 1.0e3,
                  assets: AsrAssets | None = None, distill: dict | None = None):
         super().__init__()
+        if decoding is None:
+            raise ValueError("AsrModule needs the decoding settings (module.decoding: ${decoding}, "
+                             "conf/decoding/default.yaml)")
         self.distill = {"teacher": None, "weight": 0.0, "temperature": 1.0, **(distill or {})}
         if self.distill["weight"] < 0 or self.distill["temperature"] <= 0:
             raise ValueError(f"module.distill needs weight >= 0 and temperature > 0, got {self.distill}")
@@ -84,12 +96,18 @@ class AsrModule(L.LightningModule):
                              "model.ctc_weight > 0 (e.g. 0.3) or ctc_pretrain_steps=0")
         self.save_hyperparameters(ignore=["assets", "optimizer", "scheduler"])
         self.model = AsrModel(vocab_size, input_size, **model)
+        self.set_decoding(decoding)
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.assets = assets
         self.dev_splits = list(dev_splits or ["dev"])
         self.test_splits = list(test_splits or ["test"])
         self._counts: dict[str, torch.Tensor] = {}
         self._fit_start: float | None = None
+
+    def set_decoding(self, decoding: dict) -> None:
+        """Decode with ``decoding`` (the ``decoding`` config group) from now on; the weights are unchanged."""
+        self.decoding = decoding_settings(decoding)
+        self.model.set_decoding(self.decoding["max_decode_ratio"], self.decoding["hard_fallback"])
 
     # -- training ----------------------------------------------------------------------------
     def on_fit_start(self) -> None:
@@ -114,37 +132,22 @@ class AsrModule(L.LightningModule):
         steps = targets != PAD_ID
         return temperature**2 * (kl * steps).sum() / steps.sum()
 
-    def soft_attention_weight(self, step: int) -> float:
-        """Share of full soft attention mixed into MoChA during training: 1 for the first
-        ``soft_attention_hold_steps``, then falling linearly to 0 over ``soft_attention_anneal_steps``.
-
-        Training MoChA from scratch let its boundaries collapse onto the first frame within one
-        epoch (a language model with a constant context); with the decoder first taught to use
-        acoustic context through soft attention, MoChA's monotonic energies learn where to stop.
-        Both 0 (the default) trains plain MoChA throughout.
-        """
-        hold, anneal = self.hparams.soft_attention_hold_steps, self.hparams.soft_attention_anneal_steps
-        if step < hold:
-            return 1.0
-        if anneal <= 0:
-            return 0.0
-        return max(0.0, 1.0 - (step - hold) / anneal)
-
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        soft_weight = self.soft_attention_weight(self.global_step)
         ctc_only = self.global_step < self.hparams.ctc_pretrain_steps
         distill = self.teacher is not None and not ctc_only  # a teacher is loaded only for weight > 0
-        losses = self.model.loss(batch, soft_weight, ctc_only=ctc_only, keep_logits=distill)
+        losses = self.model.loss(batch, ctc_only=ctc_only, keep_logits=distill)
         if distill:
             losses["distill"] = self.distillation_loss(batch, losses.pop("logits"), losses.pop("targets"))
             losses["loss"] = losses["loss"] + self.distill["weight"] * losses["distill"]
-        if not torch.isfinite(losses["loss"]):
-            raise FloatingPointError(
-                f"non-finite loss {losses['loss'].item()} at global step {self.global_step}, batch {batch_idx} "
-                f"(utterances {', '.join(batch['utt_ids'][:8])}); lower optimizer.lr or check these inputs"
+        value = losses["loss"].item()
+        if not math.isfinite(value) or value > self.hparams.max_loss:
+            limit = self.hparams.max_loss
+            kind = "non-finite" if not math.isfinite(value) else f"diverged (above module.max_loss={limit:g})"
+            raise TrainingDivergedError(
+                f"{kind} loss {value:.4g} at global step {self.global_step}, batch {batch_idx} "
+                f"(utterances {', '.join(batch['utt_ids'][:8])}); lower module.optimizer.lr or check these inputs"
             )
         batch_size = batch["features"].shape[0]
-        self.log("train/soft_weight", soft_weight, batch_size=batch_size)
         for name, value in losses.items():
             if name != "tokens":
                 self.log(f"train/{name}", value, prog_bar=name == "loss", batch_size=batch_size)
@@ -161,8 +164,8 @@ class AsrModule(L.LightningModule):
 
     # -- evaluation --------------------------------------------------------------------------
     def _decode(self, batch: dict, beam: bool) -> list[str]:
-        ids = self.model.decode(batch["features"], batch["feature_lengths"], self.hparams.beam_size if beam else 0,
-                                self.hparams.length_penalty)
+        ids = self.model.decode(batch["features"], batch["feature_lengths"],
+                                self.decoding["beam_size"] if beam else 0, self.decoding["length_penalty"])
         return [self.assets.tokenizer.decode(x) for x in ids]
 
     def _evaluate(self, batch: dict, split: str, beam: bool) -> None:
@@ -208,7 +211,7 @@ class AsrModule(L.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         stored = checkpoint.get("hyper_parameters", {})
         for key in ("vocab_size", "input_size", "model"):
-            if key in stored and _training_shape(key, stored[key]) != _training_shape(key, self.hparams[key]):
+            if key in stored and stored[key] != self.hparams[key]:
                 raise ModelMismatchError(
                     f"checkpoint was made with {key}={stored[key]!r} but the config gives {key}={self.hparams[key]!r}; "
                     "use the data/model config the checkpoint was trained with, or start a new run without ckpt_path"

@@ -74,15 +74,43 @@ def measured_speedup(cfg: DictConfig, module: L.LightningModule, datamodule) -> 
     return result
 
 
+def build_module(cfg: DictConfig, datamodule) -> L.LightningModule:
+    """The module of ``cfg.module`` for ``datamodule``'s vocabulary and features.
+
+    With ``init_from`` (fine-tuning a trained checkpoint) the model's architecture is the checkpoint's,
+    whatever ``cfg.model`` says, and its weights are loaded here, except under ``compress``, whose
+    callback loads the dense weights itself before compressing them.
+    """
+    module_factory = hydra.utils.instantiate(cfg.module, _partial_=True)
+    init_from = cfg.get("init_from")
+    if not init_from:
+        return module_factory(vocab_size=datamodule.tokenizer.vocab_size, input_size=datamodule.feature_cfg.n_mels,
+                              assets=datamodule.assets())
+    from asr.checkpoint import read_checkpoint
+
+    checkpoint = read_checkpoint(init_from)
+    model = checkpoint["hyper_parameters"]["model"]
+    if model != OmegaConf.to_container(cfg.model, resolve=True):
+        log.info("init_from %s: the model architecture is the checkpoint's (config's model ignored)", init_from)
+    module = module_factory(vocab_size=datamodule.tokenizer.vocab_size, input_size=datamodule.feature_cfg.n_mels,
+                            assets=datamodule.assets(), model=model)
+    if not cfg.get("compress"):
+        try:
+            module.load_state_dict(checkpoint["state_dict"])
+        except RuntimeError as err:
+            raise ValueError(f"init_from {init_from} does not fit a dense model of its own architecture (a compressed "
+                             "checkpoint? fine-tune it with ckpt_path=, or start from the dense baseline): "
+                             f"{str(err).splitlines()[0]}") from err
+    return module
+
+
 def train(cfg: DictConfig) -> dict[str, float]:
     """Train (or resume with ``ckpt_path``) and test the model of ``cfg``; returns the final metrics."""
     L.seed_everything(cfg.seed, workers=True)
     datamodule = hydra.utils.instantiate(cfg.data)
     datamodule.prepare_data()
     datamodule.setup("fit")
-    module_factory = hydra.utils.instantiate(cfg.module, _partial_=True)
-    module = module_factory(vocab_size=datamodule.tokenizer.vocab_size, input_size=datamodule.feature_cfg.n_mels,
-                            assets=datamodule.assets())
+    module = build_module(cfg, datamodule)
     callbacks = instantiate_group(cfg.get("callbacks"))
     if cfg.get("compress"):  # e.g. compress=lowrank: fine-tune a compressed model (a callback from the config)
         callbacks.append(hydra.utils.instantiate(cfg.compress))

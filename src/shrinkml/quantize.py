@@ -41,13 +41,14 @@ def load_int8_recognizer(path: str | Path) -> tuple[torch.nn.Module, dict]:
 def run_quantize(cfg: DictConfig) -> dict:
     """Quantize ``cfg.ckpt``, measure it against ``cfg.baseline``; returns the summary it logs."""
     out = Path(cfg.output_dir)
-    module = load_recognizer(cfg.ckpt)
+    module = load_recognizer(cfg.ckpt, cfg.decoding)
     checkpoint = torch.load(cfg.ckpt, map_location="cpu", weights_only=False)
-    baseline = load_recognizer(cfg.baseline)
+    baseline = load_recognizer(cfg.baseline, cfg.decoding)
     quantized = quantize_int8(module.model, cfg.linear)
     extras = {key: checkpoint[key] for key in ("hyper_parameters", "asr_assets", SCHEME_KEY) if key in checkpoint}
     file_mb = save_int8(out / "model_int8.pt", quantized, source_checkpoint=str(cfg.ckpt), **extras)
     quantized, _ = load_int8_recognizer(out / "model_int8.pt")  # measure what was written, not what was meant
+    quantized.set_decoding(cfg.decoding.max_decode_ratio, cfg.decoding.hard_fallback)
     datamodule = data_module(cfg.data)
     tokenizer = module.assets.tokenizer
     summary = {"stage": "quantize", "source_checkpoint": str(cfg.ckpt), "linear": cfg.linear,
@@ -62,7 +63,7 @@ def run_quantize(cfg: DictConfig) -> dict:
     for split in cfg.splits:
         batches = eval_batches(datamodule, split)
         for name, model in (("float", module.model), ("int8", quantized)):
-            result = evaluate(model, batches, tokenizer, cfg.beam_size, module.hparams.length_penalty)
+            result = evaluate(model, batches, tokenizer, cfg.decoding.beam_size, cfg.decoding.length_penalty)
             key = f"wer/{split}" if name == "int8" else f"wer_float/{split}"
             summary[key] = result.wer
             summary[key.replace("wer", "cer", 1)] = result.cer

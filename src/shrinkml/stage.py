@@ -8,7 +8,7 @@ profile the targets, and score a model by its WER.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import hydra
@@ -22,9 +22,13 @@ from compress.checkpoint import restore_compression
 from compress.targets import Target, discover_targets, profile_uses
 
 
-def load_recognizer(path: str | Path) -> AsrModule:
-    """An :class:`AsrModule` from a dense or compressed checkpoint (the scheme it carries is restored)."""
-    return load_module(path, prepare=restore_compression)
+def load_recognizer(path: str | Path, decoding: Mapping | None = None) -> AsrModule:
+    """An :class:`AsrModule` from a dense or compressed checkpoint (the scheme it carries is restored),
+    decoding with ``decoding`` (the ``decoding`` config group) when given, else as it was trained."""
+    module = load_module(path, prepare=restore_compression)
+    if decoding is not None:
+        module.set_decoding(dict(decoding))
+    return module
 
 
 def data_module(data_cfg: DictConfig) -> AsrDataModule:

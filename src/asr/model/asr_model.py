@@ -16,15 +16,14 @@ from asr.model.encoder import Encoder
 class AsrModel(nn.Module):
     """Encoder-attention-decoder model (the paper's Fig. 1, with MoChA and unidirectional LSTMs).
 
-    ``encoder`` and ``decoder`` are dicts of constructor arguments (``conf/model/*.yaml``).
+    ``encoder`` and ``decoder`` are dicts of constructor arguments (``conf/model/*.yaml``). How it
+    decodes (output length limit, MoChA's hard fallback) is set by :meth:`set_decoding` from the
+    ``decoding`` config group; it never changes the weights.
     """
 
     def __init__(self, vocab_size: int, input_size: int, encoder: dict, decoder: dict, ctc_weight: float = 0.0,
-                 label_smoothing: float = 0.1, max_decode_ratio: float = 1.0, mass_weight: float = 0.0):
-        """``mass_weight`` > 0 adds the alignment-mass loss (see :meth:`loss`); 0 is plain MoChA training."""
+                 label_smoothing: float = 0.1):
         super().__init__()
-        if mass_weight < 0:
-            raise ValueError(f"model.mass_weight must be >= 0, got {mass_weight}")
         if not 0.0 <= ctc_weight < 1.0:
             raise ValueError(f"model.ctc_weight must be in [0, 1), got {ctc_weight}")
         self.vocab_size = vocab_size
@@ -33,8 +32,15 @@ class AsrModel(nn.Module):
         self.ctc_weight = ctc_weight
         self.ctc_head = nn.Linear(self.encoder.hidden_size, vocab_size) if ctc_weight > 0 else None
         self.label_smoothing = label_smoothing
-        self.max_decode_ratio = max_decode_ratio
-        self.mass_weight = mass_weight
+        self.max_decode_ratio = 1.0
+
+    def set_decoding(self, max_decode_ratio: float, hard_fallback: bool) -> None:
+        """Decoding-only settings (``conf/decoding``): at most ``max_decode_ratio`` output tokens per
+        encoder frame; ``hard_fallback`` for MoChA's hard attention (``MoChA.hard``)."""
+        if max_decode_ratio <= 0:
+            raise ValueError(f"decoding.max_decode_ratio must be > 0, got {max_decode_ratio}")
+        self.max_decode_ratio = float(max_decode_ratio)
+        self.decoder.attention.hard_fallback = bool(hard_fallback)
 
     def encode(self, features: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``features`` ``(B, T, F)`` -> memory ``(B, T', D)`` and lengths ``(B,)``."""
@@ -62,23 +68,17 @@ class AsrModel(nn.Module):
         mask = self._frame_mask(memory, memory_lengths)
         return self.decoder(memory, mask, previous)[0]
 
-    def loss(self, batch: dict, soft_weight: float = 0.0, ctc_only: bool = False,
-             keep_logits: bool = False) -> dict[str, torch.Tensor]:
+    def loss(self, batch: dict, ctc_only: bool = False, keep_logits: bool = False) -> dict[str, torch.Tensor]:
         """Training losses of a batch (see ``asr.data.datamodule`` for its layout).
 
-        ``soft_weight`` mixes a full soft attention into MoChA's (see ``AttentionDecoder.forward``).
         ``ctc_only`` trains the encoder alone through the CTC head (the decoder is not run): the
         pre-training phase of ``AsrModule``.
         Returns ``loss`` (what is minimized), ``attention`` (label-smoothed cross-entropy per
         token), ``mass`` (mean of ``1 - sum_j alpha_ij`` over target steps: the share of expected
-        alignment that ran off the end of the input), ``ctc`` (when enabled) and ``tokens`` (target
-        count incl. end ids); with ``keep_logits`` also the decoder's ``logits`` ``(B, U + 1, V)`` and
-        their ``targets`` ``(B, U + 1)`` (padding id after the end id), for a distillation loss.
-
-        With ``mass_weight`` > 0 the loss adds ``mass_weight * mass``, an improvement over the
-        paper's recipe (in the spirit of the quantity loss of Inaguma et al., 2020): trained
-        without it, MoChA settled on alignments keeping ~20% of their mass, so the decoder learned
-        on contexts 5x smaller than the full-softmax contexts of hard-attention decoding.
+        alignment that ran off the end of the input; a logged diagnostic, not minimized), ``ctc`` (when
+        enabled) and ``tokens`` (target count incl. end ids); with ``keep_logits`` also the decoder's
+        ``logits`` ``(B, U + 1, V)`` and their ``targets`` ``(B, U + 1)`` (padding id after the end id),
+        for a distillation loss.
         """
         memory, memory_lengths = self.encode(batch["features"], batch["feature_lengths"])
         tokens, token_lengths = batch["tokens"], batch["token_lengths"]
@@ -89,7 +89,7 @@ class AsrModel(nn.Module):
             ctc = self._ctc(memory, memory_lengths, tokens, token_lengths)
             return {"ctc": ctc, "loss": ctc, "tokens": (token_lengths + 1).sum()}
         mask = self._frame_mask(memory, memory_lengths)
-        logits, alignment_mass = self.decoder(memory, mask, previous, soft_weight)
+        logits, alignment_mass = self.decoder(memory, mask, previous)
         attention = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=PAD_ID,
                                     label_smoothing=self.label_smoothing)
         steps = targets != PAD_ID
@@ -102,8 +102,6 @@ class AsrModel(nn.Module):
             ctc = self._ctc(memory, memory_lengths, tokens, token_lengths)
             out["ctc"] = ctc
             loss = (1 - self.ctc_weight) * attention + self.ctc_weight * ctc
-        if self.mass_weight > 0:
-            loss = loss + self.mass_weight * mass
         out["loss"] = loss
         return out
 

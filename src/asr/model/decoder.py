@@ -38,14 +38,13 @@ class AttentionDecoder(nn.Module):
 
     def __init__(self, vocab_size: int, memory_size: int, embedding_size: int = 128, hidden_size: int = 256,
                  attention_size: int = 256, pre_output_size: int = 256, chunk_size: int = 4, init_r: float = -4.0,
-                 init_gain: float = 1.0, noise_std: float = 2.0, dropout: float = 0.0, hard_fallback: bool = False,
-                 hard_block: int = 0):
+                 init_gain: float = 1.0, noise_std: float = 2.0, dropout: float = 0.0, hard_fallback: bool = False):
         super().__init__()
         self.vocab_size = vocab_size
         self.embedding = nn.Embedding(vocab_size, embedding_size)
         self.cell = ConcatLSTMCell(embedding_size + memory_size, hidden_size)
         self.attention = MoChA(memory_size, hidden_size, attention_size, chunk_size, init_r, init_gain, noise_std,
-                               hard_fallback, hard_block)
+                               hard_fallback)
         self.pre_output = nn.Linear(hidden_size + memory_size, pre_output_size)
         self.output = nn.Linear(pre_output_size, vocab_size)
         self.dropout = nn.Dropout(dropout)
@@ -60,16 +59,13 @@ class AttentionDecoder(nn.Module):
         logits[:, [PAD_ID, BOS_ID]] = -math.inf
         return torch.log_softmax(logits, dim=-1)
 
-    def forward(self, memory: torch.Tensor, memory_mask: torch.Tensor, previous_tokens: torch.Tensor,
-                soft_weight: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, memory: torch.Tensor, memory_mask: torch.Tensor, previous_tokens: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor]:
         """Teacher-forced logits and the mass of MoChA's expected alignment at every step.
 
         Args:
             memory: encoder output ``(B, T, D)``; memory_mask: ``(B, T)`` bool.
             previous_tokens: ``(B, U)`` inputs (start-of-sentence id, then the targets shifted right).
-            soft_weight: share of a full soft attention (softmax of the chunk energies over all
-                frames) mixed into MoChA's expected attention, ``beta = w soft + (1 - w) beta_mocha``.
-                0 is plain MoChA; the training recipe anneals it from 1 to 0 (``AsrModule``).
         Returns:
             logits ``(B, U, V)`` and alignment mass ``sum_j alpha_ij`` ``(B, U)``: below 1 where the
             expected boundary may run past the last frame (the context then shrinks by that factor,
@@ -87,9 +83,6 @@ class AttentionDecoder(nn.Module):
             h, c = self.cell(torch.cat([embedded[:, i], context], dim=-1), (h, c))
             alpha, beta = self.attention.expected(keys, h, alpha, memory_mask)
             masses.append(alpha.sum(dim=-1))
-            if soft_weight > 0:
-                soft = torch.softmax(self.attention.chunk_energy(keys[1], h).masked_fill(~memory_mask, -1e9), dim=-1)
-                beta = soft_weight * soft + (1.0 - soft_weight) * beta
             context = torch.bmm(beta.unsqueeze(1), memory).squeeze(1)
             states.append(h)
             contexts.append(context)

@@ -85,8 +85,8 @@ def chunkwise_weights(alpha: torch.Tensor, u: torch.Tensor, mask: torch.Tensor, 
     u = u.masked_fill(~mask, lowest)
     windows = F.pad(u, (w - 1, 0), value=lowest).unfold(-1, w, 1)  # (B, T, w): u at frames k - w + 1 .. k
     shares = torch.softmax(windows, dim=-1) * alpha.unsqueeze(-1)  # alpha_k spread over the chunk ending at k
-    # frame j gets share w - 1 - d of the chunk ending at k = j + d
-    beta = sum(F.pad(shares[..., d:, w - 1 - d], (0, d)) for d in range(w))
+    # frame j gets share w - 1 - d of the chunk ending at k = j + d (no such chunk when d >= T)
+    beta = sum(F.pad(shares[..., d:, w - 1 - d], (0, d)) for d in range(min(w, u.shape[-1])))
     return beta * mask
 
 
@@ -94,17 +94,12 @@ class MoChA(nn.Module):
     """Monotonic chunkwise attention with chunk width ``chunk_size`` (``w``)."""
 
     def __init__(self, key_size: int, query_size: int, attention_size: int, chunk_size: int = 4,
-                 init_r: float = -4.0, init_gain: float = 1.0, noise_std: float = 2.0, hard_fallback: bool = False,
-                 hard_block: int = 0):
-        """``hard_fallback``: see :meth:`hard` (False: the original MoChA inference). ``hard_block``:
-        frames per monotonic-energy evaluation in :meth:`hard` (0: every frame ahead at once); any value
-        gives the same output."""
+                 init_r: float = -4.0, init_gain: float = 1.0, noise_std: float = 2.0, hard_fallback: bool = False):
+        """``hard_fallback``: see :meth:`hard` (False: the original MoChA inference); a decoding setting
+        (``decoding.hard_fallback``), set again by ``AsrModel.set_decoding``."""
         super().__init__()
-        if hard_block < 0:
-            raise ValueError(f"model.decoder.hard_block must be >= 0 (0 = all frames at once), got {hard_block}")
         self.chunk_size = chunk_size
         self.hard_fallback = hard_fallback
-        self.hard_block = hard_block
         self.noise_std = noise_std
         self.mono_key = nn.Linear(key_size, attention_size)
         self.mono_query = nn.Linear(query_size, attention_size, bias=False)
@@ -156,32 +151,14 @@ class MoChA(nn.Module):
         start = min(int(boundary.min()), frames) if batch else frames  # no row may stop before this frame
         if start >= frames:  # every row has run off the end already
             return keys[1].new_zeros(batch, frames), torch.full_like(boundary, frames)
-        # energies only from the earliest boundary on (the frames before it can never be chosen), in
-        # blocks of ``hard_block`` frames until every row has found its stop: as a streaming MoChA
-        # reads ahead only as far as it must. Rows left without a stop have seen every frame, so the
-        # fallback's argmax is the same as with all frames at once.
-        step = self.hard_block or frames
-        p_blocks, allowed_blocks, end = [], [], start
-        seen = None  # (B,) rows with a stop in the frames read so far
-        while end < frames:
-            begin, end = end, min(frames, end + step)
-            block = torch.sigmoid(self.monotonic_energy(keys[0][:, begin:end], query))  # (B, end - begin)
-            block_positions = torch.arange(begin, end, device=query.device)
-            block_allowed = mask[:, begin:end] & (block_positions.unsqueeze(0) >= boundary.unsqueeze(1))
-            p_blocks.append(block)
-            allowed_blocks.append(block_allowed)
-            if end < frames:  # after the last block nothing is left to read: no check
-                hit = (block_allowed & (block >= 0.5)).any(dim=-1)
-                seen = hit if seen is None else seen | hit
-                if bool(seen.all()):
-                    break
-        p = torch.cat(p_blocks, dim=1) if len(p_blocks) > 1 else p_blocks[0]  # (B, end - start)
-        allowed = torch.cat(allowed_blocks, dim=1) if len(allowed_blocks) > 1 else allowed_blocks[0]
+        # energies only from the earliest boundary on: the frames before it can never be chosen
+        p = torch.sigmoid(self.monotonic_energy(keys[0][:, start:], query))  # (B, T - start)
+        positions = torch.arange(start, frames, device=query.device)
+        allowed = mask[:, start:] & (positions.unsqueeze(0) >= boundary.unsqueeze(1))
         stop = allowed & (p >= 0.5)
         found = stop.any(dim=-1)
         chosen = torch.where(found, start + stop.float().argmax(dim=-1), torch.full_like(boundary, frames))
         if self.hard_fallback if fallback is None else fallback:
-            positions = torch.arange(start, end, device=query.device)
             ahead = allowed & (positions.unsqueeze(0) > boundary.unsqueeze(1))  # strictly ahead: no loops in place
             rescue = ~found & ahead.any(dim=-1)
             chosen = torch.where(rescue, start + p.masked_fill(~ahead, -1.0).argmax(dim=-1), chosen)
