@@ -4,6 +4,7 @@ its result files, resuming by running the same command again, and bad input."""
 from __future__ import annotations
 
 import json
+import time
 from types import SimpleNamespace
 
 import pytest
@@ -44,6 +45,8 @@ def test_search_runs_resumes_and_reports(setup):
     out = base / "search"
     first = run_script("../search", *common, "search.steps=4", f"output_dir={out}")
     assert first.returncode == 0, first.stderr[-3000:]
+    first_seconds = json.loads((out / "wall_time.json").read_text())["attempt_seconds"]
+    assert len(first_seconds) == 1 and first_seconds[0] > 0
     points = read_points(out)
     assert points and all(p["speedup"] >= 1.5 for p in points)
     resumed = run_script("../search", *common, "search.steps=8", f"output_dir={out}")
@@ -55,6 +58,10 @@ def test_search_runs_resumes_and_reports(setup):
     assert max(p["step"] for p in again) <= 7 and max(p["step"] for p in again) >= 4
     report = json.loads((out / "report.json").read_text())
     assert report["summary"]["steps"] == 8 and report["summary"]["explored"] == len(again)
+    attempts = json.loads((out / "wall_time.json").read_text())["attempt_seconds"]
+    assert len(attempts) == 2 and attempts[0] == first_seconds[0]  # the first attempt is kept, the resume added
+    wall = report["summary"]["search_wall_seconds"]
+    assert report["summary"]["search_attempts"] == 2 and first_seconds[0] < wall <= sum(attempts) + 0.1
     models = [r["model"] for r in report["rows"]]
     assert models[0] == "baseline" and "manual naive" in models and "rl #1" in models
     best = Scheme.load(out / "best_scheme.json")
@@ -125,7 +132,7 @@ def test_result_scheme_is_chosen_on_the_whole_dev_split_not_on_test(tmp_path, mo
     module = SimpleNamespace(model=model, assets=SimpleNamespace(tokenizer=None))
     searcher = SimpleNamespace(counts={"samples": 3, "accepted": 3}, step_seconds=[0.1], evaluated_step_seconds=[0.1])
     report = search.finalize(cfg, module, targets, SvdCache(), None, explored, 4.0, lambda m: 50.0, searcher,
-                             wall_seconds=1.0, proxy_decode_seconds=0.1)
+                             wall_seconds=1.0, proxy_decode_seconds=0.1, attempts=1)
     best = Scheme.load(tmp_path / "best_scheme.json")
     assert best.ranks == schemes["B"]  # not A (best proxy and best test WER), not C (second on test)
     assert best.metrics["wer/dev"] == 20.0 and best.metrics["wer/test"] == 25.0 and best.meta["selected_on"] == "dev"
@@ -135,3 +142,16 @@ def test_result_scheme_is_chosen_on_the_whole_dev_split_not_on_test(tmp_path, mo
     assert [r["wer/test"] for r in report["rows"] if r["model"].startswith("rl #")] == [10.0, 25.0, 15.0]
     assert [r["selected"] for r in report["rows"] if r["model"].startswith("rl #")] == ["", "on dev", ""]
     assert "| wer/dev | wer/test |" in (tmp_path / "report.md").read_text()
+
+
+def test_search_wall_time_is_the_total_over_attempts(tmp_path):
+    path = tmp_path / "wall_time.json"
+    first = search.SearchClock(path, started=time.time() - 100.0)  # an attempt that ran 100 s ...
+    first.save()  # ... and was killed after this step
+    resumed = search.SearchClock(path, started=time.time() - 50.0)
+    assert resumed.attempts == 2 and 150.0 <= resumed.total() < 160.0
+    resumed.save()
+    assert [round(s) for s in json.loads(path.read_text())["attempt_seconds"]] == [100, 50]
+    path.write_text('{"seconds": 3}')
+    with pytest.raises(ValueError, match="wall_time.json is not a search wall-time record"):
+        search.SearchClock(path, started=time.time())

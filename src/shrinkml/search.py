@@ -3,7 +3,8 @@
 Output directory (``output_dir``), every file enough to resume or reproduce:
 ``explored-rank<r>.jsonl`` (the explored set W, append-only), ``checkpoints/last.ckpt`` (controller,
 optimizer, reward baseline), ``best_scheme.json`` (the result, chosen on the whole dev split: the input of retraining),
-``report.json`` / ``report.md`` (Table 1) and ``explored.png`` (Fig. 4).
+``report.json`` / ``report.md`` (Table 1), ``explored.png`` (Fig. 4) and ``wall_time.json`` (the wall
+time of every attempt: a resumed search reports the total).
 """
 
 from __future__ import annotations
@@ -82,7 +83,42 @@ class StaleSearchError(RuntimeError):
     """The search state in ``output_dir`` was made from another baseline checkpoint."""
 
 
-STATE_FILES = ("explored-rank*.jsonl", "checkpoints", "best_scheme.json", "report.json", "report.md", "explored.png")
+STATE_FILES = ("explored-rank*.jsonl", "checkpoints", "best_scheme.json", "report.json", "report.md", "explored.png",
+               "wall_time.json")
+
+
+class SearchClock(L.Callback):
+    """Wall time of a search over all its attempts (running the command again to resume is a new attempt).
+
+    ``path`` (``wall_time.json``) lists the seconds of every attempt; this attempt's entry is rewritten
+    atomically after every search step and at the end, so an attempt that is killed still counts up
+    to its last step.
+    """
+
+    def __init__(self, path: Path, started: float):
+        self.path, self.started = Path(path), started
+        self.earlier: list[float] = []
+        if self.path.is_file():
+            try:
+                self.earlier = [float(s) for s in json.loads(self.path.read_text())["attempt_seconds"]]
+            except (ValueError, KeyError, TypeError) as err:
+                raise ValueError(f"{self.path} is not a search wall-time record ({err!r}); delete it (the total "
+                                 "then counts from this attempt) or restore it") from err
+
+    @property
+    def attempts(self) -> int:
+        return len(self.earlier) + 1
+
+    def total(self) -> float:
+        """Seconds over every attempt, this one up to now."""
+        return sum(self.earlier) + time.time() - self.started
+
+    def save(self) -> None:
+        write_json_atomic(self.path, {"attempt_seconds": [*self.earlier, round(time.time() - self.started, 3)]})
+
+    def on_train_batch_end(self, trainer, *args) -> None:
+        if trainer.is_global_zero:
+            self.save()
 
 
 def guard_search_state(out: Path, ckpt: str | Path, on_stale: str) -> None:
@@ -119,6 +155,7 @@ def run_search(cfg: DictConfig) -> dict:
     started = time.time()
     out = Path(cfg.output_dir)
     guard_search_state(out, cfg.ckpt, cfg.on_stale)
+    clock = SearchClock(out / "wall_time.json", started)
     module = load_recognizer(cfg.ckpt, cfg.decoding)
     model = module.model
     datamodule = data_module(cfg.data)
@@ -143,7 +180,7 @@ def run_search(cfg: DictConfig) -> dict:
 
     checkpoints = ModelCheckpoint(dirpath=out / "checkpoints", save_last=True, save_top_k=0,
                                   every_n_train_steps=cfg.checkpoint_every)
-    trainer = hydra.utils.instantiate(cfg.trainer, max_steps=search.steps, callbacks=[checkpoints],
+    trainer = hydra.utils.instantiate(cfg.trainer, max_steps=search.steps, callbacks=[checkpoints, clock],
                                       logger=instantiate_group(cfg.get("logger")) or False)
     rank = trainer.global_rank
     explored = open_explored(out, rank)
@@ -161,7 +198,8 @@ def run_search(cfg: DictConfig) -> dict:
         return {}
     explored = open_explored(out, 0)
     report = finalize(cfg, module, targets, cache, datamodule, explored, baseline_wer, score, searcher,
-                      time.time() - started, proxy_decode_seconds)
+                      clock.total(), proxy_decode_seconds, clock.attempts)
+    clock.save()
     for logger in trainer.loggers:
         if hasattr(logger, "log_image"):
             logger.log_image("search/explored", [str(out / "explored.png")])
@@ -170,7 +208,7 @@ def run_search(cfg: DictConfig) -> dict:
 
 
 def finalize(cfg, module, targets, cache, datamodule, explored: ExploredSet, baseline_wer: float, score,
-             searcher: SearchModule, wall_seconds: float, proxy_decode_seconds: float) -> dict:
+             searcher: SearchModule, wall_seconds: float, proxy_decode_seconds: float, attempts: int) -> dict:
     """Re-evaluate the top-k explored schemes on the whole dev split and on the test splits, choose the
     result on dev, compare it with the manual baselines and the dense model, and write the result
     scheme, Table 1 and Fig. 4.
@@ -224,7 +262,8 @@ def finalize(cfg, module, targets, cache, datamodule, explored: ExploredSet, bas
         candidates.append((scheme, wers, point, row))
     summary = {"target_speedup": a_t, "explored": len(explored), "steps": search.steps,
                "acceptance": searcher.counts["accepted"] / max(searcher.counts["samples"], 1),
-               "search_wall_seconds": round(wall_seconds, 1), "baseline_proxy_wer": baseline_wer,
+               "search_wall_seconds": round(wall_seconds, 1), "search_attempts": attempts,
+               "baseline_proxy_wer": baseline_wer,
                "mean_step_seconds": mean(searcher.step_seconds),
                "mean_evaluated_step_seconds": mean(searcher.evaluated_step_seconds),
                "proxy_decode_seconds": round(proxy_decode_seconds, 3)}
