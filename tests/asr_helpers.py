@@ -1,7 +1,7 @@
 """Shared set-up for the model/training/streaming tests: tiny models, the tiny corpus prepared once,
 Hydra composition that mirrors ``@hydra.main``, and one short training run reused by several files.
 
-Expensive results are memoized per process (keyed by the session's tiny corpus), so test files can
+Expensive results are memoized per process (keyed by the tiny corpus of the pytest run), so test files can
 share them through their own fixtures without a conftest entry.
 """
 
@@ -150,7 +150,7 @@ def trained_run(tiny_corpus: Path, base: Path) -> tuple[Path, dict]:
 
 
 def shared_dir(tmp_path_factory) -> Path:
-    """One directory per test session for the memoized results."""
+    """One directory per pytest run for the memoized results."""
     path = tmp_path_factory.getbasetemp() / "asr_shared"
     path.mkdir(exist_ok=True)
     return path

@@ -39,7 +39,7 @@ def tiny_spec(out: Path, text: Path, seed: int = 0, **overrides) -> CorpusSpec:
 
 @pytest.fixture(scope="session")
 def tiny_corpus(tmp_path_factory, text_file) -> Path:
-    """A 36-utterance corpus in the LibriSpeech layout, built once per test session. Do not modify it."""
+    """A 36-utterance corpus in the LibriSpeech layout, built once per pytest run. Do not modify it."""
     out = tmp_path_factory.mktemp("corpus") / "tiny"
     build_corpus(tiny_spec(out, text_file), progress=False)
     return out

@@ -1,4 +1,4 @@
-"""Evaluator: decode a split with a model and score it (DESIGN.md: ``evaluate(model, split)``).
+"""Evaluator: decode a split with a model and score it (docs/architecture.md: ``evaluate(model, split)``).
 
 Returns the corpus WER/CER and per-utterance error counts, so that callers (sensitivity analysis,
 the condensed proxy set, the search) can score any subset without decoding again.

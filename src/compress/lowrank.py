@@ -4,7 +4,7 @@
   instead of ``m n``.
 * :class:`LowRankKernel` is a parametrization of an LSTM layer's concatenated kernel:
   ``kernel = U' V*``, with ``U'`` and ``V*`` the trainable tensors. The layer keeps running its
-  fused kernel on the product, which is exact and costs the same as dense training (FACTS.md).
+  fused kernel on the product, which is exact and costs the same as dense training (docs/inference_kernels.md).
   ``V* = [V_x | V_h]``: applied step by step this is the recurrence on the ``k``-dimensional
   ``z_t = V_x x_t + V_h h_{t-1}``, ``gates = U' z_t + b`` (:func:`factorized_lstm_reference`).
 """

@@ -5,7 +5,7 @@ Two kinds, found by structure, never by class name of a particular model:
 * ``linear``: every ``nn.Linear``; its matrix is ``weight`` (``out x in``);
 * ``lstm``: every module holding one concatenated LSTM kernel ``[W_ih | W_hh]`` of shape
   ``4H x (in + H)`` as a parameter named ``kernel`` next to integer ``input_size`` and
-  ``hidden_size`` attributes (the TensorFlow/RETURNN layout the paper counts, DESIGN.md "Target").
+  ``hidden_size`` attributes (the TensorFlow/RETURNN layout the paper counts, docs/architecture.md "Target").
 
 Each target also knows how often it is applied per second of audio (matrix-vector products),
 measured by :func:`profile_uses`, for the multiply-accumulate cost model.
