@@ -108,8 +108,6 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--beam", type=int, default=4)
     parser.add_argument("--encoder-only", action="store_true")
-    parser.add_argument("--hard-block", type=int, nargs="+",
-                        help="decode with each of these model.decoder.hard_block values (0 = all frames at once)")
     args = parser.parse_args()
     torch.manual_seed(0)
     print(f"machine: {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads")
@@ -130,15 +128,11 @@ def main() -> None:
     utt_s, ms_step = training_throughput(model, dm, args.train_steps)
     print(f"training   batch {args.batch}: {utt_s:6.1f} utterances/s ({ms_step:.0f} ms/step, "
           f"{len(dm.datasets[dm.train_split]) / utt_s / 60:.2f} min/epoch of {len(dm.datasets[dm.train_split])})")
-    blocks = args.hard_block or [model.decoder.attention.hard_block]
-    for block in blocks:
-        model.decoder.attention.hard_block = block  # the same output for every value (tests/test_mocha.py)
-        for beam in (0, args.beam):
-            for batch in (1, args.batch):
-                rtf = decoding_rtf(model, dm, batch, beam, args.decode_utts)
-                name = "greedy" if beam == 0 else f"beam {beam}"
-                print(f"decoding   {name:<7} batch {batch:>2}, hard_block {block:>2}: RTF {rtf:.4f} "
-                      f"({1 / rtf:6.1f}x faster than real time)")
+    for beam in (0, args.beam):
+        for batch in (1, args.batch):
+            rtf = decoding_rtf(model, dm, batch, beam, args.decode_utts)
+            name = "greedy" if beam == 0 else f"beam {beam}"
+            print(f"decoding   {name:<7} batch {batch:>2}: RTF {rtf:.4f} ({1 / rtf:6.1f}x faster than real time)")
 
 
 if __name__ == "__main__":

@@ -37,7 +37,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("audio", nargs="+")
     parser.add_argument("--stream", action="store_true", help="streaming decoding with partial results")
     parser.add_argument("--chunk-ms", type=int, default=160, help="audio per streaming chunk")
-    parser.add_argument("--beam", type=int, default=None, help="beam size (default: the checkpoint's decoding.beam_size; 0 = greedy)")
+    parser.add_argument("--beam", type=int, default=None,
+                        help="beam size (default: the checkpoint's decoding.beam_size; 0 = greedy)")
     args = parser.parse_args(argv)
     torch.set_grad_enabled(False)
     try:
