@@ -6,7 +6,8 @@
 
 Factorizes each target alone at each energy, measures dev WER with greedy decoding, and writes
 ``sensitivity.json`` (the input of the guided baseline and of the search's rank ranges) and
-``sensitivity.png`` to ``output_dir``; both are logged to W&B (group ``sensitivity``).
+``sensitivity.png`` to ``output_dir``; both are logged to W&B (group ``sensitivity``). The stage
+itself is :mod:`shrinkml.sensitivity`.
 """
 
 from __future__ import annotations
@@ -16,41 +17,20 @@ import sys
 from pathlib import Path
 
 import hydra
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from asr.data.errors import DataError
-from asr.train import instantiate_group, write_json_atomic
-from compress.sensitivity import plot_table, sensitivity_table
-from compress.svd import SvdCache
-from compress.targets import discover_targets
-from shrinkml.stage import eval_batches, load_recognizer, wer_scorer
+from shrinkml.sensitivity import run_sensitivity
 
 
 @hydra.main(config_path="../conf", config_name="sensitivity", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     try:
-        module = load_recognizer(cfg.ckpt)
-        batches = eval_batches(cfg.data, cfg.split, cfg.max_utterances)
+        table = run_sensitivity(cfg)
     except (FileNotFoundError, ValueError, DataError) as err:
         print(f"sensitivity: {err}", file=sys.stderr)
         sys.exit(2)
-    model = module.model
-    targets = discover_targets(model, cfg.targets.include, cfg.targets.exclude)
-    table = sensitivity_table(model, targets, SvdCache(), wer_scorer(module, batches), list(cfg.energies),
-                              progress=print)
-    table.update(checkpoint=str(Path(cfg.ckpt).resolve()), split=cfg.split,
-                 utterances=sum(len(b["utt_ids"]) for b in batches))
     out = Path(cfg.output_dir)
-    write_json_atomic(out / "sensitivity.json", table)
-    plot_table(table, out / "sensitivity.png")
-    for logger in instantiate_group(cfg.get("logger")):
-        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
-        if hasattr(logger, "log_image"):
-            logger.log_image("sensitivity/figure", [str(out / "sensitivity.png")])
-            logger.log_table("sensitivity/table", columns=list(table["rows"][0]),
-                             data=[list(r.values()) for r in table["rows"]])
-            logger.experiment.summary.update({f"wer/{cfg.split}": table["baseline_wer"]})
-        logger.finalize("success")
     print(json.dumps({"baseline_wer": table["baseline_wer"], "json": str(out / "sensitivity.json"),
                       "figure": str(out / "sensitivity.png")}))
 
