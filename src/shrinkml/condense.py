@@ -48,8 +48,8 @@ def run_condense(cfg: DictConfig) -> dict:
 
     Raises ``FileNotFoundError``/``ValueError``/``DataError`` for bad input and
     :class:`EmptyCondensedSetError` when no utterance passes ``correl_min``."""
-    baseline = load_recognizer(cfg.ckpt)
-    others = [load_recognizer(path) for path in cfg.cohort.checkpoints]
+    baseline = load_recognizer(cfg.ckpt, cfg.decoding)
+    others = [load_recognizer(path, cfg.decoding) for path in cfg.cohort.checkpoints]
     batches = eval_batches(cfg.data, cfg.split)
     tokenizer, model = baseline.assets.tokenizer, baseline.model
     targets = profiled_targets(baseline, batches[:2], cfg.targets.include, cfg.targets.exclude)

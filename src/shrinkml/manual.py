@@ -30,7 +30,7 @@ def run_manual(cfg: DictConfig) -> dict:
     unknown = set(cfg.methods) - set(METHODS)
     if unknown:
         raise ValueError(f"methods {sorted(unknown)} unknown; choose from {list(METHODS)}")
-    module = load_recognizer(cfg.ckpt)
+    module = load_recognizer(cfg.ckpt, cfg.decoding)
     dense_targets = []
     if "guided" in cfg.methods:
         table = load_table(cfg.guided.table)

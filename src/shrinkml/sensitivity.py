@@ -20,7 +20,7 @@ from shrinkml.stage import eval_batches, load_recognizer, wer_scorer
 
 def run_sensitivity(cfg: DictConfig) -> dict:
     """Measure the sensitivity table of ``cfg.ckpt`` and write and log it; returns the table."""
-    module = load_recognizer(cfg.ckpt)
+    module = load_recognizer(cfg.ckpt, cfg.decoding)
     batches = eval_batches(cfg.data, cfg.split, cfg.max_utterances)
     model = module.model
     targets = discover_targets(model, cfg.targets.include, cfg.targets.exclude)
