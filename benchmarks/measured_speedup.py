@@ -36,10 +36,8 @@ from __future__ import annotations
 
 import argparse
 import inspect
-import json
 import os
 import statistics
-import tempfile
 import time
 from collections.abc import Callable
 from contextlib import contextmanager
@@ -55,6 +53,7 @@ from asr.data.tokenizer import BOS_ID
 from asr.model import lowrank_lstm
 from asr.model.asr_model import AsrModel
 from asr.model.lstm import ConcatLSTM
+from common.atomic import write_json_atomic
 from compress.cost import estimate_speedup
 from compress.manual import uniform_energy_scheme
 from compress.scheme import Scheme, apply_scheme, count_parameters
@@ -281,19 +280,6 @@ def _has_plan(model: AsrModel) -> bool:
 
 
 # -- output ----------------------------------------------------------------------------------
-def write_json(path: Path, data: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def print_table(title: str, rows: list[dict]) -> None:
     print(f"\n{title}")
     header = (f"{'scheme':<8} {'est.params':>10} {'est.macs':>9} | {'ms enc':>7} {'ms att':>7} {'ms dec':>7} "
@@ -436,7 +422,7 @@ def main() -> None:
         + " (encoder / attention / decoder)")
     print("the paper: measured 2.16x for estimated 3.74x (ratio 0.58)")
     if args.json:
-        write_json(args.json, results)
+        write_json_atomic(args.json, results)
         print(f"wrote {args.json}")
 
 

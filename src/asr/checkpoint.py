@@ -10,8 +10,13 @@ from pathlib import Path
 import torch
 
 from asr.module import AsrModule
+from common.errors import KnownError
 
 Prepare = Callable[[AsrModule, dict], object]
+
+
+class CheckpointError(KnownError, ValueError):
+    """A checkpoint file that is damaged, not ours, or describes a model this code cannot build."""
 
 
 def read_checkpoint(path: str | Path, map_location: str = "cpu") -> dict:
@@ -23,11 +28,11 @@ def read_checkpoint(path: str | Path, map_location: str = "cpu") -> dict:
     try:
         checkpoint = torch.load(path, map_location=map_location, weights_only=False)
     except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile) as err:
-        raise ValueError(f"checkpoint {path} cannot be read ({type(err).__name__}: {err}); it is damaged or not a "
-                         "PyTorch checkpoint: train again or use another .ckpt") from err
+        raise CheckpointError(f"checkpoint {path} cannot be read ({type(err).__name__}: {err}); it is damaged or not a "
+                              "PyTorch checkpoint: train again or use another .ckpt") from err
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint or "hyper_parameters" not in checkpoint:
-        raise ValueError(f"checkpoint {path} is not a Lightning checkpoint of an AsrModule (no state_dict or "
-                         "hyper_parameters)")
+        raise CheckpointError(f"checkpoint {path} is not a Lightning checkpoint of an AsrModule (no state_dict or "
+                              "hyper_parameters)")
     return checkpoint
 
 
@@ -39,17 +44,21 @@ def load_module(path: str | Path, map_location: str = "cpu", prepare: Prepare | 
     ``compress.checkpoint.restore_compression`` for a compressed model (this package knows nothing of it).
     """
     checkpoint = read_checkpoint(path, map_location)
-    module = AsrModule(**checkpoint["hyper_parameters"])
+    try:
+        module = AsrModule(**checkpoint["hyper_parameters"])
+    except (TypeError, ValueError) as err:  # hyper-parameters of another version of the code
+        raise CheckpointError(f"checkpoint {path} describes a model this code cannot build ({err}); train it again "
+                              "with this version or load it with the version that wrote it") from err
     module.on_load_checkpoint(checkpoint)
     if module.assets is None:
-        raise ValueError(f"checkpoint {path} carries no tokenizer/CMVN assets; it was not written by shrinkml")
+        raise CheckpointError(f"checkpoint {path} carries no tokenizer/CMVN assets; it was not written by shrinkml")
     if prepare is not None:
         prepare(module, checkpoint)
     try:
         module.load_state_dict(checkpoint["state_dict"])
     except RuntimeError as err:
         hint = "" if prepare is not None else " (a compressed checkpoint? load it with prepare=restore_compression)"
-        raise ValueError(f"checkpoint {path} does not fit the model it describes{hint}: {err}") from err
+        raise CheckpointError(f"checkpoint {path} does not fit the model it describes{hint}: {err}") from err
     return module.eval().to(map_location)
 
 

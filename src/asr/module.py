@@ -19,15 +19,16 @@ from asr.assets import AsrAssets
 from asr.data.tokenizer import PAD_ID
 from asr.metrics import error_counts, rates
 from asr.model.asr_model import AsrModel
+from common.errors import KnownError
 
 log = logging.getLogger(__name__)
 
 
-class ModelMismatchError(ValueError):
+class ModelMismatchError(KnownError, ValueError):
     """A checkpoint made for another vocabulary or model shape."""
 
 
-class TrainingDivergedError(FloatingPointError):
+class TrainingDivergedError(KnownError, FloatingPointError):
     """The training loss became non-finite or exploded past ``module.max_loss``."""
 
 

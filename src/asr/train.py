@@ -4,29 +4,15 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 from pathlib import Path
 
 import hydra
 import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
+from common.atomic import write_json_atomic, write_text_atomic  # noqa: F401 - write_text_atomic: shrinkml.compare
+
 log = logging.getLogger(__name__)
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write ``text`` through a temporary file and a rename (line endings kept as given)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    with os.fdopen(fd, "w", newline="") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
-def write_json_atomic(path: Path, data: dict) -> None:
-    """Write ``data`` as JSON through a temporary file and a rename."""
-    write_text_atomic(path, json.dumps(data, indent=2) + "\n")
 
 
 def instantiate_group(group: DictConfig | None) -> list:
@@ -86,7 +72,7 @@ def build_module(cfg: DictConfig, datamodule) -> L.LightningModule:
     if not init_from:
         return module_factory(vocab_size=datamodule.tokenizer.vocab_size, input_size=datamodule.feature_cfg.n_mels,
                               assets=datamodule.assets())
-    from asr.checkpoint import read_checkpoint
+    from asr.checkpoint import CheckpointError, read_checkpoint
 
     checkpoint = read_checkpoint(init_from)
     model = checkpoint["hyper_parameters"]["model"]
@@ -98,26 +84,29 @@ def build_module(cfg: DictConfig, datamodule) -> L.LightningModule:
         try:
             module.load_state_dict(checkpoint["state_dict"])
         except RuntimeError as err:
-            raise ValueError(f"init_from {init_from} does not fit a dense model of its own architecture (a compressed "
-                             "checkpoint? fine-tune it with ckpt_path=, or start from the dense baseline): "
-                             f"{str(err).splitlines()[0]}") from err
+            raise CheckpointError(f"init_from {init_from} does not fit a dense model of its own architecture (a "
+                                  "compressed checkpoint? fine-tune it with ckpt_path=, or start from the dense "
+                                  f"baseline): {str(err).splitlines()[0]}") from err
     return module
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
     """Train (or resume with ``ckpt_path``) and test the model of ``cfg``; returns the final metrics."""
     L.seed_everything(cfg.seed, workers=True)
+    # callbacks first: a missing or stale compression scheme stops the run before data preparation
+    callbacks = instantiate_group(cfg.get("callbacks"))
+    if cfg.get("compress"):  # e.g. compress=lowrank: fine-tune a compressed model (a callback from the config)
+        callbacks.append(hydra.utils.instantiate(cfg.compress))
     datamodule = hydra.utils.instantiate(cfg.data)
     datamodule.prepare_data()
     datamodule.setup("fit")
     module = build_module(cfg, datamodule)
-    callbacks = instantiate_group(cfg.get("callbacks"))
-    if cfg.get("compress"):  # e.g. compress=lowrank: fine-tune a compressed model (a callback from the config)
-        callbacks.append(hydra.utils.instantiate(cfg.compress))
     loggers = instantiate_group(cfg.get("logger"))
     config = OmegaConf.to_container(cfg, resolve=True)
     for logger in loggers:
         logger.log_hyperparams(config)
+    # the checkpoints of conf/callbacks' ModelCheckpoint are written atomically by Lightning itself
+    # (lightning.fabric.utilities.cloud_io._atomic_save: a temporary file moved over the checkpoint)
     trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     log.info("model: %.2f M parameters, %.1f MB", module.num_parameters() / 1e6, module.size_mb())
     seed = seed_metrics(cfg, trainer, module, datamodule)

@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import copy
 import io
-import os
-import tempfile
 import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
@@ -31,11 +29,17 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from common.atomic import save_atomic
+from common.errors import KnownError
 from compress.targets import is_lstm_kernel_module
 
 FORMAT = "shrinkml-int8/1"
 _INT8_SUFFIX, _SCALE_SUFFIX = ".int8", ".int8_scale"
 LINEAR_MODES = ("dynamic", "weight_only")
+
+
+class QuantizeError(KnownError, ValueError):
+    """An int8 Linear mode that does not exist, or an int8 model file that is damaged or not one."""
 
 
 def quantize_rows(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -88,8 +92,8 @@ def linear_mode(quantized: nn.Module) -> str:
 
 def _check_linear(linear: str) -> None:
     if linear not in LINEAR_MODES:
-        raise ValueError(f"unknown int8 Linear mode {linear!r}; use one of {', '.join(LINEAR_MODES)} "
-                         "(config key linear)")
+        raise QuantizeError(f"unknown int8 Linear mode {linear!r}; use one of {', '.join(LINEAR_MODES)} "
+                            "(config key linear)")
 
 
 def _dynamic_linear(model: nn.Module) -> nn.Module:
@@ -130,14 +134,8 @@ def serialized_mb(state: Mapping) -> float:
 
 def save_int8(path: str | Path, quantized: nn.Module, **extra) -> float:
     """Write the int8 model (and ``extra`` entries, e.g. hyper-parameters) atomically; returns its size in MB."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    os.close(fd)
-    torch.save({"format": FORMAT, "linear": linear_mode(quantized), "state_dict": int8_state_dict(quantized),
-                **extra}, tmp)
-    os.replace(tmp, path)
-    return path.stat().st_size / 2**20
+    stored = {"format": FORMAT, "linear": linear_mode(quantized), "state_dict": int8_state_dict(quantized), **extra}
+    return save_atomic(path, lambda tmp: torch.save(stored, tmp)).stat().st_size / 2**20
 
 
 def load_int8(path: str | Path, build: Callable[[dict], nn.Module]) -> tuple[nn.Module, dict]:
@@ -150,10 +148,10 @@ def load_int8(path: str | Path, build: Callable[[dict], nn.Module]) -> tuple[nn.
     try:
         stored = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as err:  # noqa: BLE001 - any unpickling failure means a damaged file
-        raise ValueError(f"int8 model {path} is damaged ({type(err).__name__}: {err}); run scripts/quantize.py "
-                         "again") from err
+        raise QuantizeError(f"int8 model {path} is damaged ({type(err).__name__}: {err}); run scripts/quantize.py "
+                            "again") from err
     if not isinstance(stored, dict) or stored.get("format") != FORMAT:
-        raise ValueError(f"{path} is not an int8 model file (expected format {FORMAT!r})")
+        raise QuantizeError(f"{path} is not an int8 model file (expected format {FORMAT!r})")
     linear = stored.get("linear", "dynamic")
     _check_linear(linear)
     quantized = build(stored).cpu().eval()

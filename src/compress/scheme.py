@@ -9,8 +9,6 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +16,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from common.atomic import write_json_atomic
+from common.errors import KnownError
 from compress.cost import FULL, estimate_speedup, pays
 from compress.lowrank import LowRankLinear, factorize_kernel, kernel_rank
 from compress.svd import SvdCache
@@ -35,7 +35,7 @@ def file_fingerprint(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-class SchemeError(ValueError):
+class SchemeError(KnownError, ValueError):
     """A scheme that does not fit the model or breaks a rule; the message names the target or key."""
 
 
@@ -92,14 +92,8 @@ class Scheme:
                    dict(data.get("estimates", {})), dict(data.get("metrics", {})), dict(data.get("meta", {})))
 
     def save(self, path: str | Path) -> None:
-        """Write the scheme as JSON atomically (temporary file, then rename)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-        with os.fdopen(fd, "w") as f:
-            json.dump(self.to_dict(), f, indent=2)
-            f.write("\n")
-        os.replace(tmp, path)
+        """Write the scheme as JSON atomically (:mod:`common.atomic`)."""
+        write_json_atomic(path, self.to_dict())
 
     @classmethod
     def load(cls, path: str | Path) -> Scheme:

@@ -16,7 +16,8 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from asr.evaluate import evaluate
-from asr.train import instantiate_group, write_json_atomic, write_text_atomic
+from asr.train import instantiate_group
+from common.atomic import write_json_atomic, write_text_atomic
 from compress.cost import estimate_speedup
 from compress.manual import uniform_energy_scheme
 from compress.scheme import Scheme, apply_scheme

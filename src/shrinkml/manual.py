@@ -12,7 +12,8 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from asr.train import instantiate_group, write_json_atomic
+from asr.train import instantiate_group
+from common.atomic import write_json_atomic
 from compress.manual import uniform_energy_scheme
 from compress.scheme import apply_scheme, count_parameters, file_fingerprint
 from compress.sensitivity import load_table, sensitive_targets

@@ -16,7 +16,8 @@ from omegaconf import DictConfig, OmegaConf
 from asr.evaluate import evaluate
 from asr.latency import measured_speedups, single_utterances
 from asr.module import AsrModule
-from asr.train import instantiate_group, write_json_atomic
+from asr.train import instantiate_group
+from common.atomic import write_json_atomic
 from compress.checkpoint import SCHEME_KEY, restore_compression
 from compress.quantize import int8_state_dict, load_int8, quantize_int8, save_int8, serialized_mb
 from compress.scheme import count_parameters

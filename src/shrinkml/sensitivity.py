@@ -11,7 +11,8 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from asr.train import instantiate_group, write_json_atomic
+from asr.train import instantiate_group
+from common.atomic import write_json_atomic
 from compress.sensitivity import plot_table, sensitivity_table
 from compress.svd import SvdCache
 from compress.targets import discover_targets

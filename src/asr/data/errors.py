@@ -1,5 +1,7 @@
 """The error every data problem raises: it names the file or config key and the fix."""
 
+from common.errors import KnownError
 
-class DataError(ValueError):
+
+class DataError(KnownError, ValueError):
     """A corpus, audio file, transcript or data config that cannot be used as it is."""

@@ -11,7 +11,6 @@ import hashlib
 import json
 import multiprocessing as mp
 import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -23,6 +22,7 @@ from tqdm import tqdm
 
 from asr.data.audio import load_audio
 from asr.data.errors import DataError
+from common.atomic import save_atomic, write_text_atomic
 
 
 @dataclass(frozen=True)
@@ -64,16 +64,16 @@ def log_mel(wave: torch.Tensor, cfg: FeatureConfig) -> torch.Tensor:
     )
 
 
-def atomic_save_npy(path: Path, array: np.ndarray) -> None:
-    """Write ``array`` to ``path`` through a temporary file and a rename."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
+def atomic_save_npy(path: Path, array: np.ndarray, fsync: bool = True) -> None:
+    """Write ``array`` to ``path`` atomically (:func:`common.atomic.save_atomic`). Cache entries skip the
+    flushes to disk (``fsync=False``, thousands of files): a killed process never leaves half an entry,
+    a power loss may (remove the cache directory then)."""
+
+    def write(tmp: Path) -> None:
+        with tmp.open("wb") as f:
             np.save(f, array)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+
+    save_atomic(path, write, fsync=fsync)
 
 
 class FeatureCache:
@@ -85,7 +85,7 @@ class FeatureCache:
         self.dir.mkdir(parents=True, exist_ok=True)
         config_file = self.dir / "config.json"
         if not config_file.exists():
-            config_file.write_text(json.dumps(asdict(cfg), indent=2, sort_keys=True) + "\n")
+            write_text_atomic(config_file, json.dumps(asdict(cfg), indent=2, sort_keys=True) + "\n")
 
     def path_for(self, audio_path: str | Path) -> Path:
         """Cache file of ``audio_path``: changes whenever the file's path, size or mtime change."""
@@ -113,8 +113,7 @@ class FeatureCache:
         if wave.shape[0] < int(self.cfg.sample_rate * self.cfg.frame_length_ms * 0.001):  # as Kaldi sizes a frame
             raise DataError(f"audio file {audio_path} is shorter than one {self.cfg.frame_length_ms} ms frame")
         feats = log_mel(wave, self.cfg).numpy()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_save_npy(path, feats)
+        atomic_save_npy(path, feats, fsync=False)
         return feats
 
     def precompute(self, audio_paths: Sequence[str | Path], jobs: int = 0, progress: bool = True,

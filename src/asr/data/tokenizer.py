@@ -17,6 +17,7 @@ from pathlib import Path
 import sentencepiece as spm
 
 from asr.data.errors import DataError
+from common.atomic import write_bytes_atomic, write_json_atomic
 
 PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
 
@@ -86,10 +87,6 @@ class Tokenizer:
                                 f"({len(transcripts)} sentences): {limit} pieces fit. Fix: set "
                                 f"{config_key} to {limit.replace('at most ', '')} or less") from err
             raise
-        tmp = model_path.with_suffix(".model.tmp")
-        tmp.write_bytes(model.getvalue())
-        os.replace(tmp, model_path)
-        tmp_meta = meta_path.with_suffix(".json.tmp")
-        tmp_meta.write_text(json.dumps(meta, indent=2) + "\n")
-        os.replace(tmp_meta, meta_path)
+        write_bytes_atomic(model_path, model.getvalue())
+        write_json_atomic(meta_path, meta)
         return cls(model_path)

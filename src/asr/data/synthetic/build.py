@@ -146,9 +146,8 @@ def _render(job: _Job, spec_noise: dict) -> tuple[str, int]:
     speech_power = float(np.mean(speech**2))
     noise *= np.sqrt(speech_power / (10 ** (snr_db / 10)) / np.mean(noise**2))
     audio = np.clip(audio + noise.astype(np.float32), -1.0, 1.0)
-    tmp = job.path + ".tmp"
-    sf.write(tmp, audio, SAMPLE_RATE, format="FLAC", subtype="PCM_16")
-    os.replace(tmp, job.path)
+    # written in place: the whole corpus is built in <out>.partial and renamed to <out> when complete
+    sf.write(job.path, audio, SAMPLE_RATE, format="FLAC", subtype="PCM_16")
     return job.path, audio.size
 
 

@@ -22,6 +22,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from asr.data.synthetic.rdata import read_lazyload_db
+from common.errors import KnownError
 
 DEBIAN_PACKAGE = "r-cran-janeaustenr"
 _RDX_IN_PACKAGE = "usr/lib/R/site-library/janeaustenr/data/Rdata.rdx"
@@ -32,7 +33,7 @@ _SENTENCE_END_RE = re.compile(r"(?<=[.!?])[\"'_)\]\u2019\u201d]*\s+")
 _ALLOWED_RE = re.compile(r"^[A-Z' ]+$")
 
 
-class TextSourceError(RuntimeError):
+class TextSourceError(KnownError, RuntimeError):
     """The sentence source could not be obtained or held too little usable text."""
 
 
