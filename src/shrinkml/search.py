@@ -23,7 +23,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from asr.data.errors import DataError
 from asr.evaluate import evaluate
-from asr.train import instantiate_group, write_json_atomic, write_text_atomic
+from asr.train import instantiate_group
+from common.atomic import write_json_atomic, write_text_atomic
+from common.errors import KnownError
 from compress.cost import estimate_speedup
 from compress.manual import uniform_energy_scheme
 from compress.scheme import Scheme, apply_scheme, file_fingerprint
@@ -79,7 +81,7 @@ def open_explored(out: Path, rank: int) -> ExploredSet:
     return ExploredSet(own, [p for p in sorted(out.glob("explored-rank*.jsonl")) if p != own])
 
 
-class StaleSearchError(RuntimeError):
+class StaleSearchError(KnownError, RuntimeError):
     """The search state in ``output_dir`` was made from another baseline checkpoint."""
 
 
@@ -154,9 +156,9 @@ def run_search(cfg: DictConfig) -> dict:
     L.seed_everything(cfg.seed, workers=True)
     started = time.time()
     out = Path(cfg.output_dir)
+    module = load_recognizer(cfg.ckpt, cfg.decoding)  # a checkpoint it cannot read stops it before any write
     guard_search_state(out, cfg.ckpt, cfg.on_stale)
     clock = SearchClock(out / "wall_time.json", started)
-    module = load_recognizer(cfg.ckpt, cfg.decoding)
     model = module.model
     datamodule = data_module(cfg.data)
     proxy = eval_batches(datamodule, cfg.split, utt_ids=proxy_utterances(cfg, datamodule))
