@@ -2,23 +2,18 @@
 
 import sys
 
-import hydra
 from omegaconf import DictConfig
 
-from asr.data.errors import DataError
+from common.cli import cli_main
 from rl.explored import ExploredSetError
 from rl.space import SearchSpaceError
-from shrinkml.search import StaleSearchError, run_search
+from shrinkml.search import run_search
 
 
-@hydra.main(config_path="conf", config_name="search", version_base="1.3")
+@cli_main("search", SearchSpaceError, ExploredSetError, config_path="conf", config_name="search")
 def main(cfg: DictConfig) -> None:
-    try:
-        run_search(cfg)
-    except (FileNotFoundError, DataError, SearchSpaceError, StaleSearchError, ExploredSetError) as err:
-        print(f"search: {err}", file=sys.stderr)
-        sys.exit(2)
+    run_search(cfg)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -1,15 +1,17 @@
 """Train the streaming ASR model: python train.py +experiment=baseline (see conf/train.yaml)."""
 
-import hydra
+import sys
+
 from omegaconf import DictConfig
 
 from asr.train import train
+from common.cli import cli_main
 
 
-@hydra.main(config_path="conf", config_name="train", version_base="1.3")
+@cli_main("train", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> None:
     train(cfg)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

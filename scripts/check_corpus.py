@@ -16,10 +16,11 @@ import argparse
 import logging
 import sys
 
-from asr.data.errors import DataError
 from asr.data.validate import validate_corpus
+from common.cli import cli_main
 
 
+@cli_main("check_corpus")
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("root", help="corpus root (holds one directory per split)")
@@ -27,11 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-decode", action="store_true", help="read audio headers only (faster)")
     args = parser.parse_args(argv)
     logging.basicConfig(format="check_corpus: warning: %(message)s", level=logging.WARNING)
-    try:
-        report = validate_corpus(args.root, args.splits, decode=not args.no_decode)
-    except DataError as err:
-        print(f"check_corpus: {err}", file=sys.stderr)
-        return 2
+    report = validate_corpus(args.root, args.splits, decode=not args.no_decode)
     print(f"{'split':<18}{'utterances':>11}{'hours':>9}{'speakers':>10}{'vocabulary':>12}  sample rates")
     for s in report:
         rates = ",".join(str(r) for r in sorted(s.sample_rates))

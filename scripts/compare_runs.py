@@ -17,27 +17,26 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import hydra
 from omegaconf import DictConfig
 
 from asr.tracking import wandb_mode
+from common.cli import cli_main
+from common.errors import KnownError
 from shrinkml.compare import compare, markdown, offline_runs, read_online_runs, read_stage_times, write_outputs
 
 
-@hydra.main(config_path="../conf", config_name="compare", version_base="1.3")
+@cli_main("compare_runs", config_path="../conf", config_name="compare")
 def main(cfg: DictConfig) -> None:
     source = cfg.source if cfg.source != "auto" else ("online" if wandb_mode() == "online" else "offline")
     if source == "online":
         runs = read_online_runs(cfg.project, cfg.entity)
     elif source == "offline":
         if not Path(cfg.runs_dir).is_dir():
-            print(f"compare_runs: runs_dir {cfg.runs_dir} is not a directory; point runs_dir= at the runs "
-                  "(the W&B offline run directories are found below it)", file=sys.stderr)
-            sys.exit(2)
+            raise KnownError(f"runs_dir {cfg.runs_dir} is not a directory; point runs_dir= at the runs "
+                             "(the W&B offline run directories are found below it)")
         runs = list(offline_runs(cfg.runs_dir))
     else:
-        print(f"compare_runs: source={cfg.source!r}; choose auto, online or offline", file=sys.stderr)
-        sys.exit(2)
+        raise KnownError(f"source={cfg.source!r}; choose auto, online or offline")
     comparison = compare(runs)
     comparison.stage_times = read_stage_times(cfg.stage_times)
     written = write_outputs(comparison, cfg.output_dir, cfg.split)
@@ -49,4 +48,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

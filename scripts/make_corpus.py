@@ -20,6 +20,7 @@ from omegaconf import OmegaConf
 
 from asr.data.synthetic.build import CorpusSpec, build_corpus
 from asr.data.synthetic.text import TextSourceError
+from common.cli import cli_main
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf" / "corpus"
 
@@ -39,6 +40,7 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     return parser.parse_known_args(argv)
 
 
+@cli_main("make_corpus")
 def main(argv: list[str] | None = None) -> int:
     args, overrides = parse_args(sys.argv[1:] if argv is None else argv)
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):

@@ -16,22 +16,18 @@ import json
 import sys
 from pathlib import Path
 
-import hydra
 from omegaconf import DictConfig
 
-from asr.data.errors import DataError
+from common.cli import cli_main
 from shrinkml.manual import run_manual
 
 
-@hydra.main(config_path="../conf", config_name="manual", version_base="1.3")
+# ValueError: a speed-up below 1 or out of reach, an unknown method (shrinkml.manual, compress.manual)
+@cli_main("manual_baselines", ValueError, config_path="../conf", config_name="manual")
 def main(cfg: DictConfig) -> None:
-    try:
-        run_manual(cfg)
-    except (FileNotFoundError, ValueError, DataError) as err:
-        print(f"manual_baselines: {err}", file=sys.stderr)
-        sys.exit(2)
+    run_manual(cfg)
     print(json.dumps({"json": str(Path(cfg.output_dir) / "manual.json")}))
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -16,18 +16,14 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from asr.data.errors import DataError
+from common.cli import cli_main
 
 
-@hydra.main(config_path="../conf", config_name="train", version_base="1.3")
+@cli_main("prepare_data", config_path="../conf", config_name="train")
 def main(cfg: DictConfig) -> None:
-    try:
-        datamodule = hydra.utils.instantiate(cfg.data)
-        datamodule.prepare_data()
-        datamodule.setup("fit")
-    except DataError as err:
-        print(f"prepare_data: {err}", file=sys.stderr)
-        sys.exit(2)
+    datamodule = hydra.utils.instantiate(cfg.data)
+    datamodule.prepare_data()
+    datamodule.setup("fit")
     for split, dataset in datamodule.datasets.items():
         frames = sum(dataset.lengths)
         print(f"{split:>16}: {len(dataset)} utterances, {frames} frames, "
@@ -36,4 +32,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -13,20 +13,15 @@ from __future__ import annotations
 
 import sys
 
-import hydra
 from omegaconf import DictConfig
 
-from asr.data.errors import DataError
+from common.cli import cli_main
 from shrinkml.quantize import run_quantize
 
 
-@hydra.main(config_path="../conf", config_name="quantize", version_base="1.3")
+@cli_main("quantize", config_path="../conf", config_name="quantize")
 def main(cfg: DictConfig) -> None:
-    try:
-        summary = run_quantize(cfg)
-    except (FileNotFoundError, ValueError, DataError) as err:
-        print(f"quantize: {err}", file=sys.stderr)
-        sys.exit(2)
+    summary = run_quantize(cfg)
     splits = ", ".join(f"{s} {summary[f'wer_float/{s}']:.2f} -> {summary[f'wer/{s}']:.2f}" for s in cfg.splits)
     print(f"quantize ({cfg.linear} int8 Linears): size {summary['size_mb_float']:.2f} MB -> "
           f"{summary['size_mb']:.2f} MB "
@@ -36,4 +31,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -16,24 +16,20 @@ import json
 import sys
 from pathlib import Path
 
-import hydra
 from omegaconf import DictConfig
 
-from asr.data.errors import DataError
+from common.cli import cli_main
 from shrinkml.sensitivity import run_sensitivity
 
 
-@hydra.main(config_path="../conf", config_name="sensitivity", version_base="1.3")
+# ValueError: an energy outside (0, 1] (compress.sensitivity)
+@cli_main("sensitivity", ValueError, config_path="../conf", config_name="sensitivity")
 def main(cfg: DictConfig) -> None:
-    try:
-        table = run_sensitivity(cfg)
-    except (FileNotFoundError, ValueError, DataError) as err:
-        print(f"sensitivity: {err}", file=sys.stderr)
-        sys.exit(2)
+    table = run_sensitivity(cfg)
     out = Path(cfg.output_dir)
     print(json.dumps({"baseline_wer": table["baseline_wer"], "json": str(out / "sensitivity.json"),
                       "figure": str(out / "sensitivity.png")}))
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -17,9 +17,11 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from asr.train import write_json_atomic
+from common.atomic import write_json_atomic
+from common.cli import cli_main
 
 
+@cli_main("timed")
 def main() -> int:
     if len(sys.argv) < 4 or sys.argv[2] != "--":
         print(__doc__, file=sys.stderr)

@@ -11,7 +11,13 @@ import csv
 import sys
 from pathlib import Path
 
+from common.cli import cli_main
+from common.errors import KnownError
 from compress.figures import pyplot, save_figure
+
+
+class CurveLogError(KnownError, ValueError):
+    """A run's CSV log without the validation rows the curve needs."""
 
 
 def read_curve(run_dir: Path, split: str) -> list[tuple[int, float, float]]:
@@ -26,21 +32,18 @@ def read_curve(run_dir: Path, split: str) -> list[tuple[int, float, float]]:
                 if row.get("train/minutes") and row.get(f"wer/{split}"):
                     points.append((int(float(row["epoch"])), float(row["train/minutes"]), float(row[f"wer/{split}"])))
     if not points:
-        raise ValueError(f"{run_dir} has no validation rows with train/minutes and wer/{split}")
+        raise CurveLogError(f"{run_dir} has no validation rows with train/minutes and wer/{split}")
     return points
 
 
+@cli_main("training_curve")
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run_dir", type=Path)
     parser.add_argument("--split", default="dev")
     parser.add_argument("--png", type=Path, default=None, help="figure path (default: RUN_DIR/wer_curve.png)")
     args = parser.parse_args()
-    try:
-        points = read_curve(args.run_dir, args.split)
-    except (FileNotFoundError, ValueError) as err:
-        print(f"training_curve: {err}", file=sys.stderr)
-        sys.exit(2)
+    points = read_curve(args.run_dir, args.split)
     print(f"| epoch | minutes | WER {args.split} (greedy) |\n|---|---|---|")
     for epoch, minutes, wer in points:
         print(f"| {epoch} | {minutes:.1f} | {wer:.1f} |")
@@ -55,4 +58,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

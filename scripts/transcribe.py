@@ -17,9 +17,9 @@ import torch
 
 from asr.checkpoint import load_module, transcribe_features
 from asr.data.audio import load_audio
-from asr.data.errors import DataError
 from asr.data.features import log_mel
 from asr.streaming import StreamingRecognizer
+from common.cli import cli_main
 from compress.checkpoint import restore_compression
 
 
@@ -31,6 +31,7 @@ def min_samples(module) -> int:
     return window + (module.model.encoder.reduction - 1) * shift
 
 
+@cli_main("transcribe")
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("checkpoint")
@@ -41,19 +42,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="beam size (default: the checkpoint's decoding.beam_size; 0 = greedy)")
     args = parser.parse_args(argv)
     torch.set_grad_enabled(False)
-    try:
-        module = load_module(args.checkpoint, prepare=restore_compression)
-    except (FileNotFoundError, ValueError) as err:
-        print(f"transcribe: {err}", file=sys.stderr)
-        return 2
+    module = load_module(args.checkpoint, prepare=restore_compression)
     assets = module.assets
     needed = min_samples(module)
     for path in args.audio:
-        try:
-            wave = load_audio(path, assets.features.sample_rate)
-        except (DataError, FileNotFoundError) as err:
-            print(f"transcribe: {err}", file=sys.stderr)
-            return 2
+        wave = load_audio(path, assets.features.sample_rate)
         if wave.numel() < needed:
             print(f"transcribe: audio file {path} is too short: {wave.numel()} samples, the model needs at least "
                   f"{needed} ({1000 * needed / assets.features.sample_rate:.0f} ms) for one encoder frame",
