@@ -30,12 +30,9 @@ from omegaconf import DictConfig
 from test_compress_callback import half_rank_scheme
 
 from asr.checkpoint import load_module
-from asr.train import train, write_json_atomic
-from compress.sensitivity import sensitivity_table
-from compress.svd import SvdCache
-from compress.targets import discover_targets
+from asr.train import train
 from shrinkml.search import run_search
-from shrinkml.stage import eval_batches, load_recognizer, wer_scorer
+from shrinkml.sensitivity import run_sensitivity
 
 
 def config_names(group: str) -> list[str]:
@@ -139,16 +136,15 @@ def compose_root(name: str, overrides: list[str]) -> DictConfig:
 
 @pytest.fixture(scope="module")
 def table(checkpoint, corpus, base) -> Path:
-    """A sensitivity table of the tiny checkpoint as scripts/sensitivity.py computes it, at two energies: 0.9 and
-    the guided baseline's (conf/search.yaml), which the search's report needs."""
-    cfg = compose_root("sensitivity", [*data_overrides(corpus, base), f"ckpt={checkpoint}"])
-    energies = sorted({0.9, compose_root("search", [f"paths.root_dir={base}"]).guided.energy}, reverse=True)
-    module = load_recognizer(cfg.ckpt, cfg.decoding)
-    targets = discover_targets(module.model, cfg.targets.include, cfg.targets.exclude)
-    scorer = wer_scorer(module, eval_batches(cfg.data, cfg.split))
-    path = base / "every_config" / "sensitivity.json"
-    write_json_atomic(path, sensitivity_table(module.model, targets, SvdCache(), scorer, energies))
-    return path
+    """The sensitivity stage's table of the tiny checkpoint at two energies: 0.9 and the guided baseline's
+    (conf/search.yaml), which the search's report needs."""
+    energy = compose_root("search", [f"paths.root_dir={base}"]).guided.energy
+    output_dir = base / "every_config" / "sensitivity"
+    cfg = compose_root("sensitivity", [*data_overrides(corpus, base), f"ckpt={checkpoint}",
+                                       f"energies=[0.9,{energy}]", f"output_dir={output_dir}"])
+    with hydra_job(cfg, output_dir) as task:
+        run_sensitivity(task)
+    return output_dir / "sensitivity.json"
 
 
 @pytest.mark.parametrize("name", SEARCHES)
