@@ -29,6 +29,7 @@ def _one_thread(one_torch_thread):
 
 def test_rewards_are_the_papers_equations():
     assert conservative_reward(8.34, 8.29) == pytest.approx(-math.exp(0.05))  # Eq. 4
+    assert conservative_reward(600.0, 8.0) == -math.exp(50.0)  # capped: no overflow for useless schemes
     assert aggressive_reward(20.0, 5.0) == pytest.approx(-math.exp(2.0))  # Eq. 5
     assert violation_reward(0.5) == pytest.approx(-60.0)  # Eq. 6: -100 * 0.5 - 10
     assert violation_reward(0.0) == -10.0

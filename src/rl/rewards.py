@@ -13,11 +13,13 @@ import math
 from collections.abc import Callable
 
 VIOLATION_SLOPE, VIOLATION_OFFSET = -100.0, -10.0  # Eq. 6's constants
+MAX_EXPONENT = 50.0  # Eq. 4's exponent is capped here: exp(w - w_b) overflows past ~710 WER points (and its square,
+                     # in the reward baseline's variance, past ~355); a scheme 50 points worse is useless either way
 
 
 def conservative_reward(wer: float, baseline_wer: float) -> float:
-    """Eq. 4: ``-exp(w - w_b)``."""
-    return -math.exp(wer - baseline_wer)
+    """Eq. 4: ``-exp(w - w_b)``, exact up to ``w - w_b = 50`` WER points (:data:`MAX_EXPONENT`), constant above."""
+    return -math.exp(min(wer - baseline_wer, MAX_EXPONENT))
 
 
 def aggressive_reward(wer: float, baseline_wer: float) -> float:
