@@ -31,10 +31,10 @@ def seed_metrics(cfg: DictConfig, trainer: L.Trainer, module: L.LightningModule,
     """With ``evaluate_seed``, the dev WER/CER of the model before training, as ``seed/wer/<split>``: the
     "before retraining" point of a fine-tuning run. Measured on a fresh start, kept in
     ``seed_metrics.json`` so that a resumed run reports it too."""
-    if not cfg.get("evaluate_seed"):
+    if not cfg.evaluate_seed:
         return {}
     path = Path(cfg.paths.output_dir) / "seed_metrics.json"
-    if cfg.get("ckpt_path"):
+    if cfg.ckpt_path:
         return json.loads(path.read_text()) if path.is_file() else {}
     trainer.validate(module, datamodule=datamodule, weights_only=False)
     seed = {f"seed/{k}": v for k, v in error_rates(trainer).items()}
@@ -46,14 +46,14 @@ def seed_metrics(cfg: DictConfig, trainer: L.Trainer, module: L.LightningModule,
 def measured_speedup(cfg: DictConfig, module: L.LightningModule, datamodule) -> dict[str, float]:
     """With ``measure_speedup.reference`` (a checkpoint, e.g. the dense baseline of a fine-tuned
     compressed model), batch-1 decoding latency of the trained model against it (:mod:`asr.latency`)."""
-    settings = cfg.get("measure_speedup")
-    if not settings or not settings.get("reference"):
+    settings = cfg.measure_speedup
+    if not settings.reference:
         return {}
     from asr.checkpoint import load_module
     from asr.latency import measure_against
 
     reference = load_module(settings.reference)
-    split = datamodule.test_split_names[0] if cfg.get("test") else datamodule.dev_split_names[0]
+    split = datamodule.test_split_names[0] if cfg.test else datamodule.dev_split_names[0]
     result = measure_against(module.model, reference.model, datamodule, split, module.assets.features.frame_shift_ms,
                              settings.utterances, settings.threads, settings.repeats)
     log.info("measured speed-up against %s: %.2fx", settings.reference, result["speedup/measured"])
@@ -68,7 +68,7 @@ def build_module(cfg: DictConfig, datamodule) -> L.LightningModule:
     callback loads the dense weights itself before compressing them.
     """
     module_factory = hydra.utils.instantiate(cfg.module, _partial_=True)
-    init_from = cfg.get("init_from")
+    init_from = cfg.init_from
     if not init_from:
         return module_factory(vocab_size=datamodule.tokenizer.vocab_size, input_size=datamodule.feature_cfg.n_mels,
                               assets=datamodule.assets())
@@ -112,10 +112,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
     seed = seed_metrics(cfg, trainer, module, datamodule)
     # our own checkpoints hold config containers (data module hyper-parameters), which torch.load's
     # weights_only mode refuses: resuming needs the full unpickler, as test() and load_module() use
-    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=False)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path, weights_only=False)
     metrics = error_rates(trainer)
     metrics.update(seed)
-    if cfg.get("test"):
+    if cfg.test:
         checkpoint = next((c for c in trainer.checkpoint_callbacks if c.monitor), None)  # best.ckpt's, not last's
         best = checkpoint.best_model_path if checkpoint is not None and checkpoint.best_model_path else None
         if best:  # the dev metrics of the model that is tested (callback_metrics hold the last epoch's)
@@ -126,7 +126,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         if best:
             metrics["best_checkpoint"] = best
     metrics.update(measured_speedup(cfg, module, datamodule))
-    summary = {"stage": cfg.get("stage"), "params": module.num_parameters(), "size_mb": round(module.size_mb(), 3),
+    summary = {"stage": cfg.stage, "params": module.num_parameters(), "size_mb": round(module.size_mb(), 3),
                **metrics}
     for callback in callbacks:  # e.g. the compression callback: provenance and estimated speed-ups
         if callable(getattr(callback, "summary", None)):
