@@ -42,7 +42,8 @@ def data_module(data_cfg: DictConfig) -> AsrDataModule:
 def eval_batches(data_cfg: DictConfig | AsrDataModule, split: str, max_utterances: int | None = None,
                  utt_ids: Sequence[str] | None = None) -> list[dict]:
     """Batches of ``split`` (all of it, or the utterances ``utt_ids``), held in memory; the first
-    ``max_utterances`` utterances only (whole batches, longest first) when given."""
+    ``max_utterances`` utterances only (whole batches, longest first) when given. Every process gets them all,
+    also under DDP (:meth:`AsrDataModule.eval_dataloader`): a split is decoded whole, once, by the rank that reports."""
     datamodule = data_cfg if isinstance(data_cfg, AsrDataModule) else data_module(data_cfg)
     batches, total = [], 0
     for batch in datamodule.eval_dataloader(split, utt_ids):

@@ -124,6 +124,10 @@ class BucketBatchSampler(Sampler[list[int]]):
         return len(self._batches())
 
 
+WHOLE = {"num_replicas": 1, "rank": 0}
+"""Sampler arguments of a loader that yields every batch on this process (no sharding across ranks)."""
+
+
 class AsrDataModule(L.LightningDataModule):
     """Any LibriSpeech-layout corpus as training, dev and test dataloaders.
 
@@ -241,11 +245,13 @@ class AsrDataModule(L.LightningDataModule):
             raise RuntimeError("call prepare_data() and setup() before assets()")
         return AsrAssets(self.tokenizer, self.cmvn, self.feature_cfg)
 
-    def _loader(self, split: str, train: bool) -> DataLoader:
+    def _loader(self, split: str, train: bool, whole: bool = False) -> DataLoader:
+        """``whole``: every batch of the split on this process, whatever the number of ranks (else each
+        rank takes its share, as Lightning's own validation and test loops expect)."""
         dataset = self.datasets[split]
         batch_size = self.hparams.batch_size if train else self.hparams.eval_batch_size
         sampler = BucketBatchSampler(dataset.lengths, batch_size, shuffle=train, seed=self.hparams.seed,
-                                     jitter=self.hparams.length_jitter)
+                                     jitter=self.hparams.length_jitter, **(WHOLE if whole else {}))
         return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=self.hparams.num_workers,
                           persistent_workers=self.hparams.num_workers > 0)
 
@@ -260,11 +266,15 @@ class AsrDataModule(L.LightningDataModule):
 
     def eval_dataloader(self, split: str, utt_ids: Sequence[str] | None = None) -> DataLoader:
         """The evaluation loader of any prepared split, or of the utterances ``utt_ids`` of it only
-        (the search's proxy sets); an id that is not in the split raises :class:`DataError`."""
+        (the search's proxy sets); an id that is not in the split raises :class:`DataError`.
+
+        It yields the whole split (or list) on every process, also under data parallelism: the stages that
+        decode with it (search reports, sensitivity, benchmarks) score every utterance once in one process,
+        so their WERs do not depend on the number of ranks."""
         if split not in self.datasets:
             raise DataError(f"split '{split}' is not one of the data module's splits {self.all_splits}")
         if utt_ids is None:
-            return self._loader(split, train=False)
+            return self._loader(split, train=False, whole=True)
         full = self.datasets[split]
         index = {u.utt_id: i for i, u in enumerate(full.utterances)}
         missing = [u for u in utt_ids if u not in index]
@@ -274,5 +284,5 @@ class AsrDataModule(L.LightningDataModule):
         subset = torch.utils.data.Subset(full, [index[u] for u in utt_ids])
         lengths = [full.lengths[index[u]] for u in utt_ids]
         sampler = BucketBatchSampler(lengths, self.hparams.eval_batch_size, shuffle=False, seed=self.hparams.seed,
-                                     jitter=self.hparams.length_jitter)
+                                     jitter=self.hparams.length_jitter, **WHOLE)
         return DataLoader(subset, batch_sampler=sampler, collate_fn=collate, num_workers=0)
