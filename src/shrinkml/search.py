@@ -4,11 +4,13 @@ Output directory (``output_dir``), every file enough to resume or reproduce:
 ``explored-rank<r>.jsonl`` (the explored set W, append-only), ``checkpoints/last.ckpt`` (controller,
 optimizer, reward baseline), ``best_scheme.json`` (the result, chosen on the whole dev split: the input of retraining),
 ``report.json`` / ``report.md`` (Table 1), ``explored.png`` (Fig. 4) and ``wall_time.json`` (the wall
-time of every attempt: a resumed search reports the total).
+time of every attempt: a resumed search reports the total). ``search=optuna_tpe`` adds ``study.db``, its Optuna
+study (:mod:`rl.optuna_search`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import random
@@ -81,12 +83,15 @@ def open_explored(out: Path, rank: int) -> ExploredSet:
     return ExploredSet(own, [p for p in sorted(out.glob("explored-rank*.jsonl")) if p != own])
 
 
+PROVENANCE = {"rl": "automl", "optuna_tpe": "optuna"}  # of a result scheme, by search.policy (others: random)
+
+
 class StaleSearchError(KnownError, RuntimeError):
     """The search state in ``output_dir`` was made from another baseline checkpoint."""
 
 
 STATE_FILES = ("explored-rank*.jsonl", "checkpoints", "best_scheme.json", "report.json", "report.md", "explored.png",
-               "wall_time.json")
+               "wall_time.json", "study.db")
 
 
 class SearchClock(L.Callback):
@@ -151,6 +156,33 @@ def guard_search_state(out: Path, ckpt: str | Path, on_stale: str) -> None:
     write_json_atomic(record, {"checkpoint": str(Path(ckpt).resolve()), "checkpoint_sha256": sha})
 
 
+def guard_study(out: Path, study_signature: dict, on_stale: str) -> None:
+    """``search=optuna_tpe``: an Optuna study in ``out`` made for another search space, a_t, reward or estimate
+    (or a file that is no study) is stale like state of another checkpoint (:func:`guard_search_state`): an
+    error, or with ``on_stale=restart`` the state moves into ``out/stale-study-<hash>/`` and the search starts
+    afresh."""
+    from rl.optuna_search import STUDY_FILE, StudyMismatchError, stored_signature
+
+    path = out / STUDY_FILE
+    try:
+        stored = stored_signature(path)
+        reason = None if stored in (None, study_signature) else ("holds a study of another search space, a_t, reward "
+                                                                 "or estimate")
+    except StudyMismatchError as err:
+        stored, reason = None, f"cannot be resumed ({err})"
+    if reason is None:
+        return
+    if on_stale == "error":
+        raise StaleSearchError(f"{path} {reason}: run with on_stale=restart to keep it aside and start afresh, or "
+                               "choose another output_dir")
+    digest = hashlib.sha1(json.dumps(stored, sort_keys=True).encode()).hexdigest()[:12] if stored else "unreadable"
+    aside = out / f"stale-study-{digest}"
+    aside.mkdir(parents=True, exist_ok=True)
+    for state in [p for pattern in STATE_FILES for p in out.glob(pattern)]:
+        state.rename(aside / state.name)
+    log.warning("search state of another search space or settings moved to %s; starting afresh", aside)
+
+
 def run_search(cfg: DictConfig) -> dict:
     """Run (or resume) the search of ``cfg`` and write its result and report; returns the report."""
     L.seed_everything(cfg.seed, workers=True)
@@ -167,6 +199,11 @@ def run_search(cfg: DictConfig) -> dict:
     search = cfg.search
     space = build_space(cfg, targets, cache, model)
     space.check_reachable(targets, search.target_speedup, cfg.by)
+    if search.policy == "optuna_tpe":
+        from rl.optuna_search import signature
+
+        study_signature = signature(space, search.target_speedup, search.reward, cfg.by)
+        guard_study(out, study_signature, cfg.on_stale)
     score = wer_scorer(module, proxy)
     decode_started = time.perf_counter()
     baseline_wer = score(model)
@@ -187,10 +224,18 @@ def run_search(cfg: DictConfig) -> dict:
     rank = trainer.global_rank
     explored = open_explored(out, rank)
     optimizer = hydra.utils.instantiate(search.optimizer, _partial_=True)
-    searcher = SearchModule(space, estimate, evaluate_ranks, baseline_wer, search.target_speedup, search.reward,
-                            explored, optimizer, search.baseline_decay, search.policy, cfg.seed,
-                            normalize_advantage=search.normalize_advantage, entropy_weight=search.entropy_weight,
-                            feasibility=search.feasibility)
+    if search.policy == "optuna_tpe":
+        from rl.optuna_search import STUDY_FILE, OptunaSearchModule
+
+        searcher = OptunaSearchModule(space, estimate, evaluate_ranks, baseline_wer, search.target_speedup,
+                                      search.reward, explored, out / STUDY_FILE, study_signature, optimizer, cfg.seed,
+                                      search.n_startup_trials, search.n_ei_candidates, search.multivariate,
+                                      search.feasible_draws, trainer.world_size)
+    else:
+        searcher = SearchModule(space, estimate, evaluate_ranks, baseline_wer, search.target_speedup, search.reward,
+                                explored, optimizer, search.baseline_decay, search.policy, cfg.seed,
+                                normalize_advantage=search.normalize_advantage, entropy_weight=search.entropy_weight,
+                                feasibility=search.feasibility)
     for logger in trainer.loggers:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
     last = out / "checkpoints" / "last.ckpt"
@@ -256,7 +301,7 @@ def finalize(cfg, module, targets, cache, datamodule, explored: ExploredSet, bas
                                    score(apply_scheme(model, point, targets, cache))))
     candidates = []
     for rank_in_search, point in enumerate(explored.best(a_t, cfg.report.top_k), start=1):
-        scheme = Scheme.build(targets, point["ranks"], "automl" if search.policy == "rl" else "random")
+        scheme = Scheme.build(targets, point["ranks"], PROVENANCE.get(search.policy, "random"))
         wers = split_wers(apply_scheme(model, scheme, targets, cache))
         row = {"model": f"{search.policy} #{rank_in_search}", "speedup/params": scheme.estimates["speedup/params"],
                "proxy_wer": point["wer"], "found_at_step": point["step"], **wers, "selected": ""}
@@ -269,6 +314,8 @@ def finalize(cfg, module, targets, cache, datamodule, explored: ExploredSet, bas
                "mean_step_seconds": mean(searcher.step_seconds),
                "mean_evaluated_step_seconds": mean(searcher.evaluated_step_seconds),
                "proxy_decode_seconds": round(proxy_decode_seconds, 3)}
+    if hasattr(searcher, "study_summary"):  # search=optuna_tpe: its study's trial counts and decodes
+        summary.update(searcher.study_summary())
     if summary["mean_evaluated_step_seconds"] is not None:  # criterion: an evaluated step costs <= 1.2 decodes
         summary["evaluated_step_cost_in_decodes"] = summary["mean_evaluated_step_seconds"] / proxy_decode_seconds
     if not candidates:

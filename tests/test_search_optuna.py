@@ -1,0 +1,190 @@
+"""``search=optuna_tpe``: Optuna TPE over the search space as a peer of the RL search. A toy space (no speech)
+checks the budget, the free infeasible trials and resuming from the study database after a kill; the tiny
+corpus checks the whole stage (report, result chosen on dev, resume) and the stale-study guard."""
+
+from __future__ import annotations
+
+import json
+
+import lightning as L
+import optuna
+import pytest
+import torch
+from asr_helpers import CONF_DIR, VOCAB, corpus_copy_for_runs, hydra_job, one_thread, shared_dir, trained_run
+from hydra import compose, initialize_config_dir
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+from rl.explored import ExploredSet
+from rl.optuna_search import STUDY_FILE, OptunaSearchModule, signature, storage_url
+from rl.space import SearchSpace
+from shrinkml.search import StaleSearchError, guard_study, run_search
+
+SPACE = SearchSpace(["a", "b", "c"], [[1, 2, 3, 4]] * 3)
+A_T = 1.0
+
+
+def estimate(ranks: dict) -> float:
+    return 7.0 / sum(ranks.values())  # meets a_t = 1 when the ranks sum to 7 or less: half of the 64 schemes
+
+
+class Killed(RuntimeError):
+    pass
+
+
+class Decoder:
+    """The toy proxy WER (lower for larger ranks), counting decodes; ``kill_at``: raise on that decode."""
+
+    def __init__(self, kill_at: int | None = None):
+        self.decoded: list[dict] = []
+        self.kill_at = kill_at
+
+    def __call__(self, ranks: dict) -> float:
+        assert estimate(ranks) >= A_T, "an infeasible scheme was decoded"
+        if self.kill_at is not None and len(self.decoded) + 1 == self.kill_at:
+            self.kill_at = None
+            raise Killed
+        self.decoded.append(dict(ranks))
+        return 50.0 - 3.0 * sum(ranks.values()) + 0.1 * ranks["a"]
+
+
+def toy_search(out, steps: int, decoder: Decoder, **kwargs) -> OptunaSearchModule:
+    """Run (or resume) ``steps`` search steps in ``out`` under a real Trainer, as run_search does."""
+    explored = ExploredSet(out / "explored-rank0.jsonl")
+    module = OptunaSearchModule(SPACE, estimate, decoder, 20.0, A_T, "aggressive", explored, out / STUDY_FILE,
+                                signature(SPACE, A_T, "aggressive", "params"),
+                                lambda params: torch.optim.Adam(params), seed=3, n_startup_trials=3, **kwargs)
+    trainer = L.Trainer(max_steps=steps, accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, max_epochs=-1, num_sanity_val_steps=0,
+                        callbacks=[ModelCheckpoint(dirpath=out / "checkpoints", save_last=True, save_top_k=0,
+                                                   every_n_train_steps=1)])
+    last = out / "checkpoints" / "last.ckpt"
+    trainer.fit(module, train_dataloaders=torch.utils.data.DataLoader(list(range(steps)), batch_size=None),
+                ckpt_path=str(last) if last.is_file() else None, weights_only=False)
+    return module
+
+
+def trials(out) -> list[optuna.trial.FrozenTrial]:
+    return optuna.load_study(study_name="search", storage=storage_url(out / STUDY_FILE)).get_trials()
+
+
+def test_infeasible_trials_cost_no_decode_and_steps_bound_decodes(tmp_path):
+    decoder = Decoder()
+    module = toy_search(tmp_path, 8, decoder)
+    done = trials(tmp_path)
+    infeasible = [t for t in done if t.constraints["speedup_short"] > 0]
+    feasible = [t for t in done if t.constraints["speedup_short"] <= 0]
+    assert infeasible, "half of the space is infeasible: some trials must have been"
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in done)
+    assert all(t.value < -10 for t in infeasible)  # Eq. 6, the RL search's reward below a_t
+    assert len(feasible) == 8  # one feasible trial per step: the infeasible ones do not count
+    points = list(ExploredSet(tmp_path / "explored-rank0.jsonl"))
+    assert len(decoder.decoded) == len(points) == module.counts["evaluated"] <= 8  # a revisit decodes nothing
+    assert [p["ranks"] for p in points] == decoder.decoded
+    assert all(p["policy"] == "optuna_tpe" and p["speedup"] >= A_T for p in points)
+    assert module.study_summary() == {"trials": len(done), "infeasible_trials": len(infeasible),
+                                      "decodes": len(decoder.decoded)}
+
+
+def test_a_killed_search_resumes_from_the_database_without_redecoding(tmp_path):
+    whole = Decoder()
+    toy_search(tmp_path / "whole", 6, whole)
+    killed = Decoder(kill_at=3)
+    with pytest.raises(Killed):
+        toy_search(tmp_path / "killed", 6, killed)
+    before = trials(tmp_path / "killed")
+    assert before[-1].state == optuna.trial.TrialState.RUNNING  # asked, never told
+    resumed = Decoder()
+    toy_search(tmp_path / "killed", 6, resumed)
+    assert not [r for r in resumed.decoded if r in killed.decoded]  # nothing decoded twice
+    after = trials(tmp_path / "killed")
+    assert [(t.params, t.value) for t in after[: len(before) - 1]] == [(t.params, t.value) for t in before[:-1]]
+    assert after[len(before) - 1].params == before[-1].params  # the trial left running is finished, not redrawn
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in after)
+    # the study's history is the same as an uninterrupted search's: the same trials, the same decodes
+    assert [t.params for t in after] == [t.params for t in trials(tmp_path / "whole")]
+    assert killed.decoded + resumed.decoded == whole.decoded
+
+
+def test_a_kill_between_decode_and_tell_reuses_the_explored_point(tmp_path, monkeypatch):
+    tell = optuna.Study.tell
+    calls = {"feasible": 0}
+
+    def flaky_tell(study, trial, values=None, **kwargs):
+        if values is not None and values > -10:  # a WER reward: the scheme was decoded and stored
+            calls["feasible"] += 1
+            if calls["feasible"] == 2:
+                raise Killed
+        return tell(study, trial, values, **kwargs)
+
+    monkeypatch.setattr(optuna.Study, "tell", flaky_tell)
+    first = Decoder()
+    with pytest.raises(Killed):
+        toy_search(tmp_path, 4, first)
+    monkeypatch.setattr(optuna.Study, "tell", tell)
+    second = Decoder()
+    toy_search(tmp_path, 4, second)
+    assert first.decoded and not [r for r in second.decoded if r in first.decoded]
+    done = trials(tmp_path)
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in done)
+    assert sum(t.constraints["speedup_short"] <= 0 for t in done) == 4
+
+
+def test_a_study_of_another_search_is_set_aside(tmp_path):
+    toy_search(tmp_path, 2, Decoder())
+    mine = signature(SPACE, A_T, "aggressive", "params")
+    guard_study(tmp_path, mine, "error")  # the same search: resumed as it is
+    other = signature(SearchSpace(["a", "b", "c"], [[1, 2, 3, 5]] * 3), A_T, "aggressive", "params")  # same shape
+    with pytest.raises(StaleSearchError, match="another search space.*on_stale=restart"):
+        guard_study(tmp_path, other, "error")
+    with pytest.raises(StaleSearchError, match="on_stale=restart"):
+        guard_study(tmp_path, signature(SPACE, 1.5, "aggressive", "params"), "error")  # another a_t
+    guard_study(tmp_path, other, "restart")
+    assert not (tmp_path / STUDY_FILE).exists() and not (tmp_path / "explored-rank0.jsonl").exists()
+    aside = list(tmp_path.glob(f"stale-study-*/{STUDY_FILE}"))
+    assert len(aside) == 1 and (aside[0].parent / "explored-rank0.jsonl").is_file()  # nothing lost
+    (tmp_path / STUDY_FILE).write_text("not a database")
+    with pytest.raises(StaleSearchError, match="not an Optuna study database"):
+        guard_study(tmp_path, mine, "error")
+    guard_study(tmp_path, mine, "restart")
+    assert (tmp_path / "stale-study-unreadable" / STUDY_FILE).read_text() == "not a database"
+
+
+# -- the stage on the tiny corpus ---------------------------------------------------------------------------
+def search_config(base, corpus, checkpoint, output_dir, *extra):
+    overrides = [f"paths.root_dir={base}", f"data.root={corpus}", f"data.cache_dir={base / 'features'}",
+                 f"data.tokenizer.vocab_size={VOCAB}", f"data.tokenizer.dir={base / 'tokenizer'}",
+                 "data.feature_jobs=1", "data.progress=false", "logger=csv", "search=optuna_tpe",
+                 f"ckpt={checkpoint}", f"sensitivity_table={base / 'no-table.json'}", f"output_dir={output_dir}",
+                 "search.space.kind=uniform", "search.space.options=4", "search.target_speedup=1.5",
+                 "search.n_startup_trials=2", "report.curve_speedups=[1.5]", "trainer.enable_progress_bar=false",
+                 "proxy=random", "proxy_size=6", *extra]
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose("search", overrides=overrides, return_hydra_config=True)
+
+
+def test_optuna_search_reports_chooses_on_dev_and_resumes(tiny_corpus, tmp_path_factory):
+    base = shared_dir(tmp_path_factory)
+    run_dir, _ = trained_run(tiny_corpus, base)
+    corpus = corpus_copy_for_runs(tiny_corpus, base)
+    checkpoint = run_dir / "checkpoints" / "last.ckpt"
+    out = base / "search_optuna"
+    with one_thread():
+        with hydra_job(search_config(base, corpus, checkpoint, out, "search.steps=2"), out) as task:
+            first = run_search(task)
+        points = [json.loads(line) for line in (out / "explored-rank0.jsonl").open()]
+        first_trials = trials(out)
+        with hydra_job(search_config(base, corpus, checkpoint, out, "search.steps=3"), out) as task:
+            report = run_search(task)
+    summary = report["summary"]
+    assert first["summary"]["steps"] == 2 and summary["steps"] == 3
+    assert points and all(p["policy"] == "optuna_tpe" for p in points)
+    again = [json.loads(line) for line in (out / "explored-rank0.jsonl").open()]
+    assert again[: len(points)] == points and len(again) <= 3  # kept, at most one decode per step
+    assert [t.params for t in trials(out)[: len(first_trials)]] == [t.params for t in first_trials]
+    assert summary["trials"] == len(trials(out)) and summary["decodes"] <= 3
+    rows = [r for r in report["rows"] if r["model"].startswith("optuna_tpe #")]
+    assert rows and [r["selected"] for r in rows].count("on dev") == 1
+    chosen = json.loads((out / "best_scheme.json").read_text())
+    assert chosen["provenance"] == "optuna" and chosen["meta"]["selected_on"] == "dev"
+    assert chosen["metrics"]["wer/dev"] == min(r["wer/dev"] for r in rows)
+    assert (out / "explored.png").is_file() and "| baseline |" in (out / "report.md").read_text()
