@@ -91,7 +91,7 @@ class StaleSearchError(KnownError, RuntimeError):
 
 
 STATE_FILES = ("explored-rank*.jsonl", "checkpoints", "best_scheme.json", "report.json", "report.md", "explored.png",
-               "wall_time.json", "study.db")
+               "wall_time.json", "study.db*")
 
 
 class SearchClock(L.Callback):
