@@ -5,7 +5,8 @@ Output directory (``output_dir``), every file enough to resume or reproduce:
 optimizer, reward baseline), ``best_scheme.json`` (the result, chosen on the whole dev split: the input of retraining),
 ``report.json`` / ``report.md`` (Table 1), ``explored.png`` (Fig. 4) and ``wall_time.json`` (the wall
 time of every attempt: a resumed search reports the total). ``search=optuna_tpe`` adds ``study.db``, its Optuna
-study (:mod:`rl.optuna_search`).
+study (:mod:`rl.optuna_search`); ``search=greedy`` adds ``greedy_curves.json``, its decoded single-target curves
+(:mod:`rl.greedy_search`).
 """
 
 from __future__ import annotations
@@ -83,7 +84,8 @@ def open_explored(out: Path, rank: int) -> ExploredSet:
     return ExploredSet(own, [p for p in sorted(out.glob("explored-rank*.jsonl")) if p != own])
 
 
-PROVENANCE = {"rl": "automl", "optuna_tpe": "optuna"}  # of a result scheme, by search.policy (others: random)
+# of a result scheme, by search.policy (others: random)
+PROVENANCE = {"rl": "automl", "optuna_tpe": "optuna", "greedy": "greedy"}
 
 
 class StaleSearchError(KnownError, RuntimeError):
@@ -91,7 +93,7 @@ class StaleSearchError(KnownError, RuntimeError):
 
 
 STATE_FILES = ("explored-rank*.jsonl", "checkpoints", "best_scheme.json", "report.json", "report.md", "explored.png",
-               "wall_time.json", "study.db*")
+               "wall_time.json", "study.db*", "greedy_curves.json")
 
 
 class SearchClock(L.Callback):
@@ -183,6 +185,26 @@ def guard_study(out: Path, study_signature: dict, on_stale: str) -> None:
     log.warning("search state of another search space or settings moved to %s; starting afresh", aside)
 
 
+def guard_curves(out: Path, baseline_wer: float, on_stale: str) -> None:
+    """``search=greedy``: curves decoded on another proxy set (another baseline proxy WER), or a file that is no
+    curves file, are stale like state of another checkpoint: an error, or with ``on_stale=restart`` the state
+    moves into ``out/stale-curves-<date-time>/`` and the search starts afresh."""
+    from rl.greedy_search import CURVES_FILE, CurvesMismatchError, read_points
+
+    try:
+        read_points(out / CURVES_FILE, baseline_wer)
+        return
+    except CurvesMismatchError as err:
+        if on_stale == "error":
+            raise StaleSearchError(f"{err}: run with on_stale=restart to keep it aside and start afresh, or choose "
+                                   "another output_dir") from err
+    aside = out / f"stale-curves-{time.strftime('%Y%m%d-%H%M%S')}"
+    aside.mkdir(parents=True, exist_ok=True)
+    for state in [p for pattern in STATE_FILES for p in out.glob(pattern)]:
+        state.rename(aside / state.name)
+    log.warning("greedy curves of another proxy set moved to %s with the other search state; starting afresh", aside)
+
+
 def run_search(cfg: DictConfig) -> dict:
     """Run (or resume) the search of ``cfg`` and write its result and report; returns the report."""
     L.seed_everything(cfg.seed, workers=True)
@@ -208,6 +230,8 @@ def run_search(cfg: DictConfig) -> dict:
     decode_started = time.perf_counter()
     baseline_wer = score(model)
     proxy_decode_seconds = time.perf_counter() - decode_started
+    if search.policy == "greedy":
+        guard_curves(out, baseline_wer, cfg.on_stale)
     log.info("proxy set: %d utterances, baseline WER %.2f; search space %d x %d", sum(len(b["utt_ids"]) for b in proxy),
              baseline_wer, *space.shape)
 
@@ -224,7 +248,19 @@ def run_search(cfg: DictConfig) -> dict:
     rank = trainer.global_rank
     explored = open_explored(out, rank)
     optimizer = hydra.utils.instantiate(search.optimizer, _partial_=True)
-    if search.policy == "optuna_tpe":
+    if search.policy == "greedy":
+        from rl.greedy_search import CURVES_FILE, GreedySearch
+
+        def on_decode(metrics: dict, step: int) -> None:
+            for logger in trainer.loggers:
+                logger.log_metrics(metrics, step=step)
+            clock.save()
+
+        table = load_table(cfg.sensitivity_table) if Path(cfg.sensitivity_table).is_file() else None
+        searcher = GreedySearch(space, estimate, evaluate_ranks, baseline_wer, search.target_speedup, search.reward,
+                                explored, out / CURVES_FILE, table, search.curves, search.monotonic, search.steps,
+                                on_decode)
+    elif search.policy == "optuna_tpe":
         from rl.optuna_search import STUDY_FILE, OptunaSearchModule
 
         searcher = OptunaSearchModule(space, estimate, evaluate_ranks, baseline_wer, search.target_speedup,
@@ -240,7 +276,11 @@ def run_search(cfg: DictConfig) -> dict:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
     last = out / "checkpoints" / "last.ckpt"
     steps = torch.utils.data.DataLoader(list(range(search.steps)), batch_size=None)
-    trainer.fit(searcher, train_dataloaders=steps, ckpt_path=str(last) if last.is_file() else None, weights_only=False)
+    if search.policy == "greedy":  # one process, no training: the curves file and W are its state
+        searcher.run()
+    else:
+        trainer.fit(searcher, train_dataloaders=steps, ckpt_path=str(last) if last.is_file() else None,
+                    weights_only=False)
     if rank != 0:
         return {}
     explored = open_explored(out, 0)
