@@ -10,7 +10,7 @@ import hydra
 import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
-from common.atomic import write_json_atomic, write_text_atomic  # noqa: F401 - write_text_atomic: shrinkml.compare
+from common.atomic import write_json_atomic
 
 log = logging.getLogger(__name__)
 

@@ -32,7 +32,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from asr.train import write_text_atomic
+from common.atomic import write_text_atomic
 from compress.figures import pyplot, save_figure
 
 STAGE_ORDER = ("baseline", "search", "manual", "retrain", "quantize")
