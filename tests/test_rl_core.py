@@ -285,6 +285,33 @@ def test_entropy_bonus_raises_the_policy_entropy():
     assert entropy() > before + 0.1
 
 
+@pytest.mark.parametrize("shape", [(1024, 512), (500, 256), (4096, 2048)])
+@pytest.mark.parametrize("spacing", ["linear", "geometric"])
+def test_top_option_is_dense_when_the_break_even_rank_is_no_integer(shape, spacing):
+    """1024x512 breaks even at rank 341.3: rounded down it still pays (speed-up 1.001), yet the row's top option
+    must be `full` (leave dense), in the uniform and the sensitivity space alike."""
+    from compress.targets import Target
+
+    m, n = shape
+    assert m * n % (m + n) and pays_at(shape, round(m * n / (m + n)))  # the case: rounding down still pays
+    target = Target("w", "linear", (m, n))
+    assert uniform_space([target], options=6, min_fraction=0.1, spacing=spacing).options[0][-1] == FULL
+    torch.manual_seed(0)
+    weight = torch.randn(m // 8, n // 8) if m > 1024 else torch.randn(m, n)
+    small = Target("w", "linear", tuple(weight.shape)) if m > 1024 else target
+    spectra = {"w": SvdCache().get("w", weight)}
+    for delta in (0.5, 50.0):  # tolerant everywhere (uniform range) and tolerant only while dense
+        rows = [{"target": "w", "energy": e, "delta": delta} for e in (0.5, 0.9)]
+        row = sensitivity_space([small], spectra, {"rows": rows}, options=4, max_delta=2.0, spacing=spacing).options[0]
+        assert row[-1] == FULL
+    assert estimate_speedup([target], {"w": FULL}) == 1.0
+
+
+def pays_at(shape, rank) -> bool:
+    m, n = shape
+    return rank * (m + n) < m * n
+
+
 def test_geometric_spacing_spreads_options_evenly_in_speedup():
     targets = discover_targets(nn.Sequential(nn.Linear(400, 600)))
     row = uniform_space(targets, options=5, min_fraction=0.1, spacing="geometric").options[0]

@@ -9,7 +9,8 @@ to fill it:
   sensitivity table (Fig. 2): its smallest option is its rank at the lowest energy at which
   factorizing it alone raised WER by at most ``max_delta``.
 
-An option whose rank does not pay (``k (m + n) >= m n``) means "leave dense" (:data:`compress.cost.FULL`).
+The last option of every row is its break-even rank, which means "leave dense" (:data:`compress.cost.FULL`),
+as does any option whose rank does not pay (``k (m + n) >= m n``).
 """
 
 from __future__ import annotations
@@ -88,6 +89,14 @@ def _option(target: Target, rank: int) -> int | str:
     return rank if pays(target.shape, rank) else FULL
 
 
+def _row(target: Target, ranks: Sequence[float]) -> list[int | str]:
+    """A target's options from spaced ranks whose last value is its break-even rank ``m n / (m + n)``: that last
+    option is ``full`` (dense), whatever the rounding. The break-even rank is rarely an integer, and rounded
+    down it still pays (1024x512: rank 341 of 341.3, a lossy factorization at speed-up 1.001), which would leave
+    the row without a dense option."""
+    return [_option(target, round(r)) for r in ranks[:-1]] + [FULL]
+
+
 SPACINGS = ("linear", "geometric")
 
 
@@ -113,7 +122,7 @@ def uniform_space(targets: Sequence[Target], options: int = 8, min_fraction: flo
         m, n = target.shape
         break_even = m * n / (m + n)
         ranks = spaced(break_even * min_fraction, break_even, options, spacing)
-        rows.append([_option(target, round(r)) for r in ranks])
+        rows.append(_row(target, ranks))
     return SearchSpace([t.name for t in targets], rows)
 
 
@@ -146,5 +155,5 @@ def sensitivity_space(targets: Sequence[Target], spectra: Mapping[str, Spectrum]
         else:
             energy = min(fine) if fine else max(r["energy"] for r in measured)
             lowest = min(spectra[target.name].rank_for_energy(energy, target.name), break_even)
-        rows.append([_option(target, round(r)) for r in spaced(max(lowest, 1.0), break_even, options, spacing)])
+        rows.append(_row(target, spaced(max(lowest, 1.0), break_even, options, spacing)))
     return SearchSpace([t.name for t in targets], rows)
