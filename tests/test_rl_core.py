@@ -248,6 +248,17 @@ def test_random_feasible_policy_meets_the_target_at_every_step_and_does_not_lear
     assert all(torch.equal(reference[k], v) for k, v in module.controller.state_dict().items())
 
 
+def test_max_decodes_stops_the_search_at_that_many_decoded_schemes(tmp_path):
+    module, explored, wer = fit_search(tmp_path, steps=60, policy="random_feasible", max_decodes=7)
+    assert len(explored) == len(wer.calls) == 7 and module.global_step < 60
+    resumed, explored, wer = fit_search(tmp_path, steps=60, policy="random_feasible", max_decodes=7, resume=True)
+    assert wer.calls == [] and len(explored) == 7  # a resumed search with its budget spent decodes nothing
+    more, explored, wer = fit_search(tmp_path, steps=60, policy="random_feasible", max_decodes=12, resume=True)
+    assert len(explored) == 12 and len(wer.calls) == 5
+    with pytest.raises(ValueError, match="max_decodes"):
+        fit_search(tmp_path / "bad", steps=5, max_decodes=0)
+
+
 def test_interrupted_search_resumes_without_losing_or_repeating_points(tmp_path):
     torch.manual_seed(0)  # the controller's initial weights, the same for the uninterrupted run below
     _, first_explored, first_wer = fit_search(tmp_path, steps=10)

@@ -111,10 +111,10 @@ class OptunaSearchModule(SearchModule):
                  baseline_wer: float, target_speedup: float, reward: str, explored: ExploredSet,
                  storage: str | Path, study_signature: dict, optimizer: Callable | None = None, seed: int = 0,
                  n_startup_trials: int = 10, n_ei_candidates: int = 24, multivariate: bool = True,
-                 feasible_draws: int = 100, world_size: int = 1):
+                 feasible_draws: int = 100, world_size: int = 1, max_decodes: int | None = None):
         # the random policy of SearchModule: no controller updates; the sampling is overridden below
         super().__init__(space, estimate, evaluate, baseline_wer, target_speedup, reward, explored, optimizer,
-                         baseline_decay=None, policy="random", seed=seed)
+                         baseline_decay=None, policy="random", seed=seed, max_decodes=max_decodes)
         if feasible_draws < 1 or n_startup_trials < 0 or n_ei_candidates < 1:
             raise ValueError(f"search.feasible_draws ({feasible_draws}) and search.n_ei_candidates "
                              f"({n_ei_candidates}) must be >= 1, search.n_startup_trials ({n_startup_trials}) >= 0")

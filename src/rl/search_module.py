@@ -61,14 +61,21 @@ class SearchModule(L.LightningModule):
             WER reward). With Eq. 6 the penalties (tens to hundreds) set the advantage's scale, the WER
             differences between accepted schemes (Eq. 5: about -4 to -5) hardly move the policy, and it
             learns mostly to stay clear of the target, over-compressing (README "Search").
+        max_decodes: stop once the explored set holds this many schemes (a budget in decodes, the cost that
+            matters, rather than in steps; None: ``search.steps`` alone). A resumed search that already has them
+            runs no step. Under DDP each rank counts its own and the files it opened with.
     """
 
     def __init__(self, space: SearchSpace, estimate: Callable[[dict], float], evaluate: Callable[[dict], float],
                  baseline_wer: float, target_speedup: float, reward: str, explored: ExploredSet,
                  optimizer: Callable | None = None, baseline_decay: float | None = 0.9, policy: str = "rl",
                  seed: int = 0, controller_input_size: int = 100, controller_hidden_size: int = 100,
-                 normalize_advantage: bool = False, entropy_weight: float = 0.0, feasibility: str = "penalty"):
+                 normalize_advantage: bool = False, entropy_weight: float = 0.0, feasibility: str = "penalty",
+                 max_decodes: int | None = None):
         super().__init__()
+        if max_decodes is not None and max_decodes < 1:
+            raise ValueError(f"search.max_decodes must be >= 1 or null (no limit), got {max_decodes}")
+        self.max_decodes = max_decodes
         if policy not in POLICIES:
             raise ValueError(f"search.policy must be one of {POLICIES}, got {policy!r}")
         if target_speedup < 1.0:
@@ -97,6 +104,16 @@ class SearchModule(L.LightningModule):
         """The controller's mask under ``feasibility=mask``: target ``i``'s options ``(d,)`` that keep
         ``a_t`` reachable after the choices ``earlier``."""
         return torch.tensor(self.space.completable(i, earlier, self.estimate, self.target_speedup))
+
+    def decode_budget_spent(self) -> bool:
+        return self.max_decodes is not None and len(self.explored) >= self.max_decodes
+
+    def on_train_batch_start(self, batch, batch_idx):
+        if self.decode_budget_spent():
+            log.info("search.max_decodes=%d reached: the search stops", self.max_decodes)
+            self.trainer.should_stop = True
+            return -1  # Lightning: skip the rest of the epoch; should_stop ends the fit
+        return None
 
     def training_step(self, batch, batch_idx):
         started = time.perf_counter()

@@ -266,12 +266,12 @@ def run_search(cfg: DictConfig) -> dict:
         searcher = OptunaSearchModule(space, estimate, evaluate_ranks, baseline_wer, search.target_speedup,
                                       search.reward, explored, out / STUDY_FILE, study_signature, optimizer, cfg.seed,
                                       search.n_startup_trials, search.n_ei_candidates, search.multivariate,
-                                      search.feasible_draws, trainer.world_size)
+                                      search.feasible_draws, trainer.world_size, search.max_decodes)
     else:
         searcher = SearchModule(space, estimate, evaluate_ranks, baseline_wer, search.target_speedup, search.reward,
                                 explored, optimizer, search.baseline_decay, search.policy, cfg.seed,
                                 normalize_advantage=search.normalize_advantage, entropy_weight=search.entropy_weight,
-                                feasibility=search.feasibility)
+                                feasibility=search.feasibility, max_decodes=search.max_decodes)
     for logger in trainer.loggers:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
     last = out / "checkpoints" / "last.ckpt"
