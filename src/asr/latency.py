@@ -4,17 +4,28 @@ Every model decodes the same utterances one at a time (batch 1, the on-device ca
 hard-attention decoding, on a fixed number of threads; latency is the real-time factor (decode
 seconds per audio second). ``benchmarks/measured_speedup.py`` splits the same into encoder,
 attention and decoder with streaming chunks; this is the end-to-end number per stage.
+
+Timing is alternating (:func:`alternate`): after a warm-up, each repeat times one pass of every model
+over the utterances, in an order that rotates between repeats (:func:`rotation`), so that load from
+other processes and slow drifts of it hit every model alike. A model's speed-up is the median over
+repeats of the per-repeat ratio ``reference seconds / model seconds`` (two passes of the same repeat,
+close in time, so a drift common to both cancels), and its spread is the lowest and highest of those
+ratios (:func:`ratio_summary`).
 """
 
 from __future__ import annotations
 
+import statistics
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import TypeVar
 
 import torch
 from torch import nn
 
 from asr.data.datamodule import AsrDataModule
+
+T = TypeVar("T")
 
 
 def single_utterances(batches: Sequence[dict], count: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -29,45 +40,112 @@ def single_utterances(batches: Sequence[dict], count: int) -> list[tuple[torch.T
     return items
 
 
-@torch.no_grad()
-def real_time_factor(model: nn.Module, utterances: Sequence[tuple[torch.Tensor, torch.Tensor]],
-                     frame_shift_ms: float, repeats: int = 1) -> float:
-    """Decode seconds per audio second of ``model.decode`` (greedy) over ``utterances``; the best of
-    ``repeats`` passes after one warm-up utterance (the first call builds caches and extensions)."""
-    if not utterances:
-        raise ValueError("latency needs at least one utterance")
-    model.eval()
-    model.decode(*utterances[0], 0)
-    audio = sum(float(lengths.sum()) for _, lengths in utterances) * frame_shift_ms / 1000.0
-    best = float("inf")
-    for _ in range(max(1, repeats)):
+def rotation(names: Sequence[str], repeat: int) -> list[str]:
+    """The order of ``names`` in repeat ``repeat``: as given in repeat 0, then started one name later each
+    repeat (``a b c``, ``b c a``, ``c a b``, ``a b c``, ...), so no model is always timed first or last."""
+    if not names:
+        return []
+    shift = repeat % len(names)
+    return [*names[shift:], *names[:shift]]
+
+
+def alternate(runs: Mapping[str, Callable[[], T]], repeats: int, warmup: int = 0) -> dict[str, list[T]]:
+    """``{name: [result of repeat 0, repeat 1, ...]}``: every run called ``warmup`` times (results dropped),
+    then once per repeat, all runs in :func:`rotation` order within each repeat (warm-up in that order too)."""
+    if repeats < 1:
+        raise ValueError(f"repeats={repeats}: timing needs at least one repeat")
+    names = list(runs)
+    for i in range(warmup):
+        for name in rotation(names, i):
+            runs[name]()
+    results: dict[str, list[T]] = {name: [] for name in names}
+    for repeat in range(repeats):
+        for name in rotation(names, repeat):
+            results[name].append(runs[name]())
+    return results
+
+
+def spread(values: Sequence[float]) -> tuple[float, float]:
+    """``(lowest, highest)`` of ``values``."""
+    return min(values), max(values)
+
+
+def ratio_summary(reference: Sequence[float], values: Sequence[float]) -> dict[str, float | tuple[float, float]]:
+    """The per-repeat ratios ``reference[r] / values[r]`` (seconds of the same repeat: a speed-up) as
+    ``{"median": ..., "spread": (lowest, highest), "ratios": [...]}``."""
+    if len(reference) != len(values) or not values:
+        raise ValueError(f"ratio_summary needs one reference timing per timing ({len(reference)} and {len(values)})")
+    ratios = [ref / value for ref, value in zip(reference, values, strict=True)]
+    return {"median": statistics.median(ratios), "spread": spread(ratios), "ratios": ratios}
+
+
+def _pass(model: nn.Module, utterances: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> Callable[[], float]:
+    def timed() -> float:
         start = time.perf_counter()
         for features, lengths in utterances:
             model.decode(features, lengths, 0)
-        best = min(best, time.perf_counter() - start)
-    return best / audio
+        return time.perf_counter() - start
+
+    return timed
 
 
+def _audio_seconds(utterances: Sequence[tuple[torch.Tensor, torch.Tensor]], frame_shift_ms: float) -> float:
+    if not utterances:
+        raise ValueError("latency needs at least one utterance")
+    return sum(float(lengths.sum()) for _, lengths in utterances) * frame_shift_ms / 1000.0
+
+
+@torch.no_grad()
+def real_time_factor(model: nn.Module, utterances: Sequence[tuple[torch.Tensor, torch.Tensor]],
+                     frame_shift_ms: float, repeats: int = 1) -> float:
+    """Decode seconds per audio second of ``model.decode`` (greedy) over ``utterances``: the median of
+    ``repeats`` passes after one warm-up utterance (the first call builds caches and extensions)."""
+    audio = _audio_seconds(utterances, frame_shift_ms)
+    model.eval()
+    model.decode(*utterances[0], 0)
+    return statistics.median(alternate({"model": _pass(model, utterances)}, repeats)["model"]) / audio
+
+
+@torch.no_grad()
 def measured_speedups(models: Mapping[str, nn.Module], reference: str, utterances: Sequence, frame_shift_ms: float,
-                      threads: int = 1, repeats: int = 2) -> dict[str, dict[str, float]]:
-    """``{name: {"rtf": ..., "speedup": rtf(reference) / rtf(name)}}`` for every model, measured one
-    model after the other on ``threads`` threads (restored afterwards)."""
+                      threads: int, repeats: int) -> dict[str, dict]:
+    """``{name: {"rtf", "speedup", "speedup_spread", "rtf_spread"}}`` for every model, timed alternating on
+    ``threads`` threads (restored afterwards): one warm-up utterance per model in turn, then ``repeats``
+    passes of every model over ``utterances`` in rotating order (:func:`alternate`).
+
+    ``rtf``: the median over repeats of the model's real-time factor; ``speedup``: the median over repeats of
+    ``reference pass seconds / model pass seconds`` of the same repeat; ``speedup_spread`` and ``rtf_spread``:
+    ``(lowest, highest)`` of those per-repeat values (the reference's own speed-up is 1 with spread (1, 1))."""
+    if reference not in models:
+        raise ValueError(f"reference {reference!r} is not one of the timed models {list(models)}")
+    audio = _audio_seconds(utterances, frame_shift_ms)
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        rtf = {name: real_time_factor(model, utterances, frame_shift_ms, repeats) for name, model in models.items()}
+        for name in models:
+            models[name].eval()
+            models[name].decode(*utterances[0], 0)  # the first call builds caches and extensions
+        seconds = alternate({name: _pass(model, utterances) for name, model in models.items()}, repeats)
     finally:
         torch.set_num_threads(previous)
-    return {name: {"rtf": value, "speedup": rtf[reference] / value} for name, value in rtf.items()}
+    out = {}
+    for name, passes in seconds.items():
+        ratio = ratio_summary(seconds[reference], passes)
+        rtfs = [s / audio for s in passes]
+        out[name] = {"rtf": statistics.median(rtfs), "speedup": ratio["median"], "speedup_spread": ratio["spread"],
+                     "rtf_spread": spread(rtfs)}
+    return out
 
 
 def measure_against(module_model: nn.Module, reference_model: nn.Module, datamodule: AsrDataModule, split: str,
-                    frame_shift_ms: float, utterances: int = 40, threads: int = 1, repeats: int = 2
-                    ) -> dict[str, float]:
-    """Summary entries ``speedup/measured`` (reference RTF / model RTF) and both RTFs, on the first
-    ``utterances`` utterances of ``split`` decoded one at a time."""
+                    frame_shift_ms: float, utterances: int, threads: int, repeats: int) -> dict[str, float]:
+    """Summary entries ``speedup/measured`` (median of the per-repeat reference / model decoding time), its
+    spread over repeats ``speedup/measured_min`` and ``speedup/measured_max``, and both RTFs (medians), on
+    the first ``utterances`` utterances of ``split`` decoded one at a time (:func:`measured_speedups`)."""
     items = single_utterances(list(datamodule.eval_dataloader(split)), utterances)
     timed = measured_speedups({"reference": reference_model, "model": module_model}, "reference", items,
                               frame_shift_ms, threads, repeats)
-    return {"speedup/measured": timed["model"]["speedup"], "rtf/model": timed["model"]["rtf"],
+    low, high = timed["model"]["speedup_spread"]
+    return {"speedup/measured": timed["model"]["speedup"], "speedup/measured_min": low,
+            "speedup/measured_max": high, "rtf/model": timed["model"]["rtf"],
             "rtf/reference": timed["reference"]["rtf"]}
