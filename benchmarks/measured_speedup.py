@@ -23,7 +23,11 @@ context), added to the attention column. ``--python-step`` times the PyTorch ste
 Inference runs under ``torch.inference_mode``: factorized LSTM layers take the k-dimensional
 recurrence of ``asr.model.lowrank_lstm`` (C++ extension), dense ones torch's fused (oneDNN)
 LSTM, which is checked against ``torch.nn.LSTM`` first. Every model is timed in turn within each
-repeat (so load from other processes hits all alike); the numbers are medians over repeats.
+repeat, encoder and decoding loop together (``asr.latency.alternate``: after the warm-up, each repeat
+runs every model once, in an order that rotates between repeats), so load from other processes hits
+all alike. Times are medians over repeats, with their spread (lowest-highest); a measured speed-up is
+the median over repeats of the per-repeat ratio dense / compressed of that part (two runs of the same
+repeat, close in time, so a slow drift of the load cancels), with the spread of those ratios.
 At batch 1 the dense encoder is also timed on the extension's own loop (the kind of kernel the
 factorized layers run), which separates what compression gains from what the kernel gains.
 Both estimates count matrix products only: the elementwise work of attention (energies over the
@@ -50,6 +54,7 @@ from omegaconf import OmegaConf
 from torch.utils.weak import WeakIdKeyDictionary
 
 from asr.data.tokenizer import BOS_ID
+from asr.latency import alternate, ratio_summary, spread
 from asr.model import lowrank_lstm
 from asr.model.asr_model import AsrModel
 from asr.model.lstm import ConcatLSTM
@@ -63,6 +68,7 @@ from compress.targets import Target, discover_targets, profile_uses
 ROOT = Path(__file__).resolve().parents[1]
 FRAME_SECONDS = 0.01  # 10 ms feature frames: 400 frames = 4 s of audio
 PARTS = ("encoder", "attention", "decoder")
+COLUMNS = (*PARTS, "whole")
 
 
 # -- model and schemes -----------------------------------------------------------------------
@@ -195,22 +201,28 @@ def run_once(model: AsrModel, x: torch.Tensor, lengths: torch.Tensor, chunk: int
 
 
 def measure(models: dict[str, AsrModel], batch: int, frames: int, chunk: int, steps: int, warmup: int,
-            repeats: int, features: int, cpp_step: bool = True) -> dict[str, dict[str, float]]:
-    """Median seconds per part and whole for every model; models take turns within each repeat."""
+            repeats: int, features: int, cpp_step: bool = True) -> dict[str, list[dict[str, float]]]:
+    """Seconds per part and whole of every model in every repeat (``{name: [repeat 0, repeat 1, ...]}``);
+    models take turns within each repeat, in rotating order, after ``warmup`` rounds (``asr.latency.alternate``)."""
     torch.manual_seed(1)
     x = torch.randn(batch, frames, features)
     lengths = torch.full((batch,), frames)
-    for _ in range(warmup):
-        for model in models.values():
-            run_once(model, x, lengths, chunk, steps, cpp_step)
-    samples: dict[str, list[dict[str, float]]] = {name: [] for name in models}
-    for _ in range(repeats):
-        for name, model in models.items():
-            samples[name].append(run_once(model, x, lengths, chunk, steps, cpp_step))
+    runs = {name: partial(run_once, model, x, lengths, chunk, steps, cpp_step) for name, model in models.items()}
+    samples = alternate(runs, repeats, warmup)
+    return {name: [{**r, "whole": sum(r[part] for part in PARTS)} for r in runs] for name, runs in samples.items()}
+
+
+def summarize(samples: dict[str, list[dict[str, float]]], reference: str) -> dict[str, dict[str, dict]]:
+    """Per model and column (parts and whole): ``seconds`` (median over repeats), ``seconds_spread`` (lowest,
+    highest), ``speedup`` (median over repeats of reference / model seconds of the same repeat) and
+    ``speedup_spread`` (lowest, highest of those ratios)."""
     out = {}
     for name, runs in samples.items():
-        out[name] = {part: statistics.median(r[part] for r in runs) for part in PARTS}
-        out[name]["whole"] = statistics.median(sum(r.values()) for r in runs)
+        ratios = {c: ratio_summary([r[c] for r in samples[reference]], [r[c] for r in runs]) for c in COLUMNS}
+        out[name] = {"seconds": {c: statistics.median(r[c] for r in runs) for c in COLUMNS},
+                     "seconds_spread": {c: spread([r[c] for r in runs]) for c in COLUMNS},
+                     "speedup": {c: ratios[c]["median"] for c in COLUMNS},
+                     "speedup_spread": {c: ratios[c]["spread"] for c in COLUMNS}}
     return out
 
 
@@ -256,21 +268,23 @@ def loop_forward(layer: ConcatLSTM, x: torch.Tensor, state=None):
 
 def dense_kernel_check(hidden: int, input_size: int, batch: int, frames: int, repeats: int) -> dict[str, float]:
     """Median ms of the dense :class:`ConcatLSTM`, of ``torch.nn.LSTM`` of the same size and (with the
-    C++ backend) of the dense layer on the extension's loop, taking turns."""
+    C++ backend) of the dense layer on the extension's loop, taking turns in rotating order."""
     torch.manual_seed(2)
     ours, ref = ConcatLSTM(input_size, hidden).eval(), torch.nn.LSTM(input_size, hidden, batch_first=True).eval()
     x = torch.randn(batch, frames, input_size)
     runs = {"concat_lstm_ms": ours, "nn_lstm_ms": ref}
     if lowrank_lstm.backend() == "cpp":
         runs["extension_loop_ms"] = partial(loop_forward, ours)
-    times: dict[str, list[float]] = {name: [] for name in runs}
+    def timed(run: Callable) -> Callable[[], float]:
+        def once() -> float:
+            start = time.perf_counter()
+            run(x)
+            return time.perf_counter() - start
+
+        return once
+
     with torch.inference_mode():
-        for i in range(repeats + 3):
-            for name, run in runs.items():
-                start = time.perf_counter()
-                run(x)
-                if i >= 3:
-                    times[name].append(time.perf_counter() - start)
+        times = alternate({name: timed(run) for name, run in runs.items()}, repeats, warmup=3)
     return {name: 1000 * statistics.median(t) for name, t in times.items()}
 
 
@@ -280,6 +294,48 @@ def _has_plan(model: AsrModel) -> bool:
 
 
 # -- output ----------------------------------------------------------------------------------
+def scheme_rows(schemes: dict[str, Scheme], targets: list[Target], summary: dict[str, dict]) -> list[dict]:
+    """One row per scheme: estimates, median ms and measured speed-ups per column with their spreads over repeats
+    (``summarize``), and the ratio measured / estimated of the whole (its spread: the whole's divided alike)."""
+    rows = []
+    for name, scheme in schemes.items():
+        timed = summary[name]
+        est_params = scheme.estimates["speedup/params"]
+        est_macs = scheme.estimates.get("speedup/macs")
+        measured, measured_spread = timed["speedup"], timed["speedup_spread"]
+        by_part = {part: estimate_speedup([t for t in targets if part_of(t) == part], scheme.ranks, "macs")
+                   for part in PARTS}
+        rows.append({
+            "scheme": name, "est_params": est_params, "est_macs": est_macs, "est_macs_by_part": by_part,
+            "ms": {k: 1000 * v for k, v in timed["seconds"].items()},
+            "ms_spread": {k: [1000 * v for v in pair] for k, pair in timed["seconds_spread"].items()},
+            "measured": dict(measured), "measured_spread": {k: list(pair) for k, pair in measured_spread.items()},
+            "ratio_params": measured["whole"] / est_params,
+            "ratio_params_spread": [v / est_params for v in measured_spread["whole"]],
+            "ratio_macs": measured["whole"] / est_macs if est_macs else None,
+            "ratio_macs_spread": [v / est_macs for v in measured_spread["whole"]] if est_macs else None})
+    return rows
+
+
+def _range(pair, digits: int = 2) -> str:
+    return f"{pair[0]:.{digits}f}-{pair[1]:.{digits}f}"
+
+
+def print_spread_table(dense_ms_spread: dict[str, list[float]], rows: list[dict], repeats: int) -> None:
+    """Lowest-highest over the repeats of every column of :func:`print_table` (ms, measured speed-ups, ratios)."""
+    print(f"spread over {repeats} repeats (lowest-highest; speed-ups and ratios per repeat):")
+    header = (f"{'scheme':<8} | {'ms enc':>13} {'ms att':>13} {'ms dec':>13} {'ms whole':>13} | {'meas.enc':>11} "
+              f"{'meas.att':>11} {'meas.dec':>11} {'meas.whole':>11} | {'ratio/params':>12} {'ratio/macs':>11}")
+    print(header)
+    print("-" * len(header))
+    print(f"{'dense':<8} | " + " ".join(f"{_range(dense_ms_spread[k]):>13}" for k in COLUMNS) + " |")
+    for row in rows:
+        macs = _range(row["ratio_macs_spread"]) if row["ratio_macs_spread"] else "-"
+        print(f"{row['scheme']:<8} | " + " ".join(f"{_range(row['ms_spread'][k]):>13}" for k in COLUMNS) + " | "
+              + " ".join(f"{_range(row['measured_spread'][k]):>11}" for k in COLUMNS)
+              + f" | {_range(row['ratio_params_spread']):>12} {macs:>11}")
+
+
 def print_table(title: str, rows: list[dict]) -> None:
     print(f"\n{title}")
     header = (f"{'scheme':<8} {'est.params':>10} {'est.macs':>9} | {'ms enc':>7} {'ms att':>7} {'ms dec':>7} "
@@ -391,32 +447,29 @@ def main() -> None:
             timed["dense-loop"] = dense_on_extension_loop(model)
         timing = measure(timed, scenario["batch"], args.frames, scenario["chunk"], steps, args.warmup,
                          args.repeats, features, cpp_step)
-        dense = timing["dense"]
-        rows = []
-        for name, scheme in schemes.items():
-            ms = {k: 1000 * v for k, v in timing[name].items()}
-            measured = {k: dense[k] / timing[name][k] for k in (*PARTS, "whole")}
-            est_params = scheme.estimates["speedup/params"]
-            est_macs = scheme.estimates.get("speedup/macs")
-            by_part = {part: estimate_speedup([t for t in targets if part_of(t) == part], scheme.ranks, "macs")
-                       for part in PARTS}
-            rows.append({"scheme": name, "est_params": est_params, "est_macs": est_macs,
-                         "est_macs_by_part": by_part, "ms": ms, "measured": measured,
-                         "ratio_params": measured["whole"] / est_params,
-                         "ratio_macs": measured["whole"] / est_macs if est_macs else None})
-        dense_ms = {k: 1000 * v for k, v in dense.items()}
+        summary = summarize(timing, "dense")
+        rows = scheme_rows(schemes, targets, summary)
+        dense_ms = {k: 1000 * v for k, v in summary["dense"]["seconds"].items()}
+        dense_ms_spread = {k: [1000 * v for v in pair] for k, pair in summary["dense"]["seconds_spread"].items()}
         print_table(f"{title}: dense {dense_ms['encoder']:.2f} / {dense_ms['attention']:.2f} / "
                     f"{dense_ms['decoder']:.2f} ms (encoder / attention / decoder), whole {dense_ms['whole']:.2f} ms, "
-                    f"real-time factor {dense['whole'] / seconds / scenario['batch']:.4f} per utterance", rows)
-        results["scenarios"][title] = {**scenario, "dense_ms": dense_ms, "rows": rows}
+                    f"real-time factor {dense_ms['whole'] / 1000 / seconds / scenario['batch']:.4f} per utterance; "
+                    f"medians of {args.repeats} repeats", rows)
+        print_spread_table(dense_ms_spread, rows, args.repeats)
+        results["scenarios"][title] = {**scenario, "dense_ms": dense_ms, "dense_ms_spread": dense_ms_spread,
+                                       "rows": rows}
         if "dense-loop" in timing:
-            loop_ms = 1000 * timing["dense-loop"]["encoder"]
-            against = {row["scheme"]: loop_ms / row["ms"]["encoder"] for row in rows}
+            loop_ms = 1000 * summary["dense-loop"]["seconds"]["encoder"]
+            against = {name: ratio_summary([r["encoder"] for r in timing["dense-loop"]],
+                                           [r["encoder"] for r in timing[name]]) for name in schemes}
             results["scenarios"][title]["dense_loop_encoder_ms"] = loop_ms
-            results["scenarios"][title]["measured_encoder_vs_dense_loop"] = against
+            results["scenarios"][title]["measured_encoder_vs_dense_loop"] = {n: a["median"] for n, a in against.items()}
+            results["scenarios"][title]["measured_encoder_vs_dense_loop_spread"] = {
+                n: a["spread"] for n, a in against.items()}
             print(f"dense encoder on the extension's own loop (same kernel as the factorized layers): {loop_ms:.2f} ms "
                   f"(fused oneDNN: {dense_ms['encoder']:.2f} ms); measured encoder speed-up against it: "
-                  + ", ".join(f"{name} {value:.2f}x" for name, value in against.items()))
+                  + ", ".join(f"{name} {a['median']:.2f}x ({a['spread'][0]:.2f}-{a['spread'][1]:.2f})"
+                              for name, a in against.items()))
     print("\nestimated speed-up by part (macs): " + "; ".join(
         f"{row['scheme']} " + " / ".join(f"{row['est_macs_by_part'][p]:.2f}" for p in PARTS) for row in rows)
         + " (encoder / attention / decoder)")
