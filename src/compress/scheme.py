@@ -12,6 +12,7 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -22,6 +23,9 @@ from compress.cost import FULL, estimate_speedup, pays
 from compress.lowrank import LowRankLinear, factorize_kernel, kernel_rank
 from compress.svd import SvdCache
 from compress.targets import Target
+
+if TYPE_CHECKING:
+    from compress.latency_cost import LatencyTable
 
 FORMAT = "shrinkml-scheme/1"
 
@@ -52,13 +56,16 @@ class Scheme:
 
     @classmethod
     def build(cls, targets: Sequence[Target], ranks: Mapping[str, int | str], provenance: str,
-              **meta) -> Scheme:
-        """A validated scheme for ``targets`` with its estimated speed-ups filled in."""
+              latency_table: LatencyTable | None = None, **meta) -> Scheme:
+        """A validated scheme for ``targets`` with its estimated speed-ups filled in: ``speedup/params``,
+        ``speedup/macs`` (profiled targets) and ``speedup/latency`` (whenever a measured ``latency_table`` is given)."""
         scheme = cls(dict(ranks), provenance, {t.name: list(t.shape) for t in targets}, meta=dict(meta))
         scheme.validate(targets)
         scheme.estimates["speedup/params"] = estimate_speedup(targets, scheme.ranks, "params")
         if all(t.uses_per_second > 0 for t in targets):
             scheme.estimates["speedup/macs"] = estimate_speedup(targets, scheme.ranks, "macs")
+        if latency_table is not None:
+            scheme.estimates["speedup/latency"] = estimate_speedup(targets, scheme.ranks, "latency", latency_table)
         return scheme
 
     def validate(self, targets: Sequence[Target]) -> None:

@@ -17,10 +17,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from compress.cost import FULL, estimate_speedup, pays
 from compress.svd import Spectrum
 from compress.targets import Target
+
+if TYPE_CHECKING:
+    from compress.latency_cost import LatencyTable
 
 
 class SearchSpaceError(ValueError):
@@ -69,11 +73,13 @@ class SearchSpace:
             keep.append(estimate(scheme) >= target_speedup)
         return keep
 
-    def check_reachable(self, targets: Sequence[Target], target_speedup: float, by: str = "params") -> float:
-        """The highest estimated speed-up of the space; raises when it is below ``target_speedup``."""
+    def check_reachable(self, targets: Sequence[Target], target_speedup: float, by: str = "params",
+                        table: LatencyTable | None = None) -> float:
+        """The highest estimated speed-up of the space (``table``: the measured table of ``by="latency"``);
+        raises when it is below ``target_speedup``."""
         if target_speedup < 1.0:
             raise SearchSpaceError(f"search.target_speedup={target_speedup} is below 1; choose a_t >= 1")
-        best = estimate_speedup(targets, self.most_compressed(), by)
+        best = estimate_speedup(targets, self.most_compressed(), by, table)
         if best < target_speedup:
             raise SearchSpaceError(f"search.target_speedup={target_speedup} is out of reach: the search space's most "
                                    f"compressed scheme is estimated at {best:.2f}x; lower a_t, widen "
