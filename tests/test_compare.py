@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import os
 import subprocess
 import sys
@@ -96,12 +97,14 @@ def pipeline_runs():
     retrained AutoML model in int8 in both Linear modes."""
     return [
         run("baseline", "baseline", BASELINE),
-        run("search_aggressive", "search", {"provenance": "automl", "speedup/params": 3.9, "wer/test": 45.0}),
-        run("retrain_automl", "retrain", {**RETRAIN, "speedup/measured": 2.3}),
+        run("search_aggressive", "search", {"provenance": "automl", "speedup/params": 3.9, "speedup/macs": 4.1,
+                                            "speedup/latency": 2.4, "wer/test": 45.0}),
+        run("retrain_automl", "retrain", {**RETRAIN, "speedup/latency": 2.6, "speedup/measured": 2.3,
+                                          "speedup/measured_min": 2.21, "speedup/measured_max": 2.35}),
         run("retrain_guided", "retrain", {**RETRAIN, "provenance": "guided", "wer/test": 29.0, "seed/wer/dev": 60.0}),
         run("retrain_dense", "retrain", CONTROL),
         run("quantize_automl", "quantize", {**RETRAIN, "linear": "weight_only", "size_mb": 1.27,
-                                            "speedup/measured": 2.15, "wer/test": 30.5}),
+                                            "speedup/latency": 2.6, "speedup/measured": 2.15, "wer/test": 30.5}),
         run("quantize_automl_dynamic", "quantize", {**RETRAIN, "linear": "dynamic", "size_mb": 1.26,
                                                     "speedup/measured": 0.74, "wer/test": 31.0}),
     ]
@@ -118,14 +121,16 @@ def test_dense_control_row_and_the_table_against_it():
     assert control["provenance"] == "dense" and control["speedup/params"] == 1.0 and control["speedup/macs"] == 1.0
     assert control["speedup/measured"] == 0.98  # a measured value is kept as measured
     table = markdown(result, "test")
-    assert "| dense control | retrain | retrain_dense | dense | 1.00 | 1.00 | 0.98 |" in table
+    assert "| dense control | retrain | retrain_dense | dense | 1.00 | 1.00 | 1.00 | 0.98 |" in table
     section = table[table.index("Against the dense control"):]
     assert "Dense control: `retrain_dense`" in section and "search_aggressive" not in section
     # AutoML 31.0 against the control's 27.0 and the baseline's 28.0; the control against the baseline: -3.6
-    assert "| AutoML retrained | retrain_automl | 3.90 | 2.30 | 3.50 | 31.00 | +14.8 | +10.7 | 20.5 |" in section
-    assert "| guided retrained | retrain_guided | 3.90 |  | 3.50 | 29.00 | +7.4 | +3.6 |  |" in section
-    assert "| dense control | retrain_dense | 1.00 | 0.98 | 12.00 | 27.00 | reference | -3.6 | 21.0 |" in section
-    assert "| baseline | baseline | 1.00 | 1.00 | 12.00 | 28.00 | +3.7 | reference | 30.0 |" in section
+    assert ("| AutoML retrained | retrain_automl | 3.90 | 4.10 | 2.60 | 2.30 (2.21-2.35) | 3.50 | 31.00 | +14.8 "
+            "| +10.7 | 20.5 |") in section
+    assert "| guided retrained | retrain_guided | 3.90 | 4.10 | - | - | 3.50 | 29.00 | +7.4 | +3.6 |  |" in section
+    assert ("| dense control | retrain_dense | 1.00 | 1.00 | 1.00 | 0.98 | 12.00 | 27.00 | reference | -3.6 | 21.0 |"
+            in section)
+    assert "| baseline | baseline | 1.00 | 1.00 | 1.00 | 1.00 | 12.00 | 28.00 | +3.7 | reference | 30.0 |" in section
     assert "| retrain dense | 21.0 |" in table  # the stage wall times keep every recorded stage
     rows = {r["name"]: r for r in csv.DictReader(io.StringIO(csv_text(result, "test")))}
     assert float(rows["retrain_automl"]["wer/test_change_vs_control_pct"]) == pytest.approx(14.815, abs=1e-3)
@@ -143,11 +148,35 @@ def test_a_compressed_retrain_is_not_the_control():
 def test_quantized_rows_show_size_measured_speedup_and_linear_mode():
     result = compare(pipeline_runs() + [run("quantize_old", "quantize", {**RETRAIN, "speedup/measured": 1.1})])
     table = markdown(result, "test")
-    assert ("| AutoML int8 weight-only | quantize | quantize_automl | automl | 3.90 | 4.10 | 2.15 | 900.00 | 1.27 |"
-            in table)
-    assert ("| AutoML int8 dynamic | quantize | quantize_automl_dynamic | automl | 3.90 | 4.10 | 0.74 | 900.00 | 1.26 |"
-            in table)
+    assert ("| AutoML int8 weight-only | quantize | quantize_automl | automl | 3.90 | 4.10 | 2.60 | 2.15 | 900.00 "
+            "| 1.27 |" in table)
+    assert ("| AutoML int8 dynamic | quantize | quantize_automl_dynamic | automl | 3.90 | 4.10 | - | 0.74 | 900.00 "
+            "| 1.26 |" in table)
     assert "| AutoML int8 | quantize | quantize_old |" in table  # a summary without the mode: no mode claimed
+
+
+def test_estimated_and_measured_speedups_side_by_side():
+    """speedup/latency (scheme estimates and search summaries) is read like speedup/macs: a column between
+    the other estimates and the measured speed-up; absent, '-' in Markdown and empty in the CSV."""
+    result = compare(pipeline_runs())
+    columns = result.columns
+    assert columns[4:8] == ["speedup/params", "speedup/macs", "speedup/latency", "speedup/measured"]
+    rows = {r["name"]: r for r in result.rows}
+    assert rows["search_aggressive"]["speedup/latency"] == 2.4 and rows["retrain_automl"]["speedup/latency"] == 2.6
+    assert rows["retrain_guided"]["speedup/latency"] is None and rows["baseline"]["speedup/latency"] == 1.0
+    table = markdown(result, "test")
+    header = table.splitlines()[0]
+    assert "| speedup/params | speedup/macs | speedup/latency | speedup/measured |" in header
+    assert "| AutoML search | search | search_aggressive | automl | 3.90 | 4.10 | 2.40 | - |" in table
+    assert "| AutoML retrained | retrain | retrain_automl | automl | 3.90 | 4.10 | 2.60 | 2.30 (2.21-2.35) |" in table
+    assert "| guided retrained | retrain | retrain_guided | guided | 3.90 | 4.10 | - | - |" in table
+    assert "| est. speed-up (params) | est. (MACs) | est. (latency) | measured speed-up |" in table
+    csv_rows = {r["name"]: r for r in csv.DictReader(io.StringIO(csv_text(result, "test")))}
+    assert csv_rows["search_aggressive"]["speedup/latency"] == "2.4"
+    assert csv_rows["retrain_guided"]["speedup/latency"] == "" and csv_rows["baseline"]["speedup/latency"] == "1.0"
+    assert csv_rows["retrain_automl"]["speedup/measured_min"] == "2.21"
+    assert csv_rows["retrain_automl"]["speedup/measured_max"] == "2.35"
+    assert csv_rows["quantize_automl"]["speedup/measured_min"] == ""
 
 
 def drawn_text_boxes(fig):
@@ -232,22 +261,27 @@ def test_online_runs_are_read_through_the_api():
 
 @pytest.fixture(scope="module")
 def offline_dir(tmp_path_factory):
-    """Real offline W&B runs, as the stages write them: a finished baseline, a run without a stage,
-    and a run whose log is damaged afterwards."""
+    """Real offline W&B runs, as the stages write them: a finished baseline, a retrained model with estimated
+    speed-ups (latency too) and a measured one with its spread, a run without a stage, and a run whose log is
+    damaged afterwards."""
     root = tmp_path_factory.mktemp("wandb_runs")
     script = (
-        "import sys, wandb\n"
-        "root, name, stage = sys.argv[1:4]\n"
+        "import json, sys, wandb\n"
+        "root, name, stage, extra = sys.argv[1:5]\n"
         "config = {'stage': stage, 'output_dir': root + '/' + name} if stage != '-' else {'lr': 1}\n"
         "r = wandb.init(mode='offline', dir=root + '/' + name, name=name, project='shrinkml', config=config)\n"
-        "r.summary.update({'params': 3000, 'size_mb': 12.0, 'wer/dev': 30.0, 'wer/test': 28.5})\n"
+        "r.summary.update({'params': 3000, 'size_mb': 12.0, 'wer/dev': 30.0, 'wer/test': 28.5, **json.loads(extra)})\n"
         "r.finish()\n"
     )
     env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "OMP_NUM_THREADS": "1"}
-    for name, stage in (("baseline", "baseline"), ("foreign", "-"), ("damaged", "baseline")):
+    retrained = {"params": 900, "provenance": "automl", "speedup/params": 3.9, "speedup/macs": 4.1,
+                 "speedup/latency": 2.6, "speedup/measured": 2.3, "speedup/measured_min": 2.2,
+                 "speedup/measured_max": 2.4}
+    for name, stage, extra in (("baseline", "baseline", {}), ("retrain", "retrain", retrained), ("foreign", "-", {}),
+                               ("damaged", "baseline", {})):
         (root / name).mkdir()
-        done = subprocess.run([sys.executable, "-c", script, str(root), name, stage], env=env, capture_output=True,
-                              text=True, timeout=300)
+        done = subprocess.run([sys.executable, "-c", script, str(root), name, stage, json.dumps(extra)], env=env,
+                              capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, done.stderr[-2000:]
     log = next((root / "damaged").rglob("*.wandb"))
     log.write_bytes(log.read_bytes()[:40])
@@ -255,7 +289,7 @@ def offline_dir(tmp_path_factory):
 
 
 def test_offline_runs_through_the_script(offline_dir, tmp_path):
-    assert len(find_offline_runs(offline_dir)) == 3
+    assert len(find_offline_runs(offline_dir)) == 4
     runs = list(offline_runs(offline_dir))
     assert {r["name"] for r in runs if r["config"].get("stage") == "baseline"} == {"baseline"}
     env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline"}
@@ -267,6 +301,12 @@ def test_offline_runs_through_the_script(offline_dir, tmp_path):
     assert "foreign" in done.stdout and "no 'stage'" in done.stdout
     assert "damaged" in done.stdout
     assert (tmp_path / "comparison.md").read_text().count("| baseline | baseline | baseline |") == 1
+    # the estimates and the measured speed-up with its spread, as the retrain stage logs them
+    assert ("| AutoML retrained | retrain | retrain | automl | 3.90 | 4.10 | 2.60 | 2.30 (2.20-2.40) | 900.00 |"
+            in (tmp_path / "comparison.md").read_text())
+    rows = {r["name"]: r for r in csv.DictReader((tmp_path / "comparison.csv").read_text().splitlines())}
+    assert rows["retrain"]["speedup/latency"] == "2.6" and rows["retrain"]["speedup/measured_max"] == "2.4"
+    assert rows["baseline"]["speedup/latency"] == "1.0" and rows["baseline"]["speedup/measured_min"] == ""
     missing = subprocess.run([sys.executable, str(ROOT / "scripts" / "compare_runs.py"),
                               f"runs_dir={tmp_path / 'nowhere'}", f"output_dir={tmp_path}"], cwd=ROOT, env=env,
                              capture_output=True, text=True, timeout=600)

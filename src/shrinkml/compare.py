@@ -8,9 +8,19 @@ supported local reader, ``wandb leet inspect --summary --json RUN_DIR`` (docs/).
 A run becomes a row when its config names a ``stage`` and its summary describes one model: a WER
 and a parameter count or estimated speed-up. Every other run is reported as skipped, with why.
 Columns are the shared summary keys of the design notes (docs/): a readable model label, stage,
-name, provenance, estimated speed-ups (``speedup/params``, ``speedup/macs``), measured speed-up,
-params, size, WER per split, and the WER before retraining (``seed/wer/<split>``) where a
-fine-tuning run measured it.
+name, provenance, the estimated speed-ups (``speedup/params``, ``speedup/macs`` and, where a scheme or
+search summary has it, ``speedup/latency``) beside the measured one (``speedup/measured``), params,
+size, WER per split, and the WER before retraining (``seed/wer/<split>``) where a fine-tuning run
+measured it. A speed-up a run's summary lacks is shown as ``-`` (empty in the CSV); the references'
+are 1 by definition. Where a run measured the spread of its speed-up over repeats
+(``speedup/measured_min``, ``speedup/measured_max``, :mod:`asr.latency`), the measured cell shows it
+as ``median (lowest-highest)`` and the CSV has both columns.
+
+Stage summaries reach this table through W&B only (online, or the offline run logs): the training
+stages (baseline, retrain) log the summary they also write to ``summary.json``, with the estimated
+speed-ups of the compression callback (every ``speedup/*`` estimate of the scheme); the search logs
+its ``report.json`` summary, and the quantize stage its ``report.json``, each with the scheme's
+estimates.
 
 Two rows are references: the baseline, and the dense control (a ``retrain`` run of the dense
 baseline for the same budget as the compressed seeds, ``task_name=retrain_dense``; its summary has
@@ -36,8 +46,9 @@ from common.atomic import write_text_atomic
 from compress.figures import pyplot, save_figure
 
 STAGE_ORDER = ("baseline", "search", "manual", "retrain", "quantize")
-FIXED_COLUMNS = ("model", "stage", "name", "provenance", "speedup/params", "speedup/macs", "speedup/measured",
-                 "params", "size_mb")
+ESTIMATES = ("speedup/params", "speedup/macs", "speedup/latency")  # estimated speed-ups, shown before the measured
+FIXED_COLUMNS = ("model", "stage", "name", "provenance", *ESTIMATES, "speedup/measured", "params", "size_mb")
+SPREAD_COLUMNS = ("speedup/measured_min", "speedup/measured_max")  # the measured speed-up's spread: CSV columns
 # stages whose rows are schemes not retrained, with the search's own WER (greedy): in the main table only
 PROXY_STAGES = ("search", "manual")
 PROVENANCE_NAMES = {"automl": "AutoML", "dense": "dense"}
@@ -161,7 +172,9 @@ def row_of(run: dict) -> dict:
     row = {"model": model_label(stage, provenance, role, linear), "stage": stage, "name": run["name"],
            "provenance": provenance or ("dense" if role != "model" else ""), "role": role,
            "speedup/params": estimate or dense, "speedup/macs": _number(summary.get("speedup/macs")) or dense,
+           "speedup/latency": _number(summary.get("speedup/latency")) or dense,
            "speedup/measured": _number(summary.get("speedup/measured")) or dense,
+           **{k: _number(summary.get(k)) for k in SPREAD_COLUMNS},
            "params": _number(summary.get("params")), "size_mb": _number(summary.get("size_mb")),
            "source": run["source"], "_order": run.get("order", 0.0), "_key": (stage, run["name"], _output_dir(config)),
            **wers}
@@ -271,6 +284,19 @@ def _format(value) -> str:
     return str(value)
 
 
+def _cell(row: dict, column: str) -> str:
+    """A Markdown cell: a speed-up the run lacks is ``-``; the measured one with its spread where measured."""
+    value = row.get(column)
+    if not column.startswith("speedup/"):
+        return _format(value)
+    if value is None:
+        return "-"
+    low, high = (row.get(k) for k in SPREAD_COLUMNS)
+    if column == "speedup/measured" and low is not None and high is not None:
+        return f"{_format(value)} ({low:.2f}-{high:.2f})"
+    return _format(value)
+
+
 def _rounded(value: float | None, digits: int = 3) -> float | None:
     return None if value is None else round(value, digits)
 
@@ -289,12 +315,13 @@ def references_markdown(comparison: Comparison, split: str) -> list[str]:
     else:
         lines += [f"Dense control: `{control['name']}` (the baseline trained on for the retraining budget)"
                   + (f"; baseline: `{baseline['name']}`." if baseline else "; no baseline run."), ""]
-    lines += [f"| model | name | est. speed-up | measured speed-up | size MB | {split} WER "
-              f"| Δ {split} WER vs control (%) | Δ {split} WER vs baseline (%) | wall time (min) |",
-              "|---|---|---|---|---|---|---|---|---|"]
+    lines += [f"| model | name | est. speed-up (params) | est. (MACs) | est. (latency) | measured speed-up "
+              f"| size MB | {split} WER | Δ {split} WER vs control (%) | Δ {split} WER vs baseline (%) "
+              "| wall time (min) |",
+              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for entry in against_references(comparison, split):
         row, seconds = entry["row"], entry["wall_seconds"]
-        cells = [row["model"], row["name"], _format(row.get("speedup/params")), _format(row.get("speedup/measured")),
+        cells = [row["model"], row["name"], *(_cell(row, c) for c in (*ESTIMATES, "speedup/measured")),
                  _format(row.get("size_mb")), _format(entry["wer"]), _signed(entry["vs_control"], row is control),
                  _signed(entry["vs_baseline"], row is baseline), "" if seconds is None else f"{seconds / 60:.1f}"]
         lines.append("| " + " | ".join(cells) + " |")
@@ -309,7 +336,7 @@ def markdown(comparison: Comparison, split: str = "test", figures: Sequence[str]
         lines.append("")
     columns = comparison.columns
     lines += ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(_format(row.get(c)) for c in columns) + " |" for row in comparison.rows]
+    lines += ["| " + " | ".join(_cell(row, c) for c in columns) + " |" for row in comparison.rows]
     if any(row["stage"] not in PROXY_STAGES for row in comparison.rows):
         lines += references_markdown(comparison, split)
     if comparison.stage_times:
@@ -327,7 +354,8 @@ def csv_text(comparison: Comparison, split: str = "test") -> str:
              for entry in against_references(comparison, split)}
     buffer = io.StringIO()
     change = (f"wer/{split}_change_vs_control_pct", f"wer/{split}_change_vs_baseline_pct")
-    writer = csv.DictWriter(buffer, fieldnames=[*comparison.columns, *change, "wall_seconds", "source"],
+    writer = csv.DictWriter(buffer, fieldnames=[*comparison.columns, *SPREAD_COLUMNS, *change, "wall_seconds",
+                                                "source"],
                             extrasaction="ignore")
     writer.writeheader()
     for row in comparison.rows:
