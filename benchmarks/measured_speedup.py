@@ -54,7 +54,7 @@ from omegaconf import OmegaConf
 from torch.utils.weak import WeakIdKeyDictionary
 
 from asr.data.tokenizer import BOS_ID
-from asr.latency import alternate, ratio_summary, spread
+from asr.latency import DecodeClock, alternate, ratio_summary, spread
 from asr.model import lowrank_lstm
 from asr.model.asr_model import AsrModel
 from asr.model.lstm import ConcatLSTM
@@ -131,16 +131,16 @@ def take_attention_seconds() -> float:
 
 
 class Stopwatch:
-    def __init__(self):
-        self.seconds = 0.0
+    def __init__(self, clock: Callable[[], float] = time.perf_counter):
+        self.seconds, self.clock = 0.0, clock
 
     def wrap(self, fn: Callable) -> Callable:
         def timed(*args, **kwargs):
-            start = time.perf_counter()
+            start = self.clock()
             try:
                 return fn(*args, **kwargs)
             finally:
-                self.seconds += time.perf_counter() - start
+                self.seconds += self.clock() - start
 
         return timed
 
@@ -184,30 +184,35 @@ def encode(model: AsrModel, x: torch.Tensor, lengths: torch.Tensor, chunk: int) 
 
 
 def run_once(model: AsrModel, x: torch.Tensor, lengths: torch.Tensor, chunk: int, steps: int,
-             cpp_step: bool = True) -> dict[str, float]:
-    """Seconds spent in encoder, attention and decoder on one utterance batch (see the module docstring)."""
-    watch = Stopwatch()
+             cpp_step: bool = True, clock: Callable[[], float] = time.perf_counter) -> dict[str, float]:
+    """Seconds of ``clock`` spent in encoder, attention and decoder on one utterance batch (see the module
+    docstring). The C++ step clocks its attention part on wall time: on another clock that part is scaled by
+    the loop's ``clock`` / wall seconds (the share of the loop the thread ran)."""
+    watch = Stopwatch(clock)
     with torch.inference_mode(), timed_attention(model, watch):
-        start = time.perf_counter()
+        start = clock()
         memory, memory_lengths = encode(model, x, lengths, chunk)
-        encoder = time.perf_counter() - start
-        start = time.perf_counter()
+        encoder = clock() - start
         if cpp_step:
             take_attention_seconds()  # restart the C++ step's attention clock
+        start, wall = clock(), time.perf_counter()
         decode_steps(model, memory, memory_lengths, steps, cpp_step)
-        loop = time.perf_counter() - start
-        attention = watch.seconds + (take_attention_seconds() if cpp_step else 0.0)
+        loop, wall = clock() - start, time.perf_counter() - wall
+        ran = 1.0 if clock is time.perf_counter or wall <= 0 else min(1.0, loop / wall)
+        attention = watch.seconds + (take_attention_seconds() * ran if cpp_step else 0.0)
     return {"encoder": encoder, "attention": attention, "decoder": loop - attention}
 
 
 def measure(models: dict[str, AsrModel], batch: int, frames: int, chunk: int, steps: int, warmup: int,
-            repeats: int, features: int, cpp_step: bool = True) -> dict[str, list[dict[str, float]]]:
+            repeats: int, features: int, cpp_step: bool = True, clock: Callable[[], float] = time.perf_counter
+            ) -> dict[str, list[dict[str, float]]]:
     """Seconds per part and whole of every model in every repeat (``{name: [repeat 0, repeat 1, ...]}``);
     models take turns within each repeat, in rotating order, after ``warmup`` rounds (``asr.latency.alternate``)."""
     torch.manual_seed(1)
     x = torch.randn(batch, frames, features)
     lengths = torch.full((batch,), frames)
-    runs = {name: partial(run_once, model, x, lengths, chunk, steps, cpp_step) for name, model in models.items()}
+    runs = {name: partial(run_once, model, x, lengths, chunk, steps, cpp_step, clock)
+            for name, model in models.items()}
     samples = alternate(runs, repeats, warmup)
     return {name: [{**r, "whole": sum(r[part] for part in PARTS)} for r in runs] for name, runs in samples.items()}
 
@@ -266,7 +271,8 @@ def loop_forward(layer: ConcatLSTM, x: torch.Tensor, state=None):
     return dense_layer_forward(x, layer.kernel, layer.bias, state)
 
 
-def dense_kernel_check(hidden: int, input_size: int, batch: int, frames: int, repeats: int) -> dict[str, float]:
+def dense_kernel_check(hidden: int, input_size: int, batch: int, frames: int, repeats: int,
+                       clock: Callable[[], float] = time.perf_counter) -> dict[str, float]:
     """Median ms of the dense :class:`ConcatLSTM`, of ``torch.nn.LSTM`` of the same size and (with the
     C++ backend) of the dense layer on the extension's loop, taking turns in rotating order."""
     torch.manual_seed(2)
@@ -277,9 +283,9 @@ def dense_kernel_check(hidden: int, input_size: int, batch: int, frames: int, re
         runs["extension_loop_ms"] = partial(loop_forward, ours)
     def timed(run: Callable) -> Callable[[], float]:
         def once() -> float:
-            start = time.perf_counter()
+            start = clock()
             run(x)
-            return time.perf_counter() - start
+            return clock() - start
 
         return once
 
@@ -368,14 +374,18 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    parser.add_argument("--wall-clock", action="store_true",
+                        help="time on wall time (default: the thread's CPU time on --threads 1, wall time on more)")
     parser.add_argument("--python-step", action="store_true",
                         help="decode with the PyTorch decoder step (attention timed apart) instead of the C++ one")
     parser.add_argument("--json", type=Path, help="also write every number to this JSON file")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    clock = DecodeClock(args.threads, args.wall_clock)
     torch.manual_seed(0)
     print(f"machine: {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads "
-          f"(OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')})")
+          f"(OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}); timed on {clock.kind} time, "
+          f"{args.repeats} repeats after {args.warmup} warm-up rounds")
 
     model, source = build_model(args.ckpt, args.config, args.vocab, args.features)
     model.eval()
@@ -395,7 +405,8 @@ def main() -> None:
     print(f"dense kernel check (ConcatLSTM fused vs torch.nn.LSTM, {hidden} -> {hidden}, inference, median ms):")
     checks = []
     for batch, frames in ((1, args.chunk), (1, args.frames), (args.batch, args.frames)):
-        check = dense_kernel_check(hidden, hidden, batch, frames, max(args.repeats, 5))
+        with clock.checked():
+            check = dense_kernel_check(hidden, hidden, batch, frames, max(args.repeats, 5), clock)
         checks.append({"batch": batch, "frames": frames, **check})
         ours, ref, loop = check["concat_lstm_ms"], check["nn_lstm_ms"], check.get("extension_loop_ms")
         print(f"  batch {batch:>2}, {frames:>3} frames: ConcatLSTM {ours:7.2f} ms, nn.LSTM {ref:7.2f} ms "
@@ -437,6 +448,7 @@ def main() -> None:
     }
     results: dict = {
         "model": source, "parameters": count_parameters(model), "threads": torch.get_num_threads(),
+        "clock": clock.kind, "repeats": args.repeats, "warmup": args.warmup,
         "backend": info, "cpp_step": cpp_step, "dense_kernel_check": checks, "frames": args.frames,
         "decoder_steps": steps,
         "schemes": {name: s.to_dict() for name, s in schemes.items()}, "scenarios": {},
@@ -445,8 +457,9 @@ def main() -> None:
         timed = dict(models)
         if scenario["batch"] <= lowrank_lstm.GEMV_ROWS and info["backend"] == "cpp":
             timed["dense-loop"] = dense_on_extension_loop(model)
-        timing = measure(timed, scenario["batch"], args.frames, scenario["chunk"], steps, args.warmup,
-                         args.repeats, features, cpp_step)
+        with clock.checked():
+            timing = measure(timed, scenario["batch"], args.frames, scenario["chunk"], steps, args.warmup,
+                             args.repeats, features, cpp_step, clock)
         summary = summarize(timing, "dense")
         rows = scheme_rows(schemes, targets, summary)
         dense_ms = {k: 1000 * v for k, v in summary["dense"]["seconds"].items()}

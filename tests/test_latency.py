@@ -18,7 +18,8 @@ AUDIO = 6.0
 
 
 class FakeClock:
-    """``perf_counter`` of :mod:`asr.latency`: advanced only by the fake models' decoding."""
+    """A clock of :mod:`asr.latency` (thread CPU, process CPU or wall time): advanced only by the fake models'
+    decoding."""
 
     def __init__(self):
         self.now = 0.0
@@ -28,8 +29,9 @@ class FakeClock:
 
 
 class FakeModel(nn.Module):
-    """``decode`` costs ``cost`` seconds per utterance times ``load(repeat, name)``; the repeat is
-    counted from the calls (after one warm-up call per model) and every call is logged."""
+    """``decode`` costs ``cost`` seconds of thread CPU time per utterance times ``load(repeat, name)``, and
+    ``wall(name)`` and ``process(name)`` times that of wall and process CPU time; the repeat is counted from
+    the calls (after one warm-up call per model) and every call is logged."""
 
     def __init__(self, name, cost, world):
         super().__init__()
@@ -41,15 +43,20 @@ class FakeModel(nn.Module):
         timed = len(world.log) - world.models
         repeat = timed // (len(UTTERANCES) * world.models) if timed >= 0 else -1
         world.log.append((self.name, int(lengths[0])))
-        world.clock.now += self.cost * world.load(repeat, self.name)
+        seconds = self.cost * world.load(repeat, self.name)
+        world.clock.now += seconds
+        world.wall_clock.now += seconds * world.wall(self.name)
+        world.process_clock.now += seconds * world.process(self.name)
         return [[1]]
 
 
 @pytest.fixture
 def world(monkeypatch):
-    clock = FakeClock()
-    monkeypatch.setattr(latency, "time", SimpleNamespace(perf_counter=clock))
-    state = SimpleNamespace(clock=clock, log=[], models=0, load=lambda repeat, name: 1.0)
+    clock, wall_clock, process_clock = FakeClock(), FakeClock(), FakeClock()
+    monkeypatch.setattr(latency, "time", SimpleNamespace(thread_time=clock, process_time=process_clock,
+                                                         perf_counter=wall_clock))
+    state = SimpleNamespace(clock=clock, wall_clock=wall_clock, process_clock=process_clock, log=[], models=0,
+                            load=lambda repeat, name: 1.0, wall=lambda name: 1.0, process=lambda name: 1.0)
 
     def make(costs):
         state.models = len(costs)
@@ -124,6 +131,20 @@ def test_a_spike_on_one_pass_moves_the_spread_not_the_median(world):
     assert timed["small"]["speedup_spread"] == pytest.approx((2.5 / 3, 2.5))
     with pytest.raises(ValueError, match="reference 'base' is not one of the timed models"):
         measured_speedups(world.make({"dense": 0.05}), "base", UTTERANCES, SHIFT_MS, 1, 2)
+
+
+def test_one_thread_times_thread_cpu_more_threads_wall_time(world):
+    world.wall = lambda name: 2.0 if name == "small" else 1.0  # "small" lost half its wall time to other processes
+    costs = {"dense": 0.05, "small": 0.02}
+    assert measured_speedups(world.make(costs), "dense", UTTERANCES, SHIFT_MS, 1, 3)["small"]["speedup"] == (
+        pytest.approx(2.5))
+    assert measured_speedups(world.make(costs), "dense", UTTERANCES, SHIFT_MS, 2, 3)["small"]["speedup"] == (
+        pytest.approx(1.25))
+    world.process = lambda name: 2.0  # torch computed on a second thread too: thread CPU time would undercount
+    with pytest.raises(RuntimeError, match="torch computed on other threads"):
+        measured_speedups(world.make(costs), "dense", UTTERANCES, SHIFT_MS, 1, 3)
+    assert measured_speedups(world.make(costs), "dense", UTTERANCES, SHIFT_MS, 2, 3)["small"]["speedup"] == (
+        pytest.approx(1.25))  # on wall time the process's CPU time is not compared
 
 
 def test_real_time_factor_is_the_median_pass(world):

@@ -11,13 +11,19 @@ other processes and slow drifts of it hit every model alike. A model's speed-up 
 repeats of the per-repeat ratio ``reference seconds / model seconds`` (two passes of the same repeat,
 close in time, so a drift common to both cancels), and its spread is the lowest and highest of those
 ratios (:func:`ratio_summary`).
+
+On one thread the clock is the thread's CPU time (:class:`DecodeClock`): the time the decoding ran, without
+the time the system gave other processes meanwhile, which on a shared machine is the largest and least
+repeatable part of wall time (the contention for caches and memory that remains is what alternating is for).
+With more threads it is wall time.
 """
 
 from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import TypeVar
 
 import torch
@@ -38,6 +44,35 @@ def single_utterances(batches: Sequence[dict], count: int) -> list[tuple[torch.T
             if len(items) == count:
                 return items
     return items
+
+
+class DecodeClock:
+    """Seconds for timing decoding on ``threads`` threads: the calling thread's CPU time
+    (``time.thread_time``) on one thread, where torch computes in the calling thread, else wall time
+    (``time.perf_counter``). ``kind`` names it (``"thread CPU"`` or ``"wall"``)."""
+
+    def __init__(self, threads: int, wall: bool = False):
+        self.cpu = threads == 1 and not wall
+        self.kind = "thread CPU" if self.cpu else "wall"
+
+    def __call__(self) -> float:
+        return time.thread_time() if self.cpu else time.perf_counter()
+
+    @contextmanager
+    def checked(self) -> Iterator[None]:
+        """On the CPU clock, raises ``RuntimeError`` when the process spent clearly more CPU time than this
+        thread inside the block: then the computation ran on other threads too, and thread CPU time undercounts
+        it."""
+        if not self.cpu:
+            yield
+            return
+        thread, process = time.thread_time(), time.process_time()
+        yield
+        thread, process = time.thread_time() - thread, time.process_time() - process
+        if process > 1.1 * thread + 0.05:
+            raise RuntimeError(f"timing on one thread: the process used {process:.2f} s of CPU time, the timing "
+                               f"thread {thread:.2f} s; torch computed on other threads (set OMP_NUM_THREADS=1 or "
+                               "time on wall time)")
 
 
 def rotation(names: Sequence[str], repeat: int) -> list[str]:
@@ -79,12 +114,13 @@ def ratio_summary(reference: Sequence[float], values: Sequence[float]) -> dict[s
     return {"median": statistics.median(ratios), "spread": spread(ratios), "ratios": ratios}
 
 
-def _pass(model: nn.Module, utterances: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> Callable[[], float]:
+def _pass(model: nn.Module, utterances: Sequence[tuple[torch.Tensor, torch.Tensor]],
+          clock: Callable[[], float]) -> Callable[[], float]:
     def timed() -> float:
-        start = time.perf_counter()
+        start = clock()
         for features, lengths in utterances:
             model.decode(features, lengths, 0)
-        return time.perf_counter() - start
+        return clock() - start
 
     return timed
 
@@ -99,11 +135,15 @@ def _audio_seconds(utterances: Sequence[tuple[torch.Tensor, torch.Tensor]], fram
 def real_time_factor(model: nn.Module, utterances: Sequence[tuple[torch.Tensor, torch.Tensor]],
                      frame_shift_ms: float, repeats: int = 1) -> float:
     """Decode seconds per audio second of ``model.decode`` (greedy) over ``utterances``: the median of
-    ``repeats`` passes after one warm-up utterance (the first call builds caches and extensions)."""
+    ``repeats`` passes after one warm-up utterance (the first call builds caches and extensions), on the
+    :class:`DecodeClock` of the current thread count."""
     audio = _audio_seconds(utterances, frame_shift_ms)
+    clock = DecodeClock(torch.get_num_threads())
     model.eval()
     model.decode(*utterances[0], 0)
-    return statistics.median(alternate({"model": _pass(model, utterances)}, repeats)["model"]) / audio
+    with clock.checked():
+        passes = alternate({"model": _pass(model, utterances, clock)}, repeats)["model"]
+    return statistics.median(passes) / audio
 
 
 @torch.no_grad()
@@ -111,7 +151,7 @@ def measured_speedups(models: Mapping[str, nn.Module], reference: str, utterance
                       threads: int, repeats: int) -> dict[str, dict]:
     """``{name: {"rtf", "speedup", "speedup_spread", "rtf_spread"}}`` for every model, timed alternating on
     ``threads`` threads (restored afterwards): one warm-up utterance per model in turn, then ``repeats``
-    passes of every model over ``utterances`` in rotating order (:func:`alternate`).
+    passes of every model over ``utterances`` in rotating order (:func:`alternate`), on :class:`DecodeClock`.
 
     ``rtf``: the median over repeats of the model's real-time factor; ``speedup``: the median over repeats of
     ``reference pass seconds / model pass seconds`` of the same repeat; ``speedup_spread`` and ``rtf_spread``:
@@ -125,7 +165,9 @@ def measured_speedups(models: Mapping[str, nn.Module], reference: str, utterance
         for name in models:
             models[name].eval()
             models[name].decode(*utterances[0], 0)  # the first call builds caches and extensions
-        seconds = alternate({name: _pass(model, utterances) for name, model in models.items()}, repeats)
+        clock = DecodeClock(threads)
+        with clock.checked():
+            seconds = alternate({name: _pass(model, utterances, clock) for name, model in models.items()}, repeats)
     finally:
         torch.set_num_threads(previous)
     out = {}
