@@ -28,6 +28,9 @@ runs every model once, in an order that rotates between repeats), so load from o
 all alike. Times are medians over repeats, with their spread (lowest-highest); a measured speed-up is
 the median over repeats of the per-repeat ratio dense / compressed of that part (two runs of the same
 repeat, close in time, so a slow drift of the load cancels), with the spread of those ratios.
+On one thread (``--threads 1``, the default) the clock is the thread's CPU time (``asr.latency.DecodeClock``):
+on a machine shared with other processes the time they are given meanwhile is the largest and least
+repeatable part of wall time (``--wall-clock`` keeps it).
 At batch 1 the dense encoder is also timed on the extension's own loop (the kind of kernel the
 factorized layers run), which separates what compression gains from what the kernel gains.
 Both estimates count matrix products only: the elementwise work of attention (energies over the
@@ -372,7 +375,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=16, help="offline batch size")
     parser.add_argument("--tokens-per-4s", type=float, default=25.0, help="decoder steps per 4 s of audio")
     parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=9)
+    parser.add_argument("--repeats", type=int, default=41, help="timed rounds of every model (median and spread)")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     parser.add_argument("--wall-clock", action="store_true",
                         help="time on wall time (default: the thread's CPU time on --threads 1, wall time on more)")
