@@ -133,18 +133,22 @@ def test_a_spike_on_one_pass_moves_the_spread_not_the_median(world):
         measured_speedups(world.make({"dense": 0.05}), "base", UTTERANCES, SHIFT_MS, 1, 2)
 
 
-def test_one_thread_times_thread_cpu_more_threads_wall_time(world):
+def test_one_thread_times_thread_cpu_more_threads_wall_time(world, caplog):
     world.wall = lambda name: 2.0 if name == "small" else 1.0  # "small" lost half its wall time to other processes
     costs = {"dense": 0.05, "small": 0.02}
     assert measured_speedups(world.make(costs), "dense", UTTERANCES, SHIFT_MS, 1, 3)["small"]["speedup"] == (
         pytest.approx(2.5))
     assert measured_speedups(world.make(costs), "dense", UTTERANCES, SHIFT_MS, 2, 3)["small"]["speedup"] == (
         pytest.approx(1.25))
+    assert not caplog.records
     world.process = lambda name: 2.0  # torch computed on a second thread too: thread CPU time would undercount
-    with pytest.raises(RuntimeError, match="torch computed on other threads"):
-        measured_speedups(world.make(costs), "dense", UTTERANCES, SHIFT_MS, 1, 3)
+    assert measured_speedups(world.make(costs), "dense", UTTERANCES, SHIFT_MS, 1, 3)["small"]["speedup"] == (
+        pytest.approx(2.5))
+    assert "other threads ran meanwhile" in caplog.text
+    caplog.clear()
     assert measured_speedups(world.make(costs), "dense", UTTERANCES, SHIFT_MS, 2, 3)["small"]["speedup"] == (
-        pytest.approx(1.25))  # on wall time the process's CPU time is not compared
+        pytest.approx(1.25))
+    assert not caplog.records  # on wall time the process's CPU time is not compared
 
 
 def test_real_time_factor_is_the_median_pass(world):
