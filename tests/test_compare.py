@@ -322,3 +322,15 @@ def test_timed_records_a_stage_and_keeps_its_exit_status(tmp_path):
     times = read_stage_times(tmp_path / "times.json")
     assert set(times) == {"search aggressive", "retrain automl"} and times["retrain automl"]["returncode"] == 3
     assert all(0 <= entry["seconds"] < 60 for entry in times.values())
+
+
+def test_sparse_bytes_and_nonzero_parameters_are_columns_where_a_run_counted_them():
+    pruned = {**RETRAIN, "provenance": "magnitude", "bytes/sparse": 412345, "params/nonzero": 270}
+    result = compare([run("baseline", "baseline", BASELINE), run("retrain_pruned", "retrain", pruned)])
+    assert result.columns[10:12] == ["bytes/sparse", "params/nonzero"]
+    rows = {r["name"]: r for r in result.rows}
+    assert rows["retrain_pruned"]["bytes/sparse"] == 412345 and rows["retrain_pruned"]["params/nonzero"] == 270
+    assert rows["baseline"]["bytes/sparse"] is None  # not counted: empty, never a made-up dense value
+    assert "| 900.00 | 3.50 | 412345 | 270.00 |" in markdown(result, "test")
+    csv_rows = {r["name"]: r for r in csv.DictReader(io.StringIO(csv_text(result, "test")))}
+    assert csv_rows["retrain_pruned"]["bytes/sparse"] == "412345.0" and csv_rows["baseline"]["params/nonzero"] == ""

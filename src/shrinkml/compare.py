@@ -10,7 +10,9 @@ and a parameter count or estimated speed-up. Every other run is reported as skip
 Columns are the shared summary keys of the design notes (docs/): a readable model label, stage,
 name, provenance, the estimated speed-ups (``speedup/params``, ``speedup/macs`` and, where a scheme or
 search summary has it, ``speedup/latency``) beside the measured one (``speedup/measured``), params,
-size, WER per split, and the WER before retraining (``seed/wer/<split>``) where a fine-tuning run
+size, the bytes the model ships in with its sparse targets stored sparse (``bytes/sparse``) and its nonzero
+parameters (``params/nonzero``) where the run counted them (:mod:`compress.storage`; empty otherwise), WER per
+split, and the WER before retraining (``seed/wer/<split>``) where a fine-tuning run
 measured it. A speed-up a run's summary lacks is shown as ``-`` (empty in the CSV); the references'
 are 1 by definition. Where a run measured the spread of its speed-up over repeats
 (``speedup/measured_min``, ``speedup/measured_max``, :mod:`asr.latency`), the measured cell shows it
@@ -47,7 +49,8 @@ from compress.figures import pyplot, save_figure
 
 STAGE_ORDER = ("baseline", "search", "manual", "retrain", "quantize")
 ESTIMATES = ("speedup/params", "speedup/macs", "speedup/latency")  # estimated speed-ups, shown before the measured
-FIXED_COLUMNS = ("model", "stage", "name", "provenance", *ESTIMATES, "speedup/measured", "params", "size_mb")
+FIXED_COLUMNS = ("model", "stage", "name", "provenance", *ESTIMATES, "speedup/measured", "params", "size_mb",
+                 "bytes/sparse", "params/nonzero")  # bytes/params/nonzero: the model stored sparse (compress.storage)
 SPREAD_COLUMNS = ("speedup/measured_min", "speedup/measured_max")  # the measured speed-up's spread: CSV columns
 # stages whose rows are schemes not retrained, with the search's own WER (greedy): in the main table only
 PROXY_STAGES = ("search", "manual")
@@ -176,6 +179,7 @@ def row_of(run: dict) -> dict:
            "speedup/measured": _number(summary.get("speedup/measured")) or dense,
            **{k: _number(summary.get(k)) for k in SPREAD_COLUMNS},
            "params": _number(summary.get("params")), "size_mb": _number(summary.get("size_mb")),
+           **{k: _number(summary.get(k)) for k in ("bytes/sparse", "params/nonzero")},
            "source": run["source"], "_order": run.get("order", 0.0), "_key": (stage, run["name"], _output_dir(config)),
            **wers}
     if linear:
