@@ -154,6 +154,8 @@ def test_quantize_script_reports_size_wer_and_speedup(tiny_corpus, tmp_path_fact
     assert report["wer/test"] >= 0 and report["wer_float/test"] >= 0
     assert report["speedup/measured"] > 0 and report["rtf"]["int8"] > 0
     assert "quantize (weight_only int8 Linears): size" in done.stdout  # the default mode
+    assert report["bytes/sparse"] == report["bytes/dense"] > report["bytes/sparse_int8"]  # dense: no zeros to drop
+    assert 0 < report["params/nonzero"] <= report["params"] and "stored sparse:" in done.stdout
     missing = subprocess.run([sys.executable, str(ROOT / "scripts" / "quantize.py"), *args,
                               f"ckpt={base / 'none.ckpt'}"], cwd=ROOT, env=env, capture_output=True, text=True,
                              timeout=600)

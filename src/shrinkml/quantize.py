@@ -1,8 +1,10 @@
 """The quantize stage: the retrained compressed model in 8 bits (paper section 4.3), measured.
 
 Reads a (compressed) checkpoint, writes its int8 version (:mod:`compress.quantize`), and reports
-model size before and after, WER per test split before and after, and decoding latency against
-the dense baseline (:mod:`asr.latency`), as ``report.json`` and a W&B run of group ``quantize``.
+model size before and after (also the bytes it ships in with pruned targets stored sparse, float32 and
+int8, and its nonzero parameters: :mod:`compress.storage`), WER per test split before and after, and
+decoding latency against the dense baseline (:mod:`asr.latency`), as ``report.json`` and a W&B run of group
+``quantize``.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from common.atomic import write_json_atomic
 from compress.checkpoint import SCHEME_KEY, restore_compression
 from compress.quantize import int8_state_dict, load_int8, quantize_int8, save_int8, serialized_mb
 from compress.scheme import count_parameters
+from compress.storage import model_storage
 from shrinkml.stage import data_module, eval_batches, load_recognizer
 
 log = logging.getLogger(__name__)
@@ -58,6 +61,8 @@ def run_quantize(cfg: DictConfig) -> dict:
                "size_mb": round(serialized_mb(int8_state_dict(quantized)), 3), "file_mb": round(file_mb, 3),
                "size_mb_float": round(serialized_mb(module.model.state_dict()), 3),
                "size_mb_baseline": round(serialized_mb(baseline.model.state_dict()), 3)}
+    # the float model with its pruned (sparse) targets stored sparse: bytes/dense, bytes/sparse, bytes/sparse_int8
+    summary.update(model_storage(module.model).summary())
     scheme = (checkpoint.get(SCHEME_KEY) or {}).get("scheme", {})
     summary["provenance"] = scheme.get("provenance", "dense")
     summary.update({k: v for k, v in scheme.get("estimates", {}).items() if k.startswith("speedup/")})
