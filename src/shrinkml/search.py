@@ -29,7 +29,8 @@ from asr.evaluate import evaluate
 from asr.train import instantiate_group
 from common.atomic import write_json_atomic, write_text_atomic
 from common.errors import KnownError
-from compress.cost import estimate_speedup
+from compress.cost import check_by, estimate_speedup
+from compress.latency_cost import LatencyTable, key_hash
 from compress.manual import uniform_energy_scheme
 from compress.scheme import Scheme, apply_scheme, file_fingerprint
 from compress.sensitivity import load_table, sensitive_targets
@@ -38,6 +39,7 @@ from rl.explored import ExploredSet
 from rl.report import markdown_table, plot_explored
 from rl.search_module import SearchModule
 from rl.space import SearchSpace, sensitivity_space, uniform_space
+from shrinkml.latency_table import stage_table
 from shrinkml.stage import data_module, eval_batches, load_recognizer, profiled_targets, wer_scorer
 
 log = logging.getLogger(__name__)
@@ -210,6 +212,7 @@ def run_search(cfg: DictConfig) -> dict:
     L.seed_everything(cfg.seed, workers=True)
     started = time.time()
     out = Path(cfg.output_dir)
+    check_by(cfg.by)
     module = load_recognizer(cfg.ckpt, cfg.decoding)  # a checkpoint it cannot read stops it before any write
     guard_search_state(out, cfg.ckpt, cfg.on_stale)
     clock = SearchClock(out / "wall_time.json", started)
@@ -220,11 +223,15 @@ def run_search(cfg: DictConfig) -> dict:
     cache = SvdCache()
     search = cfg.search
     space = build_space(cfg, targets, cache, model)
-    space.check_reachable(targets, search.target_speedup, cfg.by)
+    table, _ = stage_table(cfg.by, cfg.latency, cfg.ckpt, model, targets, lambda: eval_batches(datamodule, cfg.split),
+                           module.assets.features.frame_shift_ms, cache,
+                           dict(zip(space.names, space.options, strict=True)))  # measured now, or reused
+    space.check_reachable(targets, search.target_speedup, cfg.by, table)
     if search.policy == "optuna_tpe":
         from rl.optuna_search import signature
 
-        study_signature = signature(space, search.target_speedup, search.reward, cfg.by)
+        by = f"latency@{key_hash(table.key)}" if cfg.by == "latency" else cfg.by  # another table: another estimate
+        study_signature = signature(space, search.target_speedup, search.reward, by)
         guard_study(out, study_signature, cfg.on_stale)
     score = wer_scorer(module, proxy)
     decode_started = time.perf_counter()
@@ -236,7 +243,7 @@ def run_search(cfg: DictConfig) -> dict:
              baseline_wer, *space.shape)
 
     def estimate(ranks: dict) -> float:
-        return estimate_speedup(targets, ranks, cfg.by)
+        return estimate_speedup(targets, ranks, cfg.by, table)
 
     def evaluate_ranks(ranks: dict) -> float:
         return score(apply_scheme(model, Scheme.build(targets, ranks, "automl"), targets, cache))
@@ -285,7 +292,7 @@ def run_search(cfg: DictConfig) -> dict:
         return {}
     explored = open_explored(out, 0)
     report = finalize(cfg, module, targets, cache, datamodule, explored, baseline_wer, score, searcher,
-                      clock.total(), proxy_decode_seconds, clock.attempts)
+                      clock.total(), proxy_decode_seconds, clock.attempts, table)
     clock.save()
     for logger in trainer.loggers:
         if hasattr(logger, "log_image"):
@@ -295,7 +302,8 @@ def run_search(cfg: DictConfig) -> dict:
 
 
 def finalize(cfg, module, targets, cache, datamodule, explored: ExploredSet, baseline_wer: float, score,
-             searcher: SearchModule, wall_seconds: float, proxy_decode_seconds: float, attempts: int) -> dict:
+             searcher: SearchModule, wall_seconds: float, proxy_decode_seconds: float, attempts: int,
+             table: LatencyTable | None = None) -> dict:
     """Re-evaluate the top-k explored schemes on the whole dev split and on the test splits, choose the
     result on dev, compare it with the manual baselines and the dense model, and write the result
     scheme, Table 1 and Fig. 4.
@@ -303,9 +311,14 @@ def finalize(cfg, module, targets, cache, datamodule, explored: ExploredSet, bas
     The result scheme is the top-k scheme with the lowest WER on the whole dev split ``cfg.split``
     (greedy decoding), even when the search's proxy is a subset of it: the test splits are only
     reported, never looked at to choose, so the test WER of the retrained result stays unbiased.
+    With a measured latency ``table`` (required by ``by=latency``) every row also reports ``speedup/latency``.
     """
     out, search, model = Path(cfg.output_dir), cfg.search, module.model
     a_t = search.target_speedup
+
+    def latency_estimate(scheme: Scheme) -> dict:
+        return {"speedup/latency": scheme.estimates["speedup/latency"]} if table is not None else {}
+
     tokenizer = module.assets.tokenizer
     dev = cfg.split
     dev_key = f"wer/{dev}"
@@ -315,7 +328,8 @@ def finalize(cfg, module, targets, cache, datamodule, explored: ExploredSet, bas
         """``wer/<split>`` on the whole dev split (the choice) and the test splits (the report)."""
         return {f"wer/{split}": evaluate(compressed, batches, tokenizer).wer for split, batches in splits.items()}
 
-    rows = [{"model": "baseline", "speedup/params": 1.0, "proxy_wer": baseline_wer, **split_wers(model)}]
+    latency = {"speedup/latency": 1.0} if table is not None else {}
+    rows = [{"model": "baseline", "speedup/params": 1.0, **latency, "proxy_wer": baseline_wer, **split_wers(model)}]
     weights = {t.name: t.weight(model) for t in targets}
     manual_dense = {"naive": []}
     if Path(cfg.sensitivity_table).is_file():
@@ -324,27 +338,30 @@ def finalize(cfg, module, targets, cache, datamodule, explored: ExploredSet, bas
     curves: dict[str, list[tuple[float, float]]] = {}
     for method, dense in manual_dense.items():
         try:
-            scheme = uniform_energy_scheme(targets, weights, cache, a_t, cfg.by, dense, provenance=method)
+            scheme = uniform_energy_scheme(targets, weights, cache, a_t, cfg.by, dense, provenance=method,
+                                           latency_table=table)
         except ValueError as err:
             log.warning("manual %s baseline at %.2fx: %s", method, a_t, err)
             continue
         compressed = apply_scheme(model, scheme, targets, cache)
         rows.append({"model": f"manual {method}", "speedup/params": scheme.estimates["speedup/params"],
-                     "proxy_wer": score(compressed), **split_wers(compressed)})
+                     **latency_estimate(scheme), "proxy_wer": score(compressed), **split_wers(compressed)})
         curves[method] = []
         for a in cfg.report.curve_speedups:
             try:
-                point = uniform_energy_scheme(targets, weights, cache, a, cfg.by, dense, provenance=method)
+                point = uniform_energy_scheme(targets, weights, cache, a, cfg.by, dense, provenance=method,
+                                              latency_table=table)
             except ValueError:
                 continue
             curves[method].append((point.estimates[f"speedup/{cfg.by}"],
                                    score(apply_scheme(model, point, targets, cache))))
     candidates = []
     for rank_in_search, point in enumerate(explored.best(a_t, cfg.report.top_k), start=1):
-        scheme = Scheme.build(targets, point["ranks"], PROVENANCE.get(search.policy, "random"))
+        scheme = Scheme.build(targets, point["ranks"], PROVENANCE.get(search.policy, "random"), latency_table=table)
         wers = split_wers(apply_scheme(model, scheme, targets, cache))
         row = {"model": f"{search.policy} #{rank_in_search}", "speedup/params": scheme.estimates["speedup/params"],
-               "proxy_wer": point["wer"], "found_at_step": point["step"], **wers, "selected": ""}
+               **latency_estimate(scheme), "proxy_wer": point["wer"], "found_at_step": point["step"], **wers,
+               "selected": ""}
         rows.append(row)
         candidates.append((scheme, wers, point, row))
     summary = {"target_speedup": a_t, "explored": len(explored), "steps": search.steps,
@@ -354,6 +371,8 @@ def finalize(cfg, module, targets, cache, datamodule, explored: ExploredSet, bas
                "mean_step_seconds": mean(searcher.step_seconds),
                "mean_evaluated_step_seconds": mean(searcher.evaluated_step_seconds),
                "proxy_decode_seconds": round(proxy_decode_seconds, 3)}
+    if table is not None:  # runs/latency/<hash>.json
+        summary["latency_table"] = key_hash(table.key)
     if hasattr(searcher, "study_summary"):  # search=optuna_tpe: its study's trial counts and decodes
         summary.update(searcher.study_summary())
     if summary["mean_evaluated_step_seconds"] is not None:  # criterion: an evaluated step costs <= 1.2 decodes
@@ -373,10 +392,10 @@ def finalize(cfg, module, targets, cache, datamodule, explored: ExploredSet, bas
         summary.update({"best": str(out / "best_scheme.json"), "found_at_step": point["step"],
                         "provenance": scheme.provenance, "selected_on": dev,
                         "speedup/params": scheme.estimates["speedup/params"],
-                        "speedup/macs": scheme.estimates.get("speedup/macs"), **wers})
+                        "speedup/macs": scheme.estimates.get("speedup/macs"), **latency_estimate(scheme), **wers})
     report = {"summary": summary, "rows": rows, "curves": curves}
     write_json_atomic(out / "report.json", report)
-    columns = ["model", "speedup/params", "proxy_wer", *[f"wer/{s}" for s in splits], "found_at_step",
+    columns = ["model", "speedup/params", *latency, "proxy_wer", *[f"wer/{s}" for s in splits], "found_at_step",
                "selected"]
     text = (f"# Search `{search.name}` (a_t = {a_t}, policy {search.policy}, {search.steps} steps, "
             f"{wall_seconds / 60:.1f} min)\n\nThe result is the top-{cfg.report.top_k} scheme with the lowest "

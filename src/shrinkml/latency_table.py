@@ -1,0 +1,493 @@
+"""The measured-latency table of ``by=latency`` (:class:`compress.latency_cost.LatencyTable`): built here, where
+the recognizer's kernels meet the compression package.
+
+Every time is batch-1 decoding time on ``threads`` torch threads, in seconds per second of audio, measured in
+the kernels greedy decoding runs (:meth:`AsrModel.decode`, as :func:`asr.latency.real_time_factor` times it):
+
+* an encoder LSTM layer (context ``encode``): the layer's calls timed (forward hooks) inside ``model.encode`` of
+  the first ``target_utterances`` utterances, so the layers before it have just run and the cache holds what it
+  holds in decoding; dense is torch's fused LSTM, factorized the C++ rank-``k`` recurrence of
+  :mod:`asr.model.lowrank_lstm`. Variant ``j`` of the model has every encoder layer at its ``j``-th grid rank;
+* a linear applied outside the decoder step (MoChA's key projections, once over all encoder frames of an
+  utterance; context ``call``): the module (``nn.Linear``, or the two Linears of
+  :class:`compress.lowrank.LowRankLinear`) on the inputs it received while decoding those utterances (recorded
+  once; hooks on the decoder would switch its C++ step off, so these are not timed inside decoding);
+* the decoder cell and the linears of the decoder step (query projections, output layers), which decoding runs
+  inside the C++ step of :mod:`asr.model.fast_decode` (context ``decode_step``): that step, ``step_calls`` calls
+  per sample on fixed inputs, with the plan of the model with one target factorized against the all-dense
+  plan (every other weight shared). The attention scan sees only ``chunk_size`` frames, so its length (which
+  follows the weights) does not blur the difference. A target's dense time is that of its own products alone
+  (the ATen products the step issues, timed in a loop), its time at rank ``k`` that plus the step's measured
+  difference. Where the C++ step does not run (no extension), these are timed as modules like the keys.
+
+Per-use times become seconds per audio second through ``Target.uses_per_second``
+(:func:`compress.targets.profile_uses`, counted while decoding the ``utterances`` one at a time). Each target
+is timed dense and at a grid of ranks (geometric from 1 to the largest rank that pays, plus ranks asked for:
+the search asks for its space's options), all variants alternating in rotating order
+(:func:`asr.latency.alternate`); every sample is short (one call, or ``step_calls`` steps) and a variant's time
+is the ``statistic`` of its ``repeats`` (``step_repeats`` for the step) samples: ``min`` by default, since on a
+busy machine most samples are slowed by the other processes. The times at growing rank are made
+non-decreasing (:func:`compress.latency_cost.isotonic`). ``fixed`` is the dense model's whole decoding time
+(:func:`whole_model_seconds`: per utterance the same statistic, utterances alternating) minus the sum of the
+dense target times. A target no rank pays for (MoChA's ``chunk_v``, ``1 x 256``) is never factorized: its
+time stays in ``fixed`` (dense 0, no points).
+
+A table is cached under ``dir`` by its key (:func:`machine_key`): CPU model, thread count, torch version, kernel
+backend and the checkpoint's SHA-256; :func:`ensure_table` reuses the table of this key and never another's.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import platform
+import statistics
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import date
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from asr.latency import alternate, single_utterances
+from asr.model import lowrank_lstm
+from compress.cost import FULL, CostModelError, check_by
+from compress.latency_cost import LatencyTable, TargetLatency, isotonic, table_path
+from compress.scheme import Scheme, apply_scheme, file_fingerprint
+from compress.svd import SvdCache
+from compress.targets import Target, profile_uses
+
+log = logging.getLogger(__name__)
+
+STEP_MODULES = ("decoder.cell", "decoder.attention.mono_query", "decoder.attention.chunk_query",
+                "decoder.attention.chunk_v", "decoder.pre_output", "decoder.output")  # run inside the decoder step
+
+Utterance = tuple[torch.Tensor, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class LatencySettings:
+    """The ``latency`` config group (``conf/latency/default.yaml``, the one source of its defaults)."""
+
+    dir: str
+    threads: int
+    repeats: int
+    grid: int
+    utterances: int
+    target_utterances: int
+    step_calls: int
+    step_repeats: int
+    statistic: str
+    rebuild: bool
+
+    @classmethod
+    def from_config(cls, cfg: Mapping) -> LatencySettings:
+        settings = cls(**{name: cfg[name] for name in cls.__dataclass_fields__})
+        for name in ("threads", "repeats", "grid", "utterances", "target_utterances", "step_calls", "step_repeats"):
+            if int(getattr(settings, name)) < 1:
+                raise CostModelError(f"latency.{name}={getattr(settings, name)} must be >= 1")
+        if settings.statistic not in STATISTICS:
+            raise CostModelError(f"latency.statistic={settings.statistic!r}; choose one of {', '.join(STATISTICS)}")
+        return settings
+
+
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), else ``platform.processor()`` or the machine type."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
+
+
+def machine_key(ckpt: str | Path, threads: int, sha256: str | None = None) -> dict:
+    """The cache key of a table: CPU model, torch thread count and version, kernel backend, checkpoint SHA-256."""
+    return {"cpu": cpu_model(), "threads": int(threads), "torch": torch.__version__,
+            "backend": lowrank_lstm.backend(), "checkpoint_sha256": sha256 or file_fingerprint(ckpt)}
+
+
+def largest_paying_rank(shape: tuple[int, int]) -> int:
+    """The largest ``k`` with ``k (m + n) < m n`` (0 when none)."""
+    m, n = shape
+    return (m * n - 1) // (m + n)
+
+
+def rank_grid(shape: tuple[int, int], size: int, extra: Sequence[int | str] = ()) -> list[int]:
+    """``size`` ranks geometric from 1 to the largest rank that pays (rounded, distinct), plus the paying
+    ranks of ``extra``; empty when no rank pays."""
+    top = largest_paying_rank(shape)
+    if top < 1:
+        return []
+    grid = {1, top} | {round(top ** (j / (size - 1))) for j in range(size)} if size > 1 else {1, top}
+    grid |= {int(r) for r in extra if r != FULL and 1 <= int(r) <= top}
+    return sorted(grid)
+
+
+class _Recorder:
+    """Forward hooks that keep the inputs of some modules' calls (batch 1, detached)."""
+
+    def __init__(self, model: nn.Module, names: Sequence[str]):
+        self.inputs: dict[str, list[torch.Tensor]] = {name: [] for name in names}
+        self.handles = [model.get_submodule(name).register_forward_hook(self._hook(name)) for name in names]
+
+    def _hook(self, name: str):
+        def hook(_module, args, _out):
+            self.inputs[name].append(args[0].detach().clone())
+
+        return hook
+
+    def remove(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+
+
+def _uses(target: Target, inputs: Sequence[torch.Tensor]) -> int:
+    """Matrix-vector products of ``inputs`` as :func:`compress.targets.profile_uses` counts them."""
+    if target.kind == "linear":
+        return sum(x.numel() // x.shape[-1] for x in inputs)
+    return sum(x.shape[0] * (x.shape[1] if x.dim() == 3 else 1) for x in inputs)
+
+
+def _timed(fn: Callable[[], object]) -> Callable[[], float]:
+    def run() -> float:
+        start = time.perf_counter()
+        fn()
+        return time.perf_counter() - start
+
+    return run
+
+
+STATISTICS = {"median": statistics.median, "min": min}
+
+
+def _summaries(runs: Mapping[str, Callable[[], float]], repeats: int, statistic: str) -> dict[str, float]:
+    """``statistic`` (median or min) over ``repeats`` of the seconds of every run, timed alternating in rotating
+    order after one warm-up round (:func:`asr.latency.alternate`)."""
+    with torch.no_grad():
+        samples = alternate(runs, repeats, warmup=1)
+    return {name: STATISTICS[statistic](values) for name, values in samples.items()}
+
+
+def _variant(model: nn.Module, targets: Sequence[Target], cache: SvdCache, name: str, rank: int) -> nn.Module:
+    return apply_scheme(model, Scheme.build(targets, {name: rank}, "latency-table"), targets, cache).eval()
+
+
+def _step_inputs(model: nn.Module, utterance: Utterance) -> tuple:
+    """Fixed decoder-step inputs: the first ``chunk_size`` encoder frames of ``utterance`` (so the attention
+    scan, whose length follows the weights, stays within one chunk), a state and a previous token."""
+    decoder = model.decoder
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        memory, _ = model.encode(*utterance)
+        memory = memory[:, : decoder.attention.chunk_size].contiguous()
+        keys = decoder.attention.keys(memory)
+        mask = torch.ones(1, memory.shape[1], dtype=torch.bool)
+        state = decoder.initial_state(memory)
+        state.h = 0.5 * torch.randn(state.h.shape, generator=generator)
+        state.c = 0.5 * torch.randn(state.c.shape, generator=generator)
+        state.context = memory[:, -1].clone()
+    tokens = torch.tensor([min(3, decoder.vocab_size - 1)])
+    return memory, keys, mask, tokens, state
+
+
+def _step_plan(model: nn.Module, name: str | None = None, module: nn.Module | None = None):
+    """The decoder's C++ step plan, with target ``name`` swapped for ``module`` while the plan is made (then put
+    back): every other weight of the plan is the model's own, as in decoding, so only the target differs."""
+    if name is None:
+        with torch.no_grad():
+            return model.decoder.inference_plan()
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name)
+    original = getattr(parent, child)
+    setattr(parent, child, module)
+    try:
+        with torch.no_grad():
+            return model.decoder.inference_plan()
+    finally:
+        setattr(parent, child, original)
+
+
+def _step_run(decoder: nn.Module, plan, inputs: tuple, calls: int) -> Callable[[], float]:
+    memory, keys, mask, tokens, state = inputs
+
+    def run() -> None:
+        for _ in range(calls):
+            decoder.step(memory, keys, mask, tokens, state, plan)
+
+    return _timed(run)
+
+
+def _chain_run(module: nn.Module, calls: int, generator: torch.Generator) -> Callable[[], float]:
+    """The ATen products the C++ step issues for dense ``module`` (``addmm``/``mm`` of a 1-row input), ``calls``
+    times: the target's own dense time per call."""
+    if isinstance(module, nn.Linear):
+        weight, bias = module.weight, module.bias
+    else:  # the decoder cell: one product with its concatenated kernel
+        weight, bias = module.kernel, module.bias
+    x = torch.randn(1, weight.shape[1], generator=generator)
+    weight_t = weight.detach().t()
+
+    def run() -> None:
+        for _ in range(calls):
+            torch.addmm(bias, x, weight_t) if bias is not None else torch.mm(x, weight_t)
+
+    return _timed(run)
+
+
+def _call_seconds(variants: Mapping[str, nn.Module], inputs: Sequence[torch.Tensor], settings: LatencySettings
+                  ) -> dict[str, float]:
+    """Seconds of every variant module over all ``inputs`` (one recorded call each): per variant and input the
+    statistic over repeats of that one call, summed over the inputs. Every call is one short sample."""
+    runs = {(name, i): _timed(lambda module=module, x=x: module(x))
+            for name, module in variants.items() for i, x in enumerate(inputs)}
+    per_call = _summaries(runs, settings.repeats, settings.statistic)
+    return {name: sum(per_call[(name, i)] for i in range(len(inputs))) for name in variants}
+
+
+class _CallClock:
+    """Forward pre/post hooks that time the calls of some modules and count their uses (batch-1 rows x frames)."""
+
+    def __init__(self, model: nn.Module, targets: Sequence[Target]):
+        self.seconds: dict[str, float] = {}
+        self.uses: dict[str, int] = {}
+        self.handles = []
+        for target in targets:
+            module = model.get_submodule(target.name)
+            self.handles += [module.register_forward_pre_hook(self._start),
+                             module.register_forward_hook(self._stop(target))]
+        self._started = 0.0
+
+    def _start(self, _module, _args) -> None:
+        self._started = time.perf_counter()
+
+    def _stop(self, target: Target):
+        def hook(_module, args, _out) -> None:
+            elapsed = time.perf_counter() - self._started
+            self.seconds[target.name] = self.seconds.get(target.name, 0.0) + elapsed
+            self.uses[target.name] = self.uses.get(target.name, 0) + _uses(target, [args[0]])
+
+        return hook
+
+    def take(self) -> dict[str, float]:
+        seconds, self.seconds = self.seconds, {}
+        return seconds
+
+    def remove(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+
+
+def _encode_seconds(model: nn.Module, targets: Sequence[Target], timed: Sequence[Target],
+                    grids: Mapping[str, Sequence[int]], utterances: Sequence[Utterance], cache: SvdCache,
+                    settings: LatencySettings) -> tuple[dict[str, dict[str, float]], dict[str, int]]:
+    """Per-use seconds of the encoder targets ``timed``, each call timed inside ``model.encode`` (in context: the
+    layers before it have just run, as in decoding). Variant ``j`` has every timed target at its ``j``-th grid
+    rank (dense where its grid is shorter); per variant, utterance and target the statistic over ``repeats``,
+    summed over the utterances and divided by the uses. Returns ``{target: {"dense" | rank: seconds per use}}``
+    and the uses per target over the utterances."""
+    width = max(len(grids[t.name]) for t in timed)
+    variants: dict[str, tuple[nn.Module, dict[str, int]]] = {"dense": (model, {})}
+    for j in range(width):
+        ranks = {t.name: grids[t.name][j] for t in timed if j < len(grids[t.name])}
+        variants[f"v{j}"] = (apply_scheme(model, Scheme.build(targets, ranks, "latency-table"), targets, cache).eval(),
+                             ranks)
+    clocks = {name: _CallClock(variant, timed) for name, (variant, _) in variants.items()}
+    try:
+        def run(name: str, utterance: Utterance) -> Callable[[], dict[str, float]]:
+            def encode() -> dict[str, float]:
+                variants[name][0].encode(*utterance)
+                return clocks[name].take()
+
+            return encode
+
+        with torch.no_grad():
+            for utterance in utterances:  # the uses of one pass (the same in every variant)
+                model.encode(*utterance)
+            uses, clocks["dense"].uses = clocks["dense"].uses, {}
+            clocks["dense"].take()
+            runs = {(name, i): run(name, u) for name in variants for i, u in enumerate(utterances)}
+            samples = alternate(runs, settings.repeats, warmup=1)
+    finally:
+        for clock in clocks.values():
+            clock.remove()
+    statistic = STATISTICS[settings.statistic]
+    out: dict[str, dict[str, float]] = {t.name: {} for t in timed}
+    for name, (_, ranks) in variants.items():
+        for target in timed:
+            if name != "dense" and target.name not in ranks:
+                continue
+            seconds = sum(statistic([sample[target.name] for sample in samples[(name, i)]])
+                          for i in range(len(utterances)))
+            out[target.name]["dense" if name == "dense" else str(ranks[target.name])] = seconds / uses[target.name]
+    return out, uses
+
+
+def whole_model_seconds(model: nn.Module, utterances: Sequence[Utterance], frame_shift_ms: float,
+                        settings: LatencySettings) -> float:
+    """Decoding seconds per audio second of ``model`` (greedy, batch 1, as :func:`asr.latency.real_time_factor`
+    decodes): per utterance the statistic over ``repeats`` of its decoding time, utterances alternating in
+    rotating order, summed over the utterances and divided by their audio seconds."""
+    audio = sum(float(lengths.sum()) for _, lengths in utterances) * frame_shift_ms / 1000.0
+    model.eval()
+    runs = {i: _timed(lambda u=u: model.decode(*u, 0)) for i, u in enumerate(utterances)}
+    return sum(_summaries(runs, settings.repeats, settings.statistic).values()) / audio
+
+
+def build_table(model: nn.Module, targets: Sequence[Target], utterances: Sequence[Utterance], frame_shift_ms: float,
+                key: Mapping, settings: LatencySettings, cache: SvdCache | None = None,
+                extra_ranks: Mapping[str, Sequence[int | str]] | None = None) -> LatencyTable:
+    """Measure the latency table of ``model`` (dense) for ``targets`` on batch-1 ``utterances`` (see the module
+    docstring); ``key`` is recorded in it. Runs on ``settings.threads`` torch threads (restored afterwards)."""
+    if not utterances:
+        raise CostModelError("the latency table needs at least one utterance (latency.utterances >= 1)")
+    started = time.perf_counter()
+    cache = cache or SvdCache()
+    extra_ranks = extra_ranks or {}
+    model = model.eval()
+    previous = torch.get_num_threads()
+    torch.set_num_threads(settings.threads)
+    try:
+        lowrank_lstm.backend()  # build or load the extension before any timing
+        audio = sum(float(lengths.sum()) for _, lengths in utterances) * frame_shift_ms / 1000.0
+
+        def decode_all() -> None:
+            for features, lengths in utterances:
+                model.decode(features, lengths, 0)
+
+        profiled = {t.name: t for t in profile_uses(model, targets, decode_all, audio)}
+        whole = whole_model_seconds(model, utterances, frame_shift_ms, settings)
+        with torch.no_grad():
+            step_context = hasattr(model, "decoder") and model.decoder.inference_plan() is not None
+        grids = {t.name: rank_grid(t.shape, settings.grid, extra_ranks.get(t.name, ())) for t in targets}
+        in_step = [t.name for t in targets if step_context and t.name in STEP_MODULES]
+        in_encoder = [t for t in targets if t.name.startswith("encoder.") and grids[t.name]]
+        called = [t.name for t in targets if t.name not in in_step and t not in in_encoder and grids[t.name]]
+        recorder = _Recorder(model, called)
+        try:
+            with torch.no_grad():
+                for features, lengths in utterances[: settings.target_utterances]:
+                    model.decode(features, lengths, 0)
+        finally:
+            recorder.remove()
+        step_inputs = _step_inputs(model, utterances[0]) if in_step else None
+        encoder_uses: dict[str, int] = {}
+        if in_encoder:
+            encoded, encoder_uses = _encode_seconds(model, targets, in_encoder, grids,
+                                                    utterances[: settings.target_utterances], cache, settings)
+        generator = torch.Generator().manual_seed(0)
+        entries: dict[str, TargetLatency] = {}
+        for target in targets:
+            uses = profiled[target.name].uses_per_second
+            grid = grids[target.name]
+            if not grid:
+                entries[target.name] = TargetLatency(target.shape, 0.0, [], {
+                    "kind": target.kind, "uses_per_second": uses,
+                    "context": "none: no rank pays, never factorized; its time is in fixed"})
+                continue
+            if target.name in in_step:
+                calls = settings.step_calls
+                runs = {"dense": _step_run(model.decoder, _step_plan(model), step_inputs, calls)}
+                for rank in grid:
+                    module = _variant(model, targets, cache, target.name, rank).get_submodule(target.name)
+                    runs[str(rank)] = _step_run(model.decoder, _step_plan(model, target.name, module), step_inputs,
+                                                calls)
+                runs["own"] = _chain_run(model.get_submodule(target.name), calls, generator)
+                summaries = _summaries(runs, settings.step_repeats, settings.statistic)
+                per_call = {name: seconds / calls for name, seconds in summaries.items()}
+                dense_call = per_call.pop("own")
+                per_call = {name: dense_call + seconds - per_call["dense"] for name, seconds in per_call.items()}
+                context = f"decode_step ({calls} calls per sample)"
+            elif target.name in encoder_uses:
+                per_call = encoded[target.name]
+                context = (f"encode (timed inside model.encode, {settings.target_utterances} utterances, "
+                           f"{encoder_uses[target.name]} uses)")
+            else:
+                inputs = recorder.inputs[target.name]
+                if not inputs:
+                    raise CostModelError(f"target '{target.name}' was not called while decoding; it cannot be timed "
+                                         "(exclude it with targets.exclude)")
+                count = _uses(target, inputs)
+                variants = {"dense": model.get_submodule(target.name)}
+                for rank in grid:
+                    variants[str(rank)] = _variant(model, targets, cache, target.name, rank).get_submodule(target.name)
+                seconds = _call_seconds(variants, inputs, settings)
+                per_call = {name: value / count for name, value in seconds.items()}
+                context = f"call ({len(inputs)} recorded calls, {count} uses)"
+            raw = [per_call[str(rank)] * uses for rank in grid]
+            entries[target.name] = TargetLatency(
+                target.shape, per_call["dense"] * uses, list(zip(grid, isotonic(raw), strict=True)),
+                {"kind": target.kind, "uses_per_second": uses, "context": context,
+                 "per_use_seconds": per_call,
+                 "raw_points": [[rank, seconds] for rank, seconds in zip(grid, raw, strict=True)]})
+            log.info("latency table: %s dense %.3g s/s, rank %d %.3g s/s", target.name, entries[target.name].dense,
+                     grid[0], entries[target.name].points[0][1])
+        fixed = whole - sum(entry.dense for entry in entries.values())
+        meta = {"whole_dense_seconds": whole, "utterances": len(utterances), "audio_seconds": audio,
+                "statistic": settings.statistic, "repeats": settings.repeats, "grid": settings.grid,
+                "target_utterances": settings.target_utterances, "step_calls": settings.step_calls,
+                "step_repeats": settings.step_repeats,
+                "created": date.today().isoformat(), "build_seconds": round(time.perf_counter() - started, 1)}
+        if fixed < 0:
+            log.warning("latency table: the dense targets' times (%.4g s/s) exceed the whole model's (%.4g s/s)",
+                        whole - fixed, whole)
+        return LatencyTable(dict(key), fixed, entries, meta)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def existing_table(settings: LatencySettings, ckpt: str | Path, sha256: str | None = None
+                   ) -> tuple[LatencyTable | None, Path]:
+    """The cached table of this machine, thread count, torch, backend and checkpoint (or None) and its path."""
+    key = machine_key(ckpt, settings.threads, sha256)
+    return LatencyTable.find(settings.dir, key), table_path(settings.dir, key)
+
+
+def ensure_table(model: nn.Module, targets: Sequence[Target], batches: Sequence[dict], frame_shift_ms: float,
+                 ckpt: str | Path, settings: LatencySettings, cache: SvdCache | None = None,
+                 extra_ranks: Mapping[str, Sequence[int | str]] | None = None) -> tuple[LatencyTable, Path]:
+    """The cached table of this key (:func:`existing_table`), else one measured now on the first
+    ``settings.utterances`` utterances of ``batches`` and saved (atomically); logs its path and build minutes.
+    ``settings.rebuild`` measures again even when a table exists."""
+    sha256 = file_fingerprint(ckpt)
+    table, path = existing_table(settings, ckpt, sha256)
+    if table is not None and not settings.rebuild:
+        table.check(targets, path)
+        log.info("latency table %s (built %s in %.1f min) reused", path, table.meta.get("created"),
+                 table.meta.get("build_seconds", math.nan) / 60)
+        return table, path
+    utterances = single_utterances(batches, settings.utterances)
+    log.info("measuring the latency table (%d utterances, %d threads) ...", len(utterances), settings.threads)
+    table = build_table(model, targets, utterances, frame_shift_ms, machine_key(ckpt, settings.threads, sha256),
+                        settings, cache, extra_ranks)
+    table.meta["checkpoint"] = str(Path(ckpt).resolve())
+    table.save(path)
+    log.info("latency table %s built in %.1f min", path, table.meta["build_seconds"] / 60)
+    return table, path
+
+
+
+def stage_table(by: str, latency_cfg: Mapping, ckpt: str | Path, model: nn.Module, targets: Sequence[Target],
+                batches: Callable[[], Sequence[dict]], frame_shift_ms: float, cache: SvdCache | None = None,
+                extra_ranks: Mapping[str, Sequence[int | str]] | None = None) -> tuple[LatencyTable | None, Path]:
+    """The latency table a stage estimates or reports with, and its path.
+
+    ``by="latency"``: :func:`ensure_table` (reused, or measured now on ``batches()``, the dev split). Any other
+    ``by``: the table of this machine and checkpoint when one exists and holds ``targets`` (its
+    ``speedup/latency`` is then reported beside the others), else None; nothing is measured."""
+    check_by(by)
+    settings = LatencySettings.from_config(latency_cfg)
+    if by == "latency":
+        return ensure_table(model, targets, batches(), frame_shift_ms, ckpt, settings, cache, extra_ranks)
+    table, path = existing_table(settings, ckpt)
+    if table is not None:
+        try:
+            table.check(targets, path)
+        except CostModelError as err:
+            log.info("latency table not reported: %s", err)
+            return None, path
+        log.info("latency table %s of this machine and checkpoint: speedup/latency reported", path)
+    return table, path

@@ -1,0 +1,221 @@
+"""The measured-latency table (shrinkml.latency_table): a real build on a tiny recognizer (few repeats), the rank
+grid, the cache and its key (another thread count or checkpoint is never reused), the settings' errors, and
+search.py with by=latency end to end. No assertion compares speeds."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from asr_helpers import VOCAB, corpus_copy_for_runs, one_thread, shared_dir, tiny_model_config, trained_run
+from hydra import compose, initialize_config_dir
+from test_compress_scripts import run_script
+
+from asr.model import lowrank_lstm
+from asr.model.asr_model import AsrModel
+from compress.cost import FULL, CostModelError
+from compress.latency_cost import LatencyTable, TargetLatency, table_path
+from compress.scheme import Scheme, current_ranks, file_fingerprint
+from compress.targets import Target, discover_targets
+from shrinkml import latency_table
+from shrinkml.latency_table import (
+    LatencySettings,
+    build_table,
+    ensure_table,
+    largest_paying_rank,
+    machine_key,
+    rank_grid,
+    stage_table,
+)
+from shrinkml.stage import load_recognizer
+
+FEATS = 20
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    with one_thread():
+        yield
+
+
+def settings(tmp_path, **overrides) -> LatencySettings:
+    values = dict(dir=str(tmp_path / "latency"), threads=1, repeats=2, grid=3, utterances=3, target_utterances=2,
+                  step_calls=2, step_repeats=3, statistic="min", rebuild=False)
+    values.update(overrides)
+    return LatencySettings(**values)
+
+
+def tiny_model() -> AsrModel:
+    torch.manual_seed(0)
+    return AsrModel(VOCAB, FEATS, **tiny_model_config(init_r=-2.0)).eval()
+
+
+def batches() -> list[dict]:
+    torch.manual_seed(1)
+    lengths = torch.tensor([48, 40, 32])
+    return [{"features": torch.randn(3, 48, FEATS), "feature_lengths": lengths}]
+
+
+def utterances() -> list[tuple[torch.Tensor, torch.Tensor]]:
+    batch = batches()[0]
+    return [(batch["features"][i : i + 1, : int(n)], batch["feature_lengths"][i : i + 1])
+            for i, n in enumerate(batch["feature_lengths"])]
+
+
+def test_rank_grid_spans_one_to_the_largest_rank_that_pays():
+    assert largest_paying_rank((1024, 512)) == 341 and largest_paying_rank((8, 8)) == 3
+    assert largest_paying_rank((1, 256)) == 0
+    grid = rank_grid((1024, 512), 10)
+    assert grid[0] == 1 and grid[-1] == 341 and grid == sorted(set(grid)) and 6 <= len(grid) <= 10
+    assert rank_grid((1, 256), 10) == []  # no rank pays: never factorized
+    assert rank_grid((16, 16), 3, [5, FULL, 99]) == [1, 3, 5, 7]  # asked ranks that pay join the grid
+
+
+def test_settings_come_from_the_config_group_and_are_checked(tmp_path):
+    conf = Path(__file__).resolve().parents[1] / "conf"
+    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+        cfg = compose("search", overrides=[f"paths.root_dir={tmp_path}"])
+    loaded = LatencySettings.from_config(cfg.latency)
+    assert loaded.threads == 1 and loaded.dir == f"{tmp_path}/runs/latency" and cfg.by == "params"
+    with pytest.raises(CostModelError, match="latency.repeats=0 must be >= 1"):
+        LatencySettings.from_config({**cfg.latency, "repeats": 0})
+    with pytest.raises(CostModelError, match="latency.statistic='mean'; choose one of median, min"):
+        LatencySettings.from_config({**cfg.latency, "statistic": "mean"})
+
+
+def test_tiny_model_table_is_measured_for_every_target(tmp_path):
+    if lowrank_lstm.backend() != "cpp":
+        pytest.fail(f"the C++ extension must build on this machine: {lowrank_lstm.backend_info()['reason']}")
+    model = tiny_model()
+    targets = discover_targets(model, exclude=["ctc_head"])
+    key = {"cpu": "test", "threads": 1, "torch": torch.__version__, "backend": "cpp", "checkpoint_sha256": "0" * 64}
+    table = build_table(model, targets, utterances(), 10.0, key, settings(tmp_path),
+                        extra_ranks={"decoder.output": [5]})
+    assert table.key == key and torch.get_num_threads() == 1
+    assert set(table.targets) == {t.name for t in targets}
+    assert all(current_ranks(model, targets)[t.name] == FULL for t in targets)  # the model itself stays dense
+    for target in targets:
+        entry = table.targets[target.name]
+        assert entry.shape == target.shape
+        extra = [5] if target.name == "decoder.output" else []
+        assert [rank for rank, _ in entry.points] == rank_grid(target.shape, 3, extra)
+        seconds = [s for _, s in entry.points]
+        assert seconds == sorted(seconds)  # made non-decreasing in rank
+    contexts = {name: entry.info["context"].split()[0] for name, entry in table.targets.items()}
+    assert contexts["encoder.layers.0"] == "encode" and contexts["decoder.attention.mono_key"] == "call"
+    assert contexts["decoder.cell"] == "decode_step" and contexts["decoder.output"] == "decode_step"
+    chunk_v = table.targets["decoder.attention.chunk_v"]  # 1 x 16: no rank pays
+    assert chunk_v.points == [] and chunk_v.dense == 0.0 and contexts["decoder.attention.chunk_v"] == "none:"
+    for name in ("encoder.layers.0", "encoder.layers.1", "decoder.attention.mono_key"):  # timed as modules: > 0
+        entry = table.targets[name]
+        assert entry.dense > 0 and all(s > 0 for _, s in entry.points) and entry.info["uses_per_second"] > 0
+    whole = table.meta["whole_dense_seconds"]
+    assert whole > 0 and table.fixed == pytest.approx(whole - sum(t.dense for t in table.targets.values()))
+    assert table.dense_seconds == pytest.approx(whole) and table.speedup({}) == 1.0
+    ranks = {t.name: entry.points[0][0] for t in targets if (entry := table.targets[t.name]).points}
+    assert table.speedup(ranks) == pytest.approx(whole / (whole + sum(
+        table.targets[n].points[0][1] - table.targets[n].dense for n in ranks)))
+
+
+def fake_build(calls: list):
+    """A stand-in for build_table that records its calls and returns a table of dense 1.0 per target."""
+
+    def build(model, targets, utterances, frame_shift_ms, key, settings, cache=None, extra_ranks=None):
+        calls.append((dict(key), len(utterances)))
+        return LatencyTable(dict(key), 1.0, {t.name: TargetLatency(t.shape, 1.0, []) for t in targets},
+                            {"build_seconds": 0.0})
+
+    return build
+
+
+def test_cached_table_is_reused_only_for_its_own_key(tmp_path, monkeypatch):
+    calls: list = []
+    monkeypatch.setattr(latency_table, "build_table", fake_build(calls))
+    model = tiny_model()
+    targets = discover_targets(model, exclude=["ctc_head"])
+    ckpt, other = tmp_path / "a.ckpt", tmp_path / "b.ckpt"
+    ckpt.write_bytes(b"baseline one")
+    other.write_bytes(b"baseline two")
+    one = settings(tmp_path)
+    table, path = ensure_table(model, targets, batches(), 10.0, ckpt, one)
+    assert len(calls) == 1 and calls[0][1] == 3 and path.is_file()
+    stored = json.loads(path.read_text())["key"]
+    assert stored == machine_key(ckpt, 1) and stored["checkpoint_sha256"] == file_fingerprint(ckpt)
+    assert set(stored) == {"cpu", "threads", "torch", "backend", "checkpoint_sha256"}
+    assert path == table_path(one.dir, stored)
+    again, again_path = ensure_table(model, targets, batches(), 10.0, ckpt, one)
+    assert len(calls) == 1 and again_path == path and again.to_dict() == table.to_dict()  # reused
+    _, two_threads = ensure_table(model, targets, batches(), 10.0, ckpt, settings(tmp_path, threads=2))
+    assert len(calls) == 2 and calls[1][0]["threads"] == 2 and two_threads != path  # another key: built
+    _, other_path = ensure_table(model, targets, batches(), 10.0, other, one)
+    assert len(calls) == 3 and calls[2][0]["checkpoint_sha256"] == file_fingerprint(other) and other_path != path
+    ensure_table(model, targets, batches(), 10.0, ckpt, settings(tmp_path, rebuild=True))
+    assert len(calls) == 4  # rebuild=true measures again
+    # stages that only report: the table of this key when it exists, nothing measured
+    latency_cfg = {name: getattr(one, name) for name in LatencySettings.__dataclass_fields__}
+    reported, _ = stage_table("params", latency_cfg, ckpt, model, targets, batches, 10.0)
+    assert reported is not None and reported.key["checkpoint_sha256"] == file_fingerprint(ckpt) and len(calls) == 4
+    empty = {**latency_cfg, "dir": str(tmp_path / "none")}
+    assert stage_table("macs", empty, ckpt, model, targets, batches, 10.0)[0] is None and len(calls) == 4
+    built, _ = stage_table("latency", empty, ckpt, model, targets, batches, 10.0)
+    assert built is not None and len(calls) == 5
+    with pytest.raises(CostModelError, match="by='flops' is not a cost model"):
+        stage_table("flops", latency_cfg, ckpt, model, targets, batches, 10.0)
+    # a table of another target list is not reported, and refused for by=latency
+    unknown = [*targets, Target("x", "linear", (4, 4))]
+    assert stage_table("params", latency_cfg, ckpt, model, unknown, batches, 10.0)[0] is None
+    with pytest.raises(CostModelError, match="target 'x' is not in latency table"):
+        ensure_table(model, unknown, batches(), 10.0, ckpt, one)
+
+
+@pytest.fixture(scope="module")
+def search_setup(tiny_corpus, tmp_path_factory):
+    base = shared_dir(tmp_path_factory)
+    run_dir, _ = trained_run(tiny_corpus, base)
+    corpus = corpus_copy_for_runs(tiny_corpus, base)
+    ckpt = run_dir / "checkpoints" / "last.ckpt"
+    common = [f"ckpt={ckpt}", f"data.root={corpus}", f"data.cache_dir={base / 'features'}",
+              f"data.tokenizer.vocab_size={VOCAB}", f"data.tokenizer.dir={base / 'tokenizer'}", "data.feature_jobs=1",
+              "data.progress=false", "logger=csv", "trainer.enable_progress_bar=false", "proxy=random", "proxy_size=6",
+              "search.space.kind=uniform", "search.space.options=4", "report.curve_speedups=[1.5]",
+              f"sensitivity_table={base / 'no-table.json'}"]
+    return ckpt, common
+
+
+def test_search_by_latency_end_to_end(search_setup, tmp_path):
+    """search.py by=latency reuses the table of this machine and checkpoint (written here by hand, so the test does
+    not depend on timing), estimates with it everywhere and reports speedup/latency."""
+    ckpt, common = search_setup
+    targets = discover_targets(load_recognizer(ckpt).model, exclude=["ctc_head"])
+    key = machine_key(ckpt, 1)
+    entries = {}
+    for t in targets:
+        top = largest_paying_rank(t.shape)
+        entries[t.name] = TargetLatency(t.shape, 1.0, [(1, 0.1), (top, 0.9)] if top > 1 else [])
+    table = LatencyTable(key, 1.0, entries, {"created": "2026-12-03", "build_seconds": 0.0})
+    table.save(table_path(tmp_path / "latency", key))
+    out = tmp_path / "search"
+    result = run_script("../search", *common, "by=latency", f"latency.dir={tmp_path / 'latency'}", "search.steps=3",
+                        "search.target_speedup=1.5", f"output_dir={out}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "reused" in result.stderr + result.stdout
+    points = [json.loads(line) for line in (out / "explored-rank0.jsonl").open()]
+    assert points and all(p["speedup"] == pytest.approx(table.speedup(p["ranks"])) for p in points)
+    assert all(p["speedup"] >= 1.5 for p in points)
+    best = Scheme.load(out / "best_scheme.json")
+    assert best.estimates["speedup/latency"] == pytest.approx(table.speedup(best.ranks))
+    assert best.estimates["speedup/latency"] >= 1.5
+    report = json.loads((out / "report.json").read_text())
+    assert all("speedup/latency" in row for row in report["rows"])
+    assert report["summary"]["speedup/latency"] == best.estimates["speedup/latency"]
+    assert "speedup/latency" in (out / "report.md").read_text()
+    # by=params still reports speedup/latency beside it, from the same table
+    params = run_script("../search", *common, "by=params", f"latency.dir={tmp_path / 'latency'}", "search.steps=2",
+                        "search.target_speedup=1.5", f"output_dir={tmp_path / 'params'}")
+    assert params.returncode == 0, params.stderr[-3000:]
+    best = Scheme.load(tmp_path / "params" / "best_scheme.json")
+    assert best.estimates["speedup/latency"] == pytest.approx(table.speedup(best.ranks))
+    bad = run_script("../search", *common, "by=flops", f"output_dir={tmp_path / 'bad'}")
+    assert bad.returncode == 2 and "by='flops' is not a cost model; choose one of params, macs, latency" in bad.stderr
