@@ -4,7 +4,8 @@ A checkpoint written while :class:`compress.callback.LowRankCompression` is acti
 :data:`SCHEME_KEY`, the scheme and where it was applied (``attribute``: the sub-module of the
 Lightning module that was compressed, ``include``/``exclude``: the target patterns).
 :func:`restore_compression` rebuilds that low-rank structure on a freshly built dense module, after
-which the checkpoint's ``state_dict`` loads as usual.
+which the checkpoint's ``state_dict`` loads as usual. A pruned model's mask buffers (record
+:data:`compress.prune.PRUNE_KEY`, docs/pruning.md) are registered too.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from collections.abc import Mapping, Sequence
 
 from torch import nn
 
+from compress.prune import restore_pruning
 from compress.scheme import Scheme, SchemeError, apply_scheme
 from compress.targets import discover_targets
 
@@ -49,6 +51,7 @@ def restore_compression(root: nn.Module, checkpoint: Mapping) -> Scheme | None:
     """
     record = checkpoint.get(SCHEME_KEY)
     if record is None:
+        restore_pruning(root, checkpoint)
         return None
     attribute = record.get("attribute", "")
     if not attribute:
@@ -58,4 +61,5 @@ def restore_compression(root: nn.Module, checkpoint: Mapping) -> Scheme | None:
     holder = get_submodule(root, attribute)
     targets = discover_targets(holder, record.get("include", ["*"]), record.get("exclude", []))
     set_submodule(root, attribute, apply_scheme(holder, scheme, targets, cache=None))
+    restore_pruning(root, checkpoint)  # a pruned low-rank model: the factors' masks
     return scheme
