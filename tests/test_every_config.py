@@ -2,7 +2,8 @@
 with a tiny model (the directories are globbed: a new file is tested without a change here).
 
 - experiment: one epoch, test, a summary with finite WERs (fine-tuning experiments start from a tiny trained
-  checkpoint; a compressing one gets a quarter-rank scheme; another corpus's data config is pointed at the tiny one)
+  checkpoint; a compressing one gets a quarter-rank scheme, a pruning one a schedule within the epoch; another
+  corpus's data config is pointed at the tiny one)
 - search: two steps from the tiny checkpoint with a sensitivity table, a report, and a result chosen on dev
 - debug: alone and with +experiment=baseline, its run directory under logs/debug and nothing under runs/
 """
@@ -95,8 +96,10 @@ def experiment_config(name: str, corpus: Path, base: Path, checkpoint: Path, sch
         overrides += TINY_SPLITS
     if cfg.init_from is not None:
         overrides.append(f"init_from={checkpoint}")
-    if cfg.get("compress"):
+    if cfg.get("compress") and "scheme" in cfg.compress:
         overrides.append(f"compress.scheme={scheme}")
+    if cfg.get("compress") and "sparsity" in cfg.compress:  # pruning: a schedule that ends within the epoch
+        overrides += ["compress.start_step=0", "compress.frequency=1", "compress.updates=2"]
     return compose_train(overrides)
 
 
@@ -119,7 +122,10 @@ def test_experiment_trains_tests_and_writes_a_summary(name, corpus, base, checkp
             assert_finite_rates({k.removeprefix("seed/"): v for k, v in summary.items()}, cfg.data.dev_splits)
         if cfg.measure_speedup.reference:
             assert summary["speedup/measured"] > 0
-        assert (summary["params"] < dense_params) == bool(cfg.get("compress"))  # only compression shrinks it
+        low_rank = bool(cfg.get("compress")) and "scheme" in cfg.compress
+        assert (summary["params"] < dense_params) == low_rank  # only low-rank compression shrinks it
+        if cfg.get("compress") and "sparsity" in cfg.compress:  # pruning keeps the parameters, zeroes some
+            assert summary["params/nonzero"] < dense_params and summary["sparsity"] > 0
 
 
 # -- searches ---------------------------------------------------------------------------------------------
