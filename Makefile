@@ -15,7 +15,7 @@ TIMED := $(PY) scripts/timed.py
 resume = $(if $(shell test $(1)/checkpoints/last.ckpt -nt $(2) && echo y),ckpt_path=$(1)/checkpoints/last.ckpt,)
 
 .PHONY: setup test lint data corpus prepare baseline sensitivity manual condense search search-conservative \
-	search-random retrain quantize compare pipeline bench clean-cache
+	search-random retrain prune quantize compare pipeline bench clean-cache
 
 ## setup: virtual env with the project and its dev extras, plus the system check for the corpus text
 setup: $(STAMP)
@@ -81,6 +81,15 @@ runs/retrain_guided/summary.json: runs/manual/manual.json
 		compress.scheme=runs/manual/schemes/guided-3.7x.json $(call resume,runs/retrain_guided,runs/manual/schemes/guided-3.7x.json)
 runs/retrain_dense/summary.json: $(BASELINE)/summary.json
 	$(TIMED) "retrain dense" -- $(PY) train.py +experiment=retrain_dense $(call resume,runs/retrain_dense,$(BASELINE)/summary.json)
+
+## prune: the baseline pruned while fine-tuned with the retraining budget (about 22 minutes each, docs/pruning.md),
+## magnitude and CSP at each sparsity; an interrupted run resumes
+PRUNE_METHODS := magnitude csp
+PRUNE_SPARSITIES := 0.5 0.7 0.8 0.9
+prune: $(foreach m,$(PRUNE_METHODS),$(foreach s,$(PRUNE_SPARSITIES),runs/prune_$(m)_$(s)/summary.json))
+runs/prune_%/summary.json: $(BASELINE)/summary.json
+	$(TIMED) "prune $*" -- $(PY) train.py +experiment=prune compress.method=$(word 1,$(subst _, ,$*)) \
+		compress.sparsity=$(word 2,$(subst _, ,$*)) $(call resume,runs/prune_$*,$(BASELINE)/summary.json)
 
 ## quantize: the retrained AutoML model in 8 bits: size, WER and measured speed-up
 quantize: runs/quantize/automl/report.json
