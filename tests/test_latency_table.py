@@ -42,7 +42,7 @@ def _one_thread():
 
 def settings(tmp_path, **overrides) -> LatencySettings:
     values = dict(dir=str(tmp_path / "latency"), threads=1, repeats=2, grid=3, utterances=3, target_utterances=2,
-                  step_calls=2, step_repeats=3, statistic="min", rebuild=False)
+                  step_calls=2, step_repeats=3, statistic="min", clock="cpu", rebuild=False)
     values.update(overrides)
     return LatencySettings(**values)
 
@@ -83,6 +83,9 @@ def test_settings_come_from_the_config_group_and_are_checked(tmp_path):
         LatencySettings.from_config({**cfg.latency, "repeats": 0})
     with pytest.raises(CostModelError, match="latency.statistic='mean'; choose one of median, min"):
         LatencySettings.from_config({**cfg.latency, "statistic": "mean"})
+    with pytest.raises(CostModelError, match="use latency.clock=wall with latency.threads > 1"):
+        LatencySettings.from_config({**cfg.latency, "threads": 2})
+    assert LatencySettings.from_config({**cfg.latency, "threads": 2, "clock": "wall"}).threads == 2
 
 
 def test_tiny_model_table_is_measured_for_every_target(tmp_path):
@@ -147,7 +150,7 @@ def test_cached_table_is_reused_only_for_its_own_key(tmp_path, monkeypatch):
     assert path == table_path(one.dir, stored)
     again, again_path = ensure_table(model, targets, batches(), 10.0, ckpt, one)
     assert len(calls) == 1 and again_path == path and again.to_dict() == table.to_dict()  # reused
-    _, two_threads = ensure_table(model, targets, batches(), 10.0, ckpt, settings(tmp_path, threads=2))
+    _, two_threads = ensure_table(model, targets, batches(), 10.0, ckpt, settings(tmp_path, threads=2, clock="wall"))
     assert len(calls) == 2 and calls[1][0]["threads"] == 2 and two_threads != path  # another key: built
     _, other_path = ensure_table(model, targets, batches(), 10.0, other, one)
     assert len(calls) == 3 and calls[2][0]["checkpoint_sha256"] == file_fingerprint(other) and other_path != path

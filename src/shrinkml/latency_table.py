@@ -18,7 +18,8 @@ the kernels greedy decoding runs (:meth:`AsrModel.decode`, as :func:`asr.latency
   plan (every other weight shared). The attention scan sees only ``chunk_size`` frames, so its length (which
   follows the weights) does not blur the difference. A target's dense time is that of its own products alone
   (the ATen products the step issues, timed in a loop), its time at rank ``k`` that plus the step's measured
-  difference. Where the C++ step does not run (no extension), these are timed as modules like the keys.
+  difference (all moved up together where a rank saves more than that own time: only differences count). Where
+  the C++ step does not run (no extension), these are timed as modules like the keys.
 
 Per-use times become seconds per audio second through ``Target.uses_per_second``
 (:func:`compress.targets.profile_uses`, counted while decoding the ``utterances`` one at a time). Each target
@@ -26,11 +27,16 @@ is timed dense and at a grid of ranks (geometric from 1 to the largest rank that
 the search asks for its space's options), all variants alternating in rotating order
 (:func:`asr.latency.alternate`); every sample is short (one call, or ``step_calls`` steps) and a variant's time
 is the ``statistic`` of its ``repeats`` (``step_repeats`` for the step) samples: ``min`` by default, since on a
-busy machine most samples are slowed by the other processes. The times at growing rank are made
-non-decreasing (:func:`compress.latency_cost.isotonic`). ``fixed`` is the dense model's whole decoding time
+busy machine most samples are slowed by the other processes. Samples are timed on the ``clock``: ``cpu`` (the
+default, one thread only) is the decoding thread's CPU time, which leaves out the time other processes hold the
+core (on 2026-12-03, five processes on two cores, a dense batch-1 decode took 9.7-15.7 ms per second of audio by
+the wall clock and 6.0-6.8 ms by the thread's CPU time, min of 7 per utterance); ``wall`` is elapsed time. The
+times at growing rank are made non-decreasing (:func:`compress.latency_cost.isotonic`).
+``fixed`` is the dense model's whole decoding time
 (:func:`whole_model_seconds`: per utterance the same statistic, utterances alternating) minus the sum of the
-dense target times. A target no rank pays for (MoChA's ``chunk_v``, ``1 x 256``) is never factorized: its
-time stays in ``fixed`` (dense 0, no points).
+dense target times; ``meta.real_time_factor`` records :func:`asr.latency.real_time_factor` (median of whole passes,
+which carry the machine's load) beside it. A target no rank pays for (MoChA's ``chunk_v``, ``1 x 256``) is never
+factorized: its time stays in ``fixed`` (dense 0, no points).
 
 A table is cached under ``dir`` by its key (:func:`machine_key`): CPU model, thread count, torch version, kernel
 backend and the checkpoint's SHA-256; :func:`ensure_table` reuses the table of this key and never another's.
@@ -51,7 +57,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from asr.latency import alternate, single_utterances
+from asr.latency import alternate, real_time_factor, single_utterances
 from asr.model import lowrank_lstm
 from compress.cost import FULL, CostModelError, check_by
 from compress.latency_cost import LatencyTable, TargetLatency, isotonic, table_path
@@ -80,6 +86,7 @@ class LatencySettings:
     step_calls: int
     step_repeats: int
     statistic: str
+    clock: str
     rebuild: bool
 
     @classmethod
@@ -90,6 +97,11 @@ class LatencySettings:
                 raise CostModelError(f"latency.{name}={getattr(settings, name)} must be >= 1")
         if settings.statistic not in STATISTICS:
             raise CostModelError(f"latency.statistic={settings.statistic!r}; choose one of {', '.join(STATISTICS)}")
+        if settings.clock not in CLOCKS:
+            raise CostModelError(f"latency.clock={settings.clock!r}; choose one of {', '.join(CLOCKS)}")
+        if settings.clock == "cpu" and settings.threads > 1:
+            raise CostModelError(f"latency.clock=cpu counts the decoding thread only, not torch's other "
+                                 f"{settings.threads - 1} thread(s): use latency.clock=wall with latency.threads > 1")
         return settings
 
 
@@ -152,11 +164,14 @@ def _uses(target: Target, inputs: Sequence[torch.Tensor]) -> int:
     return sum(x.shape[0] * (x.shape[1] if x.dim() == 3 else 1) for x in inputs)
 
 
-def _timed(fn: Callable[[], object]) -> Callable[[], float]:
+CLOCKS = {"cpu": time.thread_time, "wall": time.perf_counter}
+
+
+def _timed(fn: Callable[[], object], clock: Callable[[], float]) -> Callable[[], float]:
     def run() -> float:
-        start = time.perf_counter()
+        start = clock()
         fn()
-        return time.perf_counter() - start
+        return clock() - start
 
     return run
 
@@ -211,17 +226,19 @@ def _step_plan(model: nn.Module, name: str | None = None, module: nn.Module | No
         setattr(parent, child, original)
 
 
-def _step_run(decoder: nn.Module, plan, inputs: tuple, calls: int) -> Callable[[], float]:
+def _step_run(decoder: nn.Module, plan, inputs: tuple, calls: int, clock: Callable[[], float]
+              ) -> Callable[[], float]:
     memory, keys, mask, tokens, state = inputs
 
     def run() -> None:
         for _ in range(calls):
             decoder.step(memory, keys, mask, tokens, state, plan)
 
-    return _timed(run)
+    return _timed(run, clock)
 
 
-def _chain_run(module: nn.Module, calls: int, generator: torch.Generator) -> Callable[[], float]:
+def _chain_run(module: nn.Module, calls: int, generator: torch.Generator, clock: Callable[[], float]
+               ) -> Callable[[], float]:
     """The ATen products the C++ step issues for dense ``module`` (``addmm``/``mm`` of a 1-row input), ``calls``
     times: the target's own dense time per call."""
     if isinstance(module, nn.Linear):
@@ -235,14 +252,14 @@ def _chain_run(module: nn.Module, calls: int, generator: torch.Generator) -> Cal
         for _ in range(calls):
             torch.addmm(bias, x, weight_t) if bias is not None else torch.mm(x, weight_t)
 
-    return _timed(run)
+    return _timed(run, clock)
 
 
 def _call_seconds(variants: Mapping[str, nn.Module], inputs: Sequence[torch.Tensor], settings: LatencySettings
                   ) -> dict[str, float]:
     """Seconds of every variant module over all ``inputs`` (one recorded call each): per variant and input the
     statistic over repeats of that one call, summed over the inputs. Every call is one short sample."""
-    runs = {(name, i): _timed(lambda module=module, x=x: module(x))
+    runs = {(name, i): _timed(lambda module=module, x=x: module(x), CLOCKS[settings.clock])
             for name, module in variants.items() for i, x in enumerate(inputs)}
     per_call = _summaries(runs, settings.repeats, settings.statistic)
     return {name: sum(per_call[(name, i)] for i in range(len(inputs))) for name in variants}
@@ -251,7 +268,8 @@ def _call_seconds(variants: Mapping[str, nn.Module], inputs: Sequence[torch.Tens
 class _CallClock:
     """Forward pre/post hooks that time the calls of some modules and count their uses (batch-1 rows x frames)."""
 
-    def __init__(self, model: nn.Module, targets: Sequence[Target]):
+    def __init__(self, model: nn.Module, targets: Sequence[Target], clock: Callable[[], float]):
+        self.clock = clock
         self.seconds: dict[str, float] = {}
         self.uses: dict[str, int] = {}
         self.handles = []
@@ -262,11 +280,11 @@ class _CallClock:
         self._started = 0.0
 
     def _start(self, _module, _args) -> None:
-        self._started = time.perf_counter()
+        self._started = self.clock()
 
     def _stop(self, target: Target):
         def hook(_module, args, _out) -> None:
-            elapsed = time.perf_counter() - self._started
+            elapsed = self.clock() - self._started
             self.seconds[target.name] = self.seconds.get(target.name, 0.0) + elapsed
             self.uses[target.name] = self.uses.get(target.name, 0) + _uses(target, [args[0]])
 
@@ -295,7 +313,7 @@ def _encode_seconds(model: nn.Module, targets: Sequence[Target], timed: Sequence
         ranks = {t.name: grids[t.name][j] for t in timed if j < len(grids[t.name])}
         variants[f"v{j}"] = (apply_scheme(model, Scheme.build(targets, ranks, "latency-table"), targets, cache).eval(),
                              ranks)
-    clocks = {name: _CallClock(variant, timed) for name, (variant, _) in variants.items()}
+    clocks = {name: _CallClock(variant, timed, CLOCKS[settings.clock]) for name, (variant, _) in variants.items()}
     try:
         def run(name: str, utterance: Utterance) -> Callable[[], dict[str, float]]:
             def encode() -> dict[str, float]:
@@ -333,7 +351,7 @@ def whole_model_seconds(model: nn.Module, utterances: Sequence[Utterance], frame
     rotating order, summed over the utterances and divided by their audio seconds."""
     audio = sum(float(lengths.sum()) for _, lengths in utterances) * frame_shift_ms / 1000.0
     model.eval()
-    runs = {i: _timed(lambda u=u: model.decode(*u, 0)) for i, u in enumerate(utterances)}
+    runs = {i: _timed(lambda u=u: model.decode(*u, 0), CLOCKS[settings.clock]) for i, u in enumerate(utterances)}
     return sum(_summaries(runs, settings.repeats, settings.statistic).values()) / audio
 
 
@@ -360,6 +378,7 @@ def build_table(model: nn.Module, targets: Sequence[Target], utterances: Sequenc
 
         profiled = {t.name: t for t in profile_uses(model, targets, decode_all, audio)}
         whole = whole_model_seconds(model, utterances, frame_shift_ms, settings)
+        rtf = real_time_factor(model, utterances, frame_shift_ms, 3)  # for reference: whole passes, median
         with torch.no_grad():
             step_context = hasattr(model, "decoder") and model.decoder.inference_plan() is not None
         grids = {t.name: rank_grid(t.shape, settings.grid, extra_ranks.get(t.name, ())) for t in targets}
@@ -390,17 +409,22 @@ def build_table(model: nn.Module, targets: Sequence[Target], utterances: Sequenc
                 continue
             if target.name in in_step:
                 calls = settings.step_calls
-                runs = {"dense": _step_run(model.decoder, _step_plan(model), step_inputs, calls)}
+                clock = CLOCKS[settings.clock]
+                runs = {"dense": _step_run(model.decoder, _step_plan(model), step_inputs, calls, clock)}
                 for rank in grid:
                     module = _variant(model, targets, cache, target.name, rank).get_submodule(target.name)
                     runs[str(rank)] = _step_run(model.decoder, _step_plan(model, target.name, module), step_inputs,
-                                                calls)
-                runs["own"] = _chain_run(model.get_submodule(target.name), calls, generator)
+                                                calls, clock)
+                runs["own"] = _chain_run(model.get_submodule(target.name), calls, generator, clock)
                 summaries = _summaries(runs, settings.step_repeats, settings.statistic)
                 per_call = {name: seconds / calls for name, seconds in summaries.items()}
                 dense_call = per_call.pop("own")
                 per_call = {name: dense_call + seconds - per_call["dense"] for name, seconds in per_call.items()}
-                context = f"decode_step ({calls} calls per sample)"
+                # a rank that saves more than the products' own time took (cache effects of the step): the target's
+                # times all move up by the same amount (the differences, hence every estimate, stay as measured)
+                shift = max(0.0, -min(per_call.values()))
+                per_call = {name: seconds + shift for name, seconds in per_call.items()}
+                context = f"decode_step ({calls} calls per sample; shifted up {shift:.3g} s per call)"
             elif target.name in encoder_uses:
                 per_call = encoded[target.name]
                 context = (f"encode (timed inside model.encode, {settings.target_utterances} utterances, "
@@ -426,10 +450,10 @@ def build_table(model: nn.Module, targets: Sequence[Target], utterances: Sequenc
             log.info("latency table: %s dense %.3g s/s, rank %d %.3g s/s", target.name, entries[target.name].dense,
                      grid[0], entries[target.name].points[0][1])
         fixed = whole - sum(entry.dense for entry in entries.values())
-        meta = {"whole_dense_seconds": whole, "utterances": len(utterances), "audio_seconds": audio,
-                "statistic": settings.statistic, "repeats": settings.repeats, "grid": settings.grid,
-                "target_utterances": settings.target_utterances, "step_calls": settings.step_calls,
-                "step_repeats": settings.step_repeats,
+        meta = {"whole_dense_seconds": whole, "real_time_factor": rtf, "utterances": len(utterances),
+                "audio_seconds": audio, "statistic": settings.statistic, "clock": settings.clock,
+                "repeats": settings.repeats, "grid": settings.grid, "target_utterances": settings.target_utterances,
+                "step_calls": settings.step_calls, "step_repeats": settings.step_repeats,
                 "created": date.today().isoformat(), "build_seconds": round(time.perf_counter() - started, 1)}
         if fixed < 0:
             log.warning("latency table: the dense targets' times (%.4g s/s) exceed the whole model's (%.4g s/s)",
