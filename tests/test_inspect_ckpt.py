@@ -70,9 +70,10 @@ def test_pruned_checkpoint_with_masks_and_blocks(tmp_path):
         keep[torch.arange(16), torch.arange(16) % 8] = True
         pre.mul_(keep.repeat_interleave(4, 1))
         pre.add_(3.0 * pre.sign())  # no accidental zero inside a kept block
-    state = {**module.state_dict(), "model.encoder.layers.1.kernel_mask": mask.float()}
+    state = {**module.state_dict(), "model.encoder.layers.1.kernel_mask": mask}  # bool, as the pruning writes it
     torch.save({"state_dict": state, "hyper_parameters": dict(module.hparams),
-                SCHEME_KEY: {"method": "magnitude", "pattern": "unstructured", "block": [1, 1]}}, tmp_path / "p.ckpt")
+                "compression_pruning": {"format": "shrinkml-prune/1", "method": "magnitude", "pattern": "unstructured",
+                                        "block": [1, 1], "sparsity": 0.8, "targets": {}}}, tmp_path / "p.ckpt")
     result = inspect_checkpoint(tmp_path / "p.ckpt")
     rows = rows_of(result)
     layer = rows["encoder.layers.1"]
@@ -81,8 +82,8 @@ def test_pruned_checkpoint_with_masks_and_blocks(tmp_path):
     blocks = rows["decoder.pre_output"]
     assert blocks["format_sparse"].startswith(("bsr1x4", "bitmask1x4")) and blocks["sparsity"] > 0.6
     assert rows["encoder.layers.0"]["sparsity"] == 0.0
-    assert result["compression"] == {"method": "magnitude", "pattern": "unstructured", "block": [1, 1]}
-    assert result["totals"]["mask_bytes"] == mask.numel() * 4
+    assert result["compression"] == {"method": "magnitude", "pattern": "unstructured", "block": [1, 1], "sparsity": 0.8}
+    assert result["totals"]["mask_bytes"] == mask.numel()
     table = format_table(result)
     assert "masks in the file, not shipped" in table and "method magnitude" in table
 

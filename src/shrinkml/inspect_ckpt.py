@@ -19,13 +19,14 @@ import torch
 from asr.checkpoint import CheckpointError, read_checkpoint
 from asr.module import AsrModule
 from compress.checkpoint import SCHEME_KEY
+from compress.prune import PRUNE_KEY
 from compress.quantize import FORMAT as INT8_FORMAT
 from compress.quantize import dequantize_rows
 from compress.storage import BLOCKS, StorageReport, TensorStorage, state_storage, target_tensors
 
 INT8_SUFFIX, SCALE_SUFFIX = ".int8", ".int8_scale"
 PACKED_SUFFIX = "._packed_params._packed_params"  # a dynamic int8 Linear's (weight, bias)
-RECORD_KEYS = ("method", "pattern", "block", "provenance", "sparsity")  # shown from a compression record
+RECORD_KEYS = ("method", "pattern", "block", "sparsity")  # shown from the pruning record
 
 
 def float_state(state: Mapping) -> dict[str, torch.Tensor]:
@@ -69,13 +70,16 @@ def _target_row(name: str, tensors: list[TensorStorage]) -> dict:
 
 
 def _record(checkpoint: Mapping) -> dict:
+    """What the compression records say: the pruning record's method, pattern, block and sparsity
+    (:data:`PRUNE_KEY`, docs/pruning.md) and the low-rank scheme's provenance (:data:`SCHEME_KEY`)."""
+    out = {}
+    pruning = checkpoint.get(PRUNE_KEY)
+    if isinstance(pruning, Mapping):
+        out.update({k: pruning[k] for k in RECORD_KEYS if k in pruning})
     record = checkpoint.get(SCHEME_KEY)
-    if not isinstance(record, Mapping):
-        return {}
-    out = {k: record[k] for k in RECORD_KEYS if k in record}
-    scheme = record.get("scheme")
+    scheme = record.get("scheme") if isinstance(record, Mapping) else None
     if isinstance(scheme, Mapping) and "provenance" in scheme:
-        out.setdefault("provenance", scheme["provenance"])
+        out["provenance"] = scheme["provenance"]
     return out
 
 
