@@ -4,6 +4,7 @@
     python benchmarks/search_seeds.py          # a_t 3.7 and 1.2, seeds 0 1 2, budgets 100 200 300
     python benchmarks/search_seeds.py --targets 3.7 --seeds 0 --budgets 50 100 --jobs 2
     python benchmarks/search_seeds.py --searcher rl_penalty=search=aggressive,search.feasibility=penalty
+    python benchmarks/search_seeds.py --finished-only   # the table so far, while a benchmark still runs
 
 Searchers (each a ``search.py`` run through the real entry point, over the same search space, proxy set, reward
 and cost model): ``rl`` (the controller with the feasibility mask, ``search=aggressive``), ``random_feasible``,
@@ -183,6 +184,8 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=1, help="searches at once (each on one thread)")
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "bench_search")
     parser.add_argument("--json", type=Path, default=None, help="write every row here")
+    parser.add_argument("--finished-only", action="store_true",
+                        help="run no search: the table of the runs that finished (while a benchmark still runs)")
     args = parser.parse_args()
     unknown = sorted(set(args.searchers) - set(SEARCHERS))
     if unknown:
@@ -193,9 +196,13 @@ def main() -> None:
     runs = [(name, target, seed) for target in args.targets for seed in args.seeds for name in searchers
             if name not in DETERMINISTIC or seed == args.seeds[0]]
     started = time.time()
+    if args.finished_only:
+        runs = [run for run in runs if (run_dir(args.out, run[1], run[0], run[2]) / "report.json").is_file()]
+        args.jobs = 0
     with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
         futures = [pool.submit(run_search, name, [*searchers[name], f"ckpt={args.ckpt}"], target, seed, budgets[-1],
-                               run_dir(args.out, target, name, seed)) for name, target, seed in runs]
+                               run_dir(args.out, target, name, seed)) for name, target, seed in runs
+                   if not args.finished_only]
         for future in futures:
             future.result()
     print(f"searches done in {(time.time() - started) / 60:.1f} min; choosing at each budget", flush=True)
