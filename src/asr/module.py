@@ -32,19 +32,23 @@ class TrainingDivergedError(KnownError, FloatingPointError):
     """The training loss became non-finite or exploded past ``module.max_loss``."""
 
 
-DECODING_KEYS = ("beam_size", "length_penalty", "max_decode_ratio", "hard_fallback")
+DECODING_KEYS = ("beam_size", "length_penalty", "max_decode_ratio", "hard_fallback", "sparse_min_sparsity")
+# keys a checkpoint written before they existed lacks: absent, they are None (sparse_min_sparsity: dense kernels only)
+OPTIONAL_DECODING_KEYS = ("sparse_min_sparsity",)
 
 
 def decoding_settings(decoding: dict) -> dict:
-    """The ``decoding`` config group (``conf/decoding/default.yaml``) checked: exactly its four keys."""
+    """The ``decoding`` config group (``conf/decoding/default.yaml``) checked: exactly its keys."""
     decoding = dict(decoding)
-    missing = [k for k in DECODING_KEYS if k not in decoding]
+    missing = [k for k in DECODING_KEYS if k not in decoding and k not in OPTIONAL_DECODING_KEYS]
     unknown = [k for k in decoding if k not in DECODING_KEYS]
     if missing or unknown:
         raise ValueError(f"decoding settings need exactly {', '.join(DECODING_KEYS)} (conf/decoding/default.yaml); "
                          f"missing {missing}, unknown {unknown}")
     if decoding["beam_size"] < 0:
         raise ValueError(f"decoding.beam_size must be >= 0 (0 = greedy), got {decoding['beam_size']}")
+    for key in OPTIONAL_DECODING_KEYS:
+        decoding.setdefault(key, None)
     return decoding
 
 
@@ -108,7 +112,8 @@ class AsrModule(L.LightningModule):
     def set_decoding(self, decoding: dict) -> None:
         """Decode with ``decoding`` (the ``decoding`` config group) from now on; the weights are unchanged."""
         self.decoding = decoding_settings(decoding)
-        self.model.set_decoding(self.decoding["max_decode_ratio"], self.decoding["hard_fallback"])
+        self.model.set_decoding(self.decoding["max_decode_ratio"], self.decoding["hard_fallback"],
+                                self.decoding["sparse_min_sparsity"])
 
     # -- training ----------------------------------------------------------------------------
     def on_fit_start(self) -> None:

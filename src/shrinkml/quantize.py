@@ -52,7 +52,7 @@ def run_quantize(cfg: DictConfig) -> dict:
     extras = {key: checkpoint[key] for key in ("hyper_parameters", "asr_assets", SCHEME_KEY) if key in checkpoint}
     file_mb = save_int8(out / "model_int8.pt", quantized, source_checkpoint=str(cfg.ckpt), **extras)
     quantized, _ = load_int8_recognizer(out / "model_int8.pt")  # measure what was written, not what was meant
-    quantized.set_decoding(cfg.decoding.max_decode_ratio, cfg.decoding.hard_fallback)
+    quantized.set_decoding(cfg.decoding.max_decode_ratio, cfg.decoding.hard_fallback, cfg.decoding.sparse_min_sparsity)
     datamodule = data_module(cfg.data)
     tokenizer = module.assets.tokenizer
     summary = {"stage": "quantize", "source_checkpoint": str(cfg.ckpt), "linear": cfg.linear,

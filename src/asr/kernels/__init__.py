@@ -8,7 +8,10 @@ The sources are in ``csrc/`` (installed with the package):
   (``pack``, ``forward_packed``) and the same loop on a dense kernel for speed comparisons
   (``pack_dense``, ``dense_forward``, used by ``benchmarks/measured_speedup.py``);
 * ``decode_step.cpp``: the attention decoder's inference step of :mod:`asr.model.fast_decode`
-  (``decode_step``, and ``take_attention_nanoseconds``, its clock of the attention part).
+  (``decode_step``, and ``take_attention_nanoseconds``, its clock of the attention part);
+* ``sparse_kernels.h`` / ``sparse_kernels.cpp``: pruned weights packed as sparse matrices (CSR or 4x1, 1x4,
+  8x1, 1x8 blocks) and their products and LSTM recurrence, for :mod:`asr.model.sparse` (``sparse_pack``,
+  ``sparse_linear``, ``sparse_lstm_forward``); the decoder step's linear chains take them too.
 
 They register the operators under ``torch.ops.shrinkml_lowrank`` (CPU float32). The hot loops are
 compiled for AVX-512, AVX2 and plain x86-64 and chosen at load time on x86-64 with GCC. Building takes
@@ -28,10 +31,11 @@ import torch
 
 NAME = "shrinkml_kernels"  # build directory name under torch's extensions directory
 CSRC = Path(__file__).with_name("csrc")
-SOURCES = ("lstm_math.cpp", "factorized_lstm.cpp", "decode_step.cpp")
+SOURCES = ("lstm_math.cpp", "factorized_lstm.cpp", "decode_step.cpp", "sparse_kernels.cpp")
 CFLAGS = ("-O3", "-fno-trapping-math")
 NAMESPACE = "shrinkml_lowrank"  # torch.ops.<NAMESPACE>.<operator>
-OPERATORS = ("pack", "forward_packed", "pack_dense", "dense_forward", "decode_step", "take_attention_nanoseconds")
+OPERATORS = ("pack", "forward_packed", "pack_dense", "dense_forward", "decode_step", "take_attention_nanoseconds",
+             "sparse_pack", "sparse_linear", "sparse_lstm_forward")
 
 _lock = threading.Lock()
 _loaded = False

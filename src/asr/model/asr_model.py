@@ -11,6 +11,7 @@ from torch import nn
 from asr.data.tokenizer import BOS_ID, EOS_ID, PAD_ID
 from asr.model.decoder import AttentionDecoder
 from asr.model.encoder import Encoder
+from asr.model.sparse import check_min_sparsity
 
 
 class AsrModel(nn.Module):
@@ -34,13 +35,19 @@ class AsrModel(nn.Module):
         self.label_smoothing = label_smoothing
         self.max_decode_ratio = 1.0
 
-    def set_decoding(self, max_decode_ratio: float, hard_fallback: bool) -> None:
+    def set_decoding(self, max_decode_ratio: float, hard_fallback: bool, sparse_min_sparsity: float | None = None
+                     ) -> None:
         """Decoding-only settings (``conf/decoding``): at most ``max_decode_ratio`` output tokens per
-        encoder frame; ``hard_fallback`` for MoChA's hard attention (``MoChA.hard``)."""
+        encoder frame; ``hard_fallback`` for MoChA's hard attention (``MoChA.hard``); pruned matrices with
+        at least ``sparse_min_sparsity`` zeros decode on sparse kernels (:mod:`asr.model.sparse`; None: never)."""
         if max_decode_ratio <= 0:
             raise ValueError(f"decoding.max_decode_ratio must be > 0, got {max_decode_ratio}")
         self.max_decode_ratio = float(max_decode_ratio)
         self.decoder.attention.hard_fallback = bool(hard_fallback)
+        threshold = check_min_sparsity(sparse_min_sparsity)
+        for module in self.modules():
+            if hasattr(type(module), "sparse_min_sparsity"):
+                module.sparse_min_sparsity = threshold
 
     def encode(self, features: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``features`` ``(B, T, F)`` -> memory ``(B, T', D)`` and lengths ``(B,)``."""

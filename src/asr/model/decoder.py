@@ -36,6 +36,8 @@ class DecoderState:
 class AttentionDecoder(nn.Module):
     """Decoder over encoder output of size ``memory_size`` into ``vocab_size`` BPE ids."""
 
+    sparse_min_sparsity: float | None = None  # the C++ step runs a weight this sparse on sparse kernels (fast_decode)
+
     def __init__(self, vocab_size: int, memory_size: int, embedding_size: int = 128, hidden_size: int = 256,
                  attention_size: int = 256, pre_output_size: int = 256, chunk_size: int = 4, init_r: float = -4.0,
                  init_gain: float = 1.0, noise_std: float = 2.0, dropout: float = 0.0, hard_fallback: bool = False):

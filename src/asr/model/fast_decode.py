@@ -17,6 +17,10 @@ PyTorch step):
 * CPU float32 weights, evaluation mode, and the C++ extension built (:func:`lowrank_lstm.backend`);
 * no forward hooks on the decoder's modules (nor global ones): whoever hooks a module must see its
   calls, such as the compression package's count of matrix-vector products per second of audio.
+
+A pruned weight (the cell's kernel or factors, a linear's weight) with at least the decoder's
+``sparse_min_sparsity`` share of zeros enters the plan packed for the sparse kernels (:mod:`asr.model.sparse`):
+the C++ step's linear chains take a packed sparse matrix wherever they take a dense one.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from torch import nn
 from torch.nn.modules import module as module_hooks
 
 from asr.data.tokenizer import BOS_ID, PAD_ID
-from asr.model import lowrank_lstm
+from asr.model import lowrank_lstm, sparse
 
 Chain = tuple[list[torch.Tensor], torch.Tensor | None]  # weights applied in order, then the bias
 
@@ -92,11 +96,19 @@ def step_plan(decoder: nn.Module) -> StepPlan | None:
                attention.mono_r] + [t for chain in chains.values() for t in chain[0] if t is not None]
     if not lowrank_lstm._uses_extension(*tensors):
         return None
+    threshold = getattr(decoder, "sparse_min_sparsity", None)
+
+    def packed(weights: list[torch.Tensor]) -> list[torch.Tensor]:  # pruned weights as sparse matrices
+        return [w if (p := sparse.sparse_weight(w, threshold)) is None else p for w in weights]
+
     return StepPlan(
-        embedding=decoder.embedding.weight, cell=cell, cell_bias=decoder.cell.bias,
-        mono_query=chains["mono_query"][0], mono_v=attention.mono_gain * attention.mono_v / attention.mono_v.norm(),
-        mono_r=float(attention.mono_r), chunk_query=chains["chunk_query"][0],
-        chunk_v=chains["chunk_v"][0][0].reshape(-1), pre_output=chains["pre_output"], output=chains["output"],
+        embedding=decoder.embedding.weight, cell=packed(cell), cell_bias=decoder.cell.bias,
+        mono_query=packed(chains["mono_query"][0]),
+        mono_v=attention.mono_gain * attention.mono_v / attention.mono_v.norm(),
+        mono_r=float(attention.mono_r), chunk_query=packed(chains["chunk_query"][0]),
+        chunk_v=chains["chunk_v"][0][0].reshape(-1),
+        pre_output=(packed(chains["pre_output"][0]), chains["pre_output"][1]),
+        output=(packed(chains["output"][0]), chains["output"][1]),
         chunk_size=attention.chunk_size, fallback=attention.hard_fallback)
 
 

@@ -22,6 +22,7 @@ from torch import nn
 from torch.utils.weak import WeakIdKeyDictionary
 
 from asr.model.lowrank_lstm import factorized_layer_forward, low_rank_factors
+from asr.model.sparse import sparse_layer_forward
 
 _fused_cache = WeakIdKeyDictionary()  # dense kernel -> (key, its (W_ih, W_hh, zero b_hh) for inference)
 
@@ -36,6 +37,8 @@ def _init_kernel(kernel: nn.Parameter, bias: nn.Parameter, hidden_size: int, for
 
 class _ConcatKernel(nn.Module):
     """Holds ``kernel`` ``(4H, in + H)`` = ``[W_ih | W_hh]`` and ``bias`` ``(4H,)`` (forget gate at +1)."""
+
+    sparse_min_sparsity: float | None = None  # decoding runs a kernel this sparse on sparse kernels (asr.model.sparse)
 
     def __init__(self, input_size: int, hidden_size: int, forget_bias: float = 1.0):
         super().__init__()
@@ -87,6 +90,11 @@ class ConcatLSTM(_ConcatKernel):
             factors = low_rank_factors(self)
             if factors is not None:
                 return factorized_layer_forward(x, factors[0], factors[1], self.bias, state)
+            if isinstance(self.kernel, nn.Parameter):  # a pruned kernel: zeros in the parameter itself
+                sparse = sparse_layer_forward(x, self.kernel, self.bias, self.input_size, state,
+                                              self.sparse_min_sparsity)
+                if sparse is not None:
+                    return sparse
         batch = x.shape[0]
         if state is None:
             zeros = x.new_zeros(1, batch, self.hidden_size)

@@ -7,6 +7,7 @@
 // A "linear chain" is a list of weights [W_1 (k_1, n), W_2 (k_2, k_1), ...] and an optional bias:
 // y = x W_1^T W_2^T ... + b. A dense nn.Linear is [W]; a rank-k factorized one is [V* (k, n), U' (m, k)].
 #include "lstm_math.h"
+#include "sparse_kernels.h"
 
 #include <ATen/ops/addmm.h>
 #include <ATen/ops/cat.h>
@@ -60,6 +61,10 @@ at::Tensor linear_chain(const at::Tensor& x, const std::vector<at::Tensor>& weig
     at::Tensor y = x;
     for (size_t i = 0; i < weights.size(); ++i) {
         const bool last = i + 1 == weights.size();
+        if (shrinkml::is_sparse_packed(weights[i])) {  // a pruned weight packed by sparse_pack (sparse_kernels.h)
+            y = shrinkml::sparse_linear(y, weights[i], last ? bias : std::nullopt);
+            continue;
+        }
         y = last && bias.has_value() && bias->defined() ? at::addmm(*bias, y, weights[i].t())
                                                          : at::mm(y, weights[i].t());
     }

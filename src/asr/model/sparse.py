@@ -1,0 +1,162 @@
+"""Pruned weights at decoding time: the sparse kernels of ``asr/kernels/csrc/sparse_kernels.cpp``.
+
+A pruned target holds exact zeros where it was pruned (whoever pruned it: this package never imports
+the compression package and reads sparsity from the zeros alone). When decoding (gradients off, CPU
+float32, the C++ extension built) and a matrix's share of zeros is at least the ``decoding``
+setting ``sparse_min_sparsity``, decoding runs it through a sparse product instead of the dense one:
+
+* an encoder LSTM layer's recurrence ``W_hh h_{t-1}`` (:func:`sparse_layer_forward`; the input side
+  ``W_ih x_t`` of all frames stays one dense matrix product, which at a few hundred frames is as fast as
+  the sparse one even at 90% sparsity);
+* the decoder step's LSTM cell and linears (:func:`sparse_weight`, used by :mod:`asr.model.fast_decode`).
+
+Training, and any call with gradients on, keeps the dense kernels on the weights with their zeros.
+
+A matrix is packed once per weight tensor and version (:func:`sparse_weight` keeps it weakly, like the
+factorized LSTM's packed weights) in the block shape whose stored blocks (zeros inside a stored block
+included) cost least by the measured costs of :data:`BLOCK_COST`: CSR (1 x 1), or 4 x 1, 1 x 4, 8 x 1 or
+1 x 8 blocks. On this project's CPU 4 x 1 blocks win on unstructured zeros too, and 8 x 1 blocks at
+moderate sparsity.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch.utils.weak import WeakIdKeyDictionary
+
+from asr.model import lowrank_lstm
+
+# Nanoseconds per stored block and per block row of the batch-1 product, per block shape (rows x columns),
+# fitted to the LSTM recurrence on a 1024 x 256 W_hh with unstructured zeros at 50-95% sparsity, AMD EPYC
+# (Zen 3, AVX2), one thread, on a loaded machine (2026-12-03; benchmarks/sparse_speedup.py prints the kernels'
+# times). A 4 x 1 block costs about what one CSR nonzero costs, and there are never more blocks than
+# nonzeros: 4 x 1 (or 8 x 1) blocks with the zeros inside them stored beat CSR on unstructured zeros too.
+BLOCK_COST = {(1, 1): 0.57, (4, 1): 0.60, (1, 4): 0.55, (8, 1): 0.70, (1, 8): 0.76}
+ROW_COST = 2.5
+MAX_COLUMNS = 65536  # the packed format's column indices are uint16
+
+_packed = WeakIdKeyDictionary()  # weight -> (key, packed tensor or None)
+
+
+def sparsity(weight: torch.Tensor) -> float:
+    """The share of exact zeros in ``weight``."""
+    return 1.0 - int(torch.count_nonzero(weight)) / weight.numel() if weight.numel() else 0.0
+
+
+def stored_blocks(weight: torch.Tensor, block: tuple[int, int]) -> int | None:
+    """How many ``block``-shaped blocks of ``weight`` hold a nonzero (None when it is no whole number of them)."""
+    bh, bw = block
+    m, n = weight.shape
+    if m % bh or n % bw:
+        return None
+    return int((weight != 0).reshape(m // bh, bh, n // bw, bw).any(dim=3).any(dim=1).sum())
+
+
+def choose_block(weight: torch.Tensor) -> tuple[int, int]:
+    """The block shape of :data:`BLOCK_COST` whose product costs least by it (ties: the first listed)."""
+    costs = {}
+    for block, cost in BLOCK_COST.items():
+        count = stored_blocks(weight, block)
+        if count is not None:
+            costs[block] = count * cost + weight.shape[0] // block[0] * ROW_COST
+    return min(costs, key=costs.__getitem__)
+
+
+def pack(weight: torch.Tensor, block: tuple[int, int] | None = None) -> torch.Tensor:
+    """``weight`` ``(M, K)`` in the packed sparse format (an int32 tensor, ``sparse_kernels.h``), in ``block``
+    shape or the cheapest one (:func:`choose_block`). Needs the C++ extension."""
+    block = choose_block(weight) if block is None else block
+    with torch.no_grad():
+        return torch.ops.shrinkml_lowrank.sparse_pack(weight.detach().contiguous(), *block)
+
+
+def packed_block(packed: torch.Tensor) -> tuple[int, int]:
+    """The block shape of a packed sparse matrix."""
+    return int(packed[4]), int(packed[5])
+
+
+def sparse_weight(weight: torch.Tensor, min_sparsity: float | None) -> torch.Tensor | None:
+    """``weight`` packed for the sparse kernels when decoding should use them (see the module docstring):
+    at least ``min_sparsity`` zeros (None: never), 2-D, CPU float32, no gradients recorded, extension built;
+    else None. Kept per weight tensor until it changes (another version, in place or not)."""
+    if (min_sparsity is None or torch.is_grad_enabled() or weight.dim() != 2 or weight.shape[1] > MAX_COLUMNS
+            or not lowrank_lstm._uses_extension(weight)):
+        return None
+    if weight.is_inference():  # no version to key on: decide afresh (tensors made under inference_mode)
+        return pack(weight) if sparsity(weight) >= min_sparsity else None
+    key = (weight.data_ptr(), weight._version, tuple(weight.shape), min_sparsity)
+    cached = _packed.get(weight)
+    if cached is None or cached[0] != key:
+        cached = (key, pack(weight) if sparsity(weight) >= min_sparsity else None)
+        _packed[weight] = cached
+    return cached[1]
+
+
+def sparse_linear(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``x`` ``(N, K)`` times the packed ``W`` ``(M, K)`` transposed, plus ``bias``: ``(N, M)``."""
+    return torch.ops.shrinkml_lowrank.sparse_linear(x, packed, bias)
+
+
+def sparse_layer_forward(x: torch.Tensor, kernel: torch.Tensor, bias: torch.Tensor, input_size: int,
+                         state: tuple[torch.Tensor, torch.Tensor] | None, min_sparsity: float | None
+                         ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]] | None:
+    """An LSTM layer with concatenated ``kernel`` ``[W_ih | W_hh]`` ``(4H, in + H)`` for inference on the
+    sparse recurrence: ``x`` ``(B, T, in)`` -> outputs ``(B, T, H)`` and the final ``(h, c)``; None when its
+    ``W_hh`` is not to run sparse (:func:`sparse_weight`), and the caller keeps the dense kernel.
+
+    The sparsity that decides is the whole kernel's (the target's), the packing is ``W_hh``'s."""
+    if (min_sparsity is None or torch.is_grad_enabled() or not lowrank_lstm._uses_extension(x, kernel, bias)
+            or sparsity_of_kernel(kernel) < min_sparsity):
+        return None
+    w_ih, packed = _kernel_parts_of(kernel, input_size)
+    hidden = kernel.shape[1] - input_size
+    x_gates = torch.addmm(bias, x.reshape(-1, x.shape[-1]), w_ih.t()).reshape(x.shape[0], x.shape[1], 4 * hidden)
+    if state is None:
+        h0 = c0 = x.new_zeros(x.shape[0], hidden)
+    else:
+        h0, c0 = state
+    out, h, c = torch.ops.shrinkml_lowrank.sparse_lstm_forward(x_gates, packed, h0, c0, 1)
+    return out, (h, c)
+
+
+_kernel_sparsity = WeakIdKeyDictionary()  # kernel -> (key, share of zeros)
+_kernel_parts = WeakIdKeyDictionary()  # kernel -> (key, (W_ih contiguous, packed W_hh))
+
+
+def _kernel_key(kernel: torch.Tensor) -> tuple | None:
+    return None if kernel.is_inference() else (kernel.data_ptr(), kernel._version, tuple(kernel.shape))
+
+
+def sparsity_of_kernel(kernel: torch.Tensor) -> float:
+    """:func:`sparsity` of ``kernel``, kept until it changes (a layer asks on every call)."""
+    key = _kernel_key(kernel)
+    cached = _kernel_sparsity.get(kernel) if key is not None else None
+    if cached is None or cached[0] != key:
+        cached = (key, sparsity(kernel))
+        if key is not None:
+            _kernel_sparsity[kernel] = cached
+    return cached[1]
+
+
+def _kernel_parts_of(kernel: torch.Tensor, input_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``W_ih`` (contiguous) and ``W_hh`` packed, kept per kernel until it changes."""
+    key = _kernel_key(kernel)
+    cached = _kernel_parts.get(kernel) if key is not None else None
+    if cached is None or cached[0] != key:
+        w_ih, w_hh = kernel.detach().split([input_size, kernel.shape[1] - input_size], dim=1)
+        cached = (key, (w_ih.contiguous(), pack(w_hh)))
+        if key is not None:
+            _kernel_parts[kernel] = cached
+    return cached[1]
+
+
+def check_min_sparsity(value: float | None) -> float | None:
+    """``decoding.sparse_min_sparsity`` checked: None (never sparse) or a share in ``[0, 1]``."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value) or not 0 <= value <= 1:
+        raise ValueError(f"decoding.sparse_min_sparsity must be a share of zeros in [0, 1] or null (never), got "
+                         f"{value!r}")
+    return float(value)
