@@ -24,9 +24,10 @@ from asr_helpers import (
 )
 from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import OmegaConf
-from test_compress_callback import Regressor
+from test_compress_callback import Regressor, half_rank_scheme
 from torch import nn
 
+from asr.checkpoint import load_module
 from asr.model.fast_decode import step_plan
 from asr.model.lstm import ConcatLSTM, ConcatLSTMCell
 from asr.module import AsrModule
@@ -342,6 +343,7 @@ def test_an_update_makes_the_best_checkpoint_forget_less_pruned_models(tmp_path)
     ({"iterations": 0}, "compress.iterations"),
     ({"calibration_batches": 0}, "compress.calibration_batches"),
     ({"frequency": 0}, "compress.frequency"),
+    ({"frequency": 0, "updates": None, "end_step": 8}, "compress.frequency"),
     ({"end_step": 9}, "compress.updates or compress.end_step, not both"),
     ({"updates": None, "end_step": 8}, "compress.end_step=8 must lie a positive multiple of compress.frequency"),
     ({"method": "csp", "start_step": 0, "initial_sparsity": 0.2}, "compress.start_step >= 1"),
@@ -444,3 +446,24 @@ def test_train_py_prunes_the_baseline_and_reports_it(tiny_corpus, tmp_path_facto
     matrices = prunable_matrices(loaded.model, exclude=["ctc_head"])
     pruned = sum(int((~m.mask).sum()) for m in matrices) / sum(m.param.numel() for m in matrices)
     assert pruned == pytest.approx(summary["sparsity"], abs=1e-6)
+
+
+def test_train_py_prunes_a_low_rank_model_in_the_same_run(tiny_corpus, tmp_path_factory):
+    """``compress=lowrank prune=default``: the low-rank callback builds the model, the pruning one prunes it."""
+    base = shared_dir(tmp_path_factory)
+    run_dir, _ = trained_run(tiny_corpus, base)
+    baseline = run_dir / "checkpoints" / "last.ckpt"
+    half_rank_scheme(load_module(baseline).model).save(base / "prune-lowrank.json")
+    corpus = corpus_copy_for_runs(tiny_corpus, base)
+    overrides = ["+experiment=retrain", f"compress.scheme={base / 'prune-lowrank.json'}", f"init_from={baseline}",
+                 "prune=default", "prune.sparsity=0.5", "prune.start_step=0", "prune.frequency=1", "prune.updates=2",
+                 "trainer.max_epochs=2", "measure_speedup.reference=null", "evaluate_seed=false"]
+    cfg = compose_train(run_overrides(corpus, base, *overrides))
+    with hydra_job(cfg, base / "lowrank_pruned") as task:
+        summary = train(task)
+    assert summary["speedup/params"] > 1.5 and summary["params"] < load_module(baseline).num_parameters()
+    assert 0.45 < summary["sparsity"] < 0.55 and summary["params/nonzero"] < summary["params"]
+    loaded = load_recognizer(summary["best_checkpoint"])
+    assert_pruned_entries_are_zero(loaded)
+    paths = [m.path for m in prunable_matrices(loaded.model, exclude=["ctc_head"])]
+    assert "encoder.layers.0.parametrizations.kernel.original0" in paths and "decoder.pre_output.first.weight" in paths

@@ -14,10 +14,11 @@
   its recorded inputs ``X`` (``n x N``: a Linear's input, an LSTM kernel's ``[x_t | h_{t-1}]``) give every
   output row ``i`` a support of at most ``k`` entries and values by a sparse recovery that keeps the row's
   outputs: minimize ``|| W_i X - w X ||^2 / N = (w - W_i) G (w - W_i)^T`` over ``k``-sparse ``w``, by iterative
-  hard thresholding (IHT: step ``1 / λ_max(G)``, warm-started from the current, already masked, weights) or
-  (generalized) orthogonal matching pursuit (OMP). The recovered values replace the row (the compression-error
-  reduction), the support becomes its mask (the sparsity inducing). With a block pattern ``r x c`` the rows
-  are taken ``r`` at a time and the support is chosen in whole ``r x c`` blocks (thresholded by block norm).
+  hard thresholding (normalized IHT, warm-started from the current, already masked, weights; the values then refit
+  on the support by conjugate gradients) or (generalized) orthogonal matching pursuit (OMP). The recovered values
+  replace the row (the compression-error reduction), the support becomes its mask (the sparsity inducing). With a
+  block pattern ``r x c`` the rows are taken ``r`` at a time and the support is chosen in whole ``r x c`` blocks
+  (thresholded by block norm).
   The cost does not grow with ``N``: only ``G`` is kept.
 
 Masks (:class:`Pruner`) live next to their parameter as a ``bool`` buffer ``<param>_mask`` (``True`` = kept),
@@ -287,6 +288,26 @@ def _iht(w: torch.Tensor, gram: torch.Tensor, keep_blocks: int, block: tuple[int
     return best, best_mask
 
 
+def _refit(w: torch.Tensor, gram: torch.Tensor, z: torch.Tensor, mask: torch.Tensor, iterations: int
+           ) -> torch.Tensor:
+    """The values on a fixed support ``mask`` that minimize every row's ``(z - w_i) G (z - w_i)^T``: conjugate
+    gradients from ``z``, all rows at once (each row its own system; each iteration lowers its error, and
+    ``n`` iterations solve it exactly)."""
+    z = z * mask
+    residual = ((w - z) @ gram) * mask
+    direction, norm = residual.clone(), (residual * residual).sum(dim=1)
+    for _ in range(iterations):
+        curved = (direction @ gram) * mask
+        den = (direction * curved).sum(dim=1)
+        alpha = torch.where(den > 0, norm / den.clamp_min(torch.finfo(den.dtype).tiny), torch.zeros_like(den))
+        z = z + alpha[:, None] * direction
+        residual = residual - alpha[:, None] * curved
+        new_norm = (residual * residual).sum(dim=1)
+        beta = torch.where(norm > 0, new_norm / norm.clamp_min(torch.finfo(norm.dtype).tiny), torch.zeros_like(norm))
+        direction, norm = residual + beta[:, None] * direction, new_norm
+    return z
+
+
 def _least_squares(wg: torch.Tensor, gram: torch.Tensor, keep: torch.Tensor, block: tuple[int, int]
                    ) -> torch.Tensor:
     """Every row group's optimal values on its support ``keep`` (``(g, n / c)`` blocks, the same count in every
@@ -333,11 +354,12 @@ def _omp(w: torch.Tensor, gram: torch.Tensor, keep_blocks: int, block: tuple[int
 
 
 def csp_recover(weight: torch.Tensor, gram: torch.Tensor, sparsity: float, block: tuple[int, int] = (1, 1),
-                recovery: str = "iht", iterations: int = 30) -> tuple[torch.Tensor, torch.Tensor]:
+                recovery: str = "iht", iterations: int = 10) -> tuple[torch.Tensor, torch.Tensor]:
     """CSP's recovery of one target (module docstring): the new ``weight`` (``m x n``, zero off the support) and
     its ``bool`` mask, each row group keeping ``kept(n / c, sparsity)`` blocks (``r x c``) chosen and valued to
     keep the outputs ``W X`` on inputs with Gram matrix ``gram`` (``n x n``). ``recovery``: ``iht`` (``iterations``
-    gradient steps) or ``omp`` (``iterations`` selection rounds). Computed in float64."""
+    thresholded steps, then ``iterations`` conjugate-gradient steps on the support) or ``omp`` (``iterations``
+    selection rounds, each with an exact least-squares fit)."""
     check_choice(recovery, RECOVERIES, "compress.recovery")
     keep_blocks = kept(weight.shape[1] // block[1], sparsity)
     if keep_blocks == weight.shape[1] // block[1]:
@@ -346,8 +368,8 @@ def csp_recover(weight: torch.Tensor, gram: torch.Tensor, sparsity: float, block
         return torch.zeros_like(weight), torch.zeros_like(weight, dtype=torch.bool)
     w, g = weight.detach().double(), gram.detach().double()
     if recovery == "iht":  # the support from IHT (float32 is enough for it), the values refit on it in float64
-        _, mask = _iht(w.float(), g.float(), keep_blocks, block, iterations)
-        z = _least_squares(w @ g, g, block_norms(mask.double(), block) > 0, block)
+        z, mask = _iht(w.float(), g.float(), keep_blocks, block, iterations)
+        z = _refit(w, g, z.double(), mask, iterations)
     else:
         z, mask = _omp(w, g, keep_blocks, block, iterations)
     return (z * mask).to(weight.dtype), mask

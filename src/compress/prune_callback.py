@@ -17,6 +17,7 @@ validated before the schedule ended (less pruned, so better) never stays the bes
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -70,6 +71,7 @@ class PruneCompression(L.Callback):
         if end_step is not None:
             if updates is not None:
                 raise PruneError("give compress.updates or compress.end_step, not both (set the other to null)")
+            Schedule(sparsity, initial_sparsity, start_step, frequency, 1)  # checks the other keys first
             span = end_step - start_step
             if span <= 0 or span % frequency:
                 raise PruneError(f"compress.end_step={end_step} must lie a positive multiple of compress.frequency="
@@ -159,7 +161,8 @@ class PruneCompression(L.Callback):
         if self.recorder is None:
             return False
         upcoming = next((t for t in self.schedule.update_steps() if t >= step), None)
-        return upcoming is not None and upcoming - step < self.calibration_batches and self.schedule.at(upcoming) > 0
+        return (upcoming is not None and upcoming - step < self.calibration_batches
+                and any(self.schedule.at(upcoming, final) > 0 for final in self.finals.values()))
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if self._records_for(trainer.global_step + 1):
@@ -182,6 +185,7 @@ class PruneCompression(L.Callback):
 
     def _update(self, trainer: L.Trainer, pl_module: L.LightningModule, step: int) -> None:
         self._last_update = step
+        started = time.perf_counter()
         sparsities = {path: self.schedule.at(step, final) for path, final in self.finals.items()}
         if max(sparsities.values()) == 0:
             return
@@ -195,7 +199,8 @@ class PruneCompression(L.Callback):
         actual = self.pruner.sparsity()
         for logger in trainer.loggers:  # also from on_train_start, where LightningModule.log may not log
             logger.log_metrics({"prune/sparsity": actual, "prune/scheduled": self.schedule.at(step)}, step=step)
-        log.info("step %d: pruned to sparsity %.4f (scheduled %.4f)", step, actual, self.schedule.at(step))
+        log.info("step %d: pruned to sparsity %.4f (scheduled %.4f) in %.1f s", step, actual, self.schedule.at(step),
+                 time.perf_counter() - started)
         for callback in trainer.checkpoint_callbacks:  # best.ckpt: the best model at the final sparsity
             if isinstance(callback, ModelCheckpoint) and callback.monitor:
                 forget_best(callback)
