@@ -86,6 +86,10 @@ def test_speedups_are_medians_of_per_repeat_ratios_and_where_pruning_pays(bench)
     assert bench.pays_from(results, "unstructured", [0.5, 0.9]) == 0.5
     results["unstructured 0.9"]["total"]["speedup"] = 0.9
     assert bench.pays_from(results, "unstructured", [0.5, 0.9]) is None  # the sparsest must pay first
+    seconds[bench.CONTROL] = [(1.5, 1.0), (3.0, 2.0), (1.5, 1.0)]  # the dense weights on the sparse kernels
+    results = bench.summarize(seconds, audio=10.0)
+    assert results["unstructured 0.9"]["total"]["speedup_vs_control"] == pytest.approx(2.5 / 1.5)
+    assert bench.pays_from(results, "unstructured", [0.5, 0.9], "speedup_vs_control") == 0.9
 
 
 def test_kernel_rows_on_the_model_shapes(bench):
