@@ -182,8 +182,7 @@ def search_setup(tiny_corpus, tmp_path_factory):
     common = [f"ckpt={ckpt}", f"data.root={corpus}", f"data.cache_dir={base / 'features'}",
               f"data.tokenizer.vocab_size={VOCAB}", f"data.tokenizer.dir={base / 'tokenizer'}", "data.feature_jobs=1",
               "data.progress=false", "logger=csv", "trainer.enable_progress_bar=false", "proxy=random", "proxy_size=6",
-              "search.space.kind=uniform", "search.space.options=4", "report.curve_speedups=[1.5]",
-              f"sensitivity_table={base / 'no-table.json'}"]
+              "search.space.kind=uniform", "search.space.options=4", "report.curve_speedups=[1.5]"]
     return ckpt, common
 
 
@@ -199,9 +198,12 @@ def test_search_by_latency_end_to_end(search_setup, tmp_path):
         entries[t.name] = TargetLatency(t.shape, 1.0, [(1, 0.1), (top, 0.9)] if top > 1 else [])
     table = LatencyTable(key, 1.0, entries, {"created": "2026-12-03", "build_seconds": 0.0})
     table.save(table_path(tmp_path / "latency", key))
+    sensitivity = tmp_path / "sensitivity.json"  # the guided manual baseline keeps decoder.output dense
+    sensitivity.write_text(json.dumps({"baseline_wer": 50.0, "energies": [0.7], "rows": [
+        {"target": t.name, "energy": 0.7, "delta": 10.0 if t.name == "decoder.output" else 0.0} for t in targets]}))
     out = tmp_path / "search"
     result = run_script("../search", *common, "by=latency", f"latency.dir={tmp_path / 'latency'}", "search.steps=3",
-                        "search.target_speedup=1.5", f"output_dir={out}")
+                        "search.target_speedup=1.5", f"sensitivity_table={sensitivity}", f"output_dir={out}")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "reused" in result.stderr + result.stdout
     points = [json.loads(line) for line in (out / "explored-rank0.jsonl").open()]
@@ -212,13 +214,17 @@ def test_search_by_latency_end_to_end(search_setup, tmp_path):
     assert best.estimates["speedup/latency"] >= 1.5
     report = json.loads((out / "report.json").read_text())
     assert all("speedup/latency" in row for row in report["rows"])
+    guided = next(row for row in report["rows"] if row["model"] == "manual guided")
+    assert guided["speedup/latency"] >= 1.5 and report["curves"]["guided"]  # estimated by latency, too
     assert report["summary"]["speedup/latency"] == best.estimates["speedup/latency"]
     assert "speedup/latency" in (out / "report.md").read_text()
     # by=params still reports speedup/latency beside it, from the same table
     params = run_script("../search", *common, "by=params", f"latency.dir={tmp_path / 'latency'}", "search.steps=2",
-                        "search.target_speedup=1.5", f"output_dir={tmp_path / 'params'}")
+                        "search.target_speedup=1.5", f"sensitivity_table={tmp_path / 'none.json'}",
+                        f"output_dir={tmp_path / 'params'}")
     assert params.returncode == 0, params.stderr[-3000:]
     best = Scheme.load(tmp_path / "params" / "best_scheme.json")
     assert best.estimates["speedup/latency"] == pytest.approx(table.speedup(best.ranks))
     bad = run_script("../search", *common, "by=flops", f"output_dir={tmp_path / 'bad'}")
+    assert not (tmp_path / "bad" / "source.json").exists()  # refused before anything is written
     assert bad.returncode == 2 and "by='flops' is not a cost model; choose one of params, macs, latency" in bad.stderr

@@ -223,14 +223,15 @@ def run_search(cfg: DictConfig) -> dict:
     cache = SvdCache()
     search = cfg.search
     space = build_space(cfg, targets, cache, model)
-    table, _ = stage_table(cfg.by, cfg.latency, cfg.ckpt, model, targets, lambda: eval_batches(datamodule, cfg.split),
-                           module.assets.features.frame_shift_ms, cache,
-                           dict(zip(space.names, space.options, strict=True)))  # measured now, or reused
-    space.check_reachable(targets, search.target_speedup, cfg.by, table)
+    latency_table, _ = stage_table(cfg.by, cfg.latency, cfg.ckpt, model, targets,  # measured now, or reused
+                                   lambda: eval_batches(datamodule, cfg.split), module.assets.features.frame_shift_ms,
+                                   cache, dict(zip(space.names, space.options, strict=True)))
+    space.check_reachable(targets, search.target_speedup, cfg.by, latency_table)
     if search.policy == "optuna_tpe":
         from rl.optuna_search import signature
 
-        by = f"latency@{key_hash(table.key)}" if cfg.by == "latency" else cfg.by  # another table: another estimate
+        # another latency table is another estimate: its study is stale
+        by = f"latency@{key_hash(latency_table.key)}" if cfg.by == "latency" else cfg.by
         study_signature = signature(space, search.target_speedup, search.reward, by)
         guard_study(out, study_signature, cfg.on_stale)
     score = wer_scorer(module, proxy)
@@ -243,7 +244,7 @@ def run_search(cfg: DictConfig) -> dict:
              baseline_wer, *space.shape)
 
     def estimate(ranks: dict) -> float:
-        return estimate_speedup(targets, ranks, cfg.by, table)
+        return estimate_speedup(targets, ranks, cfg.by, latency_table)
 
     def evaluate_ranks(ranks: dict) -> float:
         return score(apply_scheme(model, Scheme.build(targets, ranks, "automl"), targets, cache))
@@ -292,7 +293,7 @@ def run_search(cfg: DictConfig) -> dict:
         return {}
     explored = open_explored(out, 0)
     report = finalize(cfg, module, targets, cache, datamodule, explored, baseline_wer, score, searcher,
-                      clock.total(), proxy_decode_seconds, clock.attempts, table)
+                      clock.total(), proxy_decode_seconds, clock.attempts, latency_table=latency_table)
     clock.save()
     for logger in trainer.loggers:
         if hasattr(logger, "log_image"):
@@ -303,7 +304,7 @@ def run_search(cfg: DictConfig) -> dict:
 
 def finalize(cfg, module, targets, cache, datamodule, explored: ExploredSet, baseline_wer: float, score,
              searcher: SearchModule, wall_seconds: float, proxy_decode_seconds: float, attempts: int,
-             table: LatencyTable | None = None) -> dict:
+             latency_table: LatencyTable | None = None) -> dict:
     """Re-evaluate the top-k explored schemes on the whole dev split and on the test splits, choose the
     result on dev, compare it with the manual baselines and the dense model, and write the result
     scheme, Table 1 and Fig. 4.
@@ -311,13 +312,13 @@ def finalize(cfg, module, targets, cache, datamodule, explored: ExploredSet, bas
     The result scheme is the top-k scheme with the lowest WER on the whole dev split ``cfg.split``
     (greedy decoding), even when the search's proxy is a subset of it: the test splits are only
     reported, never looked at to choose, so the test WER of the retrained result stays unbiased.
-    With a measured latency ``table`` (required by ``by=latency``) every row also reports ``speedup/latency``.
+    With a measured ``latency_table`` (required by ``by=latency``) every row also reports ``speedup/latency``.
     """
     out, search, model = Path(cfg.output_dir), cfg.search, module.model
     a_t = search.target_speedup
 
     def latency_estimate(scheme: Scheme) -> dict:
-        return {"speedup/latency": scheme.estimates["speedup/latency"]} if table is not None else {}
+        return {"speedup/latency": scheme.estimates["speedup/latency"]} if latency_table is not None else {}
 
     tokenizer = module.assets.tokenizer
     dev = cfg.split
@@ -328,7 +329,7 @@ def finalize(cfg, module, targets, cache, datamodule, explored: ExploredSet, bas
         """``wer/<split>`` on the whole dev split (the choice) and the test splits (the report)."""
         return {f"wer/{split}": evaluate(compressed, batches, tokenizer).wer for split, batches in splits.items()}
 
-    latency = {"speedup/latency": 1.0} if table is not None else {}
+    latency = {"speedup/latency": 1.0} if latency_table is not None else {}
     rows = [{"model": "baseline", "speedup/params": 1.0, **latency, "proxy_wer": baseline_wer, **split_wers(model)}]
     weights = {t.name: t.weight(model) for t in targets}
     manual_dense = {"naive": []}
@@ -339,7 +340,7 @@ def finalize(cfg, module, targets, cache, datamodule, explored: ExploredSet, bas
     for method, dense in manual_dense.items():
         try:
             scheme = uniform_energy_scheme(targets, weights, cache, a_t, cfg.by, dense, provenance=method,
-                                           latency_table=table)
+                                           latency_table=latency_table)
         except ValueError as err:
             log.warning("manual %s baseline at %.2fx: %s", method, a_t, err)
             continue
@@ -350,14 +351,15 @@ def finalize(cfg, module, targets, cache, datamodule, explored: ExploredSet, bas
         for a in cfg.report.curve_speedups:
             try:
                 point = uniform_energy_scheme(targets, weights, cache, a, cfg.by, dense, provenance=method,
-                                              latency_table=table)
+                                              latency_table=latency_table)
             except ValueError:
                 continue
             curves[method].append((point.estimates[f"speedup/{cfg.by}"],
                                    score(apply_scheme(model, point, targets, cache))))
     candidates = []
     for rank_in_search, point in enumerate(explored.best(a_t, cfg.report.top_k), start=1):
-        scheme = Scheme.build(targets, point["ranks"], PROVENANCE.get(search.policy, "random"), latency_table=table)
+        scheme = Scheme.build(targets, point["ranks"], PROVENANCE.get(search.policy, "random"),
+                              latency_table=latency_table)
         wers = split_wers(apply_scheme(model, scheme, targets, cache))
         row = {"model": f"{search.policy} #{rank_in_search}", "speedup/params": scheme.estimates["speedup/params"],
                **latency_estimate(scheme), "proxy_wer": point["wer"], "found_at_step": point["step"], **wers,
@@ -371,8 +373,8 @@ def finalize(cfg, module, targets, cache, datamodule, explored: ExploredSet, bas
                "mean_step_seconds": mean(searcher.step_seconds),
                "mean_evaluated_step_seconds": mean(searcher.evaluated_step_seconds),
                "proxy_decode_seconds": round(proxy_decode_seconds, 3)}
-    if table is not None:  # runs/latency/<hash>.json
-        summary["latency_table"] = key_hash(table.key)
+    if latency_table is not None:  # runs/latency/<hash>.json
+        summary["latency_table"] = key_hash(latency_table.key)
     if hasattr(searcher, "study_summary"):  # search=optuna_tpe: its study's trial counts and decodes
         summary.update(searcher.study_summary())
     if summary["mean_evaluated_step_seconds"] is not None:  # criterion: an evaluated step costs <= 1.2 decodes
