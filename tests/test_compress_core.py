@@ -210,3 +210,33 @@ def test_sensitivity_table_factorizes_one_target_at_a_time():
     assert all(len(s) <= 1 for s in seen[1:])  # never two targets at once
     assert len(table["rows"]) == 2 * len(targets)
     assert sensitive_targets(table, 0.5, max_delta=1.0) == ["decoder.output"]
+
+
+def test_sparsity_table_prunes_one_target_at_a_time_and_restores_it(tmp_path):
+    from compress.prune import PruneError
+    from compress.sensitivity import plot_table, sparsity_table
+
+    model = small_asr()
+    targets = discover_targets(model, include=["encoder.*", "decoder.output"])
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    seen = []
+
+    def fake_wer(m: nn.Module) -> float:  # records the share of zeros of every target in each evaluated model
+        zeros = {t.name: float((t.weight(m) == 0).float().mean()) for t in targets}
+        seen.append({name: z for name, z in zeros.items() if z > 0.01})
+        return 10.0 + 20.0 * seen[-1].get("decoder.output", 0.0)
+
+    table = sparsity_table(model, targets, fake_wer, [0.5, 0.9])
+    assert table["baseline_wer"] == 10.0 and seen[0] == {}
+    assert all(len(s) == 1 for s in seen[1:])  # exactly one target pruned at a time
+    rows = {(r["target"], r["sparsity"]): r for r in table["rows"]}
+    assert len(rows) == 2 * len(targets)
+    assert rows[("decoder.output", 0.9)]["delta"] == pytest.approx(18.0, abs=0.1)
+    assert rows[("decoder.output", 0.5)]["nonzero"] == pytest.approx(targets[-1].params * 0.5, abs=1)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # weights restored
+    plot_table(table, tmp_path / "sparsity.png")
+    assert (tmp_path / "sparsity.png").stat().st_size > 0
+    with pytest.raises(PruneError, match="sparsities"):
+        sparsity_table(model, targets, fake_wer, [1.0])
+    with pytest.raises(ValueError, match="does not divide"):
+        sparsity_table(model, targets, fake_wer, [0.5], block=[7, 1])
