@@ -15,7 +15,7 @@ TIMED := $(PY) scripts/timed.py
 resume = $(if $(shell test $(1)/checkpoints/last.ckpt -nt $(2) && echo y),ckpt_path=$(1)/checkpoints/last.ckpt,)
 
 .PHONY: setup test lint data corpus prepare baseline sensitivity manual condense search search-conservative \
-	search-random retrain prune quantize compare pipeline bench clean-cache
+	search-random retrain sensitivity-sparsity prune quantize compare pipeline bench clean-cache
 
 ## setup: virtual env with the project and its dev extras, plus the system check for the corpus text
 setup: $(STAMP)
@@ -81,6 +81,11 @@ runs/retrain_guided/summary.json: runs/manual/manual.json
 		compress.scheme=runs/manual/schemes/guided-3.7x.json $(call resume,runs/retrain_guided,runs/manual/schemes/guided-3.7x.json)
 runs/retrain_dense/summary.json: $(BASELINE)/summary.json
 	$(TIMED) "retrain dense" -- $(PY) train.py +experiment=retrain_dense $(call resume,runs/retrain_dense,$(BASELINE)/summary.json)
+
+## sensitivity-sparsity: each target alone magnitude-pruned at 50-95% (one-shot), to choose per-target sparsities
+sensitivity-sparsity: runs/sensitivity/sensitivity_sparsity.json
+runs/sensitivity/sensitivity_sparsity.json: $(BASELINE)/summary.json
+	$(TIMED) "sensitivity sparsity" -- $(PY) scripts/sensitivity.py kind=sparsity max_utterances=$(SENSITIVITY_UTTERANCES)
 
 ## prune: the baseline pruned while fine-tuned with the retraining budget (about 22 minutes each, docs/pruning.md),
 ## magnitude and CSP at each sparsity; an interrupted run resumes
