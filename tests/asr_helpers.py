@@ -154,3 +154,21 @@ def shared_dir(tmp_path_factory) -> Path:
     path = tmp_path_factory.getbasetemp() / "asr_shared"
     path.mkdir(exist_ok=True)
     return path
+
+
+def small_asr_model(compressed: bool = False):
+    """A 30-token, 20-feature ``AsrModel`` (hidden 32, 2 encoder layers), seeded; with ``compressed`` every target
+    factorized at a third of its largest rank (the low-rank path of decoding, quantization and storage)."""
+    from asr.model.asr_model import AsrModel
+    from compress.scheme import Scheme, apply_scheme
+    from compress.svd import SvdCache
+    from compress.targets import discover_targets
+
+    torch.manual_seed(0)
+    model = AsrModel(30, 20, dict(hidden_size=32, num_layers=2, pool=[2]),
+                     dict(hidden_size=32, attention_size=16, embedding_size=8, pre_output_size=24)).eval()
+    if not compressed:
+        return model
+    targets = discover_targets(model)
+    scheme = Scheme.build(targets, {t.name: max(1, t.max_rank // 3) for t in targets}, "test")
+    return apply_scheme(model, scheme, targets, SvdCache()).eval()

@@ -11,10 +11,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from asr_helpers import VOCAB, corpus_copy_for_runs, one_thread, shared_dir, trained_run
+from asr_helpers import VOCAB, corpus_copy_for_runs, one_thread, shared_dir, small_asr_model, trained_run
 from torch import nn
 
-from asr.model.asr_model import AsrModel
 from asr.model.fast_decode import step_plan
 from compress.quantize import (
     dequantize_rows,
@@ -26,9 +25,6 @@ from compress.quantize import (
     save_int8,
     serialized_mb,
 )
-from compress.scheme import Scheme, apply_scheme
-from compress.svd import SvdCache
-from compress.targets import discover_targets
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -37,17 +33,6 @@ ROOT = Path(__file__).resolve().parents[1]
 def _one_thread():
     with one_thread():
         yield
-
-
-def small_asr(compressed: bool) -> AsrModel:
-    torch.manual_seed(0)
-    model = AsrModel(30, 20, dict(hidden_size=32, num_layers=2, pool=[2]),
-                     dict(hidden_size=32, attention_size=16, embedding_size=8, pre_output_size=24)).eval()
-    if not compressed:
-        return model
-    targets = discover_targets(model)
-    scheme = Scheme.build(targets, {t.name: max(1, t.max_rank // 3) for t in targets}, "test")
-    return apply_scheme(model, scheme, targets, SvdCache()).eval()
 
 
 def test_rows_round_to_eight_bits_within_half_a_step():
@@ -62,7 +47,7 @@ def test_rows_round_to_eight_bits_within_half_a_step():
 
 @pytest.mark.parametrize("compressed", [False, True])
 def test_int8_model_stays_close_leaves_the_original_and_round_trips(compressed, tmp_path):
-    model = small_asr(compressed)
+    model = small_asr_model(compressed)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     features, lengths = torch.randn(2, 40, 20), torch.tensor([40, 31])
     with torch.no_grad():
@@ -83,7 +68,7 @@ def test_int8_model_stays_close_leaves_the_original_and_round_trips(compressed, 
     assert 0 < relative < 0.05, relative
     size = save_int8(tmp_path / "m.pt", quantized, note="kept")
     assert size < 0.7 * serialized_mb(model.state_dict())  # tiny tensors: pickling overhead weighs in
-    loaded, stored = load_int8(tmp_path / "m.pt", lambda _: small_asr(compressed))
+    loaded, stored = load_int8(tmp_path / "m.pt", lambda _: small_asr_model(compressed))
     assert stored["note"] == "kept"
     with torch.no_grad():
         assert torch.equal(loaded.encode(features, lengths)[0], q_memory)
@@ -92,7 +77,7 @@ def test_int8_model_stays_close_leaves_the_original_and_round_trips(compressed, 
 
 @pytest.mark.parametrize("compressed", [False, True])
 def test_weight_only_int8_keeps_float_linears_on_the_8_bit_grid_and_the_fast_decoder_step(compressed, tmp_path):
-    model = small_asr(compressed)
+    model = small_asr_model(compressed)
     features, lengths = torch.randn(2, 40, 20), torch.tensor([40, 31])
     quantized = quantize_int8(model, linear="weight_only")
     linears = linear_weights(quantized)
@@ -113,7 +98,7 @@ def test_weight_only_int8_keeps_float_linears_on_the_8_bit_grid_and_the_fast_dec
     size = save_int8(tmp_path / "m.pt", quantized)
     dynamic_size = save_int8(tmp_path / "d.pt", quantize_int8(model))
     assert size < 0.7 * serialized_mb(model.state_dict()) and size < 1.3 * dynamic_size
-    loaded, stored = load_int8(tmp_path / "m.pt", lambda _: small_asr(compressed))
+    loaded, stored = load_int8(tmp_path / "m.pt", lambda _: small_asr_model(compressed))
     assert stored["linear"] == "weight_only"
     assert not any(isinstance(m, torch.ao.nn.quantized.dynamic.Linear) for m in loaded.modules())
     with torch.no_grad():
@@ -125,13 +110,13 @@ def test_weight_only_int8_keeps_float_linears_on_the_8_bit_grid_and_the_fast_dec
 
 def test_damaged_or_foreign_int8_files_are_refused(tmp_path):
     with pytest.raises(FileNotFoundError, match="scripts/quantize.py"):
-        load_int8(tmp_path / "none.pt", lambda _: small_asr(False))
+        load_int8(tmp_path / "none.pt", lambda _: small_asr_model(False))
     (tmp_path / "bad.pt").write_bytes(b"not a pickle")
     with pytest.raises(ValueError, match="damaged"):
-        load_int8(tmp_path / "bad.pt", lambda _: small_asr(False))
+        load_int8(tmp_path / "bad.pt", lambda _: small_asr_model(False))
     torch.save({"state_dict": {}}, tmp_path / "foreign.pt")
     with pytest.raises(ValueError, match="not an int8 model"):
-        load_int8(tmp_path / "foreign.pt", lambda _: small_asr(False))
+        load_int8(tmp_path / "foreign.pt", lambda _: small_asr_model(False))
 
 
 def test_quantize_script_reports_size_wer_and_speedup(tiny_corpus, tmp_path_factory):

@@ -6,11 +6,10 @@ import math
 
 import pytest
 import torch
+from asr_helpers import small_asr_model
 from torch import nn
 
-from asr.model.asr_model import AsrModel
 from compress.quantize import quantize_rows
-from compress.scheme import Scheme, apply_scheme
 from compress.storage import (
     SCALE_BYTES,
     TargetTensor,
@@ -20,21 +19,8 @@ from compress.storage import (
     target_tensors,
     tensor_storage,
 )
-from compress.svd import SvdCache
-from compress.targets import discover_targets
 
 LINEAR = TargetTensor("layer", "linear", "dense")
-
-
-def small_asr(compressed: bool = False) -> AsrModel:
-    torch.manual_seed(0)
-    model = AsrModel(30, 20, dict(hidden_size=32, num_layers=2, pool=[2]),
-                     dict(hidden_size=32, attention_size=16, embedding_size=8, pre_output_size=24)).eval()
-    if not compressed:
-        return model
-    targets = discover_targets(model)
-    scheme = Scheme.build(targets, {t.name: max(1, t.max_rank // 3) for t in targets}, "test")
-    return apply_scheme(model, scheme, targets, SvdCache()).eval()
 
 
 def test_index_width_is_the_narrowest_unsigned_integer():
@@ -103,12 +89,12 @@ def test_non_targets_and_integer_tensors_ship_dense_in_their_dtype():
 
 
 def test_targets_of_a_dense_and_of_a_low_rank_model():
-    dense = small_asr()
+    dense = small_asr_model()
     found = target_tensors(dense)
     assert found["encoder.layers.0.kernel"] == TargetTensor("encoder.layers.0", "lstm", "dense")
     assert found["decoder.output.weight"] == TargetTensor("decoder.output", "linear", "dense")
     assert "decoder.embedding.weight" not in found and "decoder.output.bias" not in found
-    compressed = small_asr(compressed=True)
+    compressed = small_asr_model(compressed=True)
     keys = list(compressed.state_dict())
     for structure in (compressed, dense):  # the compressed model, or the dense structure of its state dict
         found = target_tensors(structure, keys)
@@ -120,7 +106,7 @@ def test_targets_of_a_dense_and_of_a_low_rank_model():
 
 
 def test_a_pruned_model_ships_smaller_and_masks_are_not_shipped():
-    model = small_asr()
+    model = small_asr_model()
     before = model_storage(model)
     assert before.sparse_bytes == before.dense_bytes and before.nonzeros < before.params  # zero biases count
     targets = target_tensors(model)
