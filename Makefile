@@ -15,7 +15,7 @@ TIMED := $(PY) scripts/timed.py
 resume = $(if $(shell test $(1)/checkpoints/last.ckpt -nt $(2) && echo y),ckpt_path=$(1)/checkpoints/last.ckpt,)
 
 .PHONY: setup test lint data corpus prepare baseline sensitivity manual condense search search-conservative \
-	search-random retrain sensitivity-sparsity prune quantize compare pipeline bench clean-cache
+	search-random retrain sensitivity-sparsity prune budget quantize compare pipeline bench clean-cache
 
 ## setup: virtual env with the project and its dev extras, plus the system check for the corpus text
 setup: $(STAMP)
@@ -95,6 +95,11 @@ prune: $(foreach m,$(PRUNE_METHODS),$(foreach s,$(PRUNE_SPARSITIES),runs/prune_$
 runs/prune_%/summary.json: $(BASELINE)/summary.json
 	$(TIMED) "prune $*" -- $(PY) train.py +experiment=prune compress.method=$(word 1,$(subst _, ,$*)) \
 		compress.sparsity=$(word 2,$(subst _, ,$*)) $(call resume,runs/prune_$*,$(BASELINE)/summary.json)
+
+## budget: every compression method at 1/3.7 and 1/5 of the baseline's parameters with equal training time, one
+## table and figures (runs/budget/budget.md, docs/budget.md); run again to resume (finished rows are kept)
+budget: $(SENSITIVITY) $(CONDENSED)
+	$(TIMED) budget -- $(PY) scripts/budget.py
 
 ## quantize: the retrained AutoML model in 8 bits: size, WER and measured speed-up
 quantize: runs/quantize/automl/report.json

@@ -21,6 +21,7 @@ from asr.module import AsrModule
 from asr.train import instantiate_group
 from common.atomic import write_json_atomic
 from compress.checkpoint import SCHEME_KEY, restore_compression
+from compress.prune import PRUNE_KEY
 from compress.quantize import int8_state_dict, load_int8, quantize_int8, save_int8, serialized_mb
 from compress.scheme import count_parameters
 from compress.storage import model_storage
@@ -49,7 +50,9 @@ def run_quantize(cfg: DictConfig) -> dict:
     checkpoint = torch.load(cfg.ckpt, map_location="cpu", weights_only=False)
     baseline = load_recognizer(cfg.baseline, cfg.decoding)
     quantized = quantize_int8(module.model, cfg.linear)
-    extras = {key: checkpoint[key] for key in ("hyper_parameters", "asr_assets", SCHEME_KEY) if key in checkpoint}
+    # what rebuilds the float model: its low-rank scheme and a pruned model's mask record (its masks are in the state)
+    extras = {key: checkpoint[key] for key in ("hyper_parameters", "asr_assets", SCHEME_KEY, PRUNE_KEY)
+              if key in checkpoint}
     file_mb = save_int8(out / "model_int8.pt", quantized, source_checkpoint=str(cfg.ckpt), **extras)
     quantized, _ = load_int8_recognizer(out / "model_int8.pt")  # measure what was written, not what was meant
     quantized.set_decoding(cfg.decoding.max_decode_ratio, cfg.decoding.hard_fallback, cfg.decoding.sparse_min_sparsity)

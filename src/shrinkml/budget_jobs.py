@@ -1,0 +1,242 @@
+"""The runs of ``scripts/budget.py``: one job per method and budget, run in order, resumable.
+
+Every job is one of the project's own commands (``search.py``, ``scripts/manual_baselines.py``,
+``train.py``, ``scripts/quantize.py``) in a subprocess, with its output in ``<output_dir>/<budget>/<method>``.
+A job is done when its result file exists (a run's ``summary.json``, a search's ``report.json``), so a
+second ``scripts/budget.py`` skips finished rows; an interrupted training resumes from its
+``last.ckpt``, an interrupted search from its own state. A job that fails (e.g. a search space that cannot
+reach the budget's speed-up) is recorded with the last line it printed, the jobs that need it are skipped,
+and the others go on; the next run retries it.
+
+Methods, all from the same baseline (docs/budget.md):
+
+* ``svd_automl``: the RL search at the budget's ``a_t`` (``search.py``), its scheme retrained
+  (``+experiment=retrain``);
+* ``svd_guided``: the guided manual scheme at ``a_t``, retrained;
+* ``magnitude``, ``csp``: pruned to the budget's sparsity while fine-tuned (``+experiment=prune``);
+* ``student_kd``, ``student``: the baseline's architecture scaled to the budget, trained from scratch for
+  the baseline's epochs plus the retraining budget's, with and without the baseline as teacher;
+* ``svd_kd``: the AutoML scheme retrained with distillation from the baseline (``+experiment=retrain_kd``);
+* ``svd_sparse``: the guided scheme at ``a_t ** svd_share``, its factors pruned to the rest of the budget
+  while retrained;
+* ``dense_control``: the baseline trained on for the retraining budget (``+experiment=retrain_dense``),
+  the reference row of every budget (one run for all).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from common.atomic import write_json_atomic
+from shrinkml.budget_plan import BudgetError
+
+log = logging.getLogger(__name__)
+
+METHODS = ("svd_automl", "svd_guided", "magnitude", "csp", "student_kd", "student", "svd_kd", "svd_sparse")
+TRAINED = METHODS + ("dense_control",)
+
+
+@dataclass
+class Job:
+    """One command: ``script`` with Hydra ``overrides`` (a list, or a function of nothing that builds it once the
+    jobs it ``needs`` are done), finished when ``done`` exists. ``run_dir``: a training run resumed from
+    ``run_dir/checkpoints/last.ckpt`` when there is one."""
+
+    name: str
+    script: str
+    overrides: Sequence[str] | Callable[[], Sequence[str]]
+    done: Path
+    needs: tuple[str, ...] = ()
+    run_dir: Path | None = None
+    info: dict = field(default_factory=dict)
+
+    def arguments(self) -> list[str]:
+        overrides = list(self.overrides() if callable(self.overrides) else self.overrides)
+        last = self.run_dir / "checkpoints" / "last.ckpt" if self.run_dir is not None else None
+        if last is not None and last.is_file():
+            overrides.append(f"ckpt_path={last}")
+        return overrides
+
+
+def launch_subprocess(argv: Sequence[str], log_path: Path) -> tuple[int, str]:
+    """Run ``argv``, its output appended to ``log_path``; ``(exit status, last non-empty line)``."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "ab") as out:
+        out.write(f"\n$ {' '.join(argv)}\n".encode())
+        out.flush()
+        status = subprocess.call(list(argv), stdout=out, stderr=subprocess.STDOUT)
+    lines = [line for line in log_path.read_text(errors="replace").splitlines() if line.strip()]
+    return status, lines[-1].strip() if lines else ""
+
+
+def read_state(path: Path) -> dict:
+    if not path.is_file():
+        return {"jobs": {}}
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise BudgetError(f"{path} is not valid JSON ({err}); delete it (finished rows are kept: their result files "
+                          "decide)") from None
+
+
+def run_jobs(jobs: Sequence[Job], state_path: Path,
+             launch: Callable[[Sequence[str], Path], tuple[int, str]] = launch_subprocess,
+             python: str = sys.executable) -> dict[str, dict]:
+    """Run the ``jobs`` not yet done, in order; returns (and writes atomically to ``state_path`` after each job)
+    ``{job name: {"status": done|failed|skipped, "seconds", "message"}}``; ``seconds`` adds up the wall time
+    of every attempt."""
+    state = read_state(state_path)
+    records: dict[str, dict] = state.setdefault("jobs", {})
+    for job in jobs:
+        record = records.setdefault(job.name, {"seconds": 0.0})
+        if job.done.is_file():
+            record["status"] = "done"
+            continue
+        missing = [need for need in job.needs if records.get(need, {}).get("status") != "done"]
+        if missing:
+            record.update(status="skipped", message=f"needs {', '.join(missing)}")
+            log.warning("%s: skipped (needs %s)", job.name, ", ".join(missing))
+            write_json_atomic(state_path, state)
+            continue
+        try:
+            argv = [python, job.script, *job.arguments()]
+        except (BudgetError, FileNotFoundError, ValueError) as err:
+            record.update(status="failed", message=str(err))
+            log.error("%s: %s", job.name, err)
+            write_json_atomic(state_path, state)
+            continue
+        log.info("%s: %s", job.name, " ".join(argv[1:]))
+        start = time.perf_counter()
+        status, last_line = launch(argv, state_path.parent / "logs" / f"{job.name.replace('/', '_')}.log")
+        record["seconds"] = round(record.get("seconds", 0.0) + time.perf_counter() - start, 1)
+        if status == 0 and job.done.is_file():
+            record.update(status="done", message="")
+        else:
+            record.update(status="failed", message=last_line or f"exit status {status}")
+            log.error("%s failed (exit %s): %s", job.name, status, record["message"])
+        write_json_atomic(state_path, state)
+    return records
+
+
+def read_json(path: Path) -> dict:
+    return json.loads(Path(path).read_text())
+
+
+def extra_overrides(settings: Mapping, kind: str, method: str | None = None) -> list[str]:
+    """The user's overrides (``job_overrides``) for every job of ``kind`` (train, search, manual, quantize), then
+    for ``method``'s; they come first, so the budget's own settings win."""
+    extra = settings.get("extra") or {}
+    return [*extra.get(kind, []), *(extra.get(method, []) if method else [])]
+
+
+@dataclass(frozen=True)
+class BudgetTargets:
+    """What one budget asks of each method (:mod:`shrinkml.budget_plan`)."""
+
+    label: str              # x3.7
+    fraction: float
+    params: int             # b P
+    svd_speedup: float      # a_t by parameters
+    sparsity: float
+    combo_speedup: float    # a_t of svd_sparse's scheme
+    student_widths: Mapping[str, int]  # the student's sizes: model config key (encoder.hidden_size) -> size
+
+
+def budget_jobs(target: BudgetTargets, methods: Sequence[str], out: Path, settings: Mapping,
+                combo_sparsity: Callable[[Path], float]) -> list[Job]:
+    """The jobs of one budget (``out``: its directory). ``settings``: ``baseline`` (checkpoint),
+    ``group`` (W&B), ``search_overrides``, ``student_epochs``, ``distill`` (weight, temperature), ``quantize``;
+    ``combo_sparsity(scheme_file)``: svd_sparse's sparsity once its scheme exists."""
+    baseline, label = settings["baseline"], target.label
+    common = [f"logger.wandb.group={settings['group']}"]
+    jobs: list[Job] = []
+
+    def train(method: str, overrides: Sequence[str] | Callable[[], Sequence[str]], needs: tuple[str, ...] = ()):
+        run_dir = out / method
+
+        def arguments() -> list[str]:
+            own = list(overrides() if callable(overrides) else overrides)
+            return [*extra_overrides(settings, "train", method), *own, f"task_name=budget_{label}_{method}",
+                    f"hydra.run.dir={run_dir}", *common]
+
+        jobs.append(Job(f"{label}/{method}", "train.py", arguments, run_dir / "summary.json", needs, run_dir,
+                        {"method": method, "budget": label}))
+
+    search_dir, manual_dir = out / "search", out / "manual"
+    automl_scheme = search_dir / "best_scheme.json"
+    guided_scheme = manual_dir / "schemes" / f"guided-{target.svd_speedup}x.json"
+    combo_scheme = manual_dir / "schemes" / f"guided-{target.combo_speedup}x.json"
+    wanted = set(methods)
+    if wanted & {"svd_automl", "svd_kd"}:
+        jobs.append(Job(f"{label}/search", "search.py",
+                        [*extra_overrides(settings, "search"), *settings["search_overrides"],
+                         f"search.target_speedup={target.svd_speedup}", f"ckpt={baseline}",
+                         f"output_dir={search_dir}", f"task_name=budget_{label}_search", *common],
+                        search_dir / "report.json"))
+    if wanted & {"svd_guided", "svd_sparse"}:
+        speedups = sorted({target.svd_speedup, target.combo_speedup})
+        jobs.append(Job(f"{label}/manual", "scripts/manual_baselines.py",
+                        [*extra_overrides(settings, "manual"), f"speedups=[{','.join(str(s) for s in speedups)}]",
+                         "methods=[guided]", f"ckpt={baseline}", f"output_dir={manual_dir}",
+                         f"task_name=budget_{label}_manual", *common],
+                        manual_dir / "manual.json"))
+    retrain = ["+experiment=retrain", f"init_from={baseline}"]
+    if "svd_automl" in wanted:
+        train("svd_automl", [*retrain, f"compress.scheme={automl_scheme}"], (f"{label}/search",))
+    if "svd_guided" in wanted:
+        train("svd_guided", [*retrain, f"compress.scheme={guided_scheme}"], (f"{label}/manual",))
+    for method in ("magnitude", "csp"):
+        if method in wanted:
+            train(method, ["+experiment=prune", f"init_from={baseline}", f"compress.method={method}",
+                           f"compress.sparsity={target.sparsity}"])
+    widths = [f"model.{key}={value}" for key, value in target.student_widths.items()]
+    student = ["+experiment=baseline", *widths, f"trainer.max_epochs={settings['student_epochs']}",
+               f"measure_speedup.reference={baseline}"]
+    if "student_kd" in wanted:
+        distill = settings["distill"]
+        train("student_kd", [*student, f"module.distill.teacher={baseline}",
+                             f"module.distill.weight={distill['weight']}",
+                             f"module.distill.temperature={distill['temperature']}"])
+    if "student" in wanted:
+        train("student", student)
+    if "svd_kd" in wanted:
+        train("svd_kd", ["+experiment=retrain_kd", f"init_from={baseline}", f"compress.scheme={automl_scheme}",
+                         f"module.distill.teacher={baseline}"], (f"{label}/search",))
+    if "svd_sparse" in wanted:
+        train("svd_sparse", lambda: [*retrain, f"compress.scheme={combo_scheme}", "prune=default",
+                                     f"prune.sparsity={combo_sparsity(combo_scheme)}"], (f"{label}/manual",))
+    if settings.get("quantize"):
+        jobs += [quantize_job(job, settings) for job in list(jobs) if job.script == "train.py"]
+    return jobs
+
+
+def quantize_job(trained: Job, settings: Mapping) -> Job:
+    """8 bits of ``trained``'s best checkpoint (``scripts/quantize.py``) in its ``int8/`` directory."""
+    run_dir = trained.run_dir
+    name = trained.name.replace("/", "_")
+
+    def arguments() -> list[str]:
+        best = read_json(run_dir / "summary.json")["best_checkpoint"]
+        return [*extra_overrides(settings, "quantize"), f"ckpt={best}", f"baseline={settings['baseline']}",
+                f"name=budget_{name}", f"output_dir={run_dir / 'int8'}", f"logger.wandb.group={settings['group']}"]
+
+    return Job(f"{trained.name}/int8", "scripts/quantize.py", arguments, run_dir / "int8" / "report.json",
+               (trained.name,), None, {**trained.info, "int8": True})
+
+
+def dense_control_job(run_dir: Path, settings: Mapping) -> list[Job]:
+    """The dense control (one for every budget) and its 8 bits."""
+    job = Job("dense_control", "train.py",
+              [*extra_overrides(settings, "train", "dense_control"), "+experiment=retrain_dense",
+               f"init_from={settings['baseline']}", f"hydra.run.dir={run_dir}", "task_name=retrain_dense",
+               f"logger.wandb.group={settings['group']}"],
+              run_dir / "summary.json", (), run_dir, {"method": "dense_control", "budget": None})
+    return [job, quantize_job(job, settings)] if settings.get("quantize") else [job]
+

@@ -1,0 +1,197 @@
+"""The table and figures of ``scripts/budget.py``: one row per method and budget, the dense control first.
+
+Per row: the decoded model's parameters (nonzeros for a sparse model; the CTC head, a training aid, left out)
+and whether they fit the budget; bytes as shipped in float32 and in 8 bits (sparse targets in their cheapest
+sparse format, :mod:`compress.storage`); the estimated speed-up (baseline parameters / the row's) and the
+measured batch-1 one (with the sparse kernels, and without them for sparse rows); dev WER (what the
+checkpoint was chosen on) and test WER, and the 8-bit model's test WER and measured speed-up.
+
+Honest selection is checked, not assumed: a row is reported only when its run chose its checkpoint on a dev
+split (the training run's ``ModelCheckpoint`` monitor) and, for the AutoML rows, the search chose its scheme
+on dev (``selected_on`` of its report); otherwise :class:`SelectionError` names the run.
+
+Latency: every model of a budget is timed in one alternating measurement against the baseline
+(:func:`asr.latency.measured_speedups`: batch 1, the first ``latency.utterances`` test utterances, one thread,
+median of the per-repeat ratios), cached in ``<budget>/latency.json`` by the checkpoints' sizes and times.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from common.atomic import write_json_atomic, write_text_atomic
+from common.errors import KnownError
+from shrinkml.budget_plan import CTC_HEAD
+
+LABELS = {"dense_control": "dense control", "svd_automl": "SVD, AutoML", "svd_guided": "SVD, guided manual",
+          "magnitude": "magnitude sparsity", "csp": "CSP sparsity", "student_kd": "student + distillation",
+          "student": "student, no teacher", "svd_kd": "SVD AutoML + distillation",
+          "svd_sparse": "SVD guided + sparsity"}
+SPARSE_METHODS = ("magnitude", "csp", "svd_sparse")
+
+
+class SelectionError(KnownError, ValueError):
+    """A row whose selection looked at something other than dev; it is not reported."""
+
+
+def decoded_size(inspected: Mapping) -> dict:
+    """``params``, ``nonzeros`` and bytes (``bytes_fp32`` sparse format counted, ``bytes_int8``) of an
+    :func:`shrinkml.inspect_ckpt.inspect_checkpoint` result, without the CTC head's weight and bias."""
+    totals = dict(inspected["totals"])
+    head = [row for row in inspected["targets"] if row["target"].split(".")[-1] == CTC_HEAD]
+    for row in head:
+        bias = row["shape"][0]  # the head's bias, float32 in every format
+        totals["params"] -= row["params"] + bias
+        totals["nonzeros"] -= row["nonzeros"] + bias
+        totals["bytes_sparse"] -= row["bytes_sparse"] + 4 * bias
+        totals["bytes_int8"] -= row["bytes_int8"] + 4 * bias
+    return {"params": totals["params"], "nonzeros": totals["nonzeros"], "bytes_fp32": totals["bytes_sparse"],
+            "bytes_int8": totals["bytes_int8"]}
+
+
+def check_selection(run_dir: Path, dev_splits: Sequence[str], search_report: Path | None = None) -> None:
+    """Raise :class:`SelectionError` unless ``run_dir``'s training chose its checkpoint on a dev split (and the
+    search behind it, ``search_report``, its scheme)."""
+    config_file = run_dir / ".hydra" / "config.yaml"
+    if not config_file.is_file():
+        raise SelectionError(f"{config_file} is missing: how {run_dir}'s checkpoint was chosen is unknown, so the row "
+                             "is not reported; rerun it with scripts/budget.py")
+    monitor = OmegaConf.select(OmegaConf.load(config_file), "callbacks.model_checkpoint.monitor", default=None)
+    allowed = {f"wer/{split}" for split in dev_splits}
+    if monitor not in allowed:
+        raise SelectionError(f"{run_dir} chose its checkpoint on {monitor!r}, not on a dev split ({sorted(allowed)}); "
+                             "the row is not reported")
+    if search_report is not None:
+        selected = json.loads(search_report.read_text())["summary"].get("selected_on")
+        if selected != "dev":
+            raise SelectionError(f"{search_report} chose its scheme on {selected!r}, not dev; the rows retrained "
+                                 "from it are not reported")
+
+
+def relative(value: float | None, reference: float | None) -> float | None:
+    if value is None or reference in (None, 0):
+        return None
+    return 100.0 * (value / reference - 1.0)
+
+
+def _fmt(value, digits: int = 2) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+COLUMNS = (("method", "method"), ("params", "params (nonzero)"), ("fits", "fits"), ("mb_fp32", "MB fp32"),
+           ("mb_int8", "MB int8"), ("speedup_est", "est. x"), ("speedup", "measured x"),
+           ("speedup_dense_kernels", "measured x, no sparse kernels"), ("wer_dev", "dev WER"),
+           ("wer_test", "test WER"), ("vs_control", "test vs control %"), ("wer_test_int8", "int8 test WER"),
+           ("speedup_int8", "int8 measured x"), ("hours", "train h"))
+
+
+def markdown_table(rows: Sequence[Mapping]) -> str:
+    lines = ["| " + " | ".join(title for _, title in COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    for row in rows:
+        cells = []
+        for key, _ in COLUMNS:
+            value = row.get(key)
+            cells.append(_fmt(value, 1 if key == "vs_control" else 3 if key.startswith("mb") else 2))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def verdict(budget: Mapping) -> list[str]:
+    """Lines naming, per budget, the row best on dev and its test WER against the dense control, and the
+    fastest measured row within +2% / +5% relative test WER of the control (the goals)."""
+    rows = [r for r in budget["rows"] if r["method"] != LABELS["dense_control"] and r.get("wer_dev") is not None
+            and r.get("fits")]
+    if not rows:
+        return [f"{budget['label']}: no finished row fits the budget yet"]
+    best = min(rows, key=lambda r: r["wer_dev"])
+    return [f"{budget['label']}: best on dev: {best['method']} (dev {best['wer_dev']:.2f}, "
+            f"test {best['wer_test']:.2f}, {_fmt(best.get('vs_control'), 1)}% against the dense control, "
+            f"measured {_fmt(best.get('speedup'))}x)"]
+
+
+def write_report(budgets: Sequence[Mapping], out: Path) -> dict[str, str]:
+    """``budget.json``, ``budget.md`` and the two figures in ``out``; returns their paths."""
+    write_json_atomic(out / "budget.json", {"budgets": list(budgets)})
+    parts = ["# Compression at a fixed parameter budget (scripts/budget.py)", ""]
+    for budget in budgets:
+        parts += [f"## {budget['label']}: at most {budget['params']:,} parameters ({budget['fraction']:.4f} of the "
+                  f"baseline's {budget['baseline_params']:,}); SVD a_t {budget['svd_speedup']}, sparsity "
+                  f"{budget['sparsity']}, student {budget['student_widths']}", "", markdown_table(budget["rows"]), ""]
+        parts += [f"- {line}" for line in verdict(budget)] + [""]
+        if budget.get("not_reported"):
+            parts += [f"- not reported: {name}: {why}" for name, why in budget["not_reported"].items()] + [""]
+    files = {"json": str(out / "budget.json"), "markdown": str(out / "budget.md")}
+    figures = plot_fronts(budgets, out)
+    parts += [f"![{Path(path).stem}]({Path(path).name})" for path in figures.values()]
+    write_text_atomic(out / "budget.md", "\n".join(parts) + "\n")
+    return {**files, **figures}
+
+
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">")
+
+
+def plot_fronts(budgets: Sequence[Mapping], out: Path) -> dict[str, str]:
+    """Test WER against parameters and against measured batch-1 latency (RTF), one colour per method and one
+    marker per budget, each budget's Pareto front drawn; ``{name: path}`` of the figures written."""
+    from compress.figures import pyplot, save_figure
+
+    points = [(b["label"], r) for b in budgets for r in b["rows"] if r.get("wer_test") is not None]
+    if not points:
+        return {}
+    plt = pyplot()
+    methods = list(dict.fromkeys(r["method"] for _, r in points))
+    labels = list(dict.fromkeys(label for label, _ in points))
+    colours = {m: f"C{i % 10}" for i, m in enumerate(methods)}
+    written = {}
+    for name, key, xlabel, log_x in (("budget_params", "params", "parameters (nonzero, decoded model)", True),
+                                     ("budget_latency", "rtf", "batch-1 decoding time per audio second (RTF)", False)):
+        fig, ax = plt.subplots(figsize=(8.0, 5.0))
+        for label, row in points:
+            if row.get(key) is None:
+                continue
+            marker = MARKERS[labels.index(label) % len(MARKERS)]
+            ax.scatter(row[key], row["wer_test"], color=colours[row["method"]], marker=marker, s=60,
+                       edgecolors="black", linewidths=0.5, zorder=3)
+        for label in labels:
+            front = pareto_front([(r[key], r["wer_test"]) for lab, r in points if lab == label and r.get(key)])
+            if len(front) > 1:
+                ax.plot(*zip(*front, strict=True), color="0.5", linewidth=0.8, linestyle="--", zorder=2)
+        from matplotlib.lines import Line2D
+
+        handles = [Line2D([], [], linestyle="", marker="o", color=colours[m], markeredgecolor="black") for m in methods]
+        handles += [Line2D([], [], linestyle="", marker=MARKERS[i % len(MARKERS)], color="white",
+                           markeredgecolor="black") for i in range(len(labels))]
+        ax.legend(handles, methods + labels, fontsize=7, loc="best")
+        if log_x:
+            ax.set_xscale("log")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("test WER (%)")
+        ax.grid(alpha=0.3)
+        ax.set_title("test WER at fixed parameter budgets (dashed: Pareto front per budget)", fontsize=10)
+        path = out / f"{name}.png"
+        save_figure(fig, path)
+        written[name] = str(path)
+    return written
+
+
+def pareto_front(points: Sequence[tuple[float, float]]) -> list[tuple[float, float]]:
+    """The points no other point beats in both coordinates (lower is better), sorted by the first."""
+    front, best = [], math.inf
+    for x, y in sorted(points):
+        if y < best:
+            front.append((x, y))
+            best = y
+    return front

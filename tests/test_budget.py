@@ -1,0 +1,283 @@
+"""Compression at a fixed parameter budget (scripts/budget.py): budget arithmetic, students, jobs, honest rows."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from asr_helpers import corpus_copy_for_runs, shared_dir, tiny_model_config, trained_run
+
+from asr.model.asr_model import AsrModel
+from compress.cost import compressed_params
+from compress.scheme import Scheme
+from compress.targets import discover_targets
+from shrinkml.budget_jobs import BudgetTargets, Job, budget_jobs, run_jobs
+from shrinkml.budget_plan import (
+    BudgetError,
+    baseline_size,
+    budget_label,
+    check_student,
+    decoded_params,
+    fit_student,
+    parse_budget,
+)
+from shrinkml.budget_report import SelectionError, check_selection, decoded_size, pareto_front
+
+ROOT = Path(__file__).resolve().parents[1]
+WIDTHS = ["encoder.hidden_size", "decoder.embedding_size", "decoder.hidden_size", "decoder.attention_size",
+          "decoder.pre_output_size"]
+
+
+def model_with_ctc(**changes) -> tuple[AsrModel, dict]:
+    config = tiny_model_config()
+    config["encoder"]["hidden_size"] = 32
+    config["decoder"].update(hidden_size=32, attention_size=32, pre_output_size=32, embedding_size=16)
+    config["ctc_weight"] = 0.3
+    config.update(changes)
+    torch.manual_seed(0)
+    return AsrModel(30, 20, **config), config
+
+
+def size_of(model):
+    return baseline_size(model, discover_targets(model, ["*"], ["ctc_head"]))
+
+
+def count(config) -> int:
+    return decoded_params(AsrModel(30, 20, **config))
+
+
+# -- budget arithmetic -------------------------------------------------------------------------------------------
+
+def test_budgets_parse_as_fractions_and_bad_ones_name_the_key():
+    assert parse_budget("1/3.7") == pytest.approx(1 / 3.7) and parse_budget(0.2) == 0.2 and parse_budget("1") == 1
+    assert budget_label(1 / 3.7) == "x3.7" and budget_label(0.2) == "x5"
+    for bad in ("0", "1.5", "abc", "1/0", -0.1):
+        with pytest.raises(BudgetError, match="budgets"):
+            parse_budget(bad)
+
+
+def test_decoded_parameters_leave_the_ctc_head_out():
+    model, _ = model_with_ctc()
+    head = sum(p.numel() for p in model.ctc_head.parameters())
+    assert head > 0 and decoded_params(model) == sum(p.numel() for p in model.parameters()) - head
+
+
+def test_each_method_meets_the_budget_it_is_given():
+    model, _ = model_with_ctc()
+    size = size_of(model)
+    assert size.fixed == size.total - sum(m * n for m, n in size.shapes.values()) > 0
+    for fraction in (0.5, 1 / 3.7, 0.2):
+        allowed = fraction * size.total
+        # sparsity: every target at s keeps at most (1 - s) of its weights
+        kept = sum(int((1 - size.sparsity(fraction)) * m * n) for m, n in size.shapes.values())
+        assert size.fixed + kept <= allowed
+        assert size.fixed + sum(int((1 - size.sparsity(fraction) + 2e-4) * m * n)
+                                for m, n in size.shapes.values()) > allowed * 0.99  # and no more than it needs
+        # SVD: a_t by parameters over the targets, a little above 1 / b (the fixed part is not compressed)
+        a_t = size.svd_speedup(fraction)
+        assert a_t > 1 / fraction and size.fixed + size.targets / a_t <= allowed
+
+
+def test_svd_plus_sparsity_prunes_the_scheme_to_the_rest_of_the_budget():
+    model, _ = model_with_ctc()
+    size = size_of(model)
+    ranks = {name: max(1, min(m, n) // 4) for name, (m, n) in size.shapes.items()}
+    scheme = Scheme(ranks=ranks, shapes={k: list(v) for k, v in size.shapes.items()})
+    stored = sum(compressed_params(shape, ranks[name]) for name, shape in size.shapes.items())
+    fraction = 0.2
+    sparsity = size.scheme_sparsity(fraction, scheme)
+    assert 0 < sparsity < size.sparsity(fraction)  # the factors hold fewer parameters than the dense targets
+    assert size.fixed + (1 - sparsity) * stored <= fraction * size.total + 1
+
+
+def test_a_budget_no_method_can_reach_is_refused_with_the_smallest_reachable():
+    model, _ = model_with_ctc()
+    size = size_of(model)
+    with pytest.raises(BudgetError, match=f"smallest reachable budget is above {size.smallest_budget:.4f}"):
+        size.check(size.smallest_budget * 0.9)
+    size.check(size.smallest_budget * 1.1)
+
+
+# -- the student -------------------------------------------------------------------------------------------------
+
+def test_the_student_is_the_widest_common_scaling_that_fits():
+    _, config = model_with_ctc()
+    budget = count(config) // 3
+    student = fit_student(count, config, WIDTHS, budget, multiple=4)
+    assert count(student) <= budget
+    assert student["encoder"]["num_layers"] == config["encoder"]["num_layers"]  # depth kept
+    assert all(student["decoder"][k] % 4 == 0 for k in ("hidden_size", "attention_size", "embedding_size"))
+    wider = json.loads(json.dumps(student))
+    for key in WIDTHS:  # one multiple more everywhere no longer fits
+        group, name = key.split(".")
+        wider[group][name] += 4
+    assert count(wider) > budget
+
+
+def test_a_student_that_does_not_fit_is_refused_naming_the_sizes():
+    _, config = model_with_ctc()
+    with pytest.raises(BudgetError, match=r"student.model \{'encoder.hidden_size': 32.*over the budget"):
+        check_student(count, config, WIDTHS, count(config) - 1)
+    with pytest.raises(BudgetError, match="no student fits 10 parameters"):
+        fit_student(count, config, WIDTHS, 10)
+    with pytest.raises(BudgetError, match="student.widths: 'encoder.width'"):
+        fit_student(count, config, ["encoder.width"], 10**6)
+
+
+# -- jobs --------------------------------------------------------------------------------------------------------
+
+TARGET = BudgetTargets("x3.7", 1 / 3.7, 1000, 3.944, 0.7465, 1.986, {"encoder.hidden_size": 120})
+SETTINGS = {"baseline": "base.ckpt", "group": "budget", "search_overrides": ["search=aggressive"],
+            "student_epochs": 33, "distill": {"weight": 1.0, "temperature": 2.0}, "quantize": True,
+            "extra": {"train": ["data.root=/corpus"], "magnitude": ["compress.pattern=block"]}}
+METHODS = ("svd_automl", "svd_guided", "magnitude", "csp", "student_kd", "student", "svd_kd", "svd_sparse")
+
+
+def test_every_method_becomes_the_project_command_with_the_budget_s_setting(tmp_path):
+    jobs = {job.name: job for job in budget_jobs(TARGET, METHODS, tmp_path, SETTINGS, lambda scheme: 0.61)}
+    args = {name: job.arguments() if name.split("/")[-1] not in ("svd_sparse", "int8") else None
+            for name, job in jobs.items()}
+    assert "search.target_speedup=3.944" in args["x3.7/search"] and jobs["x3.7/search"].script == "search.py"
+    assert "speedups=[1.986,3.944]" in args["x3.7/manual"]
+    automl = args["x3.7/svd_automl"]
+    assert "+experiment=retrain" in automl and f"compress.scheme={tmp_path / 'search' / 'best_scheme.json'}" in automl
+    assert jobs["x3.7/svd_automl"].needs == ("x3.7/search",)
+    assert f"compress.scheme={tmp_path / 'manual' / 'schemes' / 'guided-3.944x.json'}" in args["x3.7/svd_guided"]
+    magnitude = args["x3.7/magnitude"]
+    assert "compress.sparsity=0.7465" in magnitude and "compress.method=magnitude" in magnitude
+    assert magnitude.index("data.root=/corpus") < magnitude.index("+experiment=prune")  # the budget's own win
+    assert "compress.pattern=block" in magnitude and "compress.pattern=block" not in args["x3.7/csp"]
+    kd, plain = args["x3.7/student_kd"], args["x3.7/student"]
+    assert "model.encoder.hidden_size=120" in plain and "trainer.max_epochs=33" in plain
+    assert "module.distill.teacher=base.ckpt" in kd and not any("distill" in a for a in plain)
+    assert "+experiment=retrain_kd" in args["x3.7/svd_kd"]
+    assert "prune.sparsity=0.61" in jobs["x3.7/svd_sparse"].arguments()
+    trained = [n for n, j in jobs.items() if j.script == "train.py"]
+    assert len(trained) == 8 and all(f"{n}/int8" in jobs for n in trained)
+    assert all(f"hydra.run.dir={tmp_path / n.split('/')[1]}" in args[n] for n in trained if args[n])
+    (tmp_path / "svd_automl" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "svd_automl" / "checkpoints" / "last.ckpt").write_text("")
+    assert jobs["x3.7/svd_automl"].arguments()[-1] == f"ckpt_path={tmp_path / 'svd_automl/checkpoints/last.ckpt'}"
+
+
+def test_jobs_run_once_resume_and_a_failure_skips_only_what_needs_it(tmp_path):
+    launched = []
+
+    def launch(argv, log_path):
+        job = argv[1]
+        launched.append(job)
+        if job == "fails.py":
+            return 1, "search: search.target_speedup=9 is out of reach"
+        (tmp_path / job).write_text("done")
+        return 0, ""
+
+    jobs = [Job("a", "a.py", [], tmp_path / "a.py"), Job("f", "fails.py", [], tmp_path / "fails.py"),
+            Job("needs_f", "g.py", [], tmp_path / "g.py", ("f",)),
+            Job("needs_a", "h.py", [], tmp_path / "h.py", ("a",))]
+    state = tmp_path / "state.json"
+    records = run_jobs(jobs, state, launch, python="py")
+    assert launched == ["a.py", "fails.py", "h.py"]
+    assert records["f"]["status"] == "failed" and "out of reach" in records["f"]["message"]
+    assert records["needs_f"] == {"seconds": 0.0, "status": "skipped", "message": "needs f"}
+    assert json.loads(state.read_text())["jobs"]["needs_a"]["status"] == "done"
+    launched.clear()
+    run_jobs(jobs, state, launch, python="py")
+    assert launched == ["fails.py"]  # finished jobs are not run again; the failed one is retried
+
+
+# -- honest rows -------------------------------------------------------------------------------------------------
+
+def write_run_config(run_dir: Path, monitor: str) -> None:
+    (run_dir / ".hydra").mkdir(parents=True)
+    (run_dir / ".hydra" / "config.yaml").write_text(yaml.safe_dump({"callbacks": {"model_checkpoint":
+                                                                                  {"monitor": monitor}}}))
+
+
+def test_a_row_chosen_on_test_is_not_reported(tmp_path):
+    write_run_config(tmp_path / "dev", "wer/dev")
+    check_selection(tmp_path / "dev", ["dev"])
+    write_run_config(tmp_path / "test", "wer/test")
+    with pytest.raises(SelectionError, match="chose its checkpoint on 'wer/test'"):
+        check_selection(tmp_path / "test", ["dev"])
+    report = tmp_path / "report.json"
+    report.write_text(json.dumps({"summary": {"selected_on": "test"}}))
+    with pytest.raises(SelectionError, match="chose its scheme on 'test'"):
+        check_selection(tmp_path / "dev", ["dev"], report)
+    with pytest.raises(SelectionError, match="is missing"):
+        check_selection(tmp_path / "none", ["dev"])
+
+
+def test_decoded_size_and_pareto_front():
+    inspected = {"totals": {"params": 1000, "nonzeros": 900, "bytes_sparse": 3000, "bytes_int8": 1200},
+                 "targets": [{"target": "model.ctc_head", "shape": [10, 8], "params": 80, "nonzeros": 80,
+                              "bytes_sparse": 320, "bytes_int8": 120}]}
+    assert decoded_size(inspected) == {"params": 910, "nonzeros": 810, "bytes_fp32": 2640, "bytes_int8": 1040}
+    assert pareto_front([(3, 10.0), (1, 12.0), (2, 11.0), (4, 10.5), (5, 9.0)]) == [(1, 12.0), (2, 11.0), (3, 10.0),
+                                                                                     (5, 9.0)]
+
+
+# -- the command -------------------------------------------------------------------------------------------------
+
+def run_budget_script(*overrides: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled"}
+    env.pop("HYDRA_FULL_ERROR", None)
+    return subprocess.run([sys.executable, str(ROOT / "scripts" / "budget.py"), *overrides], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=900)
+
+
+def quoted(overrides: list[str]) -> str:
+    """A Hydra list of override strings (each holds ``=``, so each is quoted)."""
+    return "[" + ",".join(f"'{o}'" for o in overrides) + "]"
+
+
+def test_budget_py_runs_the_methods_tabulates_them_and_resumes(tiny_corpus, tmp_path_factory, tmp_path):
+    base = shared_dir(tmp_path_factory)
+    run_dir, _ = trained_run(tiny_corpus, base)
+    baseline = run_dir / "checkpoints" / "last.ckpt"
+    corpus = corpus_copy_for_runs(tiny_corpus, base)
+    data = [f"data.root={corpus}", f"data.cache_dir={base / 'features'}", "data.tokenizer.vocab_size=40",
+            f"data.tokenizer.dir={base / 'tokenizer'}", "data.feature_jobs=1", "data.progress=false"]
+    quiet = ["callbacks.progress_bar=null", "trainer.enable_progress_bar=false", "decoding.beam_size=2",
+             "data.batch_size=8", "data.eval_batch_size=8"]
+    train = [*data, *quiet, "trainer.max_epochs=2", "measure_speedup.reference=null", "module.ctc_pretrain_steps=0"]
+    out = tmp_path / "budget"
+    overrides = [f"baseline={baseline}", "budgets=[1/2]", "methods=[magnitude,student]", f"output_dir={out}",
+                 f"dense_control={tmp_path / 'dense'}", "student.epochs=2", "student.multiple=2", "wandb=false",
+                 "latency.utterances=2", "latency.repeats=1", "decoding.beam_size=2", *data,
+                 f"job_overrides.train={quoted(train)}", f"job_overrides.quantize={quoted(data)}",
+                 f"+job_overrides.magnitude={quoted(['compress.frequency=1', 'compress.updates=2'])}"]
+    result = run_budget_script(*overrides)
+    assert result.returncode == 0, result.stderr[-4000:]
+    report = json.loads((out / "budget.json").read_text())["budgets"][0]
+    rows = {row["key"]: row for row in report["rows"]}
+    assert set(rows) == {"dense_control", "magnitude", "student"}, report["not_reported"]
+    assert rows["magnitude"]["fits"] and rows["student"]["fits"] and rows["magnitude"]["params"] <= report["params"]
+    assert rows["dense_control"]["params"] > 2 * rows["magnitude"]["params"] * 0.95
+    for row in rows.values():
+        assert row["wer_dev"] is not None and row["wer_test"] is not None and row["speedup"] > 0
+        assert row["wer_test_int8"] is not None and row["mb_int8"] < row["mb_fp32"]
+    assert rows["magnitude"]["speedup_dense_kernels"] > 0 and rows["student"].get("speedup_dense_kernels") is None
+    assert "| magnitude sparsity |" in (out / "budget.md").read_text()
+    assert (out / "budget_params.png").is_file() and (out / "budget_latency.png").is_file()
+    state = json.loads((out / "state.json").read_text())
+    assert all(record["status"] == "done" for record in state["jobs"].values()), state
+    logs = {p.name: p.stat().st_mtime_ns for p in (out / "logs").iterdir()}
+    again = run_budget_script(*overrides)
+    assert again.returncode == 0, again.stderr[-4000:]
+    assert {p.name: p.stat().st_mtime_ns for p in (out / "logs").iterdir()} == logs  # nothing ran again
+
+
+def test_budget_py_refuses_an_unreachable_budget_in_one_line(tiny_corpus, tmp_path_factory, tmp_path):
+    base = shared_dir(tmp_path_factory)
+    run_dir, _ = trained_run(tiny_corpus, base)
+    result = run_budget_script(f"baseline={run_dir / 'checkpoints' / 'last.ckpt'}", "budgets=[0.001]",
+                               f"output_dir={tmp_path}")
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    assert "budget: budgets: 0.001 of the baseline" in result.stderr and "smallest reachable budget" in result.stderr
