@@ -141,7 +141,8 @@ def run_budget(cfg: DictConfig) -> dict:
         run_jobs(jobs, state_path)
     records = read_state(state_path).get("jobs", {})
     tables = [collect(cfg, size, budget, methods, out / budget.label, control_dir, records) for budget in budgets]
-    files = write_report(tables, out)
+    wall = sum(record.get("seconds", 0.0) for record in records.values())
+    files = write_report(tables, out, wall)
     if cfg.wandb:
         log_wandb(cfg, tables, files)
     return {"budgets": tables, "files": files}

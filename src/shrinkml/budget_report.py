@@ -122,10 +122,12 @@ def verdict(budget: Mapping) -> list[str]:
             f"measured {_fmt(best.get('speedup'))}x)"]
 
 
-def write_report(budgets: Sequence[Mapping], out: Path) -> dict[str, str]:
-    """``budget.json``, ``budget.md`` and the two figures in ``out``; returns their paths."""
-    write_json_atomic(out / "budget.json", {"budgets": list(budgets)})
-    parts = ["# Compression at a fixed parameter budget (scripts/budget.py)", ""]
+def write_report(budgets: Sequence[Mapping], out: Path, wall_seconds: float = 0.0) -> dict[str, str]:
+    """``budget.json``, ``budget.md`` and the two figures in ``out``; returns their paths. ``wall_seconds``: the
+    wall time of every job run so far."""
+    write_json_atomic(out / "budget.json", {"budgets": list(budgets), "wall_seconds": wall_seconds})
+    parts = ["# Compression at a fixed parameter budget (scripts/budget.py)", "",
+             f"Wall time of every job so far: {wall_seconds / 3600:.2f} h.", ""]
     for budget in budgets:
         parts += [f"## {budget['label']}: at most {budget['params']:,} parameters ({budget['fraction']:.4f} of the "
                   f"baseline's {budget['baseline_params']:,}); SVD a_t {budget['svd_speedup']}, sparsity "
