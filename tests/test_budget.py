@@ -281,3 +281,36 @@ def test_budget_py_refuses_an_unreachable_budget_in_one_line(tiny_corpus, tmp_pa
     assert result.returncode == 2, result.stderr[-3000:]
     assert "Traceback" not in result.stderr
     assert "budget: budgets: 0.001 of the baseline" in result.stderr and "smallest reachable budget" in result.stderr
+
+
+CONFIG_OF = {"train.py": "train", "search.py": "search", "scripts/manual_baselines.py": "manual",
+             "scripts/quantize.py": "quantize"}
+
+
+def test_every_job_s_overrides_compose_with_its_script_s_config(tmp_path):
+    """What scripts/budget.py passes each command is a valid override of that command's config, with the
+    budget's setting in force (checked on the composed config, as the command would see it)."""
+    from hydra import compose, initialize_config_dir
+
+    jobs = budget_jobs(TARGET, METHODS, tmp_path, {**SETTINGS, "extra": {}}, lambda scheme: 0.61)
+    for job in jobs:
+        if job.script == "train.py":
+            job.run_dir.mkdir(parents=True, exist_ok=True)
+            (job.run_dir / "summary.json").write_text(json.dumps({"best_checkpoint": "best.ckpt"}))
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        for job in jobs:
+            overrides = job.arguments()
+            cfg = compose(CONFIG_OF[job.script], overrides=overrides, return_hydra_config=True)
+            assert cfg.logger.wandb.group == "budget", job.name
+            if job.name.endswith("/magnitude"):
+                assert cfg.compress.sparsity == 0.7465 and cfg.compress.method == "magnitude"
+                assert cfg.hydra.run.dir == str(tmp_path / "magnitude") and cfg.trainer.max_epochs == 13
+            if job.name.endswith("/student_kd"):
+                assert cfg.model.encoder.hidden_size == 120 and cfg.trainer.max_epochs == 33
+                assert cfg.module.distill.weight == 1.0 and cfg.module.distill.temperature == 2.0
+            if job.name.endswith("/svd_sparse"):
+                assert cfg.prune.sparsity == 0.61 and cfg.compress.scheme.endswith("guided-1.986x.json")
+            if job.name.endswith("/search"):
+                assert cfg.search.target_speedup == 3.944 and cfg.output_dir == str(tmp_path / "search")
+            if job.name.endswith("/int8"):
+                assert cfg.ckpt == "best.ckpt" and cfg.output_dir.endswith("int8")
