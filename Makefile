@@ -88,10 +88,17 @@ runs/sensitivity/sensitivity_sparsity.json: $(BASELINE)/summary.json
 	$(TIMED) "sensitivity sparsity" -- $(PY) scripts/sensitivity.py kind=sparsity max_utterances=$(SENSITIVITY_UTTERANCES)
 
 ## prune: the baseline pruned while fine-tuned with the retraining budget (about 22 minutes each, docs/pruning.md),
-## magnitude and CSP at each sparsity; an interrupted run resumes
+## magnitude and CSP at each sparsity, then the table (scripts/prune_report.py); an interrupted run resumes
 PRUNE_METHODS := magnitude csp
 PRUNE_SPARSITIES := 0.5 0.7 0.8 0.9
-prune: $(foreach m,$(PRUNE_METHODS),$(foreach s,$(PRUNE_SPARSITIES),runs/prune_$(m)_$(s)/summary.json))
+PRUNE_BLOCK := csp_0.8 magnitude_0.8   # 4x1 blocks as well: the pattern the sparse kernels run fastest (RESULTS.md)
+prune: $(foreach m,$(PRUNE_METHODS),$(foreach s,$(PRUNE_SPARSITIES),runs/prune_$(m)_$(s)/summary.json)) \
+		$(foreach r,$(PRUNE_BLOCK),runs/prune_$(r)_b4x1/summary.json) runs/retrain_dense/summary.json
+	$(PY) scripts/prune_report.py
+runs/prune_%_b4x1/summary.json: $(BASELINE)/summary.json
+	$(TIMED) "prune $*_b4x1" -- $(PY) train.py +experiment=prune task_name=prune_$*_b4x1 \
+		compress.method=$(word 1,$(subst _, ,$*)) compress.sparsity=$(word 2,$(subst _, ,$*)) compress.pattern=block \
+		"compress.block=[4,1]" $(call resume,runs/prune_$*_b4x1,$(BASELINE)/summary.json)
 runs/prune_%/summary.json: $(BASELINE)/summary.json
 	$(TIMED) "prune $*" -- $(PY) train.py +experiment=prune compress.method=$(word 1,$(subst _, ,$*)) \
 		compress.sparsity=$(word 2,$(subst _, ,$*)) $(call resume,runs/prune_$*,$(BASELINE)/summary.json)

@@ -271,6 +271,21 @@ def test_budget_py_runs_the_methods_tabulates_them_and_resumes(tiny_corpus, tmp_
     again = run_budget_script(*overrides)
     assert again.returncode == 0, again.stderr[-4000:]
     assert {p.name: p.stat().st_mtime_ns for p in (out / "logs").iterdir()} == logs  # nothing ran again
+    # the pruning report over the same runs: the magnitude run against the dense control
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled"}
+    report = subprocess.run([sys.executable, str(ROOT / "scripts" / "prune_report.py"), f"runs_dir={out / 'x2'}",
+                             "runs=magnitude", f"dense_control={tmp_path / 'dense'}", f"baseline={baseline}",
+                             f"output_dir={tmp_path / 'prune_report'}", "latency.utterances=2", "latency.repeats=1",
+                             "decoding.beam_size=2", *data], cwd=ROOT, env=env, capture_output=True, text=True,
+                            timeout=300)
+    assert report.returncode == 0, report.stderr[-4000:]
+    pruned = json.loads((tmp_path / "prune_report" / "prune.json").read_text())
+    methods = [r["method"] for r in pruned["rows"]]
+    assert methods == ["dense control", "magnitude"], pruned
+    magnitude = pruned["rows"][1]
+    assert abs(magnitude["sparsity"] - magnitude["target"]) < 0.01 and magnitude["speedup_dense_kernels"] > 0
+    assert pruned["goals"][1] == "at 80%: not measured yet"
+    assert (tmp_path / "prune_report" / "prune_wer_sparsity.png").is_file()
 
 
 def test_budget_py_refuses_an_unreachable_budget_in_one_line(tiny_corpus, tmp_path_factory, tmp_path):

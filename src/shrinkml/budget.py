@@ -42,6 +42,7 @@ from shrinkml.budget_report import (
     relative,
     write_report,
 )
+from shrinkml.timing import DENSE_KERNELS, measure_checkpoints
 
 log = logging.getLogger(__name__)
 
@@ -197,19 +198,11 @@ def collect(cfg: DictConfig, size: BaselineSize, budget: BudgetTargets, methods,
     for row in rows:
         timing = measured.get(row["key"], {})
         row.update(speedup=timing.get("speedup"), rtf=timing.get("rtf"),
-                   speedup_dense_kernels=measured.get(row["key"] + ":dense_kernels", {}).get("speedup"),
+                   speedup_dense_kernels=measured.get(row["key"] + DENSE_KERNELS, {}).get("speedup"),
                    vs_control=relative(row["wer_test"], control["wer_test"] if control else None))
     return {"label": budget.label, "fraction": budget.fraction, "params": budget.params, "baseline_params": size.total,
             "svd_speedup": budget.svd_speedup, "sparsity": budget.sparsity, "combo_speedup": budget.combo_speedup,
             "student_widths": dict(budget.student_widths), "rows": rows, "not_reported": not_reported}
-
-
-def _fingerprints(checkpoints: Mapping[str, str]) -> dict[str, list]:
-    out = {}
-    for name, path in checkpoints.items():
-        stat = Path(path).stat()
-        out[name] = [str(path), stat.st_size, stat.st_mtime_ns]
-    return out
 
 
 def measure(cfg: DictConfig, out: Path, checkpoints: Mapping[str, str]) -> dict[str, dict]:
@@ -217,30 +210,8 @@ def measure(cfg: DictConfig, out: Path, checkpoints: Mapping[str, str]) -> dict[
     alternating run; cached in ``out/latency.json`` while the checkpoints and settings are unchanged."""
     if not checkpoints or not cfg.latency.measure:
         return {}
-    cache_file = out / "latency.json"
-    key = {"checkpoints": _fingerprints({"baseline": cfg.baseline, **checkpoints}),
-           "settings": OmegaConf.to_container(cfg.latency, resolve=True)}
-    if cache_file.is_file():
-        cached = json.loads(cache_file.read_text())
-        if cached.get("key") == key:
-            return cached["measured"]
-    from asr.latency import measured_speedups, single_utterances
-    from shrinkml.stage import eval_batches, load_recognizer
-
-    decoding = OmegaConf.to_container(cfg.decoding, resolve=True)
-    dense_kernels = {**decoding, "sparse_min_sparsity": None}
-    models = {"baseline": load_recognizer(cfg.baseline, decoding).model}
-    for name, path in checkpoints.items():
-        models[name] = load_recognizer(path, decoding).model
-        if name in SPARSE_METHODS:
-            models[name + ":dense_kernels"] = load_recognizer(path, dense_kernels).model
-    frame_shift = load_recognizer(cfg.baseline).assets.features.frame_shift_ms
-    utterances = single_utterances(eval_batches(cfg.data, cfg.data.test_splits[0]), cfg.latency.utterances)
-    print(f"timing {len(models)} models on {len(utterances)} utterances, batch 1, {cfg.latency.threads} thread(s), "
-          f"{cfg.latency.repeats} repeats")
-    measured = measured_speedups(models, "baseline", utterances, frame_shift, cfg.latency.threads, cfg.latency.repeats)
-    write_json_atomic(cache_file, {"key": key, "measured": measured})
-    return measured
+    return measure_checkpoints(cfg.baseline, checkpoints, cfg.decoding, cfg.data, cfg.latency, out / "latency.json",
+                               dense_kernels=[name for name in checkpoints if name in SPARSE_METHODS])
 
 
 def log_wandb(cfg: DictConfig, tables, files: Mapping[str, str]) -> None:
