@@ -317,6 +317,8 @@ def test_every_job_s_overrides_compose_with_its_script_s_config(tmp_path):
             overrides = job.arguments()
             cfg = compose(CONFIG_OF[job.script], overrides=overrides, return_hydra_config=True)
             assert cfg.logger.wandb.group == "budget", job.name
+            if job.script == "train.py":  # never the baseline's own directory (+experiment=baseline names it)
+                assert cfg.hydra.run.dir == str(tmp_path / job.name.split("/")[1]), job.name
             if job.name.endswith("/magnitude"):
                 assert cfg.compress.sparsity == 0.7465 and cfg.compress.method == "magnitude"
                 assert cfg.hydra.run.dir == str(tmp_path / "magnitude") and cfg.trainer.max_epochs == 13
