@@ -437,6 +437,7 @@ def test_train_py_prunes_the_baseline_and_reports_it(tiny_corpus, tmp_path_facto
     saved = json.loads((output_dir / "summary.json").read_text())
     assert saved["sparsity"] == summary["sparsity"] and 0.55 < summary["sparsity"] < 0.65
     assert saved["params/nonzero"] < 0.6 * saved["params"] and saved["prune/method"] == "csp"
+    assert saved["bytes/sparse"] < saved["bytes/dense"] and saved["bytes/sparse_int8"] < saved["bytes/sparse"]
     assert summary["stage"] == "prune" and summary["seed/wer/dev"] >= 0
     best = torch.load(summary["best_checkpoint"], weights_only=False)
     assert best["epoch"] >= 1   # validated after the schedule ended: the partly pruned epoch is never the best

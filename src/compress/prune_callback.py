@@ -36,6 +36,7 @@ from compress.prune import (
     final_sparsities,
     prunable_matrices,
 )
+from compress.storage import model_storage
 
 log = logging.getLogger(__name__)
 
@@ -224,11 +225,15 @@ class PruneCompression(L.Callback):
                 self.pruner.scheduled[path] = entry["sparsity"]
 
     def summary(self) -> dict:
-        """Entries for the run summary: nonzero parameters of the model, the targets' sparsity, the method."""
+        """Entries for the run summary: nonzero parameters of the model, the targets' sparsity, the method, and
+        the bytes the model ships in with its targets stored sparse, float32 and int8 (:mod:`compress.storage`)."""
         model = self.pruner.model
         params = sum(p.numel() for p in model.parameters())
+        storage = model_storage(model).summary()
         return {"params/nonzero": params - self.pruner.pruned(), "sparsity": round(self.pruner.sparsity(), 6),
-                "prune/method": self.pruner.method, "prune/pattern": self.pruner.pattern}
+                "prune/method": self.pruner.method, "prune/pattern": self.pruner.pattern,
+                "bytes/dense": storage["bytes/dense"], "bytes/sparse": storage["bytes/sparse"],
+                "bytes/sparse_int8": storage["bytes/sparse_int8"]}
 
 
 def forget_best(callback: ModelCheckpoint) -> None:
