@@ -63,19 +63,23 @@ condense: $(CONDENSED)
 $(CONDENSED): $(BASELINE)/summary.json
 	$(TIMED) condense -- $(PY) scripts/condense.py
 
-## search: the aggressive RL search (a_t = 3.7) and the random search over feasible schemes, same budget; an
-## interrupted search resumes where it stopped when run again (state of an older baseline is kept aside)
-search: runs/search/aggressive/report.json runs/search/random_feasible/report.json
+## search: the searcher with the best mean at equal numbers of decodes at a_t = 3.7 (Optuna TPE, 3 seeds,
+## RESULTS.md; SEARCH=aggressive runs the paper's RL instead) and the random search over feasible schemes as its
+## control, same budget; an interrupted search resumes where it stopped when run again (state of an older
+## baseline is kept aside)
+SEARCH ?= optuna_tpe
+search: runs/search/$(SEARCH)/report.json runs/search/random_feasible/report.json
 runs/search/%/report.json: $(SENSITIVITY) $(CONDENSED)
 	$(TIMED) "search $*" -- $(PY) search.py search=$* on_stale=restart
 search-conservative: runs/search/conservative/report.json
 
-## retrain: fine-tune the aggressive search's scheme and the guided manual 3.7x scheme, and train the dense
+## retrain: fine-tune the search's scheme (SEARCH) and the guided manual 3.7x scheme, and train the dense
 ## baseline on for the same budget (the dense control); a missing or stale scheme stops with the stage to run;
 ## an interrupted run resumes
 retrain: runs/retrain_automl/summary.json runs/retrain_guided/summary.json runs/retrain_dense/summary.json
-runs/retrain_automl/summary.json: runs/search/aggressive/report.json
-	$(TIMED) "retrain automl" -- $(PY) train.py +experiment=retrain $(call resume,runs/retrain_automl,runs/search/aggressive/best_scheme.json)
+runs/retrain_automl/summary.json: runs/search/$(SEARCH)/report.json
+	$(TIMED) "retrain automl" -- $(PY) train.py +experiment=retrain compress.scheme=runs/search/$(SEARCH)/best_scheme.json \
+		$(call resume,runs/retrain_automl,runs/search/$(SEARCH)/best_scheme.json)
 runs/retrain_guided/summary.json: runs/manual/manual.json
 	$(TIMED) "retrain guided" -- $(PY) train.py +experiment=retrain task_name=retrain_guided \
 		compress.scheme=runs/manual/schemes/guided-3.7x.json $(call resume,runs/retrain_guided,runs/manual/schemes/guided-3.7x.json)

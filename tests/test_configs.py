@@ -103,3 +103,15 @@ def test_hard_corpus_config_overrides():
     assert (easy.unseen_templates, hard.unseen_templates) == (False, True)
     assert hard.top_words is None and hard.out == "data/synthetic_hard" and hard.max_words > easy.max_words
     assert hard.splits == easy.splits and hard.accents == easy.accents
+
+
+def test_make_search_s_searcher_is_the_one_retraining_and_the_budget_use_by_default():
+    """One default searcher: the Makefile's SEARCH, whose scheme +experiment=retrain reads and budget.py runs."""
+    import re
+
+    makefile = (CONF.parent / "Makefile").read_text()
+    searcher = re.search(r"^SEARCH \?= (\S+)$", makefile, re.MULTILINE).group(1)
+    assert (CONF / "search" / f"{searcher}.yaml").is_file()
+    retrain = OmegaConf.load(CONF / "experiment" / "retrain.yaml")
+    assert OmegaConf.to_container(retrain)["compress"]["scheme"].endswith(f"/runs/search/{searcher}/best_scheme.json")
+    assert f"search={searcher}" in OmegaConf.load(CONF / "budget.yaml").search_overrides
