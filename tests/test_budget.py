@@ -144,7 +144,8 @@ def test_every_method_becomes_the_project_command_with_the_budget_s_setting(tmp_
     args = {name: job.arguments() if name.split("/")[-1] not in ("svd_sparse", "int8") else None
             for name, job in jobs.items()}
     assert "search.target_speedup=3.944" in args["x3.7/search"] and jobs["x3.7/search"].script == "search.py"
-    assert "speedups=[1.986,3.944]" in args["x3.7/manual"]
+    assert "speedups=[3.944]" in args["x3.7/manual"] and "speedups=[1.986]" in args["x3.7/manual_combo"]
+    assert jobs["x3.7/svd_guided"].needs == ("x3.7/manual",) and jobs["x3.7/svd_sparse"].needs == ("x3.7/manual_combo",)
     automl = args["x3.7/svd_automl"]
     assert "+experiment=retrain" in automl and f"compress.scheme={tmp_path / 'search' / 'best_scheme.json'}" in automl
     assert jobs["x3.7/svd_automl"].needs == ("x3.7/search",)
@@ -326,7 +327,8 @@ def test_every_job_s_overrides_compose_with_its_script_s_config(tmp_path):
                 assert cfg.model.encoder.hidden_size == 120 and cfg.trainer.max_epochs == 33
                 assert cfg.module.distill.weight == 1.0 and cfg.module.distill.temperature == 2.0
             if job.name.endswith("/svd_sparse"):
-                assert cfg.prune.sparsity == 0.61 and cfg.compress.scheme.endswith("guided-1.986x.json")
+                assert cfg.prune.sparsity == 0.61
+                assert cfg.compress.scheme.endswith("manual_combo/schemes/guided-1.986x.json")
             if job.name.endswith("/search"):
                 assert cfg.search.target_speedup == 3.944 and cfg.output_dir == str(tmp_path / "search")
             if job.name.endswith("/int8"):

@@ -122,6 +122,10 @@ def guard_baseline(state_path: Path, baseline: str) -> None:
 def run_budget(cfg: DictConfig) -> dict:
     """Plan, run (unless ``collect_only``), measure and tabulate; returns ``{"budgets": [...], "files": {...}}``."""
     methods = check_methods(cfg.methods)
+    missing = [script for script in ("train.py", "search.py", "scripts/quantize.py") if not Path(script).is_file()]
+    if missing:
+        raise BudgetError(f"{missing[0]} is not in {Path.cwd()}: run scripts/budget.py from the repository root "
+                          "(make budget), whose commands it runs")
     size, budgets, baseline = plan(cfg)
     out = Path(cfg.output_dir)
     state_path = out / "state.json"
@@ -164,7 +168,7 @@ def collect(cfg: DictConfig, size: BaselineSize, budget: BudgetTargets, methods,
     search_report = out / "search" / "report.json"
     for method in methods:
         search = search_report if method in ("svd_automl", "svd_kd") else None
-        helpers = {"svd_automl": "search", "svd_kd": "search", "svd_guided": "manual", "svd_sparse": "manual"}
+        helpers = {"svd_automl": "search", "svd_kd": "search", "svd_guided": "manual", "svd_sparse": "manual_combo"}
         jobs = (f"{budget.label}/{method}",) + ((f"{budget.label}/{helpers[method]}",) if method in helpers else ())
         runs.append((method, out / method, search, jobs))
     rows, not_reported, checkpoints = [], {}, {}

@@ -169,10 +169,11 @@ def budget_jobs(target: BudgetTargets, methods: Sequence[str], out: Path, settin
         jobs.append(Job(f"{label}/{method}", "train.py", arguments, run_dir / "summary.json", needs, run_dir,
                         {"method": method, "budget": label}))
 
-    search_dir, manual_dir = out / "search", out / "manual"
+    search_dir = out / "search"
     automl_scheme = search_dir / "best_scheme.json"
-    guided_scheme = manual_dir / "schemes" / f"guided-{target.svd_speedup}x.json"
-    combo_scheme = manual_dir / "schemes" / f"guided-{target.combo_speedup}x.json"
+    # one manual job per scheme, so that a guided scheme out of reach at a_t does not stop the combination's
+    guided_scheme = out / "manual" / "schemes" / f"guided-{target.svd_speedup}x.json"
+    combo_scheme = out / "manual_combo" / "schemes" / f"guided-{target.combo_speedup}x.json"
     wanted = set(methods)
     if wanted & {"svd_automl", "svd_kd"}:
         jobs.append(Job(f"{label}/search", "search.py",
@@ -180,13 +181,14 @@ def budget_jobs(target: BudgetTargets, methods: Sequence[str], out: Path, settin
                          f"search.target_speedup={target.svd_speedup}", f"ckpt={baseline}",
                          f"output_dir={search_dir}", f"task_name=budget_{label}_search", *common],
                         search_dir / "report.json"))
-    if wanted & {"svd_guided", "svd_sparse"}:
-        speedups = sorted({target.svd_speedup, target.combo_speedup})
-        jobs.append(Job(f"{label}/manual", "scripts/manual_baselines.py",
-                        [*extra_overrides(settings, "manual"), f"speedups=[{','.join(str(s) for s in speedups)}]",
-                         "methods=[guided]", f"ckpt={baseline}", f"output_dir={manual_dir}",
-                         f"task_name=budget_{label}_manual", *common],
-                        manual_dir / "manual.json"))
+    for name, method, a_t in (("manual", "svd_guided", target.svd_speedup),
+                              ("manual_combo", "svd_sparse", target.combo_speedup)):
+        if method in wanted:
+            jobs.append(Job(f"{label}/{name}", "scripts/manual_baselines.py",
+                            [*extra_overrides(settings, "manual"), f"speedups=[{a_t}]", "methods=[guided]",
+                             f"ckpt={baseline}", f"output_dir={out / name}", f"task_name=budget_{label}_{name}",
+                             *common],
+                            out / name / "manual.json"))
     retrain = ["+experiment=retrain", f"init_from={baseline}"]
     if "svd_automl" in wanted:
         train("svd_automl", [*retrain, f"compress.scheme={automl_scheme}"], (f"{label}/search",))
@@ -211,7 +213,7 @@ def budget_jobs(target: BudgetTargets, methods: Sequence[str], out: Path, settin
                          f"module.distill.teacher={baseline}"], (f"{label}/search",))
     if "svd_sparse" in wanted:
         train("svd_sparse", lambda: [*retrain, f"compress.scheme={combo_scheme}", "prune=default",
-                                     f"prune.sparsity={combo_sparsity(combo_scheme)}"], (f"{label}/manual",))
+                                     f"prune.sparsity={combo_sparsity(combo_scheme)}"], (f"{label}/manual_combo",))
     if settings.get("quantize"):
         jobs += [quantize_job(job, settings) for job in list(jobs) if job.script == "train.py"]
     return jobs
