@@ -160,10 +160,10 @@ def plot(rows: Sequence[Mapping], path: Path) -> bool:
 def run_prune_report(cfg: DictConfig) -> dict:
     """Collect, time and tabulate the pruned runs of ``cfg``; returns ``{"rows", "not_reported", "files"}``."""
     runs_dir = Path(cfg.runs_dir)
-    run_dirs = sorted(p for p in runs_dir.glob(cfg.runs) if p.is_dir())
+    out = Path(cfg.output_dir)
+    run_dirs = sorted(p for p in runs_dir.glob(cfg.runs) if p.is_dir() and p.resolve() != out.resolve())
     rows, not_reported = collect_runs(run_dirs, Path(cfg.dense_control), list(cfg.data.dev_splits),
                                       cfg.data.test_splits[0])
-    out = Path(cfg.output_dir)
     if cfg.latency.measure and rows:
         checkpoints = {r["run"]: r["checkpoint"] for r in rows}
         measured = measure_checkpoints(cfg.baseline, checkpoints, cfg.decoding, cfg.data, cfg.latency,
