@@ -71,7 +71,8 @@ SEARCH ?= optuna_tpe
 search: runs/search/$(SEARCH)/report.json runs/search/random_feasible/report.json
 runs/search/%/report.json: $(SENSITIVITY) $(CONDENSED)
 	$(TIMED) "search $*" -- $(PY) search.py search=$* on_stale=restart
-search-conservative: runs/search/conservative/report.json
+SEARCH_CONSERVATIVE ?= conservative_tpe   # Optuna TPE at a_t 1.2 (RESULTS.md); conservative = the paper's RL
+search-conservative: runs/search/$(SEARCH_CONSERVATIVE)/report.json
 
 ## retrain: fine-tune the search's scheme (SEARCH) and the guided manual 3.7x scheme, and train the dense
 ## baseline on for the same budget (the dense control); a missing or stale scheme stops with the stage to run;
