@@ -93,7 +93,7 @@ def goals(rows: Sequence[Mapping]) -> list[str]:
                      f"(<= +5%); measured batch-1 speed-up {_x(best.get('speedup'))}: "
                      f"{'met' if fast_ok else 'not met'} (>= 2x)")
         fastest = max(at80, key=lambda r: r.get("speedup") or 0.0)
-        if fastest is not best:
+        if fastest is not best and fastest.get("speedup") is not None:
             lines.append(f"at 80%, fastest: {fastest['method']} {fastest['pattern']}, {_x(fastest.get('speedup'))}, "
                          f"test WER {fastest['wer_test']:.2f} ({fastest['vs_control']:+.1f}%)")
     else:
