@@ -82,7 +82,7 @@ def student_epochs(cfg: DictConfig) -> int:
     return int(baseline) + int(retrain)
 
 
-def plan(cfg: DictConfig) -> tuple[BaselineSize, list[BudgetTargets], BaselineModel]:
+def plan(cfg: DictConfig) -> tuple[BaselineSize, list[BudgetTargets]]:
     """The budgets of ``cfg``, each with what every method must reach; refuses unreachable budgets and students
     over budget before anything runs."""
     checkpoint = read_checkpoint(cfg.baseline)
@@ -104,7 +104,7 @@ def plan(cfg: DictConfig) -> tuple[BaselineSize, list[BudgetTargets], BaselineMo
         combo = round(svd ** float(cfg.svd_sparse.svd_share), 3)
         budgets.append(BudgetTargets(budget_label(fraction), fraction, allowed, svd, size.sparsity(fraction), combo,
                                      student_sizes(student, widths)))
-    return size, budgets, baseline
+    return size, budgets
 
 
 def guard_baseline(state_path: Path, baseline: str) -> None:
@@ -126,7 +126,7 @@ def run_budget(cfg: DictConfig) -> dict:
     if missing:
         raise BudgetError(f"{missing[0]} is not in {Path.cwd()}: run scripts/budget.py from the repository root "
                           "(make budget), whose commands it runs")
-    size, budgets, baseline = plan(cfg)
+    size, budgets = plan(cfg)
     out = Path(cfg.output_dir)
     state_path = out / "state.json"
     guard_baseline(state_path, cfg.baseline)
@@ -145,7 +145,9 @@ def run_budget(cfg: DictConfig) -> dict:
     if not cfg.collect_only:
         run_jobs(jobs, state_path)
     records = read_state(state_path).get("jobs", {})
-    tables = [collect(cfg, size, budget, methods, out / budget.label, control_dir, records) for budget in budgets]
+    needs = {job.name: job.needs for job in jobs}
+    tables = [collect(cfg, size, budget, methods, out / budget.label, control_dir, records, needs)
+              for budget in budgets]
     wall = sum(record.get("seconds", 0.0) for record in records.values())
     files = write_report(tables, out, wall)
     if cfg.wandb:
@@ -158,9 +160,9 @@ def _seconds(records: Mapping, *names: str) -> float:
 
 
 def collect(cfg: DictConfig, size: BaselineSize, budget: BudgetTargets, methods, out: Path, control_dir: Path,
-            records: Mapping) -> dict:
+            records: Mapping, needs: Mapping[str, tuple[str, ...]]) -> dict:
     """One budget's rows (finished runs only), measured; rows whose selection is not on dev are left out, and
-    listed under ``not_reported`` with why."""
+    listed under ``not_reported`` with why. ``needs``: job name -> the jobs it needs (a row's time adds theirs)."""
     from shrinkml.inspect_ckpt import inspect_checkpoint
 
     dev, test = cfg.data.dev_splits, cfg.data.test_splits[0]
@@ -168,9 +170,8 @@ def collect(cfg: DictConfig, size: BaselineSize, budget: BudgetTargets, methods,
     search_report = out / "search" / "report.json"
     for method in methods:
         search = search_report if method in ("svd_automl", "svd_kd") else None
-        helpers = {"svd_automl": "search", "svd_kd": "search", "svd_guided": "manual", "svd_sparse": "manual_combo"}
-        jobs = (f"{budget.label}/{method}",) + ((f"{budget.label}/{helpers[method]}",) if method in helpers else ())
-        runs.append((method, out / method, search, jobs))
+        name = f"{budget.label}/{method}"
+        runs.append((method, out / method, search, (name, *needs.get(name, ()))))
     rows, not_reported, checkpoints = [], {}, {}
     for method, run_dir, search, jobs in runs:
         summary_file = run_dir / "summary.json"
@@ -226,10 +227,9 @@ def log_wandb(cfg: DictConfig, tables, files: Mapping[str, str]) -> None:
 
     run = wandb.init(project=cfg.project, group=cfg.group, job_type="budget", name="budget", mode=wandb_mode(),
                      dir=str(Path(cfg.output_dir)), config=OmegaConf.to_container(cfg, resolve=True), reinit=True)
+    keys = ["method", "params", "fits", "mb_fp32", "mb_int8", "speedup_est", "speedup", "speedup_dense_kernels",
+            "wer_dev", "wer_test", "vs_control", "wer_test_int8", "speedup_int8"]
     for table in tables:
-        keys = [k for k in ("method", "params", "fits", "mb_fp32", "mb_int8", "speedup_est", "speedup",
-                            "speedup_dense_kernels", "wer_dev", "wer_test", "vs_control", "wer_test_int8",
-                            "speedup_int8")]
         run.log({f"budget/{table['label']}": wandb.Table(columns=keys, data=[[r.get(k) for k in keys]
                                                                             for r in table["rows"]])})
     for name, path in files.items():

@@ -31,7 +31,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from common.atomic import write_json_atomic
@@ -40,7 +40,6 @@ from shrinkml.budget_plan import BudgetError
 log = logging.getLogger(__name__)
 
 METHODS = ("svd_automl", "svd_guided", "magnitude", "csp", "student_kd", "student", "svd_kd", "svd_sparse")
-TRAINED = METHODS + ("dense_control",)
 
 
 @dataclass
@@ -55,7 +54,6 @@ class Job:
     done: Path
     needs: tuple[str, ...] = ()
     run_dir: Path | None = None
-    info: dict = field(default_factory=dict)
 
     def arguments(self) -> list[str]:
         overrides = list(self.overrides() if callable(self.overrides) else self.overrides)
@@ -166,8 +164,7 @@ def budget_jobs(target: BudgetTargets, methods: Sequence[str], out: Path, settin
             return [*extra_overrides(settings, "train", method), *own, f"task_name=budget_{label}_{method}",
                     f"hydra.run.dir={run_dir}", *common]
 
-        jobs.append(Job(f"{label}/{method}", "train.py", arguments, run_dir / "summary.json", needs, run_dir,
-                        {"method": method, "budget": label}))
+        jobs.append(Job(f"{label}/{method}", "train.py", arguments, run_dir / "summary.json", needs, run_dir))
 
     search_dir = out / "search"
     automl_scheme = search_dir / "best_scheme.json"
@@ -230,7 +227,7 @@ def quantize_job(trained: Job, settings: Mapping) -> Job:
                 f"name=budget_{name}", f"output_dir={run_dir / 'int8'}", f"logger.wandb.group={settings['group']}"]
 
     return Job(f"{trained.name}/int8", "scripts/quantize.py", arguments, run_dir / "int8" / "report.json",
-               (trained.name,), None, {**trained.info, "int8": True})
+               (trained.name,))
 
 
 def dense_control_job(run_dir: Path, settings: Mapping) -> list[Job]:
@@ -239,6 +236,6 @@ def dense_control_job(run_dir: Path, settings: Mapping) -> list[Job]:
               [*extra_overrides(settings, "train", "dense_control"), "+experiment=retrain_dense",
                f"init_from={settings['baseline']}", f"hydra.run.dir={run_dir}", "task_name=retrain_dense",
                f"logger.wandb.group={settings['group']}"],
-              run_dir / "summary.json", (), run_dir, {"method": "dense_control", "budget": None})
+              run_dir / "summary.json", (), run_dir)
     return [job, quantize_job(job, settings)] if settings.get("quantize") else [job]
 
