@@ -108,6 +108,19 @@ def test_weight_only_int8_keeps_float_linears_on_the_8_bit_grid_and_the_fast_dec
         quantize_int8(model, linear="int4")
 
 
+def test_dense_size_of_a_pruned_model_leaves_its_masks_out():
+    from compress.prune import register_mask_buffers
+    from compress.targets import discover_targets
+    from shrinkml.quantize import dense_mb
+
+    model = small_asr_model(False)
+    plain = dense_mb(model.state_dict())
+    targets = discover_targets(model)
+    register_mask_buffers(model, [t.name + (".weight" if t.kind == "linear" else ".kernel") for t in targets])
+    assert serialized_mb(model.state_dict()) > 1.1 * plain  # the bool masks are there
+    assert dense_mb(model.state_dict()) == pytest.approx(plain, rel=0.02)
+
+
 def test_damaged_or_foreign_int8_files_are_refused(tmp_path):
     with pytest.raises(FileNotFoundError, match="scripts/quantize.py"):
         load_int8(tmp_path / "none.pt", lambda _: small_asr_model(False))

@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import torch
 from torch import nn
 
 from common.atomic import write_json_atomic
@@ -158,7 +157,3 @@ def current_ranks(model: nn.Module, targets: Sequence[Target]) -> dict[str, int 
 
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
-
-
-def state_size_mb(model: nn.Module) -> float:
-    return sum(t.numel() * t.element_size() for t in model.state_dict().values() if isinstance(t, torch.Tensor)) / 2**20

@@ -21,7 +21,7 @@ from asr.module import AsrModule
 from asr.train import instantiate_group
 from common.atomic import write_json_atomic
 from compress.checkpoint import SCHEME_KEY, restore_compression
-from compress.prune import PRUNE_KEY
+from compress.prune import MASK_SUFFIX, PRUNE_KEY
 from compress.quantize import int8_state_dict, load_int8, quantize_int8, save_int8, serialized_mb
 from compress.scheme import count_parameters
 from compress.storage import model_storage
@@ -43,6 +43,12 @@ def load_int8_recognizer(path: str | Path) -> tuple[torch.nn.Module, dict]:
     return load_int8(path, build_from_file)
 
 
+def dense_mb(state: dict) -> float:
+    """``state``'s size in MB as ``torch.save`` writes it, stored dense: a pruned model's ``<param>_mask`` buffers
+    are left out, since in a dense file the zeros are the mask (the sparse formats: :mod:`compress.storage`)."""
+    return serialized_mb({name: value for name, value in state.items() if not name.endswith(MASK_SUFFIX)})
+
+
 def run_quantize(cfg: DictConfig) -> dict:
     """Quantize ``cfg.ckpt``, measure it against ``cfg.baseline``; returns the summary it logs."""
     out = Path(cfg.output_dir)
@@ -60,10 +66,10 @@ def run_quantize(cfg: DictConfig) -> dict:
     tokenizer = module.assets.tokenizer
     summary = {"stage": "quantize", "source_checkpoint": str(cfg.ckpt), "linear": cfg.linear,
                "params": count_parameters(module.model),
-               # weights as torch.save writes them (the file also holds the tokenizer and CMVN: file_mb)
-               "size_mb": round(serialized_mb(int8_state_dict(quantized)), 3), "file_mb": round(file_mb, 3),
-               "size_mb_float": round(serialized_mb(module.model.state_dict()), 3),
-               "size_mb_baseline": round(serialized_mb(baseline.model.state_dict()), 3)}
+               # weights as torch.save writes them, dense (the file also holds the tokenizer and CMVN: file_mb)
+               "size_mb": round(dense_mb(int8_state_dict(quantized)), 3), "file_mb": round(file_mb, 3),
+               "size_mb_float": round(dense_mb(module.model.state_dict()), 3),
+               "size_mb_baseline": round(dense_mb(baseline.model.state_dict()), 3)}
     # the float model with its pruned (sparse) targets stored sparse: bytes/dense, bytes/sparse, bytes/sparse_int8
     summary.update(model_storage(module.model).summary())
     scheme = (checkpoint.get(SCHEME_KEY) or {}).get("scheme", {})
