@@ -186,9 +186,9 @@ def prunable_matrices(model: nn.Module, include: Sequence[str] = ("*",), exclude
     return matrices
 
 
-def final_sparsities(matrices: Sequence[Matrix], sparsity: float, overrides: Mapping[str, float] | None) -> dict:
-    """``{path: final sparsity}``: ``sparsity``, or the value of the first ``overrides`` glob that matches the
-    target's or the parameter's name (``encoder.*``, ``decoder.output*``); a glob naming no target is an error."""
+def overridden_sparsities(matrices: Sequence[Matrix], overrides: Mapping[str, float] | None) -> dict:
+    """``{path: sparsity}`` of the matrices an ``overrides`` glob matches (the first matching glob's value, on the
+    target's or the parameter's name: ``encoder.*``, ``decoder.output*``); a glob naming no target is an error."""
     overrides = {str(k): check_sparsity(v, f"compress.overrides['{k}']") for k, v in dict(overrides or {}).items()}
 
     def hits(matrix: Matrix, pattern: str) -> bool:
@@ -198,7 +198,15 @@ def final_sparsities(matrices: Sequence[Matrix], sparsity: float, overrides: Map
         if not any(hits(m, pattern) for m in matrices):
             known = ", ".join(m.path for m in matrices) or "none"
             raise PruneError(f"compress.overrides['{pattern}'] names no target; the targets are: {known}")
-    return {m.path: next((v for p, v in overrides.items() if hits(m, p)), sparsity) for m in matrices}
+    matched = {m.path: next((v for p, v in overrides.items() if hits(m, p)), None) for m in matrices}
+    return {path: value for path, value in matched.items() if value is not None}
+
+
+def final_sparsities(matrices: Sequence[Matrix], sparsity: float, overrides: Mapping[str, float] | None) -> dict:
+    """``{path: final sparsity}``: ``sparsity``, or the ``overrides`` value of the matrix
+    (:func:`overridden_sparsities`)."""
+    overridden = overridden_sparsities(matrices, overrides)
+    return {m.path: overridden.get(m.path, sparsity) for m in matrices}
 
 
 def check_blocks_fit(matrices: Sequence[Matrix], block: tuple[int, int]) -> None:

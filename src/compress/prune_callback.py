@@ -16,6 +16,7 @@ validated before the schedule ended (less pruned, so better) never stays the bes
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Mapping, Sequence
@@ -32,13 +33,18 @@ from compress.prune import (
     PruneError,
     Pruner,
     Schedule,
+    check_choice,
     check_settings,
     final_sparsities,
+    overridden_sparsities,
     prunable_matrices,
 )
+from compress.prune_allocation import allocate_sparsities
 from compress.storage import model_storage
 
 log = logging.getLogger(__name__)
+
+ALLOCATIONS = ("uniform", "sensitivity")
 
 
 class PruneCompression(L.Callback):
@@ -51,6 +57,9 @@ class PruneCompression(L.Callback):
         start_step, frequency, updates: ``t_0``, ``Δt`` and ``n`` of the schedule (global optimizer steps);
             ``end_step`` instead of ``updates`` gives ``t_0 + n Δt`` (then ``updates`` must be None).
         overrides: ``{glob: final sparsity}`` per target (target or parameter name; the first match wins).
+        allocation: ``uniform`` (every target not in ``overrides`` at ``sparsity``) or ``sensitivity`` (the
+            targets not in ``overrides`` share the entries to prune by the sparsity-sensitivity table
+            ``sensitivity_table``, :mod:`compress.prune_allocation`; the model's overall sparsity is ``sparsity``).
         pattern: ``unstructured`` or ``block`` (whole ``block`` = ``[rows, cols]`` blocks kept or dropped).
         recovery, iterations: CSP's recovery (``iht`` or ``omp``) and its iterations (OMP: selection rounds).
         calibration_batches: CSP records the inputs of the targets over the training batches of the last this
@@ -63,7 +72,8 @@ class PruneCompression(L.Callback):
 
     def __init__(self, method: str = "magnitude", sparsity: float = 0.5, initial_sparsity: float = 0.0,
                  start_step: int = 0, frequency: int = 100, updates: int | None = 10, end_step: int | None = None,
-                 overrides: Mapping[str, float] | None = None, pattern: str = "unstructured",
+                 overrides: Mapping[str, float] | None = None, allocation: str = "uniform",
+                 sensitivity_table: str | Path | None = None, pattern: str = "unstructured",
                  block: Sequence[int] = (1, 4), recovery: str = "iht", iterations: int = 10,
                  calibration_batches: int = 4, include: Sequence[str] = ("*",), exclude: Sequence[str] = (),
                  init_from: str | Path | None = None, attribute: str = "model"):
@@ -80,6 +90,12 @@ class PruneCompression(L.Callback):
             updates = span // frequency
         self.schedule = Schedule(sparsity, initial_sparsity, start_step, frequency, updates)
         self.overrides = {str(k): v for k, v in dict(overrides or {}).items()}
+        self.allocation = check_choice(allocation, ALLOCATIONS, "compress.allocation")
+        self.sensitivity_table = Path(sensitivity_table) if sensitivity_table else None
+        if self.allocation == "sensitivity" and (self.sensitivity_table is None
+                                                 or not self.sensitivity_table.is_file()):
+            raise FileNotFoundError(f"compress.sensitivity_table {self.sensitivity_table} not found; "
+                                    "compress.allocation=sensitivity needs it: run make sensitivity-sparsity")
         if not isinstance(calibration_batches, int) or isinstance(calibration_batches, bool) or calibration_batches < 1:
             raise PruneError(f"compress.calibration_batches must be an integer >= 1, got {calibration_batches!r}")
         if self.method == "csp" and start_step == 0 and initial_sparsity > 0:
@@ -120,7 +136,14 @@ class PruneCompression(L.Callback):
         if not matrices:
             raise PruneError(f"no targets to prune in {self.attribute} with compress.include={self.include} and "
                              f"compress.exclude={self.exclude}")
-        self.finals = final_sparsities(matrices, self.schedule.final, self.overrides)
+        if self.allocation == "sensitivity":
+            table = json.loads(self.sensitivity_table.read_text())
+            fixed = overridden_sparsities(matrices, self.overrides)
+            self.finals = allocate_sparsities(matrices, self.schedule.final, table, fixed)
+            log.info("per-target final sparsities from %s: %s", self.sensitivity_table,
+                     ", ".join(f"{path} {value:.3f}" for path, value in self.finals.items()))
+        else:
+            self.finals = final_sparsities(matrices, self.schedule.final, self.overrides)
         if self.schedule.initial > min(self.finals.values()):
             raise PruneError(f"compress.initial_sparsity={self.schedule.initial} exceeds a target's final sparsity "
                              f"in compress.overrides ({min(self.finals.values())})")
