@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from shrinkml.prune_report import goals, markdown
+from shrinkml.prune_report import _pattern, goals, markdown
 
 
 def row(method, target, wer_dev, wer_test, pattern="unstructured", speedup=None, control=10.0):
@@ -34,3 +34,9 @@ def test_the_80_percent_goal_takes_the_run_best_on_dev():
     assert goals([CONTROL])[1] == "at 80%: not measured yet"
     table = markdown(rows, {"prune_csp_0.9": "unfinished (no summary.json)"})
     assert "| csp | unstructured | 80.0% | 80.0% | 1,000 |" in table and "not reported: prune_csp_0.9" in table
+
+
+def test_the_pattern_names_blocks_and_the_sensitivity_allocation():
+    assert _pattern({"compress": {"pattern": "unstructured", "allocation": "uniform"}}) == "unstructured"
+    assert _pattern({"compress": {"pattern": "block", "block": [4, 1], "allocation": "sensitivity"}}) == \
+        "block 4x1, sensitivity"

@@ -25,10 +25,12 @@ from shrinkml.timing import DENSE_KERNELS, measure_checkpoints
 
 
 def _pattern(config: Mapping) -> str:
+    """``unstructured`` or ``block RxC``, with ``, sensitivity`` for per-target sparsities from the table."""
     compress = config.get("compress") or {}
+    pattern = "unstructured"
     if compress.get("pattern") == "block":
-        return "block " + "x".join(str(b) for b in compress.get("block", []))
-    return "unstructured"
+        pattern = "block " + "x".join(str(b) for b in compress.get("block", []))
+    return pattern + (", sensitivity" if compress.get("allocation") == "sensitivity" else "")
 
 
 def collect_runs(run_dirs: Sequence[Path], control_dir: Path, dev_splits: Sequence[str], test_split: str):
