@@ -17,6 +17,7 @@ from asr.model.asr_model import AsrModel
 from compress.cost import compressed_params
 from compress.scheme import Scheme
 from compress.targets import discover_targets
+from shrinkml.budget import goal_for
 from shrinkml.budget_jobs import BudgetTargets, Job, budget_jobs, run_jobs
 from shrinkml.budget_plan import (
     BudgetError,
@@ -27,7 +28,7 @@ from shrinkml.budget_plan import (
     fit_student,
     parse_budget,
 )
-from shrinkml.budget_report import SelectionError, check_selection, decoded_size, pareto_front
+from shrinkml.budget_report import SelectionError, check_selection, decoded_size, pareto_front, verdict
 
 ROOT = Path(__file__).resolve().parents[1]
 WIDTHS = ["encoder.hidden_size", "decoder.embedding_size", "decoder.hidden_size", "decoder.attention_size",
@@ -221,6 +222,28 @@ def test_decoded_size_and_pareto_front():
     assert decoded_size(inspected) == {"params": 910, "nonzeros": 810, "bytes_fp32": 2640, "bytes_int8": 1040}
     assert pareto_front([(3, 10.0), (1, 12.0), (2, 11.0), (4, 10.5), (5, 9.0)]) == [(1, 12.0), (2, 11.0), (3, 10.0),
                                                                                      (5, 9.0)]
+
+
+def test_the_verdict_chooses_on_dev_and_states_the_goal_with_and_without_sparse_kernels():
+    def row(key, dev, test, vs, speed, dense_kernels=None, fits=True):
+        return {"key": key, "method": key, "wer_dev": dev, "wer_test": test, "vs_control": vs, "speedup": speed,
+                "speedup_dense_kernels": dense_kernels, "fits": fits}
+
+    rows = [row("dense_control", 10.0, 10.0, 0.0, 1.0, fits=None),
+            row("svd_automl", 10.4, 10.9, 9.0, 2.3),                     # best on dev, worse on test
+            row("student", 10.6, 10.1, 1.0, 1.6),                        # best on test: never chosen
+            row("magnitude", 10.45, 11.0, 10.0, 2.6, dense_kernels=1.0),  # fastest only with the sparse kernels
+            row("csp", 9.0, 9.0, -10.0, 9.0, fits=False)]                # over the budget: out
+    lines = verdict({"label": "x3.7", "goal_percent": 5.0, "rows": rows})
+    assert lines[0].startswith("x3.7: best on dev: svd_automl (dev 10.40, test 10.90, 9.0%")
+    assert "goal, the best method within +5% of the dense control's test WER: not met (svd_automl, +9.0%)" in lines[1]
+    assert "with the sparse kernels: magnitude 2.60x" in lines[2]
+    assert "without them: svd_automl 2.30x" in lines[3]
+    assert ": met (svd_automl, +9.0%)" in verdict({"label": "x3.7", "goal_percent": 10.0, "rows": rows})[1]
+    assert len(verdict({"label": "x3.7", "goal_percent": None, "rows": rows})) == 1
+    assert goal_for({"1/3.7": 2, "1/5": 5}, 1 / 5) == 5.0 and goal_for({"1/3.7": 2}, 0.5) is None
+    with pytest.raises(BudgetError, match="goals: key 'half'"):
+        goal_for({"half": 2}, 0.5)
 
 
 # -- the command -------------------------------------------------------------------------------------------------

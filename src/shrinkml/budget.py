@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -67,6 +68,19 @@ def check_methods(methods) -> list[str]:
     if unknown:
         raise BudgetError(f"methods: {unknown} unknown; choose from {list(METHODS)}")
     return list(methods)
+
+
+def goal_for(goals: Mapping | None, fraction: float) -> float | None:
+    """The relative test WER rise (%) that ``goals`` (budget -> percent, e.g. ``{"1/3.7": 2}``) allows at
+    ``fraction``; None when no goal names that budget."""
+    for budget, percent in (goals or {}).items():
+        try:
+            matches = math.isclose(parse_budget(budget), fraction, rel_tol=1e-9)
+        except BudgetError as err:
+            raise BudgetError(f"goals: key {budget!r}: {err}") from None
+        if matches:
+            return float(percent)
+    return None
 
 
 def student_epochs(cfg: DictConfig) -> int:
@@ -127,6 +141,8 @@ def run_budget(cfg: DictConfig) -> dict:
         raise BudgetError(f"{missing[0]} is not in {Path.cwd()}: run scripts/budget.py from the repository root "
                           "(make budget), whose commands it runs")
     size, budgets = plan(cfg)
+    for budget in budgets:
+        goal_for(cfg.get("goals"), budget.fraction)  # a bad goals key stops before anything runs
     out = Path(cfg.output_dir)
     state_path = out / "state.json"
     guard_baseline(state_path, cfg.baseline)
@@ -207,7 +223,8 @@ def collect(cfg: DictConfig, size: BaselineSize, budget: BudgetTargets, methods,
                    vs_control=relative(row["wer_test"], control["wer_test"] if control else None))
     return {"label": budget.label, "fraction": budget.fraction, "params": budget.params, "baseline_params": size.total,
             "svd_speedup": budget.svd_speedup, "sparsity": budget.sparsity, "combo_speedup": budget.combo_speedup,
-            "student_widths": dict(budget.student_widths), "rows": rows, "not_reported": not_reported}
+            "student_widths": dict(budget.student_widths), "goal_percent": goal_for(cfg.get("goals"), budget.fraction),
+            "rows": rows, "not_reported": not_reported}
 
 
 def measure(cfg: DictConfig, out: Path, checkpoints: Mapping[str, str]) -> dict[str, dict]:
