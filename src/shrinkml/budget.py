@@ -97,8 +97,8 @@ def student_epochs(cfg: DictConfig) -> int:
 
 
 def plan(cfg: DictConfig) -> tuple[BaselineSize, list[BudgetTargets]]:
-    """The budgets of ``cfg``, each with what every method must reach; refuses unreachable budgets and students
-    over budget before anything runs."""
+    """The budgets of ``cfg``, each with what every method must reach and its goal; refuses unreachable budgets,
+    students over budget and bad ``goals`` keys before anything runs."""
     checkpoint = read_checkpoint(cfg.baseline)
     baseline = BaselineModel(checkpoint)
     model = baseline.build()
@@ -117,7 +117,7 @@ def plan(cfg: DictConfig) -> tuple[BaselineSize, list[BudgetTargets]]:
         svd = size.svd_speedup(fraction)
         combo = round(svd ** float(cfg.svd_sparse.svd_share), 3)
         budgets.append(BudgetTargets(budget_label(fraction), fraction, allowed, svd, size.sparsity(fraction), combo,
-                                     student_sizes(student, widths)))
+                                     student_sizes(student, widths), goal_for(cfg.get("goals"), fraction)))
     return size, budgets
 
 
@@ -141,8 +141,6 @@ def run_budget(cfg: DictConfig) -> dict:
         raise BudgetError(f"{missing[0]} is not in {Path.cwd()}: run scripts/budget.py from the repository root "
                           "(make budget), whose commands it runs")
     size, budgets = plan(cfg)
-    for budget in budgets:
-        goal_for(cfg.get("goals"), budget.fraction)  # a bad goals key stops before anything runs
     out = Path(cfg.output_dir)
     state_path = out / "state.json"
     guard_baseline(state_path, cfg.baseline)
@@ -223,7 +221,7 @@ def collect(cfg: DictConfig, size: BaselineSize, budget: BudgetTargets, methods,
                    vs_control=relative(row["wer_test"], control["wer_test"] if control else None))
     return {"label": budget.label, "fraction": budget.fraction, "params": budget.params, "baseline_params": size.total,
             "svd_speedup": budget.svd_speedup, "sparsity": budget.sparsity, "combo_speedup": budget.combo_speedup,
-            "student_widths": dict(budget.student_widths), "goal_percent": goal_for(cfg.get("goals"), budget.fraction),
+            "student_widths": dict(budget.student_widths), "goal_percent": budget.goal_percent,
             "rows": rows, "not_reported": not_reported}
 
 

@@ -145,6 +145,7 @@ class BudgetTargets:
     sparsity: float
     combo_speedup: float    # a_t of svd_sparse's scheme
     student_widths: Mapping[str, int]  # the student's sizes: model config key (encoder.hidden_size) -> size
+    goal_percent: float | None = None  # relative test WER rise against the dense control its best row may have
 
 
 def budget_jobs(target: BudgetTargets, methods: Sequence[str], out: Path, settings: Mapping,

@@ -134,10 +134,11 @@ def verdict(budget: Mapping) -> list[str]:
     met = "met" if best["vs_control"] <= goal else "not met"
     lines.append(f"{label}: goal, the best method within +{goal:g}% of the dense control's test WER: {met} "
                  f"({best['method']}, {best['vs_control']:+.1f}%)")
-    close = [r for r in rows if relative(r["wer_dev"], control.get("wer_dev")) is not None
-             and relative(r["wer_dev"], control["wer_dev"]) <= goal]
+    rises = [(relative(r["wer_dev"], control.get("wer_dev")), r) for r in rows]
+    close = [r for rise, r in rises if rise is not None and rise <= goal]
     for kernels, sparse_kernels in (("with the sparse kernels", True), ("without them", False)):
-        timed = [(_speed(r, sparse_kernels), r) for r in close if _speed(r, sparse_kernels) is not None]
+        speeds = [(_speed(r, sparse_kernels), r) for r in close]
+        timed = [(speed, r) for speed, r in speeds if speed is not None]
         if not timed:
             lines.append(f"{label}: no measured row within +{goal:g}% of the control on dev ({kernels})")
             continue
