@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from asr_helpers import one_thread
 
 from asr.data.synthetic.build import CorpusSpec, build_corpus
 
@@ -47,14 +48,11 @@ def tiny_corpus(tmp_path_factory, text_file) -> Path:
 
 @pytest.fixture(scope="module")
 def one_torch_thread():
-    """One intra-op torch thread for a module's tests: feature extraction on utterance-sized inputs is
-    faster that way, and many times faster when the other cores are busy (threads wait on each other)."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    """One intra-op torch thread for a module's tests (``pytestmark = pytest.mark.usefixtures("one_torch_thread")``):
+    tiny models and utterance-sized features are faster that way, and many times faster when the other cores
+    are busy (threads wait on each other)."""
+    with one_thread():
+        yield
 
 
 @pytest.fixture

@@ -13,7 +13,6 @@ from asr_helpers import (
     compose_train,
     corpus_copy_for_runs,
     hydra_job,
-    one_thread,
     run_overrides,
     shared_dir,
     trained_run,
@@ -30,11 +29,7 @@ from compress.lowrank import LowRankLinear, kernel_rank
 from compress.scheme import Scheme, SchemeError, current_ranks, file_fingerprint
 from compress.targets import discover_targets
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    with one_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def half_rank_scheme(model: nn.Module, exclude=("ctc_head",)) -> Scheme:

@@ -16,13 +16,7 @@ from compress.scheme import Scheme, SchemeError, apply_scheme, current_ranks
 from compress.svd import Spectrum, SvdCache
 from compress.targets import Target, discover_targets, profile_uses
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def small_asr() -> AsrModel:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from asr_helpers import one_thread
 
 from asr.data.tokenizer import BOS_ID, EOS_ID, PAD_ID
 from asr.model.asr_model import AsrModel
@@ -14,10 +13,7 @@ VOCAB, FEATS = 40, 20
 SPECIAL = {PAD_ID, BOS_ID, EOS_ID}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    with one_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def make_model(ctc_weight: float = 0.0, seed: int = 0, **decoder) -> AsrModel:

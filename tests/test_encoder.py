@@ -4,17 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from asr_helpers import one_thread
 
 from asr.model.encoder import Encoder
 
 F_IN, H = 6, 12
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    with one_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def make_encoder(pool, num_layers=3) -> Encoder:

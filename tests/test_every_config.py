@@ -21,7 +21,6 @@ from asr_helpers import (
     compose_train,
     corpus_copy_for_runs,
     hydra_job,
-    one_thread,
     run_overrides,
     shared_dir,
     trained_run,
@@ -49,10 +48,7 @@ TINY_SPLITS = ["data.train_split=train", "data.dev_splits=[dev]", "data.test_spl
 SHORT = ["model.encoder.pool=[2,2]", "trainer.max_epochs=1", "trainer.max_time=null", "data.num_workers=0"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    with one_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from asr_helpers import one_thread, tiny_model_config
+from asr_helpers import tiny_model_config
 from torch import nn
 
 from asr.data.tokenizer import BOS_ID
@@ -20,10 +20,7 @@ VOCAB, FEATS = 40, 20
 ATOL = 2e-5
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    with one_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module", autouse=True)

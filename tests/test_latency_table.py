@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from asr_helpers import VOCAB, corpus_copy_for_runs, one_thread, shared_dir, tiny_model_config, trained_run
+from asr_helpers import VOCAB, corpus_copy_for_runs, shared_dir, tiny_model_config, trained_run
 from hydra import compose, initialize_config_dir
 from test_compress_scripts import run_script
 
@@ -34,10 +34,7 @@ from shrinkml.stage import load_recognizer
 FEATS = 20
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    with one_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def settings(tmp_path, **overrides) -> LatencySettings:

@@ -4,17 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from asr_helpers import one_thread
 
 from asr.model.lstm import ConcatLSTM, ConcatLSTMCell
 
 IN, H = 5, 7
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    with one_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def reference_lstm(layer: ConcatLSTM | ConcatLSTMCell) -> torch.nn.LSTM:

@@ -9,17 +9,13 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from asr_helpers import one_thread
 
 from asr.model.mocha import MoChA, chunkwise_weights, exclusive_cumsum, expected_alignment, moving_sum
 
 D, Q, A = 6, 5, 8
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    with one_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # -- references -------------------------------------------------------------------------------

@@ -9,16 +9,12 @@ from functools import partial
 import lightning as L
 import pytest
 import torch
-from asr_helpers import VOCAB, one_thread, prepared_datamodule, shared_dir, tiny_decoding, tiny_model_config
+from asr_helpers import VOCAB, prepared_datamodule, shared_dir, tiny_decoding, tiny_model_config
 
 from asr.checkpoint import load_module, transcribe_features
 from asr.module import AsrModule, ModelMismatchError, TrainingDivergedError, decoding_settings
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    with one_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,6 @@ from asr_helpers import (
     compose_train,
     corpus_copy_for_runs,
     hydra_job,
-    one_thread,
     prepared_datamodule,
     run_overrides,
     shared_dir,
@@ -50,11 +49,7 @@ from compress.scheme import Scheme
 from compress.targets import discover_targets
 from shrinkml.stage import load_recognizer
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    with one_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def masks_of(model: nn.Module) -> dict[str, torch.Tensor]:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from asr_helpers import VOCAB, corpus_copy_for_runs, one_thread, shared_dir, small_asr_model, trained_run
+from asr_helpers import VOCAB, corpus_copy_for_runs, shared_dir, small_asr_model, trained_run
 from torch import nn
 
 from asr.model.fast_decode import step_plan
@@ -29,10 +29,7 @@ from compress.quantize import (
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    with one_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_rows_round_to_eight_bits_within_half_a_step():

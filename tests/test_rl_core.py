@@ -21,10 +21,7 @@ from rl.rewards import aggressive_reward, conservative_reward, violation_reward,
 from rl.search_module import SearchModule
 from rl.space import SearchSpace, SearchSpaceError, sensitivity_space, uniform_space
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread(one_torch_thread):
-    yield
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_rewards_are_the_papers_equations():

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from asr_helpers import one_thread, tiny_decoding, tiny_model_config
+from asr_helpers import tiny_decoding, tiny_model_config
 from torch import nn
 
 from asr.model import fast_decode, lowrank_lstm, sparse
@@ -21,10 +21,7 @@ ATOL = 2e-5
 BLOCKS = [(1, 1), (4, 1), (1, 4), (8, 1), (1, 8)]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    with one_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module", autouse=True)

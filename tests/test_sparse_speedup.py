@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from asr_helpers import one_thread, tiny_model_config
+from asr_helpers import tiny_model_config
 
 from asr.latency import DecodeClock
 from asr.model.asr_model import AsrModel
@@ -27,10 +27,7 @@ def bench():
     return module
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    with one_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def tiny_model() -> AsrModel:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from asr_helpers import one_thread, prepared_datamodule, shared_dir, tiny_model_config
+from asr_helpers import prepared_datamodule, shared_dir, tiny_model_config
 
 from asr.data.audio import load_audio
 from asr.data.corpus import read_split
@@ -15,11 +15,7 @@ from asr.model.asr_model import AsrModel
 from asr.model.decoder import AttentionDecoder
 from asr.streaming import StreamingRecognizer
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    with one_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

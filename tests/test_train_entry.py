@@ -13,7 +13,6 @@ from asr_helpers import (
     compose_train,
     corpus_copy_for_runs,
     hydra_job,
-    one_thread,
     run_overrides,
     shared_dir,
     trained_run,
@@ -21,11 +20,7 @@ from asr_helpers import (
 
 from asr.train import train
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    with one_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

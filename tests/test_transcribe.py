@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-from asr_helpers import one_thread, shared_dir, trained_run
+from asr_helpers import shared_dir, trained_run
 
 from asr.checkpoint import load_module, transcribe_features
 from asr.data.audio import load_audio
@@ -20,10 +20,7 @@ from asr.streaming import StreamingRecognizer
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "transcribe.py"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    with one_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
