@@ -203,7 +203,7 @@ def write_run_config(run_dir: Path, monitor: str) -> None:
 
 def test_a_row_chosen_on_test_is_not_reported(tmp_path):
     write_run_config(tmp_path / "dev", "wer/dev")
-    check_selection(tmp_path / "dev", ["dev"])
+    assert check_selection(tmp_path / "dev", ["dev"]).callbacks.model_checkpoint.monitor == "wer/dev"
     write_run_config(tmp_path / "test", "wer/test")
     with pytest.raises(SelectionError, match="chose its checkpoint on 'wer/test'"):
         check_selection(tmp_path / "test", ["dev"])

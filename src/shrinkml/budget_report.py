@@ -22,7 +22,7 @@ import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from common.atomic import write_json_atomic, write_text_atomic
 from common.errors import KnownError
@@ -54,14 +54,15 @@ def decoded_size(inspected: Mapping) -> dict:
             "bytes_int8": totals["bytes_int8"]}
 
 
-def check_selection(run_dir: Path, dev_splits: Sequence[str], search_report: Path | None = None) -> None:
-    """Raise :class:`SelectionError` unless ``run_dir``'s training chose its checkpoint on a dev split (and the
-    search behind it, ``search_report``, its scheme)."""
+def check_selection(run_dir: Path, dev_splits: Sequence[str], search_report: Path | None = None) -> DictConfig:
+    """``run_dir``'s training config; raise :class:`SelectionError` unless the run chose its checkpoint on a dev
+    split (and the search behind it, ``search_report``, its scheme)."""
     config_file = run_dir / ".hydra" / "config.yaml"
     if not config_file.is_file():
         raise SelectionError(f"{config_file} is missing: how {run_dir}'s checkpoint was chosen is unknown, so the row "
                              "is not reported; rerun it with scripts/budget.py")
-    monitor = OmegaConf.select(OmegaConf.load(config_file), "callbacks.model_checkpoint.monitor", default=None)
+    config = OmegaConf.load(config_file)
+    monitor = OmegaConf.select(config, "callbacks.model_checkpoint.monitor", default=None)
     allowed = {f"wer/{split}" for split in dev_splits}
     if monitor not in allowed:
         raise SelectionError(f"{run_dir} chose its checkpoint on {monitor!r}, not on a dev split ({sorted(allowed)}); "
@@ -71,6 +72,7 @@ def check_selection(run_dir: Path, dev_splits: Sequence[str], search_report: Pat
         if selected != "dev":
             raise SelectionError(f"{search_report} chose its scheme on {selected!r}, not dev; the rows retrained "
                                  "from it are not reported")
+    return config
 
 
 def relative(value: float | None, reference: float | None) -> float | None:

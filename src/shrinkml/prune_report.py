@@ -44,12 +44,11 @@ def collect_runs(run_dirs: Sequence[Path], control_dir: Path, dev_splits: Sequen
             not_reported[run_dir.name] = "unfinished (no summary.json)"
             continue
         try:
-            check_selection(run_dir, dev_splits)
+            config = OmegaConf.to_container(check_selection(run_dir, dev_splits))
         except SelectionError as err:
             not_reported[run_dir.name] = str(err)
             continue
         summary = json.loads(summary_file.read_text())
-        config = OmegaConf.to_container(OmegaConf.load(run_dir / ".hydra" / "config.yaml"))
         stored = decoded_size(inspect_checkpoint(summary["best_checkpoint"]))
         control = run_dir == control_dir
         rows.append({"run": run_dir.name, "checkpoint": summary["best_checkpoint"],
