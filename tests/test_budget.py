@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -191,6 +192,25 @@ def test_jobs_run_once_resume_and_a_failure_skips_only_what_needs_it(tmp_path):
     launched.clear()
     run_jobs(jobs, state, launch, python="py")
     assert launched == ["fails.py"]  # finished jobs are not run again; the failed one is retried
+
+
+def test_an_interrupted_attempt_is_counted_until_its_log_stopped(tmp_path):
+    state = tmp_path / "state.json"
+    log_file = tmp_path / "logs" / "x3.7_a.log"
+    log_file.parent.mkdir()
+    log_file.write_text("epoch 3\n")
+    started = time.time() - 1000
+    os.utime(log_file, (started + 600, started + 600))  # the killed run wrote its last line 600 s in
+    state.write_text(json.dumps({"jobs": {"x3.7/a": {"seconds": 50.0, "status": "running", "started": started}}}))
+
+    def launch(argv, log_path):
+        assert json.loads(state.read_text())["jobs"]["x3.7/a"]["status"] == "running"  # visible while it runs
+        (tmp_path / "a.done").write_text("")
+        return 0, ""
+
+    record = run_jobs([Job("x3.7/a", "a.py", [], tmp_path / "a.done")], state, launch, python="py")["x3.7/a"]
+    assert 650.0 <= record["seconds"] < 660.0
+    assert record["status"] == "done" and record["interrupted"] == 1 and "started" not in record
 
 
 # -- honest rows -------------------------------------------------------------------------------------------------

@@ -89,11 +89,13 @@ def run_jobs(jobs: Sequence[Job], state_path: Path,
              python: str = sys.executable) -> dict[str, dict]:
     """Run the ``jobs`` not yet done, in order; returns (and writes atomically to ``state_path`` after each job)
     ``{job name: {"status": done|failed|skipped, "seconds", "message"}}``; ``seconds`` adds up the wall time
-    of every attempt."""
+    of every attempt, an interrupted one's included (:func:`count_interrupted`)."""
     state = read_state(state_path)
     records: dict[str, dict] = state.setdefault("jobs", {})
     for job in jobs:
         record = records.setdefault(job.name, {"seconds": 0.0})
+        log_path = state_path.parent / "logs" / f"{job.name.replace('/', '_')}.log"
+        count_interrupted(record, log_path)
         if job.done.is_file():
             record["status"] = "done"
             continue
@@ -111,9 +113,12 @@ def run_jobs(jobs: Sequence[Job], state_path: Path,
             write_json_atomic(state_path, state)
             continue
         log.info("%s: %s", job.name, " ".join(argv[1:]))
+        record.update(status="running", started=round(time.time(), 1))
+        write_json_atomic(state_path, state)
         start = time.perf_counter()
-        status, last_line = launch(argv, state_path.parent / "logs" / f"{job.name.replace('/', '_')}.log")
+        status, last_line = launch(argv, log_path)
         record["seconds"] = round(record.get("seconds", 0.0) + time.perf_counter() - start, 1)
+        del record["started"]
         if status == 0 and job.done.is_file():
             record.update(status="done", message="")
         else:
@@ -121,6 +126,18 @@ def run_jobs(jobs: Sequence[Job], state_path: Path,
             log.error("%s failed (exit %s): %s", job.name, status, record["message"])
         write_json_atomic(state_path, state)
     return records
+
+
+def count_interrupted(record: dict, log_path: Path) -> None:
+    """Add to ``record["seconds"]`` the time of an attempt that never came back (the run was killed, the machine
+    stopped): a record still ``running`` since ``started`` (Unix time), counted until its log was last written,
+    and counted in ``record["interrupted"]``. Time the process spent stopped (SIGSTOP) is counted as run."""
+    started = record.pop("started", None)
+    if record.get("status") != "running" or started is None:
+        return
+    ended = log_path.stat().st_mtime if log_path.is_file() else started
+    record["seconds"] = round(record.get("seconds", 0.0) + max(0.0, ended - started), 1)
+    record.update(status="interrupted", interrupted=record.get("interrupted", 0) + 1)
 
 
 def read_json(path: Path) -> dict:
