@@ -123,6 +123,23 @@ def test_sparse_layer_equals_the_dense_recurrence(block, batch):
     assert torch.allclose(c, ref_c, atol=ATOL) and torch.allclose(out, dense_out, atol=ATOL)
 
 
+@pytest.mark.parametrize("batch", [1, 5])
+def test_the_dense_benchmark_kernel_equals_the_dense_recurrence(batch):
+    """dense_forward (the dense loop the sparse and factorized kernels are timed against) computes the LSTM."""
+    torch.manual_seed(5)
+    kernel, bias = torch.randn(64, 28) * 0.3, torch.randn(64) * 0.3
+    x, h0, c0 = torch.randn(batch, 9, 12), torch.randn(batch, 16) * 0.5, torch.randn(batch, 16) * 0.5
+    ops = torch.ops.shrinkml_lowrank
+    x_gates = torch.addmm(bias, x.reshape(-1, 12), kernel[:, :12].t()).reshape(batch, 9, 64)
+    out, h, c = ops.dense_forward(x_gates, ops.pack_dense(kernel[:, 12:].contiguous()), h0, c0)
+    ref, ref_h, ref_c = reference_layer(x, kernel, bias, 12, h0, c0)
+    assert torch.allclose(out, ref, atol=ATOL) and torch.allclose(h, ref_h, atol=ATOL)
+    assert torch.allclose(c, ref_c, atol=ATOL)
+    empty, h_empty, _ = ops.dense_forward(x_gates[:, :0].contiguous(), ops.pack_dense(kernel[:, 12:].contiguous()),
+                                          h0, c0)
+    assert empty.shape == (batch, 0, 16) and torch.equal(h_empty, h0)
+
+
 def test_a_layer_decodes_sparse_above_its_threshold_only(monkeypatch):
     torch.manual_seed(4)
     layer = ConcatLSTM(12, 16).eval()

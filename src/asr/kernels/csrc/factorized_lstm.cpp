@@ -16,7 +16,10 @@
 namespace {
 
 using shrinkml::check_float_cpu;
-using shrinkml::lstm_gates;
+using shrinkml::Recurrence;
+using shrinkml::run_batched;
+using shrinkml::run_rows;
+using shrinkml::start_recurrence;
 
 constexpr int64_t kLanes = 16;  // padding unit of the packed weights (one AVX-512 register of floats)
 
@@ -115,67 +118,39 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_packed(
     TORCH_CHECK(kp == padded(rank) && u_packed.size(0) == rank && np == padded(4 * hidden) &&
                 b_packed.numel() == np && v_packed.is_contiguous() && u_packed.is_contiguous() &&
                 b_packed.is_contiguous(), "weights must come from pack()");
-    TORCH_CHECK(h0.dim() == 2 && h0.size(0) == batch && h0.size(1) == hidden && c0.sizes() == h0.sizes(),
-                "h0 and c0 must be (B, H)");
+    Recurrence r = start_recurrence(x_proj, hidden, h0, c0);
     const at::Tensor xp = x_proj.contiguous();
-    at::Tensor out = at::empty({batch, steps, hidden}, x_proj.options());
-    at::Tensor h = h0.clone(at::MemoryFormat::Contiguous);
-    at::Tensor c = c0.clone(at::MemoryFormat::Contiguous);
-    if (steps == 0 || batch == 0) return {out, h, c};
     const float* xp_data = xp.data_ptr<float>();
     const float* v_data = v_packed.data_ptr<float>();
     const float* u_data = u_packed.data_ptr<float>();
     const float* b_data = b_packed.data_ptr<float>();
-    float* out_data = out.data_ptr<float>();
-    float* h_data = h.data_ptr<float>();
-    float* c_data = c.data_ptr<float>();
     if (batch <= gemv_rows) {
         at::Tensor buffers = at::empty({kp + np}, x_proj.options());
         float* z = buffers.data_ptr<float>();
-        float* gates = z + kp;
-        for (int64_t b = 0; b < batch; ++b) {
-            const float* h_prev = h_data + b * hidden;
-            float* c_row = c_data + b * hidden;
-            for (int64_t t = 0; t < steps; ++t) {
-                const float* xp_t = xp_data + (b * steps + t) * rank;
-                std::memset(z, 0, sizeof(float) * kp);
-                gemv_accumulate(h_prev, hidden, v_data, kp, z);
-                for (int64_t j = 0; j < rank; ++j) z[j] += xp_t[j];
-                std::memcpy(gates, b_data, sizeof(float) * np);
-                gemv_accumulate(z, rank, u_data, np, gates);
-                float* h_t = out_data + (b * steps + t) * hidden;
-                lstm_gates(gates, c_row, h_t, hidden);
-                h_prev = h_t;
+        run_rows(r, z + kp, [&](int64_t b, int64_t t, const float* h_prev, float* gates) {
+            const float* xp_t = xp_data + (b * steps + t) * rank;
+            std::memset(z, 0, sizeof(float) * kp);
+            gemv_accumulate(h_prev, hidden, v_data, kp, z);
+            for (int64_t j = 0; j < rank; ++j) z[j] += xp_t[j];
+            std::memcpy(gates, b_data, sizeof(float) * np);
+            gemv_accumulate(z, rank, u_data, np, gates);
+        });
+    } else {
+        // all rows together, step by step: each weight row read once per block of 4 rows
+        at::Tensor buffers = at::empty({batch, kp + np}, x_proj.options());
+        float* z = buffers.data_ptr<float>();
+        run_batched(r, z + batch * kp, np, [&](int64_t t, const float* h_prev, int64_t ld_prev, float* gates) {
+            for (int64_t b = 0; b < batch; ++b) {
+                float* z_b = z + b * kp;
+                std::memcpy(z_b, xp_data + (b * steps + t) * rank, sizeof(float) * rank);
+                std::memset(z_b + rank, 0, sizeof(float) * (kp - rank));
+                std::memcpy(gates + b * np, b_data, sizeof(float) * np);
             }
-            std::memcpy(h_data + b * hidden, h_prev, sizeof(float) * hidden);
-        }
-        return {out, h, c};
+            gemm_accumulate(h_prev, ld_prev, batch, hidden, v_data, kp, z, kp);
+            gemm_accumulate(z, kp, batch, rank, u_data, np, gates, np);
+        });
     }
-    // all rows together, step by step: each weight row read once per block of 4 rows
-    at::Tensor buffers = at::empty({batch, kp + np}, x_proj.options());
-    float* z = buffers.data_ptr<float>();
-    float* gates = z + batch * kp;
-    const float* h_prev = h_data;
-    int64_t ld_prev = hidden;
-    for (int64_t t = 0; t < steps; ++t) {
-        for (int64_t b = 0; b < batch; ++b) {
-            float* z_b = z + b * kp;
-            std::memcpy(z_b, xp_data + (b * steps + t) * rank, sizeof(float) * rank);
-            std::memset(z_b + rank, 0, sizeof(float) * (kp - rank));
-            std::memcpy(gates + b * np, b_data, sizeof(float) * np);
-        }
-        gemm_accumulate(h_prev, ld_prev, batch, hidden, v_data, kp, z, kp);
-        gemm_accumulate(z, kp, batch, rank, u_data, np, gates, np);
-        for (int64_t b = 0; b < batch; ++b) {
-            lstm_gates(gates + b * np, c_data + b * hidden, out_data + (b * steps + t) * hidden, hidden);
-        }
-        h_prev = out_data + t * hidden;  // row b of step t at (b * steps + t) * hidden
-        ld_prev = steps * hidden;
-    }
-    for (int64_t b = 0; b < batch; ++b) {
-        std::memcpy(h_data + b * hidden, out_data + (b * steps + steps - 1) * hidden, sizeof(float) * hidden);
-    }
-    return {out, h, c};
+    return {r.out, r.h, r.c};
 }
 
 // W_hh (4H, H) -> W_hh^T (H, Np), zero-padded, for dense_forward.
@@ -193,32 +168,20 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> dense_forward(const at::Tensor& x
                                                              const at::Tensor& h0, const at::Tensor& c0) {
     for (const at::Tensor* t : {&x_gates, &w_packed, &h0, &c0}) check_float_cpu(*t, "input");
     TORCH_CHECK(x_gates.dim() == 3, "x_gates must be (B, T, 4H)");
-    const int64_t batch = x_gates.size(0), steps = x_gates.size(1), width = x_gates.size(2);
+    const int64_t steps = x_gates.size(1), width = x_gates.size(2);
     const int64_t hidden = w_packed.size(0), np = w_packed.size(1);
     TORCH_CHECK(width == 4 * hidden && np == padded(width) && w_packed.is_contiguous(),
                 "weights must come from pack_dense()");
-    TORCH_CHECK(h0.dim() == 2 && h0.size(0) == batch && h0.size(1) == hidden && c0.sizes() == h0.sizes(),
-                "h0 and c0 must be (B, H)");
+    Recurrence r = start_recurrence(x_gates, hidden, h0, c0);
     const at::Tensor xg = x_gates.contiguous();
-    at::Tensor out = at::empty({batch, steps, hidden}, x_gates.options());
-    at::Tensor h = h0.clone(at::MemoryFormat::Contiguous);
-    at::Tensor c = c0.clone(at::MemoryFormat::Contiguous);
-    at::Tensor buffer = at::zeros({np}, x_gates.options());
-    float* gates = buffer.data_ptr<float>();
+    const float* xg_data = xg.data_ptr<float>();
     const float* w = w_packed.data_ptr<float>();
-    for (int64_t b = 0; b < batch && steps > 0; ++b) {
-        const float* h_prev = h.data_ptr<float>() + b * hidden;
-        float* c_row = c.data_ptr<float>() + b * hidden;
-        for (int64_t t = 0; t < steps; ++t) {
-            std::memcpy(gates, xg.data_ptr<float>() + (b * steps + t) * width, sizeof(float) * width);
-            gemv_accumulate(h_prev, hidden, w, np, gates);
-            float* h_t = out.data_ptr<float>() + (b * steps + t) * hidden;
-            lstm_gates(gates, c_row, h_t, hidden);
-            h_prev = h_t;
-        }
-        std::memcpy(h.data_ptr<float>() + b * hidden, h_prev, sizeof(float) * hidden);
-    }
-    return {out, h, c};
+    at::Tensor buffer = at::zeros({np}, x_gates.options());
+    run_rows(r, buffer.data_ptr<float>(), [&](int64_t b, int64_t t, const float* h_prev, float* gates) {
+        std::memcpy(gates, xg_data + (b * steps + t) * width, sizeof(float) * width);
+        gemv_accumulate(h_prev, hidden, w, np, gates);
+    });
+    return {r.out, r.h, r.c};
 }
 
 }  // namespace

@@ -1,6 +1,7 @@
 // The shared gate math of lstm_math.h.
 #include "lstm_math.h"
 
+#include <ATen/ops/empty.h>
 #include <c10/util/Exception.h>
 
 namespace shrinkml {
@@ -20,6 +21,14 @@ void lstm_gates(const float* __restrict gates, float* __restrict c, float* __res
 
 void check_float_cpu(const at::Tensor& t, const char* name) {
     TORCH_CHECK(t.device().is_cpu() && t.scalar_type() == at::kFloat, name, ": CPU float32 tensors only");
+}
+
+Recurrence start_recurrence(const at::Tensor& input, int64_t hidden, const at::Tensor& h0, const at::Tensor& c0) {
+    const int64_t batch = input.size(0), steps = input.size(1);
+    TORCH_CHECK(h0.dim() == 2 && h0.size(0) == batch && h0.size(1) == hidden && c0.sizes() == h0.sizes(),
+                "h0 and c0 must be (B, H)");
+    return {at::empty({batch, steps, hidden}, input.options()), h0.clone(at::MemoryFormat::Contiguous),
+            c0.clone(at::MemoryFormat::Contiguous), batch, steps, hidden};
 }
 
 }  // namespace shrinkml

@@ -1,6 +1,8 @@
-// The LSTM gate math shared by the kernels of the library (factorized_lstm.cpp, decode_step.cpp):
-// exp, sigmoid and tanh without libm calls (vectorizable), one step of gates for one row, and the
-// dtype/device check of every operator's inputs. Gate order i, f, g, o, as in asr.model.lstm.
+// The LSTM gate math shared by the kernels of the library (factorized_lstm.cpp, sparse_kernels.cpp,
+// decode_step.cpp): exp, sigmoid and tanh without libm calls (vectorizable), one step of gates for one row,
+// the two recurrence loops every LSTM kernel runs (row after row, or all rows together step by step) with
+// only the gate products left to the kernel, and the dtype/device check of every operator's inputs.
+// Gate order i, f, g, o, as in asr.model.lstm.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -58,5 +60,62 @@ void lstm_gates(const float* __restrict gates, float* __restrict c, float* __res
 
 // Fails (a Python RuntimeError naming `name`) unless t is a CPU float32 tensor.
 void check_float_cpu(const at::Tensor& t, const char* name);
+
+// What an LSTM recurrence over an input (B, T, .) returns: out (B, T, H), every step's h, and the final
+// h and c (B, H), which start as copies of h0 and c0 and are updated in place by the loops below.
+struct Recurrence {
+    at::Tensor out, h, c;
+    int64_t batch, steps, hidden;
+};
+
+// The outputs of the recurrence over `input` (B, T, .) with `hidden` units; fails unless h0 and c0 are (B, H).
+Recurrence start_recurrence(const at::Tensor& input, int64_t hidden, const at::Tensor& h0, const at::Tensor& c0);
+
+// Row after row (each row's weights stay hot): for row b at step t, fill(b, t, h_prev, gates) writes the
+// gate pre-activations [i | f | g | o] (4H) into `gates` given the row's h_{t-1} (H floats at h_prev); the gate
+// math then updates the row's c and writes h_t into out.
+template <class Fill>
+void run_rows(Recurrence& r, float* gates, Fill&& fill) {
+    if (r.batch == 0 || r.steps == 0) return;
+    const int64_t steps = r.steps, hidden = r.hidden;
+    float* out = r.out.data_ptr<float>();
+    float* h = r.h.data_ptr<float>();
+    float* c = r.c.data_ptr<float>();
+    for (int64_t b = 0; b < r.batch; ++b) {
+        const float* h_prev = h + b * hidden;
+        for (int64_t t = 0; t < steps; ++t) {
+            fill(b, t, h_prev, gates);
+            float* h_t = out + (b * steps + t) * hidden;
+            lstm_gates(gates, c + b * hidden, h_t, hidden);
+            h_prev = h_t;
+        }
+        std::memcpy(h + b * hidden, h_prev, sizeof(float) * hidden);
+    }
+}
+
+// All rows together, step by step (each weight row read once per step for every row): fill(t, h_prev, ld_prev,
+// gates) writes the gate pre-activations of every row at step t into `gates` (row b at gates + b * ld_gates)
+// given h_{t-1} of every row (row b at h_prev + b * ld_prev); the gate math then runs row by row.
+template <class Fill>
+void run_batched(Recurrence& r, float* gates, int64_t ld_gates, Fill&& fill) {
+    if (r.batch == 0 || r.steps == 0) return;
+    const int64_t batch = r.batch, steps = r.steps, hidden = r.hidden;
+    float* out = r.out.data_ptr<float>();
+    float* h = r.h.data_ptr<float>();
+    float* c = r.c.data_ptr<float>();
+    const float* h_prev = h;
+    int64_t ld_prev = hidden;
+    for (int64_t t = 0; t < steps; ++t) {
+        fill(t, h_prev, ld_prev, gates);
+        for (int64_t b = 0; b < batch; ++b) {
+            lstm_gates(gates + b * ld_gates, c + b * hidden, out + (b * steps + t) * hidden, hidden);
+        }
+        h_prev = out + t * hidden;  // row b of step t at (b * steps + t) * hidden
+        ld_prev = steps * hidden;
+    }
+    for (int64_t b = 0; b < batch; ++b) {
+        std::memcpy(h + b * hidden, out + (b * steps + steps - 1) * hidden, sizeof(float) * hidden);
+    }
+}
 
 }  // namespace shrinkml

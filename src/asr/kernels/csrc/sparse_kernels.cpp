@@ -28,7 +28,10 @@ namespace {
 
 using shrinkml::check_float_cpu;
 using shrinkml::kSparseMagic;
-using shrinkml::lstm_gates;
+using shrinkml::Recurrence;
+using shrinkml::run_batched;
+using shrinkml::run_rows;
+using shrinkml::start_recurrence;
 
 constexpr int64_t kHeader = 16;  // int32 slots of the header; every section starts at a multiple of 16
 constexpr int32_t kVersion = 1;
@@ -318,55 +321,27 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sparse_lstm_forward(const at::Ten
     const int64_t batch = x_gates.size(0), steps = x_gates.size(1), width = x_gates.size(2);
     const int64_t hidden = w.cols;
     TORCH_CHECK(w.rows == 4 * hidden && width == 4 * hidden, "W_hh must be (4H, H) and x_gates (B, T, 4H)");
-    TORCH_CHECK(h0.dim() == 2 && h0.size(0) == batch && h0.size(1) == hidden && c0.sizes() == h0.sizes(),
-                "h0 and c0 must be (B, H)");
+    Recurrence r = start_recurrence(x_gates, hidden, h0, c0);
     const at::Tensor xg = x_gates.contiguous();
-    at::Tensor out = at::empty({batch, steps, hidden}, x_gates.options());
-    at::Tensor h = h0.clone(at::MemoryFormat::Contiguous);
-    at::Tensor c = c0.clone(at::MemoryFormat::Contiguous);
-    if (steps == 0 || batch == 0) return {out, h, c};
     const float* xg_data = xg.data_ptr<float>();
-    float* out_data = out.data_ptr<float>();
-    float* h_data = h.data_ptr<float>();
-    float* c_data = c.data_ptr<float>();
     if (batch <= gemv_rows) {
         at::Tensor buffer = at::empty({width}, x_gates.options());
-        float* gates = buffer.data_ptr<float>();
-        for (int64_t b = 0; b < batch; ++b) {
-            const float* h_prev = h_data + b * hidden;
-            float* c_row = c_data + b * hidden;
-            for (int64_t t = 0; t < steps; ++t) {
-                std::memcpy(gates, xg_data + (b * steps + t) * width, sizeof(float) * width);
-                gemv(w, h_prev, gates);
-                float* h_t = out_data + (b * steps + t) * hidden;
-                lstm_gates(gates, c_row, h_t, hidden);
-                h_prev = h_t;
-            }
-            std::memcpy(h_data + b * hidden, h_prev, sizeof(float) * hidden);
-        }
-        return {out, h, c};
+        run_rows(r, buffer.data_ptr<float>(), [&](int64_t b, int64_t t, const float* h_prev, float* gates) {
+            std::memcpy(gates, xg_data + (b * steps + t) * width, sizeof(float) * width);
+            gemv(w, h_prev, gates);
+        });
+    } else {
+        at::Tensor buffers = at::empty({hidden * batch + 2 * width * batch}, x_gates.options());
+        float* ht = buffers.data_ptr<float>();  // (H, B)
+        float* gt = ht + hidden * batch;          // (4H, B)
+        run_batched(r, gt + width * batch, width, [&](int64_t t, const float* h_prev, int64_t ld_prev, float* gates) {
+            transpose(h_prev, batch, hidden, ld_prev, ht, batch);
+            transpose(xg_data + t * width, batch, width, steps * width, gt, batch);
+            gemm_t(w, ht, batch, gt);
+            transpose(gt, width, batch, batch, gates, width);  // (B, 4H)
+        });
     }
-    at::Tensor buffers = at::empty({hidden * batch + 2 * width * batch}, x_gates.options());
-    float* ht = buffers.data_ptr<float>();  // (H, B)
-    float* gt = ht + hidden * batch;          // (4H, B)
-    float* gates = gt + width * batch;        // (B, 4H)
-    const float* h_prev = h_data;
-    int64_t ld_prev = hidden;
-    for (int64_t t = 0; t < steps; ++t) {
-        transpose(h_prev, batch, hidden, ld_prev, ht, batch);
-        transpose(xg_data + t * width, batch, width, steps * width, gt, batch);
-        gemm_t(w, ht, batch, gt);
-        transpose(gt, width, batch, batch, gates, width);
-        for (int64_t b = 0; b < batch; ++b) {
-            lstm_gates(gates + b * width, c_data + b * hidden, out_data + (b * steps + t) * hidden, hidden);
-        }
-        h_prev = out_data + t * hidden;  // row b of step t at (b * steps + t) * hidden
-        ld_prev = steps * hidden;
-    }
-    for (int64_t b = 0; b < batch; ++b) {
-        std::memcpy(h_data + b * hidden, out_data + (b * steps + steps - 1) * hidden, sizeof(float) * hidden);
-    }
-    return {out, h, c};
+    return {r.out, r.h, r.c};
 }
 
 at::Tensor sparse_linear_op(const at::Tensor& x, const at::Tensor& packed, const std::optional<at::Tensor>& bias) {
