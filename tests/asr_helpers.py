@@ -82,6 +82,22 @@ def compose_train(overrides: list[str]) -> DictConfig:
         return compose("train", overrides=overrides, return_hydra_config=True)
 
 
+def compose_search(overrides: list[str]) -> DictConfig:
+    """``conf/search.yaml`` with ``overrides``, including the ``hydra`` node, as ``search.py`` would see it."""
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose("search", overrides=overrides, return_hydra_config=True)
+
+
+def search_overrides(base: Path, corpus: Path, checkpoint: Path, *extra: str, options: int = 4) -> list[str]:
+    """Overrides that run search.py's config from ``checkpoint`` on the runs' copy of the tiny corpus, quietly: a
+    uniform space of ``options`` ranks per target, a_t = 1.5, a random 6-utterance proxy, no sensitivity table."""
+    return [f"ckpt={checkpoint}", f"data.root={corpus}", f"data.cache_dir={base / 'features'}",
+            f"data.tokenizer.vocab_size={VOCAB}", f"data.tokenizer.dir={base / 'tokenizer'}", "data.feature_jobs=1",
+            "data.progress=false", "logger=csv", "trainer.enable_progress_bar=false", "proxy=random", "proxy_size=6",
+            "search.space.kind=uniform", f"search.space.options={options}", "search.target_speedup=1.5",
+            "report.curve_speedups=[1.5]", f"sensitivity_table={base / 'no-table.json'}", *extra]
+
+
 @contextmanager
 def hydra_job(cfg: DictConfig, output_dir: Path) -> Iterator[DictConfig]:
     """What ``@hydra.main`` does around the task function: set ``hydra.runtime.output_dir``, register

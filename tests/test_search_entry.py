@@ -9,7 +9,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from asr_helpers import VOCAB, corpus_copy_for_runs, shared_dir, trained_run
+from asr_helpers import corpus_copy_for_runs, search_overrides, shared_dir, trained_run
 from omegaconf import OmegaConf
 from test_compress_scripts import run_script
 from torch import nn
@@ -27,12 +27,7 @@ def setup(tiny_corpus, tmp_path_factory):
     base = shared_dir(tmp_path_factory)
     run_dir, _ = trained_run(tiny_corpus, base)
     corpus = corpus_copy_for_runs(tiny_corpus, base)
-    common = [f"ckpt={run_dir / 'checkpoints' / 'last.ckpt'}", f"data.root={corpus}",
-              f"data.cache_dir={base / 'features'}", f"data.tokenizer.vocab_size={VOCAB}",
-              f"data.tokenizer.dir={base / 'tokenizer'}", "data.feature_jobs=1", "data.progress=false", "logger=csv",
-              "trainer.enable_progress_bar=false", "proxy=random", "proxy_size=6", "search.space.kind=uniform",
-              "search.space.options=4", "search.target_speedup=1.5", "report.curve_speedups=[1.5]",
-              f"sensitivity_table={base / 'no-table.json'}"]
+    common = search_overrides(base, corpus, run_dir / "checkpoints" / "last.ckpt")
     return common, base
 
 

@@ -7,8 +7,15 @@ from __future__ import annotations
 import json
 
 import pytest
-from asr_helpers import CONF_DIR, VOCAB, corpus_copy_for_runs, hydra_job, one_thread, shared_dir, trained_run
-from hydra import compose, initialize_config_dir
+from asr_helpers import (
+    compose_search,
+    corpus_copy_for_runs,
+    hydra_job,
+    one_thread,
+    search_overrides,
+    shared_dir,
+    trained_run,
+)
 
 from compress.cost import FULL
 from rl.explored import ExploredSet
@@ -163,15 +170,8 @@ def test_curves_of_another_proxy_set_are_refused_or_set_aside(tmp_path):
 
 # -- the stage on the tiny corpus ---------------------------------------------------------------------------
 def search_config(base, corpus, checkpoint, output_dir, *extra):
-    overrides = [f"paths.root_dir={base}", f"data.root={corpus}", f"data.cache_dir={base / 'features'}",
-                 f"data.tokenizer.vocab_size={VOCAB}", f"data.tokenizer.dir={base / 'tokenizer'}",
-                 "data.feature_jobs=1", "data.progress=false", "logger=csv", "search=greedy",
-                 f"ckpt={checkpoint}", f"sensitivity_table={base / 'no-table.json'}", f"output_dir={output_dir}",
-                 "search.space.kind=uniform", "search.space.options=3", "search.target_speedup=1.5",
-                 "report.curve_speedups=[1.5]", "trainer.enable_progress_bar=false", "proxy=random", "proxy_size=6",
-                 *extra]
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose("search", overrides=overrides, return_hydra_config=True)
+    return compose_search(search_overrides(base, corpus, checkpoint, f"paths.root_dir={base}", "search=greedy",
+                                           f"output_dir={output_dir}", *extra, options=3))
 
 
 def test_greedy_search_reports_chooses_on_dev_and_resumes(tiny_corpus, tmp_path_factory):
