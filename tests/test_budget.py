@@ -26,8 +26,10 @@ from shrinkml.budget_plan import (
     budget_label,
     check_student,
     decoded_params,
+    explicit_student,
     fit_student,
     parse_budget,
+    student_sizes,
 )
 from shrinkml.budget_report import SelectionError, check_selection, decoded_size, pareto_front, verdict
 
@@ -130,6 +132,21 @@ def test_a_student_that_does_not_fit_is_refused_naming_the_sizes():
         fit_student(count, config, WIDTHS, 10)
     with pytest.raises(BudgetError, match="student.widths: 'encoder.width'"):
         fit_student(count, config, ["encoder.width"], 10**6)
+
+
+def test_an_explicit_student_keeps_the_baseline_s_other_keys_and_its_own_reach_the_job(tmp_path):
+    _, config = model_with_ctc()
+    student, given = explicit_student(config, {"encoder": {"hidden_size": 16, "pool": [2, 1]}})
+    assert student["encoder"]["hidden_size"] == 16 and student["encoder"]["pool"] == [2, 1]
+    assert student["decoder"] == config["decoder"] and config["encoder"]["hidden_size"] == 32  # a copy
+    assert given == {"encoder.hidden_size": 16, "encoder.pool": [2, 1]}
+    assert count(student) < count(config)
+    with pytest.raises(BudgetError, match="student.model: 'encoder.width' is not a key"):
+        explicit_student(config, {"encoder": {"width": 16}})
+    target = BudgetTargets("x3.7", 1 / 3.7, 1000, 3.944, 0.7465, 1.986, {**student_sizes(student, WIDTHS), **given})
+    plain = next(j for j in budget_jobs(target, ["student"], tmp_path, SETTINGS, None) if j.name == "x3.7/student")
+    assert {"model.encoder.hidden_size=16", "model.encoder.pool=[2, 1]", "model.decoder.hidden_size=32"} <= set(
+        plain.arguments())
 
 
 # -- jobs --------------------------------------------------------------------------------------------------------

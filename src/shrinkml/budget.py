@@ -30,6 +30,7 @@ from shrinkml.budget_plan import (
     budget_label,
     check_student,
     decoded_params,
+    explicit_student,
     fit_student,
     parse_budget,
     student_sizes,
@@ -110,14 +111,14 @@ def plan(cfg: DictConfig) -> tuple[BaselineSize, list[BudgetTargets]]:
         size.check(fraction)
         allowed = int(fraction * size.total)
         if cfg.student.model is not None:
-            student = OmegaConf.to_container(cfg.student.model, resolve=True)
+            student, given = explicit_student(baseline.config, OmegaConf.to_container(cfg.student.model, resolve=True))
             check_student(baseline.count, student, widths, allowed)
         else:
-            student = fit_student(baseline.count, baseline.config, widths, allowed, cfg.student.multiple)
+            student, given = fit_student(baseline.count, baseline.config, widths, allowed, cfg.student.multiple), {}
         svd = size.svd_speedup(fraction)
         combo = round(svd ** float(cfg.svd_sparse.svd_share), 3)
         budgets.append(BudgetTargets(budget_label(fraction), fraction, allowed, svd, size.sparsity(fraction), combo,
-                                     student_sizes(student, widths), goal_for(cfg.get("goals"), fraction)))
+                                     {**student_sizes(student, widths), **given}, goal_for(cfg.get("goals"), fraction)))
     return size, budgets
 
 

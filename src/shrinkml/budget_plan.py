@@ -128,12 +128,12 @@ def baseline_size(model: nn.Module, targets: Sequence) -> BaselineSize:
     return BaselineSize(total=decoded_params(model), shapes={t.name: tuple(t.shape) for t in targets})
 
 
-def _get(config: Mapping, dotted: str):
+def _get(config: Mapping, dotted: str, source: str = "student.widths"):
     node = config
     for part in dotted.split("."):
         if not isinstance(node, Mapping) or part not in node:
-            raise BudgetError(f"student.widths: {dotted!r} is not a key of the baseline's model config "
-                              f"(model.{dotted}); name existing sizes, e.g. encoder.hidden_size")
+            raise BudgetError(f"{source}: {dotted!r} is not a key of the baseline's model config "
+                              f"(model.{dotted}); name existing keys, e.g. encoder.hidden_size")
         node = node[part]
     return node
 
@@ -157,6 +157,27 @@ def scaled_model(model_cfg: Mapping, widths: Sequence[str], factor: float, multi
 
 def student_sizes(model_cfg: Mapping, widths: Sequence[str]) -> dict[str, int]:
     return {key: int(_get(model_cfg, key)) for key in widths}
+
+
+def flatten(config: Mapping, prefix: str = "") -> dict:
+    """``{"encoder": {"hidden_size": 128}}`` -> ``{"encoder.hidden_size": 128}`` (lists are values)."""
+    flat = {}
+    for key, value in config.items():
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def explicit_student(model_cfg: Mapping, given: Mapping) -> tuple[dict, dict]:
+    """An explicit student (``student.model``, part of a model config): ``(the baseline's model_cfg with the
+    given keys replaced, the given keys flattened)``; a key the baseline's config lacks is refused, naming it."""
+    student, changes = deepcopy(dict(model_cfg)), flatten(given)
+    for key, value in changes.items():
+        _get(model_cfg, key, source="student.model")
+        _set(student, key, value)
+    return student, changes
 
 
 def fit_student(count, model_cfg: Mapping, widths: Sequence[str], budget_params: int, multiple: int = 8) -> dict:
