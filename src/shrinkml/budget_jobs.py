@@ -131,13 +131,14 @@ def run_jobs(jobs: Sequence[Job], state_path: Path,
 def count_interrupted(record: dict, log_path: Path) -> None:
     """Add to ``record["seconds"]`` the time of an attempt that never came back (the run was killed, the machine
     stopped): a record still ``running`` since ``started`` (Unix time), counted until its log was last written,
-    and counted in ``record["interrupted"]``. Time the process spent stopped (SIGSTOP) is counted as run."""
+    and counted in ``record["interrupted"]``; the caller sets the status anew. Time the process spent stopped
+    (SIGSTOP) is counted as run."""
     started = record.pop("started", None)
     if record.get("status") != "running" or started is None:
         return
     ended = log_path.stat().st_mtime if log_path.is_file() else started
     record["seconds"] = round(record.get("seconds", 0.0) + max(0.0, ended - started), 1)
-    record.update(status="interrupted", interrupted=record.get("interrupted", 0) + 1)
+    record["interrupted"] = record.get("interrupted", 0) + 1
 
 
 def read_json(path: Path) -> dict:
