@@ -151,7 +151,7 @@ def run_budget(cfg: DictConfig) -> dict:
                 "extra": OmegaConf.to_container(cfg.job_overrides, resolve=True)}
     for budget in budgets:
         print(f"{budget.label}: at most {budget.params:,} of {size.total:,} parameters; SVD a_t {budget.svd_speedup}, "
-              f"sparsity {budget.sparsity}, SVD+sparsity a_t {budget.combo_speedup}, student {budget.student_widths}")
+              f"sparsity {budget.sparsity}, SVD+sparsity a_t {budget.combo_speedup}, student {budget.student_model}")
     control_dir = Path(cfg.dense_control)
     jobs = dense_control_job(control_dir, settings)
     for budget in budgets:
@@ -222,7 +222,7 @@ def collect(cfg: DictConfig, size: BaselineSize, budget: BudgetTargets, methods,
                    vs_control=relative(row["wer_test"], control["wer_test"] if control else None))
     return {"label": budget.label, "fraction": budget.fraction, "params": budget.params, "baseline_params": size.total,
             "svd_speedup": budget.svd_speedup, "sparsity": budget.sparsity, "combo_speedup": budget.combo_speedup,
-            "student_widths": dict(budget.student_widths), "goal_percent": budget.goal_percent,
+            "student_model": dict(budget.student_model), "goal_percent": budget.goal_percent,
             "rows": rows, "not_reported": not_reported}
 
 

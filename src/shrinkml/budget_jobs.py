@@ -162,8 +162,8 @@ class BudgetTargets:
     svd_speedup: float      # a_t by parameters
     sparsity: float
     combo_speedup: float    # a_t of svd_sparse's scheme
-    student_widths: Mapping[str, object]  # the student's model: config key (encoder.hidden_size) -> value; the
-                                          # widths, and every key an explicit student.model gives
+    student_model: Mapping[str, object]  # the student's model config keys (encoder.hidden_size) -> value: the
+                                         # widths, and every key an explicit student.model gives
     goal_percent: float | None = None  # relative test WER rise against the dense control its best row may have
 
 
@@ -216,7 +216,7 @@ def budget_jobs(target: BudgetTargets, methods: Sequence[str], out: Path, settin
             train(method, ["+experiment=prune", f"init_from={baseline}", f"compress.method={method}",
                            f"compress.sparsity={target.sparsity}"])
     widths = [f"model.{key}={value if isinstance(value, str) else json.dumps(value)}"
-              for key, value in target.student_widths.items()]
+              for key, value in target.student_model.items()]
     student = ["+experiment=baseline", *widths, f"trainer.max_epochs={settings['student_epochs']}",
                f"measure_speedup.reference={baseline}"]
     if "student_kd" in wanted:

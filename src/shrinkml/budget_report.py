@@ -159,7 +159,7 @@ def write_report(budgets: Sequence[Mapping], out: Path, wall_seconds: float = 0.
     for budget in budgets:
         parts += [f"## {budget['label']}: at most {budget['params']:,} parameters ({budget['fraction']:.4f} of the "
                   f"baseline's {budget['baseline_params']:,}); SVD a_t {budget['svd_speedup']}, sparsity "
-                  f"{budget['sparsity']}, student {budget['student_widths']}", "", markdown_table(budget["rows"]), ""]
+                  f"{budget['sparsity']}, student {budget['student_model']}", "", markdown_table(budget["rows"]), ""]
         parts += [f"- {line}" for line in verdict(budget)] + [""]
         if budget.get("not_reported"):
             parts += [f"- not reported: {name}: {why}" for name, why in budget["not_reported"].items()] + [""]
