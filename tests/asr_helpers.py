@@ -76,16 +76,20 @@ def prepared_datamodule(tiny_corpus: Path, workdir: Path) -> AsrDataModule:
 
 
 # -- Hydra ------------------------------------------------------------------------------------
-def compose_train(overrides: list[str]) -> DictConfig:
-    """``conf/train.yaml`` with ``overrides``, including the ``hydra`` node, as ``train.py`` would see it."""
+def compose_root(root: str, overrides: list[str]) -> DictConfig:
+    """``conf/<root>.yaml`` with ``overrides``, including the ``hydra`` node, as its entry point would see it."""
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose("train", overrides=overrides, return_hydra_config=True)
+        return compose(root, overrides=overrides, return_hydra_config=True)
+
+
+def compose_train(overrides: list[str]) -> DictConfig:
+    """``conf/train.yaml`` as ``train.py`` would see it."""
+    return compose_root("train", overrides)
 
 
 def compose_search(overrides: list[str]) -> DictConfig:
-    """``conf/search.yaml`` with ``overrides``, including the ``hydra`` node, as ``search.py`` would see it."""
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose("search", overrides=overrides, return_hydra_config=True)
+    """``conf/search.yaml`` as ``search.py`` would see it."""
+    return compose_root("search", overrides)
 
 
 def search_overrides(base: Path, corpus: Path, checkpoint: Path, *extra: str, options: int = 4) -> list[str]:
