@@ -283,6 +283,15 @@ def test_the_verdict_chooses_on_dev_and_states_the_goal_with_and_without_sparse_
         goal_for({"half": 2}, 0.5)
 
 
+def test_a_goal_for_another_budget_is_added_on_the_command_line_as_the_config_says():
+    """conf/budget.yaml documents '+goals={1/9:10}': the new budget's goal is added, the defaults stay."""
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base=None):
+        goals = compose("budget", overrides=["+goals={1/9:10}"]).goals
+    assert goal_for(goals, 1 / 9) == 10.0 and goal_for(goals, 1 / 5) == 5.0
+
+
 # -- the command -------------------------------------------------------------------------------------------------
 
 def run_budget_script(*overrides: str) -> subprocess.CompletedProcess:
