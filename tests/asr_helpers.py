@@ -169,6 +169,27 @@ def trained_run(tiny_corpus: Path, base: Path) -> tuple[Path, dict]:
     return _MEMO[key]
 
 
+def search_stage(tiny_corpus: Path, tmp_path_factory, name: str, *fixed: str, options: int = 4):
+    """search.py's task on the tiny corpus from the shared one-epoch run (``trained_run``), writing to
+    ``<shared>/<name>``: returns ``(run, output_dir)``, where ``run(*extra)`` runs the search once on one thread
+    with ``search_overrides`` + ``fixed`` + ``extra`` and returns its report."""
+    from shrinkml.search import run_search
+
+    base = shared_dir(tmp_path_factory)
+    run_dir, _ = trained_run(tiny_corpus, base)
+    corpus = corpus_copy_for_runs(tiny_corpus, base)
+    output_dir = base / name
+
+    def run(*extra: str) -> dict:
+        cfg = compose_search(search_overrides(base, corpus, run_dir / "checkpoints" / "last.ckpt",
+                                              f"paths.root_dir={base}", f"output_dir={output_dir}", *fixed, *extra,
+                                              options=options))
+        with one_thread(), hydra_job(cfg, output_dir) as task:
+            return run_search(task)
+
+    return run, output_dir
+
+
 def shared_dir(tmp_path_factory) -> Path:
     """One directory per pytest run for the memoized results."""
     path = tmp_path_factory.getbasetemp() / "asr_shared"

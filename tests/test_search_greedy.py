@@ -7,21 +7,13 @@ from __future__ import annotations
 import json
 
 import pytest
-from asr_helpers import (
-    compose_search,
-    corpus_copy_for_runs,
-    hydra_job,
-    one_thread,
-    search_overrides,
-    shared_dir,
-    trained_run,
-)
+from asr_helpers import search_stage
 
 from compress.cost import FULL
 from rl.explored import ExploredSet
 from rl.greedy_search import CURVES_FILE, CurvesMismatchError, GreedySearch, select
 from rl.space import SearchSpace
-from shrinkml.search import StaleSearchError, guard_curves, run_search
+from shrinkml.search import StaleSearchError, guard_curves
 
 SPACE = SearchSpace(["a", "b", "c"], [[1, 2, 4, FULL]] * 3)
 BASELINE = 20.0
@@ -169,23 +161,11 @@ def test_curves_of_another_proxy_set_are_refused_or_set_aside(tmp_path):
 
 
 # -- the stage on the tiny corpus ---------------------------------------------------------------------------
-def search_config(base, corpus, checkpoint, output_dir, *extra):
-    return compose_search(search_overrides(base, corpus, checkpoint, f"paths.root_dir={base}", "search=greedy",
-                                           f"output_dir={output_dir}", *extra, options=3))
-
-
 def test_greedy_search_reports_chooses_on_dev_and_resumes(tiny_corpus, tmp_path_factory):
-    base = shared_dir(tmp_path_factory)
-    run_dir, _ = trained_run(tiny_corpus, base)
-    corpus = corpus_copy_for_runs(tiny_corpus, base)
-    checkpoint = run_dir / "checkpoints" / "last.ckpt"
-    out = base / "search_greedy"
-    with one_thread():
-        with hydra_job(search_config(base, corpus, checkpoint, out, "search.steps=2"), out) as task:
-            first = run_search(task)
-        curves = json.loads((out / CURVES_FILE).read_text())
-        with hydra_job(search_config(base, corpus, checkpoint, out, "search.steps=2"), out) as task:
-            report = run_search(task)
+    search, out = search_stage(tiny_corpus, tmp_path_factory, "search_greedy", "search=greedy", options=3)
+    first = search("search.steps=2")
+    curves = json.loads((out / CURVES_FILE).read_text())
+    report = search("search.steps=2")
     summary = first["summary"]
     decoded = sum(len(ranks) for ranks in curves["points"].values())
     assert decoded == summary["curve_points"] > 0  # no table: every point but dense is decoded

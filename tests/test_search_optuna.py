@@ -10,21 +10,13 @@ import lightning as L
 import optuna
 import pytest
 import torch
-from asr_helpers import (
-    compose_search,
-    corpus_copy_for_runs,
-    hydra_job,
-    one_thread,
-    search_overrides,
-    shared_dir,
-    trained_run,
-)
+from asr_helpers import search_stage
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from rl.explored import ExploredSet
 from rl.optuna_search import STUDY_FILE, OptunaSearchModule, signature, storage_url
 from rl.space import SearchSpace
-from shrinkml.search import StaleSearchError, guard_study, run_search
+from shrinkml.search import StaleSearchError, guard_study
 
 SPACE = SearchSpace(["a", "b", "c"], [[1, 2, 3, 4]] * 3)
 A_T = 1.0
@@ -157,24 +149,13 @@ def test_a_study_of_another_search_is_set_aside(tmp_path):
 
 
 # -- the stage on the tiny corpus ---------------------------------------------------------------------------
-def search_config(base, corpus, checkpoint, output_dir, *extra):
-    return compose_search(search_overrides(base, corpus, checkpoint, f"paths.root_dir={base}", "search=optuna_tpe",
-                                           f"output_dir={output_dir}", "search.n_startup_trials=2", *extra))
-
-
 def test_optuna_search_reports_chooses_on_dev_and_resumes(tiny_corpus, tmp_path_factory):
-    base = shared_dir(tmp_path_factory)
-    run_dir, _ = trained_run(tiny_corpus, base)
-    corpus = corpus_copy_for_runs(tiny_corpus, base)
-    checkpoint = run_dir / "checkpoints" / "last.ckpt"
-    out = base / "search_optuna"
-    with one_thread():
-        with hydra_job(search_config(base, corpus, checkpoint, out, "search.steps=2"), out) as task:
-            first = run_search(task)
-        points = [json.loads(line) for line in (out / "explored-rank0.jsonl").open()]
-        first_trials = trials(out)
-        with hydra_job(search_config(base, corpus, checkpoint, out, "search.steps=3"), out) as task:
-            report = run_search(task)
+    search, out = search_stage(tiny_corpus, tmp_path_factory, "search_optuna", "search=optuna_tpe",
+                               "search.n_startup_trials=2")
+    first = search("search.steps=2")
+    points = [json.loads(line) for line in (out / "explored-rank0.jsonl").open()]
+    first_trials = trials(out)
+    report = search("search.steps=3")
     summary = report["summary"]
     assert first["summary"]["steps"] == 2 and summary["steps"] == 3
     assert points and all(p["policy"] == "optuna_tpe" for p in points)
