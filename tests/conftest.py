@@ -7,7 +7,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from asr_helpers import one_thread
+from asr_helpers import corpus_copy_for_runs, one_thread, shared_dir
 
 from asr.data.synthetic.build import CorpusSpec, build_corpus
 
@@ -53,6 +53,18 @@ def one_torch_thread():
     are busy (threads wait on each other)."""
     with one_thread():
         yield
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory) -> Path:
+    """The pytest run's shared directory of memoized runs (asr_helpers.shared_dir)."""
+    return shared_dir(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def corpus(tiny_corpus, base) -> Path:
+    """The one writable copy of the tiny corpus that training runs share (asr_helpers.corpus_copy_for_runs)."""
+    return corpus_copy_for_runs(tiny_corpus, base)
 
 
 @pytest.fixture

@@ -19,10 +19,8 @@ from asr_helpers import (
     CONF_DIR,
     VOCAB,
     compose_train,
-    corpus_copy_for_runs,
     hydra_job,
     run_overrides,
-    shared_dir,
     trained_run,
 )
 from hydra import compose, initialize_config_dir
@@ -49,16 +47,6 @@ SHORT = ["model.encoder.pool=[2,2]", "trainer.max_epochs=1", "trainer.max_time=n
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-@pytest.fixture(scope="module")
-def base(tmp_path_factory):
-    return shared_dir(tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
-def corpus(tiny_corpus, base):
-    return corpus_copy_for_runs(tiny_corpus, base)
 
 
 @pytest.fixture(scope="module")

@@ -11,26 +11,14 @@ import pytest
 import torch
 from asr_helpers import (
     compose_train,
-    corpus_copy_for_runs,
     hydra_job,
     run_overrides,
-    shared_dir,
     trained_run,
 )
 
 from asr.train import train
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-@pytest.fixture(scope="module")
-def base(tmp_path_factory):
-    return shared_dir(tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
-def corpus(tiny_corpus, base):
-    return corpus_copy_for_runs(tiny_corpus, base)
 
 
 @pytest.fixture(scope="module")
