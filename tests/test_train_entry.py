@@ -140,3 +140,14 @@ def test_resume_with_another_model_size_fails_clearly(trained, corpus, base):
     last = output_dir / "checkpoints" / "last.ckpt"
     with pytest.raises(ModelMismatchError, match="'hidden_size': 16"):
         run(corpus, base, "mismatch", f"ckpt_path={last}", "trainer.max_epochs=2", "model.encoder.hidden_size=24")
+
+
+def test_the_same_command_trains_the_same_weights(trained, corpus, base):
+    """An epoch budget and a seed give the same model: a second run of the shared run's command ends with the
+    same weights, bit for bit (the project's results name their baseline by its checkpoint's hash)."""
+    run_dir, _ = trained
+    run(corpus, base, "trained_again", "trainer.max_epochs=1", "test=false")
+    first = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+    again = torch.load(base / "trained_again" / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+    assert first.keys() == again.keys()
+    assert all(torch.equal(first[key], again[key]) for key in first)
