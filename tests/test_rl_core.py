@@ -19,7 +19,7 @@ from rl.controller import Controller, RewardBaseline, reinforce_loss
 from rl.explored import ExploredSet, ExploredSetError
 from rl.rewards import aggressive_reward, conservative_reward, violation_reward, wer_reward
 from rl.search_module import SearchModule
-from rl.space import SearchSpace, SearchSpaceError, sensitivity_space, uniform_space
+from rl.space import SearchSpace, SearchSpaceError, sensitivity_space, uniform_space, widened_sensitivity_space
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -73,6 +73,33 @@ def test_sensitivity_space_narrows_sensitive_targets():
     assert sensitive[-1] == tolerant[-1] == FULL
     with pytest.raises(SearchSpaceError, match="not in the sensitivity table"):
         sensitivity_space(targets, spectra, {"rows": rows[:3]})
+
+
+def test_a_widened_sensitivity_space_opens_the_sensitive_targets_only_as_far_as_a_t_needs():
+    model = small_model()
+    targets = discover_targets(model)
+    cache = SvdCache()
+    spectra = {t.name: cache.get(t.name, t.weight(model)) for t in targets}
+    rows = [{"target": t.name, "energy": e, "delta": (50.0 if t.name == "0" and e < 0.6 else 0.5)}
+            for t in targets for e in (0.3, 0.6, 0.9)]
+    table = {"rows": rows}
+    narrow = sensitivity_space(targets, spectra, table, options=4, max_delta=2.0, min_fraction=0.1)
+    wide = uniform_space(targets, options=4, min_fraction=0.1)
+    narrow_reach, wide_reach = (estimate_speedup(targets, s.most_compressed()) for s in (narrow, wide))
+    assert wide_reach > narrow_reach
+
+    def widened(a_t):
+        return widened_sensitivity_space(targets, spectra, table, a_t, lambda r: estimate_speedup(targets, r),
+                                         options=4, max_delta=2.0, min_fraction=0.1)
+
+    space, delta = widened(narrow_reach)  # reachable as it is: the paper's space, unchanged
+    assert delta == 2.0 and space.options == narrow.options
+    space, delta = widened((narrow_reach + wide_reach) / 2)  # the sensitive target opens up
+    assert delta == 50.0 and space.options == wide.options
+    space, delta = widened(wide_reach + 1)  # out of reach: the widest space, refused by check_reachable
+    assert space.options == wide.options
+    with pytest.raises(SearchSpaceError, match="out of reach.*widen=true"):
+        space.check_reachable(targets, wide_reach + 1)
 
 
 def test_controller_shapes_and_reinforce_gradient():

@@ -38,7 +38,7 @@ from compress.svd import SvdCache
 from rl.explored import ExploredSet
 from rl.report import markdown_table, plot_explored
 from rl.search_module import SearchModule
-from rl.space import SearchSpace, sensitivity_space, uniform_space
+from rl.space import SearchSpace, sensitivity_space, uniform_space, widened_sensitivity_space
 from shrinkml.latency_table import stage_table
 from shrinkml.stage import data_module, eval_batches, load_recognizer, profiled_targets, wer_scorer
 
@@ -71,8 +71,19 @@ def build_space(cfg: DictConfig, targets, cache: SvdCache, model) -> SearchSpace
         return uniform_space(targets, space.options, space.min_fraction, space.spacing)
     if space.kind == "sensitivity":
         spectra = {t.name: cache.get(t.name, t.weight(model)) for t in targets}
-        return sensitivity_space(targets, spectra, load_table(cfg.sensitivity_table), space.options,
-                                 space.max_delta, space.min_fraction, space.spacing)
+        table = load_table(cfg.sensitivity_table)
+        if not space.get("widen", False):
+            return sensitivity_space(targets, spectra, table, space.options, space.max_delta, space.min_fraction,
+                                     space.spacing)
+        # widened by the estimate a_t is measured in; a latency table needs the space first: parameters then
+        by = "params" if cfg.by == "latency" else cfg.by
+        built, delta = widened_sensitivity_space(
+            targets, spectra, table, cfg.search.target_speedup, lambda ranks: estimate_speedup(targets, ranks, by),
+            space.options, space.max_delta, space.min_fraction, space.spacing)
+        if delta != space.max_delta:
+            log.warning("search.space.max_delta %.2f cannot reach a_t %.3f; widened to %.2f (search.space.widen)",
+                        space.max_delta, cfg.search.target_speedup, delta)
+        return built
     raise ValueError(f"search.space.kind must be uniform or sensitivity, got {space.kind!r}")
 
 
