@@ -59,13 +59,20 @@ def test_uniform_space_rows_and_reachability():
         SearchSpace(["a", "b"], [[1, 2], [1]])
 
 
-def test_sensitivity_space_narrows_sensitive_targets():
+def one_sensitive_target():
+    """The small model's targets, their spectra and a sensitivity table in which target "0" alone rises by 50
+    points below energy 0.6 (every other row: 0.5)."""
     model = small_model()
     targets = discover_targets(model)
     cache = SvdCache()
     spectra = {t.name: cache.get(t.name, t.weight(model)) for t in targets}
     rows = [{"target": t.name, "energy": e, "delta": (50.0 if t.name == "0" and e < 0.6 else 0.5)}
             for t in targets for e in (0.3, 0.6, 0.9)]
+    return targets, spectra, rows
+
+
+def test_sensitivity_space_narrows_sensitive_targets():
+    targets, spectra, rows = one_sensitive_target()
     space = sensitivity_space(targets, spectra, {"rows": rows}, options=4, max_delta=2.0, min_fraction=0.1)
     sensitive, tolerant = space.options[0], space.options[1]
     assert sensitive[0] == spectra["0"].rank_for_energy(0.6, "0") < 24  # rank at the lowest tolerated energy
@@ -76,12 +83,7 @@ def test_sensitivity_space_narrows_sensitive_targets():
 
 
 def test_a_widened_sensitivity_space_opens_the_sensitive_targets_only_as_far_as_a_t_needs():
-    model = small_model()
-    targets = discover_targets(model)
-    cache = SvdCache()
-    spectra = {t.name: cache.get(t.name, t.weight(model)) for t in targets}
-    rows = [{"target": t.name, "energy": e, "delta": (50.0 if t.name == "0" and e < 0.6 else 0.5)}
-            for t in targets for e in (0.3, 0.6, 0.9)]
+    targets, spectra, rows = one_sensitive_target()
     table = {"rows": rows}
     narrow = sensitivity_space(targets, spectra, table, options=4, max_delta=2.0, min_fraction=0.1)
     wide = uniform_space(targets, options=4, min_fraction=0.1)

@@ -72,7 +72,7 @@ def build_space(cfg: DictConfig, targets, cache: SvdCache, model) -> SearchSpace
     if space.kind == "sensitivity":
         spectra = {t.name: cache.get(t.name, t.weight(model)) for t in targets}
         table = load_table(cfg.sensitivity_table)
-        if not space.get("widen", False):
+        if not space.widen:
             return sensitivity_space(targets, spectra, table, space.options, space.max_delta, space.min_fraction,
                                      space.spacing)
         # widened by the estimate a_t is measured in; a latency table needs the space first: parameters then
