@@ -16,6 +16,7 @@ from asr_helpers import corpus_copy_for_runs, shared_dir, tiny_model_config, tra
 
 from asr.model.asr_model import AsrModel
 from compress.cost import compressed_params
+from compress.prune import csp_recover, kept, kept_entries, magnitude_mask
 from compress.scheme import Scheme
 from compress.targets import discover_targets
 from shrinkml.budget import goal_for
@@ -29,6 +30,7 @@ from shrinkml.budget_plan import (
     explicit_student,
     fit_student,
     parse_budget,
+    stored_matrices,
     student_sizes,
 )
 from shrinkml.budget_report import SelectionError, check_selection, decoded_size, pareto_front, verdict
@@ -78,11 +80,13 @@ def test_each_method_meets_the_budget_it_is_given():
     assert size.fixed == size.total - sum(m * n for m, n in size.shapes.values()) > 0
     for fraction in (0.5, 1 / 3.7, 0.2):
         allowed = fraction * size.total
-        # sparsity: every target at s keeps at most (1 - s) of its weights
-        kept = sum(int((1 - size.sparsity(fraction)) * m * n) for m, n in size.shapes.values())
-        assert size.fixed + kept <= allowed
-        assert size.fixed + sum(int((1 - size.sparsity(fraction) + 2e-4) * m * n)
-                                for m, n in size.shapes.values()) > allowed * 0.99  # and no more than it needs
+        # sparsity: every target at s keeps at most (1 - s) of its weights, by every method's own rounding
+        sparsity = size.sparsity(fraction)
+        for method in ("magnitude", "csp"):
+            assert size.fixed + sum(kept_entries(shape, sparsity, method) for shape in size.shapes.values()) <= allowed
+        assert size.fixed + sum(int((1 - sparsity + 2e-4) * m * n) for m, n in size.shapes.values()) > allowed * 0.99 \
+            or any(size.fixed + sum(kept_entries(shape, sparsity - 1e-4, method) for shape in size.shapes.values())
+                   > allowed for method in ("magnitude", "csp"))  # and no more than it needs
         # SVD: a_t by parameters over the targets, a little above 1 / b (the fixed part is not compressed)
         a_t = size.svd_speedup(fraction)
         assert a_t > 1 / fraction and size.fixed + size.targets / a_t <= allowed
@@ -98,6 +102,52 @@ def test_svd_plus_sparsity_prunes_the_scheme_to_the_rest_of_the_budget():
     sparsity = size.scheme_sparsity(fraction, scheme)
     assert 0 < sparsity < size.sparsity(fraction)  # the factors hold fewer parameters than the dense targets
     assert size.fixed + (1 - sparsity) * stored <= fraction * size.total + 1
+
+
+def baseline_model() -> AsrModel:
+    """The embedded baseline's architecture as ``make baseline`` builds it (``+experiment=baseline``, the synthetic
+    corpus's vocabulary and features), untrained: counting parameters needs no training."""
+    from asr_helpers import compose_train
+    from omegaconf import OmegaConf
+
+    cfg = compose_train(["+experiment=baseline"])
+    torch.manual_seed(0)
+    return AsrModel(cfg.data.tokenizer.vocab_size, cfg.data.features.n_mels,
+                    **OmegaConf.to_container(cfg.model, resolve=True))
+
+
+@pytest.mark.parametrize("budget", ["1/3.7", "1/4", "1/5", "1/6", "1/8"])
+def test_every_pruning_method_keeps_the_baseline_within_the_budget(budget):
+    """CSP keeps the same count in every row (rounded per row): before its sparsity was raised until that count
+    fits, the baseline's CSP rows were 37, 897 and 1,199 parameters over the budgets 1/4, 1/6 and 1/8."""
+    size = size_of(baseline_model())
+    fraction = parse_budget(budget)
+    allowed, sparsity = int(fraction * size.total), size.sparsity(fraction)
+    csp = size.fixed + sum(m * kept(n, sparsity) for m, n in size.shapes.values())   # kept(n, s) in each of m rows
+    magnitude = size.fixed + sum(kept(m * n, sparsity) for m, n in size.shapes.values())  # once per matrix
+    assert csp <= allowed and magnitude <= allowed
+    assert size.fixed + sum(m * kept(n, sparsity - 0.0015) for m, n in size.shapes.values()) > allowed  # no lower
+
+
+def test_the_pruned_factors_of_a_scheme_fit_the_budget_by_every_method():
+    size = size_of(baseline_model())
+    ranks = {name: max(1, min(m, n) // 3) + 1 for name, (m, n) in size.shapes.items()}
+    scheme = Scheme(ranks=ranks, shapes={k: list(v) for k, v in size.shapes.items()})
+    for fraction in (1 / 6, 1 / 8):
+        sparsity = size.scheme_sparsity(fraction, scheme)
+        for method in ("magnitude", "csp"):
+            stored = sum(kept_entries(shape, sparsity, method) for shape in stored_matrices(size.shapes, scheme))
+            assert size.fixed + stored <= int(fraction * size.total), (fraction, method)
+
+
+@pytest.mark.parametrize("block", [(1, 1), (2, 4)])
+@pytest.mark.parametrize("sparsity", [0.3, 0.7672, 0.8951])
+def test_the_counted_entries_are_those_the_pruners_keep(block, sparsity):
+    weight = torch.randn(16, 40, generator=torch.Generator().manual_seed(0))
+    x = torch.randn(200, 40, generator=torch.Generator().manual_seed(1))
+    _, csp_mask = csp_recover(weight, x.t() @ x / 200, sparsity, block, "omp", iterations=2)
+    assert int(csp_mask.sum()) == kept_entries((16, 40), sparsity, "csp", block)
+    assert int(magnitude_mask(weight, sparsity, block).sum()) == kept_entries((16, 40), sparsity, "magnitude", block)
 
 
 def test_a_budget_no_method_can_reach_is_refused_with_the_smallest_reachable():

@@ -10,14 +10,16 @@ import torch
 from torch import nn
 
 from compress.cost import FULL, CostModelError, estimate_speedup
-from compress.latency_cost import LatencyTable, TargetLatency, isotonic, key_hash, table_path
+from compress.latency_cost import KEY_FIELDS, LatencyTable, TargetLatency, isotonic, key_hash, table_path
 from compress.manual import uniform_energy_scheme
 from compress.scheme import Scheme
 from compress.svd import SvdCache
 from compress.targets import Target, discover_targets
 from rl.space import SearchSpace, SearchSpaceError
 
-KEY = {"cpu": "Test CPU", "threads": 1, "torch": "0.0", "backend": "cpp", "checkpoint_sha256": "ab" * 32}
+KEY = {"cpu": "Test CPU", "cpu_capability": "AVX2", "cpu_flags": ["avx", "avx2", "fma"], "torch": "0.0",
+       "backend": "cpp", "checkpoint_sha256": "ab" * 32, "threads": 1, "clock": "cpu", "statistic": "min",
+       "repeats": 15, "grid": 10, "utterances": 40, "target_utterances": 8, "step_calls": 20, "step_repeats": 100}
 
 
 def toy_table(key: dict | None = None) -> LatencyTable:
@@ -94,8 +96,17 @@ def test_table_file_round_trip_and_key(tmp_path):
     assert again.to_dict() == table.to_dict()
     assert json.loads(path.read_text())["key"] == KEY  # the key fields are inside the file
     assert LatencyTable.find(tmp_path, KEY).to_dict() == table.to_dict()
-    for field, other in (("threads", 2), ("checkpoint_sha256", "cd" * 32), ("cpu", "Other CPU"), ("torch", "9.9")):
+    assert set(KEY) == set(KEY_FIELDS)
+    for field, other in (("threads", 2), ("checkpoint_sha256", "cd" * 32), ("cpu", "Other CPU"), ("torch", "9.9"),
+                         ("cpu_capability", "AVX512"), ("cpu_flags", ["avx", "avx2", "avx512f", "fma"]),
+                         ("clock", "wall"), ("statistic", "median"), ("grid", 5), ("repeats", 7)):
+        assert key_hash({**KEY, field: other}) != key_hash(KEY)
         assert LatencyTable.find(tmp_path, {**KEY, field: other}) is None  # another key: another file, none
+    # a table written before the key held the instruction sets and measurement settings is stale, even under the
+    # name of a key that lacks them too
+    old = {name: KEY[name] for name in ("cpu", "threads", "torch", "backend", "checkpoint_sha256")}
+    toy_table(old).save(table_path(tmp_path, old))
+    assert LatencyTable.find(tmp_path, old) is None
     # a file under this key's name that records another key (copied, edited) is not used either
     toy_table({**KEY, "threads": 4}).save(path)
     assert LatencyTable.find(tmp_path, KEY) is None

@@ -16,7 +16,7 @@ from test_compress_scripts import run_script
 from asr.model import lowrank_lstm
 from asr.model.asr_model import AsrModel
 from compress.cost import FULL, CostModelError
-from compress.latency_cost import LatencyTable, TargetLatency, table_path
+from compress.latency_cost import KEY_FIELDS, LatencyTable, TargetLatency, table_path
 from compress.scheme import Scheme, current_ranks, file_fingerprint
 from compress.targets import Target, discover_targets
 from shrinkml import latency_table
@@ -24,6 +24,7 @@ from shrinkml.latency_table import (
     LatencySettings,
     build_table,
     ensure_table,
+    isa_flags,
     largest_paying_rank,
     machine_key,
     rank_grid,
@@ -142,8 +143,8 @@ def test_cached_table_is_reused_only_for_its_own_key(tmp_path, monkeypatch):
     table, path = ensure_table(model, targets, batches(), 10.0, ckpt, one)
     assert len(calls) == 1 and calls[0][1] == 3 and path.is_file()
     stored = json.loads(path.read_text())["key"]
-    assert stored == machine_key(ckpt, 1) and stored["checkpoint_sha256"] == file_fingerprint(ckpt)
-    assert set(stored) == {"cpu", "threads", "torch", "backend", "checkpoint_sha256"}
+    assert stored == machine_key(ckpt, one) and stored["checkpoint_sha256"] == file_fingerprint(ckpt)
+    assert set(stored) == set(KEY_FIELDS)
     assert path == table_path(one.dir, stored)
     again, again_path = ensure_table(model, targets, batches(), 10.0, ckpt, one)
     assert len(calls) == 1 and again_path == path and again.to_dict() == table.to_dict()  # reused
@@ -170,6 +171,80 @@ def test_cached_table_is_reused_only_for_its_own_key(tmp_path, monkeypatch):
         ensure_table(model, unknown, batches(), 10.0, ckpt, one)
 
 
+ZEN3_FLAGS = "fpu sse2 ssse3 sse4_1 sse4_2 popcnt aes avx f16c rdrand lahf_lm fma bmi1 avx2 bmi2 sha_ni vaes"
+ZEN4_FLAGS = ZEN3_FLAGS + " avx512f avx512dq avx512cd avx512bw avx512vl avx512_bf16 avx512vbmi avx512_vnni"
+
+
+def cpuinfo(flags: str) -> str:
+    return f"processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: {flags}\n\nprocessor\t: 1\nflags\t\t: {flags}\n"
+
+
+def test_the_instruction_set_flags_tell_the_two_epyc_generations_apart():
+    zen3, zen4 = isa_flags(cpuinfo(ZEN3_FLAGS)), isa_flags(cpuinfo(ZEN4_FLAGS))
+    assert zen3 == ["avx", "avx2", "f16c", "fma", "sse4_1", "sse4_2"]  # sorted; aes, sha_ni, ... left out
+    assert zen4 == sorted([*zen3, "avx512_bf16", "avx512_vnni", "avx512bw", "avx512cd", "avx512dq", "avx512f",
+                           "avx512vbmi", "avx512vl"])
+    assert isa_flags("model name\t: unknown\n") == []
+
+
+def test_a_table_of_another_instruction_set_or_measurement_setting_is_not_reused(tmp_path, monkeypatch):
+    calls: list = []
+    monkeypatch.setattr(latency_table, "build_table", fake_build(calls))
+    model = tiny_model()
+    targets = discover_targets(model, exclude=["ctc_head"])
+    ckpt = tmp_path / "a.ckpt"
+    ckpt.write_bytes(b"baseline")
+    one = settings(tmp_path)
+    monkeypatch.setattr(latency_table, "isa_flags", lambda: isa_flags(cpuinfo(ZEN3_FLAGS)))
+    monkeypatch.setattr(latency_table, "cpu_capability", lambda: "AVX2")
+    _, zen3_path = ensure_table(model, targets, batches(), 10.0, ckpt, one)
+    assert calls[-1][0]["cpu_flags"] == isa_flags(cpuinfo(ZEN3_FLAGS)) and calls[-1][0]["cpu_capability"] == "AVX2"
+    ensure_table(model, targets, batches(), 10.0, ckpt, one)
+    assert len(calls) == 1  # the same machine and settings: reused
+    monkeypatch.setattr(latency_table, "isa_flags", lambda: isa_flags(cpuinfo(ZEN4_FLAGS)))  # same name, AVX-512
+    _, zen4_path = ensure_table(model, targets, batches(), 10.0, ckpt, one)
+    assert len(calls) == 2 and zen4_path != zen3_path
+    monkeypatch.setattr(latency_table, "cpu_capability", lambda: "AVX512")
+    ensure_table(model, targets, batches(), 10.0, ckpt, one)
+    assert len(calls) == 3
+    paths = {zen3_path, zen4_path}
+    for change in ({"clock": "wall"}, {"statistic": "median"}, {"grid": 4}, {"repeats": 3}, {"utterances": 2},
+                   {"target_utterances": 1}, {"step_calls": 3}, {"step_repeats": 2}):
+        before = len(calls)
+        _, path = ensure_table(model, targets, batches(), 10.0, ckpt, settings(tmp_path, **change))
+        assert len(calls) == before + 1 and path not in paths, change  # measured again, into another file
+        paths.add(path)
+        assert calls[-1][0][next(iter(change))] == next(iter(change.values()))
+
+
+def test_a_table_of_the_older_key_is_measured_again(tmp_path, monkeypatch):
+    """A table keyed only by CPU name, threads, torch, backend and checkpoint (before the instruction sets and
+    measurement settings joined the key) is stale: measured again, never an error."""
+    calls: list = []
+    monkeypatch.setattr(latency_table, "build_table", fake_build(calls))
+    model = tiny_model()
+    targets = discover_targets(model, exclude=["ctc_head"])
+    ckpt = tmp_path / "a.ckpt"
+    ckpt.write_bytes(b"baseline")
+    one = settings(tmp_path)
+    key = machine_key(ckpt, one)
+    old_key = {name: key[name] for name in ("cpu", "threads", "torch", "backend", "checkpoint_sha256")}
+    old = LatencyTable(old_key, 1.0, {t.name: TargetLatency(t.shape, 1.0, []) for t in targets}, {})
+    old.save(table_path(one.dir, old_key))     # where the older code wrote it
+    old.save(table_path(one.dir, key))         # and copied under this key's name
+    latency_cfg = {name: getattr(one, name) for name in LatencySettings.__dataclass_fields__}
+    assert stage_table("params", latency_cfg, ckpt, model, targets, batches, 10.0)[0] is None  # not reported
+    table, path = ensure_table(model, targets, batches(), 10.0, ckpt, one)
+    assert len(calls) == 1 and table.key == key and json.loads(path.read_text())["key"] == key
+
+
+def default_settings(directory: Path) -> LatencySettings:
+    """conf/latency/default.yaml's settings (as search.py reads them) with ``dir`` at ``directory``."""
+    with initialize_config_dir(config_dir=str(Path(__file__).resolve().parents[1] / "conf"), version_base=None):
+        cfg = compose("search", overrides=[f"latency.dir={directory}"])
+    return LatencySettings.from_config(cfg.latency)
+
+
 @pytest.fixture(scope="module")
 def search_setup(tiny_corpus, tmp_path_factory):
     base = shared_dir(tmp_path_factory)
@@ -188,7 +263,7 @@ def test_search_by_latency_end_to_end(search_setup, tmp_path):
     not depend on timing), estimates with it everywhere and reports speedup/latency."""
     ckpt, common = search_setup
     targets = discover_targets(load_recognizer(ckpt).model, exclude=["ctc_head"])
-    key = machine_key(ckpt, 1)
+    key = machine_key(ckpt, default_settings(tmp_path / "latency"))  # the key search.py computes
     entries = {}
     for t in targets:
         top = largest_paying_rank(t.shape)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import shutil
 from pathlib import Path
 from types import ModuleType
 
@@ -12,6 +13,7 @@ import pytest
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
+from torch.utils import cpp_extension
 
 from asr import kernels
 from asr.model import lowrank_lstm
@@ -261,6 +263,32 @@ def test_a_missing_compiler_or_source_is_a_clear_reason_for_the_fallback(monkeyp
     monkeypatch.setattr(kernels, "CSRC", tmp_path)
     with pytest.raises(FileNotFoundError, match=", ".join(kernels.SOURCES) + " missing"):
         kernels.load()
+
+
+def test_the_build_folder_is_keyed_by_the_sources_and_flags(tmp_path, monkeypatch):
+    """Two checkouts with different kernel sources build into folders of their own; with the same sources, one."""
+    one, two = tmp_path / "one", tmp_path / "two"
+    for checkout in (one, two):
+        shutil.copytree(kernels.CSRC, checkout)
+    assert kernels.build_name(one) == kernels.build_name(two) == kernels.build_name()
+    assert kernels.build_name().startswith(kernels.NAME + "_") and kernels.build_name().isidentifier()
+    header = two / "lstm_math.h"
+    header.write_text(header.read_text() + "\n// changed\n")  # a header only: included, not compiled itself
+    assert kernels.build_name(two) != kernels.build_name(one)
+    (one / "extra.cpp").write_text("// new source\n")
+    assert kernels.build_name(one) not in {kernels.build_name(), kernels.build_name(two)}
+    assert kernels.build_name(cflags=("-O2",)) != kernels.build_name()
+    names = []
+
+    def fake_load(name, *args, **kwargs):  # record the name instead of compiling
+        names.append(name)
+        raise RuntimeError("stop")
+
+    monkeypatch.setattr(kernels, "_loaded", False)
+    monkeypatch.setattr(cpp_extension, "load", fake_load)
+    with pytest.raises(RuntimeError, match="stop"):
+        kernels.load()
+    assert names == [kernels.build_name()]
 
 
 def test_dense_kernel_on_the_extension_loop_matches_the_fused_kernel(extension):

@@ -129,6 +129,44 @@ def test_csp_keeps_the_outputs_better_than_magnitude(recovery, block, sparsity):
     assert csp_error < 0.2 * magnitude_error, (float(csp_error), float(magnitude_error))
 
 
+def rank_deficient_toy(rank: int, m: int = 24, n: int = 40, samples: int = 4000) -> tuple[torch.Tensor, torch.Tensor]:
+    """Weights and inputs ``X`` (``samples x n``) of rank ``rank < n``: ``G = X^T X / N`` is singular."""
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(samples, rank, generator=g) @ torch.randn(rank, n, generator=g)
+    return torch.randn(m, n, generator=g), x
+
+
+@pytest.mark.parametrize("recovery", ["iht", "omp"])
+@pytest.mark.parametrize("rank", [5, 20])  # undamped, IHT's values reached 353x and 14.6x the weights' norm
+def test_csp_values_stay_bounded_on_rank_deficient_inputs(recovery, rank):
+    w, x = rank_deficient_toy(rank)
+    gram = x.t() @ x / x.shape[0]
+    values, mask = csp_recover(w, gram, 0.5, (1, 1), recovery, iterations=30)
+    assert float(values.norm() / w.norm()) < 2.0
+    magnitude = w * magnitude_mask(w, 0.5)
+    assert (x @ (w - values).t()).pow(2).sum() < 0.2 * (x @ (w - magnitude).t()).pow(2).sum()  # still a fit
+
+
+@pytest.mark.parametrize("recovery", ["iht", "omp"])
+@pytest.mark.parametrize("block", [(1, 1), (2, 2)])
+def test_csp_on_all_zero_inputs_keeps_every_rows_largest_weights(recovery, block):
+    w = torch.randn(6, 8, generator=torch.Generator().manual_seed(0))
+    values, mask = csp_recover(w, torch.zeros(8, 8), 0.5, block, recovery)  # undamped IHT: ZeroDivisionError
+    r, c = block
+    squares = w.reshape(6 // r, r, 8 // c, c).pow(2).sum(dim=(1, 3))  # (groups, blocks) squared block norms
+    assert torch.equal(values, w * mask)
+    assert (mask.reshape(6 // r, -1).sum(dim=1) == kept(8 // c, 0.5) * r * c).all()
+    largest = squares.topk(kept(8 // c, 0.5), dim=1).values.sum(dim=1)
+    assert torch.allclose(values.reshape(6 // r, -1).pow(2).sum(dim=1), largest)
+
+
+@pytest.mark.parametrize("recovery", ["iht", "omp"])
+def test_csp_of_all_zero_weights_is_all_zero(recovery):
+    _, x = correlated_toy()
+    values, mask = csp_recover(torch.zeros(24, 40), x.t() @ x / x.shape[0], 0.5, (1, 1), recovery)
+    assert not values.any() and int(mask.sum()) == 24 * kept(40, 0.5)
+
+
 def test_recorded_inputs_of_an_lstm_are_x_and_the_previous_h():
     torch.manual_seed(0)
     layer, cell, linear = ConcatLSTM(6, 5), ConcatLSTMCell(3, 4), nn.Linear(6, 2)

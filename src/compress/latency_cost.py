@@ -9,9 +9,12 @@ then keeps the matrix dense), costs the dense time. The estimated speed-up of ra
 
     (fixed + sum_t dense_t) / (fixed + sum_t seconds_t(s_t))
 
-A table belongs to one machine and checkpoint: its ``key`` records the CPU model, the torch thread count
-and version, the kernel backend and the checkpoint's SHA-256; :func:`table_path` names its file by a
-hash of that key, and :meth:`LatencyTable.find` never returns a table of another key.
+A table belongs to one machine, one measurement setting and one checkpoint: its ``key`` (:data:`KEY_FIELDS`)
+records the CPU model, the instruction sets the kernels dispatch on (torch's CPU capability and the CPU's
+avx/fma/... flags: "AMD EPYC" names both an AVX2 and an AVX-512 generation), torch's version, the kernel
+backend, the checkpoint's SHA-256 and the measurement settings (thread count, clock, statistic, repeats, grid,
+utterances, ...); :func:`table_path` names its file by a hash of that key, and :meth:`LatencyTable.find` never
+returns a table of another key, nor one whose key lacks a field (a table of an older key: stale).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from __future__ import annotations
 import bisect
 import hashlib
 import json
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,8 +31,13 @@ from common.atomic import write_json_atomic
 from compress.cost import FULL, CostModelError, pays
 from compress.targets import Target
 
+log = logging.getLogger(__name__)
+
 FORMAT = "shrinkml-latency/1"
-KEY_FIELDS = ("cpu", "threads", "torch", "backend", "checkpoint_sha256")
+MACHINE_FIELDS = ("cpu", "cpu_capability", "cpu_flags", "torch", "backend", "checkpoint_sha256")
+MEASUREMENT_FIELDS = ("threads", "clock", "statistic", "repeats", "grid", "utterances", "target_utterances",
+                      "step_calls", "step_repeats")  # the latency config's settings that change the measured times
+KEY_FIELDS = (*MACHINE_FIELDS, *MEASUREMENT_FIELDS)
 
 
 def key_hash(key: Mapping) -> str:
@@ -163,10 +172,15 @@ class LatencyTable:
 
     @classmethod
     def find(cls, directory: str | Path, key: Mapping) -> LatencyTable | None:
-        """The table of exactly ``key`` under ``directory``, or None: a missing file, or one whose recorded key
-        differs (another machine, thread count, torch, backend or checkpoint), is never used."""
+        """The table of exactly ``key`` under ``directory``, or None: a missing file, one whose recorded key
+        differs (another machine, instruction set, torch, backend, checkpoint or measurement setting) or lacks one
+        of :data:`KEY_FIELDS` (written before the key held it: stale), is never used."""
         path = table_path(directory, key)
         if not path.is_file():
             return None
         table = cls.load(path)
+        missing = [name for name in KEY_FIELDS if name not in table.key]
+        if missing:
+            log.warning("latency table %s is stale (its key lacks %s); it is not used", path, ", ".join(missing))
+            return None
         return table if table.key == dict(key) else None

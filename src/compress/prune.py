@@ -15,7 +15,10 @@
   output row ``i`` a support of at most ``k`` entries and values by a sparse recovery that keeps the row's
   outputs: minimize ``|| W_i X - w X ||^2 / N = (w - W_i) G (w - W_i)^T`` over ``k``-sparse ``w``, by iterative
   hard thresholding (normalized IHT, warm-started from the current, already masked, weights; the values then refit
-  on the support by conjugate gradients) or (generalized) orthogonal matching pursuit (OMP). The recovered values
+  on the support by conjugate gradients) or (generalized) orthogonal matching pursuit (OMP), both on the damped
+  ``G + λ I`` (Tikhonov toward the current row: ``+ λ |w - W_i|^2``, ``λ = RIDGE * mean(diag G)``, which keeps the
+  values bounded where the inputs leave directions undetermined; undamped, IHT's refit reached 14x the weights'
+  norm on rank-deficient inputs). The recovered values
   replace the row (the compression-error reduction), the support becomes its mask (the sparsity inducing). With a
   block pattern ``r x c`` the rows are taken ``r`` at a time and the support is chosen in whole ``r x c`` blocks
   (thresholded by block norm).
@@ -50,6 +53,7 @@ MASK_SUFFIX = "_mask"
 METHODS = ("magnitude", "csp")
 PATTERNS = ("unstructured", "block")
 RECOVERIES = ("iht", "omp")
+RIDGE = 1e-3  # CSP's Tikhonov damping: λ = RIDGE * mean(diag G) added to G's diagonal (csp_recover)
 
 
 class PruneError(KnownError, ValueError):
@@ -222,6 +226,20 @@ def kept(total: int, sparsity: float) -> int:
     return total - math.floor(sparsity * total + 0.5)
 
 
+def kept_entries(shape: tuple[int, int], sparsity: float, method: str = "magnitude", block: Sequence[int] = (1, 1)
+                 ) -> int:
+    """The entries a ``shape`` (``m x n``) target keeps when pruned to ``sparsity`` by ``method``, with its own
+    rounding: magnitude rounds once over the matrix's ``r x c`` blocks (:func:`magnitude_mask`), CSP once in every
+    group of ``r`` rows (``kept(n / c, s)`` blocks each, :func:`csp_recover`), so CSP can keep up to half a block
+    a row group more than ``(1 - s) m n``."""
+    check_choice(method, METHODS, "compress.method")
+    r, c = block
+    m, n = shape
+    if method == "csp":
+        return m // r * kept(n // c, sparsity) * r * c
+    return kept(m // r * (n // c), sparsity) * r * c
+
+
 # -- masks ---------------------------------------------------------------------------------------------
 def block_norms(weight: torch.Tensor, block: tuple[int, int]) -> torch.Tensor:
     """``(m / r, n / c)`` L2 norms of the ``r x c`` blocks of ``weight``."""
@@ -361,20 +379,33 @@ def _omp(w: torch.Tensor, gram: torch.Tensor, keep_blocks: int, block: tuple[int
     return z, expand_blocks(keep, block)
 
 
+def damped(gram: torch.Tensor, ridge: float = RIDGE) -> torch.Tensor:
+    """``G + λ I`` with ``λ = ridge * mean(diag G)`` (``n x n``): Tikhonov damping of CSP's fits. As a row's error
+    ``(w - W_i) (G + λ I) (w - W_i)^T = (w - W_i) G (w - W_i)^T + λ |w - W_i|^2``, it pulls the values toward the
+    current weights in the directions the inputs barely excite (as if every input also carried white noise of power
+    ``λ``), so a singular or ill-conditioned ``G_SS`` (rank-deficient inputs) gives bounded values."""
+    lam = ridge * float(gram.diagonal().mean())
+    return gram + lam * torch.eye(gram.shape[0], dtype=gram.dtype, device=gram.device)
+
+
 def csp_recover(weight: torch.Tensor, gram: torch.Tensor, sparsity: float, block: tuple[int, int] = (1, 1),
                 recovery: str = "iht", iterations: int = 10) -> tuple[torch.Tensor, torch.Tensor]:
     """CSP's recovery of one target (module docstring): the new ``weight`` (``m x n``, zero off the support) and
     its ``bool`` mask, each row group keeping ``kept(n / c, sparsity)`` blocks (``r x c``) chosen and valued to
     keep the outputs ``W X`` on inputs with Gram matrix ``gram`` (``n x n``). ``recovery``: ``iht`` (``iterations``
     thresholded steps, then ``iterations`` conjugate-gradient steps on the support) or ``omp`` (``iterations``
-    selection rounds, each with an exact least-squares fit)."""
+    selection rounds, each with an exact least-squares fit), both on the damped ``G + λ I`` (:func:`damped`).
+    All-zero inputs (no positive entry on ``gram``'s diagonal) leave nothing to fit, every value giving the same
+    outputs: each row group keeps its largest-norm blocks with their weights."""
     check_choice(recovery, RECOVERIES, "compress.recovery")
     keep_blocks = kept(weight.shape[1] // block[1], sparsity)
     if keep_blocks == weight.shape[1] // block[1]:
         return weight.detach().clone(), torch.ones_like(weight, dtype=torch.bool)
     if keep_blocks == 0:
         return torch.zeros_like(weight), torch.zeros_like(weight, dtype=torch.bool)
-    w, g = weight.detach().double(), gram.detach().double()
+    if not bool((gram.detach().diagonal() > 0).any()):
+        return _threshold(weight.detach().clone(), keep_blocks, block)
+    w, g = weight.detach().double(), damped(gram.detach().double())
     if recovery == "iht":  # the support from IHT (float32 is enough for it), the values refit on it in float64
         z, mask = _iht(w.float(), g.float(), keep_blocks, block, iterations)
         z = _refit(w, g, z.double(), mask, iterations)

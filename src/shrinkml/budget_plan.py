@@ -10,9 +10,12 @@ parameters in all, the targets must hold at most ``b P - F``, so each method get
 * **factorization** (SVD): the target speed-up ``a_t = C / (b P - F)`` by parameters (the paper's
   proxy counts targets only, so ``a_t`` is a little above ``1 / b``), rounded up to 3 decimals;
 * **sparsity** (magnitude, CSP): every target at sparsity ``s = 1 - (b P - F) / C``, rounded up to 4
-  decimals;
+  decimals, then raised by 0.0001 until the entries every pruning method keeps, with its own rounding, fit
+  ``b P - F`` (:func:`fitting_sparsity`: CSP keeps the same count in every row, rounded per row, which rounding
+  ``s`` up does not cover);
 * **SVD + sparsity**: a scheme at ``a_t ** svd_share`` first, then its factors (and any target it leaves
-  dense) pruned to ``s = 1 - (b P - F) / C_scheme``, ``C_scheme`` the parameters the scheme stores;
+  dense) pruned to ``s = 1 - (b P - F) / C_scheme``, ``C_scheme`` the parameters the scheme stores (made to fit
+  the same way);
 * **a smaller dense student**: the baseline's widths (``student.widths``, e.g. hidden, attention and
   embedding sizes) scaled by one common factor, each rounded down to a multiple of ``student.multiple``,
   the largest factor whose model fits ``b P``; the depth (layers, time reduction) is kept.
@@ -23,7 +26,7 @@ A budget at or below ``F / P`` is reachable by no method and refused with that s
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from copy import deepcopy
 from dataclasses import dataclass
 
@@ -31,6 +34,8 @@ from torch import nn
 
 from common.errors import KnownError
 from compress.cost import compressed_params
+from compress.prune import METHODS as PRUNE_METHODS
+from compress.prune import kept_entries
 from compress.scheme import Scheme
 
 CTC_HEAD = "ctc_head"
@@ -73,6 +78,25 @@ def _ceil(value: float, digits: int) -> float:
     return math.ceil(value * scale - 1e-9) / scale
 
 
+def fitting_sparsity(shapes: Iterable[tuple[int, int]], allowance: int, digits: int = 4) -> float:
+    """The smallest sparsity at ``digits`` decimals, at least ``1 - allowance / (sum m n)`` rounded up, at which
+    the matrices of ``shapes`` (``(m, n)`` each) keep at most ``allowance`` entries in all under every pruning
+    method's own rounding (:func:`compress.prune.kept_entries`); 0 when they fit unpruned."""
+    shapes = list(shapes)
+    step = 10.0**-digits
+
+    def most_kept(sparsity: float) -> int:
+        return max(sum(kept_entries(shape, sparsity, method) for shape in shapes) for method in PRUNE_METHODS)
+
+    sparsity = max(0.0, _ceil(1.0 - allowance / sum(m * n for m, n in shapes), digits))
+    while most_kept(sparsity) > allowance:
+        sparsity = round(sparsity + step, digits)
+        if sparsity >= 1.0:
+            raise BudgetError(f"budgets: no sparsity below 1 keeps {allowance:,} entries or fewer of the targets "
+                              f"{shapes}; raise the budget")
+    return sparsity
+
+
 @dataclass(frozen=True)
 class BaselineSize:
     """The baseline's decoded parameters ``total`` (P), its target weights ``targets`` (C, ``shapes``: target
@@ -112,15 +136,26 @@ class BaselineSize:
         return _ceil(self.targets / self.target_allowance(fraction), 3)
 
     def sparsity(self, fraction: float) -> float:
-        """``s = 1 - (b P - F) / C``, rounded up to 4 decimals (0 when the budget needs none)."""
-        return max(0.0, _ceil(1.0 - self.target_allowance(fraction) / self.targets, 4))
+        """``s = 1 - (b P - F) / C``, rounded up to 4 decimals and raised until every pruning method's kept
+        entries fit (:func:`fitting_sparsity`; 0 when the budget needs none)."""
+        return fitting_sparsity(self.shapes.values(), self.target_allowance(fraction))
 
     def scheme_sparsity(self, fraction: float, scheme: Scheme) -> float:
         """The sparsity of a low-rank model of ``scheme`` (its factors and dense targets pruned alike) that
-        meets the budget: ``1 - (b P - F) / C_scheme``, rounded up to 4 decimals."""
-        stored = sum(compressed_params(tuple(shape), scheme.ranks.get(name, "full"))
-                     for name, shape in self.shapes.items())
-        return max(0.0, _ceil(1.0 - self.target_allowance(fraction) / stored, 4))
+        meets the budget: ``1 - (b P - F) / C_scheme``, rounded up to 4 decimals and raised until the kept
+        entries fit (:func:`fitting_sparsity`)."""
+        return fitting_sparsity(stored_matrices(self.shapes, scheme), self.target_allowance(fraction))
+
+
+def stored_matrices(shapes: Mapping[str, tuple[int, int]], scheme: Scheme) -> list[tuple[int, int]]:
+    """The shapes of the matrices a low-rank model of ``scheme`` stores for targets of ``shapes``: ``(m, k)`` and
+    ``(k, n)`` for a target at rank ``k`` (the factors ``U`` and ``V``), ``(m, n)`` for a dense one."""
+    stored = []
+    for name, (m, n) in shapes.items():
+        rank = scheme.ranks.get(name, "full")
+        dense = compressed_params((m, n), rank) == m * n
+        stored += [(m, n)] if dense else [(m, int(rank)), (int(rank), n)]
+    return stored
 
 
 def baseline_size(model: nn.Module, targets: Sequence) -> BaselineSize:

@@ -38,8 +38,10 @@ dense target times; ``meta.real_time_factor`` records :func:`asr.latency.real_ti
 which carry the machine's load) beside it. A target no rank pays for (MoChA's ``chunk_v``, ``1 x 256``) is never
 factorized: its time stays in ``fixed`` (dense 0, no points).
 
-A table is cached under ``dir`` by its key (:func:`machine_key`): CPU model, thread count, torch version, kernel
-backend and the checkpoint's SHA-256; :func:`ensure_table` reuses the table of this key and never another's.
+A table is cached under ``dir`` by its key (:func:`machine_key`): CPU model, instruction sets (torch's CPU
+capability and the CPU's avx/fma/amx flags, :func:`isa_flags`), torch version, kernel backend, the checkpoint's
+SHA-256 and the measurement settings (:data:`compress.latency_cost.MEASUREMENT_FIELDS`); :func:`ensure_table`
+reuses the table of this key and never another's (a table of an older, shorter key is measured again).
 """
 
 from __future__ import annotations
@@ -60,7 +62,7 @@ from torch import nn
 from asr.latency import alternate, real_time_factor, single_utterances
 from asr.model import lowrank_lstm
 from compress.cost import FULL, CostModelError, check_by
-from compress.latency_cost import LatencyTable, TargetLatency, isotonic, table_path
+from compress.latency_cost import MEASUREMENT_FIELDS, LatencyTable, TargetLatency, isotonic, table_path
 from compress.scheme import Scheme, apply_scheme, file_fingerprint
 from compress.svd import SvdCache
 from compress.targets import Target, profile_uses
@@ -116,10 +118,40 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine() or "unknown"
 
 
-def machine_key(ckpt: str | Path, threads: int, sha256: str | None = None) -> dict:
-    """The cache key of a table: CPU model, torch thread count and version, kernel backend, checkpoint SHA-256."""
-    return {"cpu": cpu_model(), "threads": int(threads), "torch": torch.__version__,
-            "backend": lowrank_lstm.backend(), "checkpoint_sha256": sha256 or file_fingerprint(ckpt)}
+ISA_PREFIXES = ("avx", "fma", "f16c", "amx", "sse4")  # the /proc/cpuinfo flags the CPU kernels dispatch on
+
+
+def isa_flags(cpuinfo: str | None = None) -> list[str]:
+    """The instruction-set flags of the CPU that oneDNN, MKL and ATen's vectorized kernels dispatch on (avx,
+    avx2, avx512*, avx_vnni, fma, f16c, amx*, sse4*), sorted, from the first ``flags`` line of ``cpuinfo``
+    (default: ``/proc/cpuinfo``); empty where it cannot be read. "AMD EPYC" names a Zen 3 with AVX2 and a later
+    generation with AVX-512: only these flags tell them apart."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return []
+    for line in cpuinfo.splitlines():
+        name, _, value = line.partition(":")
+        if name.strip().lower() == "flags":
+            return sorted({flag for flag in value.split() if flag.startswith(ISA_PREFIXES)})
+    return []
+
+
+def cpu_capability() -> str:
+    """The vector instruction set torch's CPU kernels run with (``torch.backends.cpu.get_cpu_capability()``:
+    ``DEFAULT``, ``AVX2``, ``AVX512``, ...; ``ATEN_CPU_CAPABILITY`` lowers it)."""
+    return str(torch.backends.cpu.get_cpu_capability())
+
+
+def machine_key(ckpt: str | Path, settings: LatencySettings, sha256: str | None = None) -> dict:
+    """The cache key of a table (:data:`compress.latency_cost.KEY_FIELDS`): CPU model, torch's CPU capability and
+    the CPU's instruction-set flags, torch version, kernel backend, checkpoint SHA-256, and the measurement
+    ``settings`` (thread count, clock, statistic, repeats, grid, utterances, step calls and repeats)."""
+    return {"cpu": cpu_model(), "cpu_capability": cpu_capability(), "cpu_flags": isa_flags(),
+            "torch": torch.__version__, "backend": lowrank_lstm.backend(),
+            "checkpoint_sha256": sha256 or file_fingerprint(ckpt),
+            **{name: getattr(settings, name) for name in MEASUREMENT_FIELDS}}
 
 
 def largest_paying_rank(shape: tuple[int, int]) -> int:
@@ -465,8 +497,9 @@ def build_table(model: nn.Module, targets: Sequence[Target], utterances: Sequenc
 
 def existing_table(settings: LatencySettings, ckpt: str | Path, sha256: str | None = None
                    ) -> tuple[LatencyTable | None, Path]:
-    """The cached table of this machine, thread count, torch, backend and checkpoint (or None) and its path."""
-    key = machine_key(ckpt, settings.threads, sha256)
+    """The cached table of this machine, measurement setting, torch, backend and checkpoint (or None) and its
+    path."""
+    key = machine_key(ckpt, settings, sha256)
     return LatencyTable.find(settings.dir, key), table_path(settings.dir, key)
 
 
@@ -485,7 +518,7 @@ def ensure_table(model: nn.Module, targets: Sequence[Target], batches: Sequence[
         return table, path
     utterances = single_utterances(batches, settings.utterances)
     log.info("measuring the latency table (%d utterances, %d threads) ...", len(utterances), settings.threads)
-    table = build_table(model, targets, utterances, frame_shift_ms, machine_key(ckpt, settings.threads, sha256),
+    table = build_table(model, targets, utterances, frame_shift_ms, machine_key(ckpt, settings, sha256),
                         settings, cache, extra_ranks)
     table.meta["checkpoint"] = str(Path(ckpt).resolve())
     table.save(path)

@@ -16,26 +16,47 @@ The sources are in ``csrc/`` (installed with the package):
 They register the operators under ``torch.ops.shrinkml_lowrank`` (CPU float32). The hot loops are
 compiled for AVX-512, AVX2 and plain x86-64 and chosen at load time on x86-64 with GCC. Building takes
 about a minute (a C++ compiler and ninja are needed), then the library is cached in torch's extensions
-directory, which ``TORCH_EXTENSIONS_DIR`` overrides; a changed source is rebuilt on the next load.
+directory, which ``TORCH_EXTENSIONS_DIR`` overrides, under a name keyed by its sources (:func:`build_name`: a
+hash of the ``csrc/`` contents, the compile flags and torch's version): two checkouts with different sources
+on one machine build into folders of their own instead of rebuilding each other's on every switch, and two
+with the same sources share one build.
 Callers decide what to do when it cannot be built (:func:`asr.model.lowrank_lstm.backend` falls back
 to PyTorch operations).
 """
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 import threading
 from pathlib import Path
 
 import torch
 
-NAME = "shrinkml_kernels"  # build directory name under torch's extensions directory
+NAME = "shrinkml_kernels"  # the library's name; its build directory is NAME_<source hash> (build_name)
 CSRC = Path(__file__).with_name("csrc")
 SOURCES = ("lstm_math.cpp", "factorized_lstm.cpp", "decode_step.cpp", "sparse_kernels.cpp")
 CFLAGS = ("-O3", "-fno-trapping-math")
 NAMESPACE = "shrinkml_lowrank"  # torch.ops.<NAMESPACE>.<operator>
 OPERATORS = ("pack", "forward_packed", "pack_dense", "dense_forward", "decode_step", "take_attention_nanoseconds",
              "sparse_pack", "sparse_linear", "sparse_lstm_forward")
+
+def source_hash(csrc: Path | None = None, cflags: tuple[str, ...] = CFLAGS) -> str:
+    """12 hex digits of the SHA-256 of what the build depends on: every ``*.cpp``/``*.h`` of ``csrc`` (default:
+    :data:`CSRC`) by name and content, the compile flags ``cflags`` and torch's version."""
+    csrc = CSRC if csrc is None else Path(csrc)
+    digest = hashlib.sha256()
+    for path in sorted([*csrc.glob("*.cpp"), *csrc.glob("*.h")]):
+        digest.update(f"{path.name}\0{len(path.read_bytes())}\0".encode())
+        digest.update(path.read_bytes())
+    digest.update("\0".join(["cflags", *cflags, "torch", torch.__version__]).encode())
+    return digest.hexdigest()[:12]
+
+
+def build_name(csrc: Path | None = None, cflags: tuple[str, ...] = CFLAGS) -> str:
+    """The extension's name and build folder under torch's extensions directory: ``NAME_<source_hash>``."""
+    return f"{NAME}_{source_hash(csrc, cflags)}"
+
 
 _lock = threading.Lock()
 _loaded = False
@@ -62,7 +83,7 @@ def load() -> None:
         if shutil.which(compiler.split()[0] if compiler.strip() else "c++") is None:
             raise RuntimeError(f"no C++ compiler {compiler!r} on PATH (set CXX, or install one: apt-get install g++)")
 
-        load_extension(NAME, [str(CSRC / name) for name in SOURCES], extra_cflags=list(CFLAGS),
+        load_extension(build_name(CSRC, CFLAGS), [str(CSRC / name) for name in SOURCES], extra_cflags=list(CFLAGS),
                        is_python_module=False)
         library = getattr(torch.ops, NAMESPACE)
         absent = [op for op in OPERATORS if not hasattr(library, op)]
