@@ -313,6 +313,21 @@ def test_offline_runs_through_the_script(offline_dir, tmp_path):
     assert missing.returncode == 2 and "nowhere" in missing.stderr
 
 
+def test_an_empty_runs_directory_is_refused_and_an_earlier_comparison_kept(tmp_path):
+    (tmp_path / "runs").mkdir()
+    out = tmp_path / "compare"
+    out.mkdir()
+    for name in ("comparison.md", "comparison.csv"):
+        (out / name).write_text("earlier")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline"}
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "compare_runs.py"), f"runs_dir={tmp_path / 'runs'}",
+                           f"output_dir={out}"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines()[-1].startswith(
+        f"compare_runs: no runs found under {tmp_path / 'runs'}; run a stage first")
+    assert [(out / name).read_text() for name in ("comparison.md", "comparison.csv")] == ["earlier", "earlier"]
+
+
 def test_timed_records_a_stage_and_keeps_its_exit_status(tmp_path):
     env = {**os.environ, "STAGE_TIMES": str(tmp_path / "times.json")}
     for stage, code in (("search aggressive", 0), ("retrain automl", 3)):
