@@ -31,7 +31,8 @@ from shrinkml.budget_plan import (
     parse_budget,
     student_sizes,
 )
-from shrinkml.budget_report import SelectionError, check_selection, decoded_size, pareto_front, verdict
+from shrinkml.budget_report import decoded_size, pareto_front, verdict
+from shrinkml.results import RunResult, SelectionError, check_selection, read_config
 
 ROOT = Path(__file__).resolve().parents[1]
 WIDTHS = ["encoder.hidden_size", "decoder.embedding_size", "decoder.hidden_size", "decoder.attention_size",
@@ -238,18 +239,23 @@ def write_run_config(run_dir: Path, monitor: str) -> None:
                                                                                   {"monitor": monitor}}}))
 
 
+def saved_run(run_dir: Path) -> RunResult:
+    return RunResult(run_dir.name, config=read_config(run_dir), source=str(run_dir))
+
+
 def test_a_row_chosen_on_test_is_not_reported(tmp_path):
     write_run_config(tmp_path / "dev", "wer/dev")
-    assert check_selection(tmp_path / "dev", ["dev"]).callbacks.model_checkpoint.monitor == "wer/dev"
+    assert check_selection(saved_run(tmp_path / "dev"), ["dev"])["callbacks"]["model_checkpoint"]["monitor"] == \
+        "wer/dev"
     write_run_config(tmp_path / "test", "wer/test")
     with pytest.raises(SelectionError, match="chose its checkpoint on 'wer/test'"):
-        check_selection(tmp_path / "test", ["dev"])
+        check_selection(saved_run(tmp_path / "test"), ["dev"])
     report = tmp_path / "report.json"
     report.write_text(json.dumps({"summary": {"selected_on": "test"}}))
     with pytest.raises(SelectionError, match="chose its scheme on 'test'"):
-        check_selection(tmp_path / "dev", ["dev"], report)
+        check_selection(saved_run(tmp_path / "dev"), ["dev"], report)
     with pytest.raises(SelectionError, match="is missing"):
-        check_selection(tmp_path / "none", ["dev"])
+        check_selection(saved_run(tmp_path / "none"), ["dev"])
 
 
 def test_decoded_size_and_pareto_front():

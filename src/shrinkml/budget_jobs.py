@@ -36,6 +36,7 @@ from pathlib import Path
 
 from common.atomic import write_json_atomic
 from shrinkml.budget_plan import BudgetError
+from shrinkml.results import ResultsError, read_run
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +108,7 @@ def run_jobs(jobs: Sequence[Job], state_path: Path,
             continue
         try:
             argv = [python, job.script, *job.arguments()]
-        except (BudgetError, FileNotFoundError, ValueError) as err:
+        except (BudgetError, ResultsError, FileNotFoundError, ValueError) as err:
             record.update(status="failed", message=str(err))
             log.error("%s: %s", job.name, err)
             write_json_atomic(state_path, state)
@@ -139,10 +140,6 @@ def count_interrupted(record: dict, log_path: Path) -> None:
     ended = log_path.stat().st_mtime if log_path.is_file() else started
     record["seconds"] = round(record.get("seconds", 0.0) + max(0.0, ended - started), 1)
     record["interrupted"] = record.get("interrupted", 0) + 1
-
-
-def read_json(path: Path) -> dict:
-    return json.loads(Path(path).read_text())
 
 
 def extra_overrides(settings: Mapping, kind: str, method: str | None = None) -> list[str]:
@@ -243,7 +240,7 @@ def quantize_job(trained: Job, settings: Mapping) -> Job:
     name = trained.name.replace("/", "_")
 
     def arguments() -> list[str]:
-        best = read_json(run_dir / "summary.json")["best_checkpoint"]
+        best = read_run(run_dir).checkpoint
         return [*extra_overrides(settings, "quantize"), f"ckpt={best}", f"baseline={settings['baseline']}",
                 f"name=budget_{name}", f"output_dir={run_dir / 'int8'}", f"logger.wandb.group={settings['group']}"]
 
