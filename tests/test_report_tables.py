@@ -20,6 +20,7 @@ from shrinkml.budget_report import markdown_table, verdict
 from shrinkml.compare import compare, csv_text, markdown, offline_runs
 from shrinkml.prune_report import collect_runs
 from shrinkml.prune_report import markdown as prune_markdown
+from shrinkml.results import RunResult
 
 GOLDEN = Path(__file__).parent / "data" / "report_tables"
 DEV, TEST = "dev", "test"
@@ -129,13 +130,13 @@ def wandb_run(root: Path, name: str, stage: str | None, summary: dict, mtime: fl
     return run_dir
 
 
-def read_fake_run(run_dir: Path) -> dict:
+def read_fake_run(run_dir: Path) -> RunResult:
     summary = json.loads((run_dir / "summary.json").read_text())
     if summary.get("damaged"):
         raise ValueError("wandb leet inspect exited 1: damaged")
-    return {"name": run_dir.name.removeprefix("run-"), "state": summary.pop("state", "finished"),
-            "config": yaml.safe_load((run_dir / "config.yaml").read_text()) or {}, "summary": summary,
-            "source": str(run_dir)}
+    return RunResult(name=run_dir.name.removeprefix("run-"), state=summary.pop("state", "finished"),
+                     config=yaml.safe_load((run_dir / "config.yaml").read_text()) or {}, summary=summary,
+                     source=str(run_dir))
 
 
 def test_the_comparison_tables_are_unchanged(tmp_path):
