@@ -187,6 +187,21 @@ def test_every_method_becomes_the_project_command_with_the_budget_s_setting(tmp_
     assert jobs["x3.7/svd_automl"].arguments()[-1] == f"ckpt_path={tmp_path / 'svd_automl/checkpoints/last.ckpt'}"
 
 
+def test_one_table_names_every_method_its_label_sparsity_and_shared_job():
+    from hydra import compose, initialize_config_dir
+
+    from shrinkml.budget_jobs import METHODS as TABLE
+    from shrinkml.budget_report import LABELS, SPARSE_METHODS
+
+    assert tuple(TABLE) == METHODS and SPARSE_METHODS == ("magnitude", "csp", "svd_sparse")
+    assert set(LABELS) == {"dense_control", *METHODS} and LABELS["csp"] == "CSP sparsity"
+    assert {name for name, method in TABLE.items() if method.needs == "search"} == {"svd_automl", "svd_kd"}
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        assert set(compose("budget").methods) <= set(TABLE)
+    only = {job.name for job in budget_jobs(TARGET, ["svd_kd"], Path("out"), {**SETTINGS, "quantize": False}, None)}
+    assert only == {"x3.7/search", "x3.7/svd_kd"}  # a method brings the shared job it needs, nothing else
+
+
 def test_jobs_run_once_resume_and_a_failure_skips_only_what_needs_it(tmp_path):
     launched = []
 

@@ -150,7 +150,7 @@ def run_budget(cfg: DictConfig) -> dict:
     state_path = out / "state.json"
     guard_baseline(state_path, cfg.baseline)
     settings = {"baseline": cfg.baseline, "group": cfg.group, "search_overrides": list(cfg.search_overrides),
-                "student_epochs": student_epochs(cfg) if {"student", "student_kd"} & set(methods) else None,
+                "student_epochs": student_epochs(cfg) if any(METHODS[m].student for m in methods) else None,
                 "distill": dict(cfg.student.distill), "quantize": cfg.quantize,
                 "extra": OmegaConf.to_container(cfg.job_overrides, resolve=True)}
     for budget in budgets:
@@ -188,7 +188,7 @@ def collect(cfg: DictConfig, size: BaselineSize, budget: BudgetTargets, methods,
     runs = [("dense_control", control_dir, None, ("dense_control",))]
     search_report = out / "search" / "report.json"
     for method in methods:
-        search = search_report if method in ("svd_automl", "svd_kd") else None
+        search = search_report if METHODS[method].needs == "search" else None
         name = f"{budget.label}/{method}"
         runs.append((method, out / method, search, (name, *needs.get(name, ()))))
     rows, not_reported, checkpoints = [], {}, {}

@@ -22,14 +22,12 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from common.atomic import write_json_atomic, write_text_atomic
+from shrinkml.budget_jobs import DENSE_CONTROL_LABEL, METHODS
 from shrinkml.budget_plan import CTC_HEAD
 from shrinkml.results import relative_change
 
-LABELS = {"dense_control": "dense control", "svd_automl": "SVD, AutoML", "svd_guided": "SVD, guided manual",
-          "magnitude": "magnitude sparsity", "csp": "CSP sparsity", "student_kd": "student + distillation",
-          "student": "student, no teacher", "svd_kd": "SVD AutoML + distillation",
-          "svd_sparse": "SVD guided + sparsity"}
-SPARSE_METHODS = ("magnitude", "csp", "svd_sparse")
+LABELS = {"dense_control": DENSE_CONTROL_LABEL, **{name: method.label for name, method in METHODS.items()}}
+SPARSE_METHODS = tuple(name for name, method in METHODS.items() if method.sparse)
 
 
 def decoded_size(inspected: Mapping) -> dict:
