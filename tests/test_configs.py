@@ -125,3 +125,26 @@ def test_one_default_searcher_named_once_run_by_search_py_make_search_retraining
     retrain = compose_in(CONF, "train", ["+experiment=retrain"])
     assert OmegaConf.is_missing(retrain.compress, "scheme")  # given by make retrain (or the budget), never a default
     assert not any(o.startswith("search=") for o in compose_in(CONF, "budget").search_overrides)
+
+
+def test_targets_measured_speedup_settings_and_the_finetuning_recipe_each_live_in_one_group():
+    """conf/targets, conf/latency/speedup.yaml and conf/finetune hold them; the roots and experiments that use
+    them compose them, and none repeats a value."""
+    targets = OmegaConf.to_container(OmegaConf.load(CONF / "targets" / "default.yaml"))
+    for root in ("budget", "condense", "manual", "search", "sensitivity"):
+        assert OmegaConf.to_container(compose_in(CONF, root).targets) == targets, root
+    speedup = OmegaConf.to_container(OmegaConf.load(CONF / "latency" / "speedup.yaml"))
+    for root, key in (("budget", "latency"), ("prune_report", "latency"), ("quantize", "latency"),
+                      ("train", "measure_speedup")):
+        composed = OmegaConf.to_container(OmegaConf.select(compose_in(CONF, root), key))
+        assert {k: composed[k] for k in speedup} == speedup, root
+    recipe = OmegaConf.load(CONF / "finetune" / "default.yaml")
+    for experiment in ("retrain", "retrain_dense", "retrain_kd", "prune"):
+        cfg = compose_in(CONF, "train", [f"+experiment={experiment}"])
+        for key in ("trainer.max_epochs", "trainer.gradient_clip_val", "module.optimizer.lr",
+                    "module.scheduler.half_life_steps", "data.spec_augment"):
+            assert OmegaConf.select(cfg, key) == OmegaConf.select(recipe, key), (experiment, key)
+    assert compose_in(CONF, "budget").finetune.trainer.max_epochs == recipe.trainer.max_epochs
+    for path in [*CONF.glob("*.yaml"), *(CONF / "experiment").glob("*.yaml")]:
+        text = path.read_text()
+        assert "exclude:" not in text and "repeats:" not in text and "half_life_steps:" not in text, path
