@@ -36,6 +36,7 @@ from shrinkml.budget_plan import (
 )
 from shrinkml.budget_report import LABELS, SPARSE_METHODS, decoded_size, write_report
 from shrinkml.results import (
+    CONFIG,
     ResultsError,
     SelectionError,
     UnfinishedRun,
@@ -93,7 +94,7 @@ def student_epochs(cfg: DictConfig) -> int:
     run_dir = Path(cfg.baseline).resolve().parent.parent
     baseline = read_config(run_dir)
     if baseline is None:
-        raise BudgetError(f"student.epochs=null needs the baseline run's {run_dir / '.hydra' / 'config.yaml'} to "
+        raise BudgetError(f"student.epochs=null needs the baseline run's {run_dir / CONFIG} to "
                           "read its epochs; set student.epochs (the baseline's epochs plus the retraining budget's)")
     epochs = OmegaConf.select(OmegaConf.create(baseline), "trainer.max_epochs")
     if epochs is None:

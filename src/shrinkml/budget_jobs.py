@@ -37,7 +37,7 @@ from pathlib import Path
 
 from common.atomic import write_json_atomic
 from shrinkml.budget_plan import BudgetError
-from shrinkml.results import ResultsError, read_run
+from shrinkml.results import SUMMARY, ResultsError, read_run
 
 log = logging.getLogger(__name__)
 
@@ -293,7 +293,7 @@ def train_job(context: MethodJob, method: Method) -> Job:
                 f"hydra.run.dir={run_dir}", f"logger.wandb.group={settings['group']}"]
 
     needs = (f"{label}/{method.needs}",) if method.needs else ()
-    return Job(f"{label}/{method.name}", "train.py", arguments, run_dir / "summary.json", needs, run_dir)
+    return Job(f"{label}/{method.name}", "train.py", arguments, run_dir / SUMMARY, needs, run_dir)
 
 
 def quantize_job(trained: Job, settings: Mapping) -> Job:
@@ -316,6 +316,6 @@ def dense_control_job(run_dir: Path, settings: Mapping) -> list[Job]:
               [*extra_overrides(settings, "train", "dense_control"), "+experiment=retrain_dense",
                f"init_from={settings['baseline']}", f"hydra.run.dir={run_dir}", "task_name=retrain_dense",
                f"logger.wandb.group={settings['group']}"],
-              run_dir / "summary.json", (), run_dir)
+              run_dir / SUMMARY, (), run_dir)
     return [job, quantize_job(job, settings)] if settings.get("quantize") else [job]
 
