@@ -72,7 +72,9 @@ SEARCH ?= $(shell sed -n 's/^  - search: *\([A-Za-z0-9_]*\).*/\1/p' conf/search.
 search: runs/search/$(SEARCH)/report.json runs/search/random_feasible/report.json
 runs/search/%/report.json: $(SENSITIVITY) $(CONDENSED)
 	$(TIMED) "search $*" -- $(PY) search.py search=$* on_stale=restart
-SEARCH_CONSERVATIVE ?= conservative_tpe   # Optuna TPE at a_t 1.2 (RESULTS.md); conservative = the paper's RL
+# Optuna TPE at a_t 1.2 (RESULTS.md); SEARCH_CONSERVATIVE=conservative runs the paper's RL (no comment after the
+# value: make would keep the spaces before it in the name)
+SEARCH_CONSERVATIVE ?= conservative_tpe
 search-conservative: runs/search/$(SEARCH_CONSERVATIVE)/report.json
 
 ## retrain: fine-tune the search's scheme (SEARCH, as make search) and the guided manual 3.7x scheme, and train

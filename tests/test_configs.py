@@ -119,6 +119,7 @@ def test_one_default_searcher_named_once_run_by_search_py_make_search_retraining
 
     assert f"search.py search={default} on_stale=restart" in dry_run("search")
     assert "search.py search=aggressive on_stale=restart" in dry_run("search", "SEARCH=aggressive")
+    assert "search.py search=conservative_tpe on_stale=restart" in dry_run("search-conservative")
     assert f"compress.scheme=runs/search/{default}/best_scheme.json" in dry_run("retrain")
     for path in [CONF.parent / "Makefile", *CONF.glob("*.yaml"), *(CONF / "experiment").glob("*.yaml")]:
         assert path.name == "search.yaml" or default not in path.read_text(), path
