@@ -63,20 +63,23 @@ condense: $(CONDENSED)
 $(CONDENSED): $(BASELINE)/summary.json
 	$(TIMED) condense -- $(PY) scripts/condense.py
 
-## search: the searcher with the best mean at equal numbers of decodes at a_t = 3.7 (Optuna TPE, 3 seeds,
-## RESULTS.md; SEARCH=aggressive runs the paper's RL instead) and the random search over feasible schemes as its
-## control, same budget; an interrupted search resumes where it stopped when run again (state of an older
-## baseline is kept aside)
-SEARCH ?= optuna_tpe
+## search: search.py's default searcher (conf/search.yaml, the one place that names it: the best mean at equal
+## numbers of decodes at a_t = 3.7, RESULTS.md; SEARCH=aggressive runs the paper's RL instead) and the random
+## search over feasible schemes as its control, same budget; an interrupted search resumes where it stopped when
+## run again (state of an older baseline is kept aside)
+# the searcher of conf/search.yaml's defaults list (`- search: NAME`), named nowhere else
+SEARCH ?= $(shell sed -n 's/^  - search: *\([A-Za-z0-9_]*\).*/\1/p' conf/search.yaml)
 search: runs/search/$(SEARCH)/report.json runs/search/random_feasible/report.json
 runs/search/%/report.json: $(SENSITIVITY) $(CONDENSED)
 	$(TIMED) "search $*" -- $(PY) search.py search=$* on_stale=restart
-SEARCH_CONSERVATIVE ?= conservative_tpe   # Optuna TPE at a_t 1.2 (RESULTS.md); conservative = the paper's RL
+# Optuna TPE at a_t 1.2 (RESULTS.md); SEARCH_CONSERVATIVE=conservative runs the paper's RL (no comment after the
+# value: make would keep the spaces before it in the name)
+SEARCH_CONSERVATIVE ?= conservative_tpe
 search-conservative: runs/search/$(SEARCH_CONSERVATIVE)/report.json
 
-## retrain: fine-tune the search's scheme (SEARCH) and the guided manual 3.7x scheme, and train the dense
-## baseline on for the same budget (the dense control); a missing or stale scheme stops with the stage to run;
-## an interrupted run resumes
+## retrain: fine-tune the search's scheme (SEARCH, as make search) and the guided manual 3.7x scheme, and train
+## the dense baseline on for the same budget (the dense control, conf/finetune); a missing or stale scheme stops
+## with the stage to run; an interrupted run resumes
 retrain: runs/retrain_automl/summary.json runs/retrain_guided/summary.json runs/retrain_dense/summary.json
 runs/retrain_automl/summary.json: runs/search/$(SEARCH)/report.json
 	$(TIMED) "retrain automl" -- $(PY) train.py +experiment=retrain compress.scheme=runs/search/$(SEARCH)/best_scheme.json \

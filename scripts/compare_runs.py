@@ -25,19 +25,29 @@ from common.errors import KnownError
 from shrinkml.compare import compare, markdown, offline_runs, read_online_runs, read_stage_times, write_outputs
 
 
-@cli_main("compare_runs", config_path="../conf", config_name="compare")
-def main(cfg: DictConfig) -> None:
+def read_runs(cfg: DictConfig) -> list[dict]:
+    """The runs of ``cfg.source`` (online: the W&B project; offline: the run directories under ``runs_dir``);
+    none at all is refused, so that an earlier comparison is not overwritten by empty tables."""
     source = cfg.source if cfg.source != "auto" else ("online" if wandb_mode() == "online" else "offline")
     if source == "online":
         runs = read_online_runs(cfg.project, cfg.entity)
+        where = f"in the W&B project {cfg.entity + '/' if cfg.entity else ''}{cfg.project}"
     elif source == "offline":
         if not Path(cfg.runs_dir).is_dir():
             raise KnownError(f"runs_dir {cfg.runs_dir} is not a directory; point runs_dir= at the runs "
                              "(the W&B offline run directories are found below it)")
         runs = list(offline_runs(cfg.runs_dir))
+        where = f"under {cfg.runs_dir}"
     else:
         raise KnownError(f"source={cfg.source!r}; choose auto, online or offline")
-    comparison = compare(runs)
+    if not runs:
+        raise KnownError(f"no runs found {where}; run a stage first (nothing written to {cfg.output_dir})")
+    return runs
+
+
+@cli_main("compare_runs", config_path="../conf", config_name="compare")
+def main(cfg: DictConfig) -> None:
+    comparison = compare(read_runs(cfg))
     comparison.stage_times = read_stage_times(cfg.stage_times)
     written = write_outputs(comparison, cfg.output_dir, cfg.split)
     print(markdown(comparison, cfg.split))

@@ -94,8 +94,9 @@ def compose_search(overrides: list[str]) -> DictConfig:
 
 def search_overrides(base: Path, corpus: Path, checkpoint: Path, *extra: str, options: int = 4) -> list[str]:
     """Overrides that run search.py's config from ``checkpoint`` on the runs' copy of the tiny corpus, quietly: a
-    uniform space of ``options`` ranks per target, a_t = 1.5, a random 6-utterance proxy, no sensitivity table."""
-    return [f"ckpt={checkpoint}", f"data.root={corpus}", f"data.cache_dir={base / 'features'}",
+    uniform space of ``options`` ranks per target, a_t = 1.5, a random 6-utterance proxy, no sensitivity table;
+    the paper's RL (search=aggressive) unless a later override names another searcher."""
+    return ["search=aggressive", f"ckpt={checkpoint}", f"data.root={corpus}", f"data.cache_dir={base / 'features'}",
             f"data.tokenizer.vocab_size={VOCAB}", f"data.tokenizer.dir={base / 'tokenizer'}", "data.feature_jobs=1",
             "data.progress=false", "logger=csv", "trainer.enable_progress_bar=false", "proxy=random", "proxy_size=6",
             "search.space.kind=uniform", f"search.space.options={options}", "search.target_speedup=1.5",

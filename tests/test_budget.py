@@ -33,7 +33,8 @@ from shrinkml.budget_plan import (
     stored_matrices,
     student_sizes,
 )
-from shrinkml.budget_report import SelectionError, check_selection, decoded_size, pareto_front, verdict
+from shrinkml.budget_report import decoded_size, pareto_front, verdict
+from shrinkml.results import RunResult, SelectionError, check_selection, read_config
 
 ROOT = Path(__file__).resolve().parents[1]
 WIDTHS = ["encoder.hidden_size", "decoder.embedding_size", "decoder.hidden_size", "decoder.attention_size",
@@ -236,6 +237,21 @@ def test_every_method_becomes_the_project_command_with_the_budget_s_setting(tmp_
     assert jobs["x3.7/svd_automl"].arguments()[-1] == f"ckpt_path={tmp_path / 'svd_automl/checkpoints/last.ckpt'}"
 
 
+def test_one_table_names_every_method_its_label_sparsity_and_shared_job():
+    from hydra import compose, initialize_config_dir
+
+    from shrinkml.budget_jobs import METHODS as TABLE
+    from shrinkml.budget_report import LABELS, SPARSE_METHODS
+
+    assert tuple(TABLE) == METHODS and SPARSE_METHODS == ("magnitude", "csp", "svd_sparse")
+    assert set(LABELS) == {"dense_control", *METHODS} and LABELS["csp"] == "CSP sparsity"
+    assert {name for name, method in TABLE.items() if method.needs == "search"} == {"svd_automl", "svd_kd"}
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        assert set(compose("budget").methods) <= set(TABLE)
+    only = {job.name for job in budget_jobs(TARGET, ["svd_kd"], Path("out"), {**SETTINGS, "quantize": False}, None)}
+    assert only == {"x3.7/search", "x3.7/svd_kd"}  # a method brings the shared job it needs, nothing else
+
+
 def test_jobs_run_once_resume_and_a_failure_skips_only_what_needs_it(tmp_path):
     launched = []
 
@@ -288,18 +304,23 @@ def write_run_config(run_dir: Path, monitor: str) -> None:
                                                                                   {"monitor": monitor}}}))
 
 
+def saved_run(run_dir: Path) -> RunResult:
+    return RunResult(run_dir.name, config=read_config(run_dir), source=str(run_dir))
+
+
 def test_a_row_chosen_on_test_is_not_reported(tmp_path):
     write_run_config(tmp_path / "dev", "wer/dev")
-    assert check_selection(tmp_path / "dev", ["dev"]).callbacks.model_checkpoint.monitor == "wer/dev"
+    assert check_selection(saved_run(tmp_path / "dev"), ["dev"])["callbacks"]["model_checkpoint"]["monitor"] == \
+        "wer/dev"
     write_run_config(tmp_path / "test", "wer/test")
     with pytest.raises(SelectionError, match="chose its checkpoint on 'wer/test'"):
-        check_selection(tmp_path / "test", ["dev"])
+        check_selection(saved_run(tmp_path / "test"), ["dev"])
     report = tmp_path / "report.json"
     report.write_text(json.dumps({"summary": {"selected_on": "test"}}))
     with pytest.raises(SelectionError, match="chose its scheme on 'test'"):
-        check_selection(tmp_path / "dev", ["dev"], report)
+        check_selection(saved_run(tmp_path / "dev"), ["dev"], report)
     with pytest.raises(SelectionError, match="is missing"):
-        check_selection(tmp_path / "none", ["dev"])
+        check_selection(saved_run(tmp_path / "none"), ["dev"])
 
 
 def test_decoded_size_and_pareto_front():

@@ -25,14 +25,14 @@ from shrinkml.compare import (
     retraining_figure,
     write_outputs,
 )
+from shrinkml.results import RunResult
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def run(name, stage, summary, source=None, order=0.0, output_dir=None, state="finished"):
     config = {"stage": stage, "output_dir": output_dir or f"runs/{name}"} if stage else {}
-    return {"name": name, "state": state, "config": config, "summary": summary, "source": source or name,
-            "order": order}
+    return RunResult(name=name, state=state, config=config, summary=summary, source=source or name, order=order)
 
 
 BASELINE = {"params": 3000, "size_mb": 12.0, "wer/dev": 30.0, "wer/test": 28.0}
@@ -49,7 +49,7 @@ def test_rows_skips_and_supersedes():
         run("retrain_automl", "retrain", RETRAIN),
         run("sensitivity", "sensitivity", {"wer/dev": 33.0}),
         run("someone-else", None, BASELINE),
-        {"name": "broken", "state": "unknown", "config": {}, "summary": {}, "source": "broken"},
+        RunResult(name="broken", state="unknown", config={}, summary={}, source="broken"),
     ])
     assert [(r["stage"], r["name"]) for r in result.rows] == [("baseline", "baseline"), ("baseline", "baseline-old"),
                                                               ("retrain", "retrain_automl")]
@@ -60,7 +60,7 @@ def test_rows_skips_and_supersedes():
     assert "damaged" in reasons["broken"]
     assert result.rows[0]["speedup/params"] == 1.0 and result.rows[0]["provenance"] == "dense"
     assert result.columns[-1] == "seed/wer/dev"
-    table = markdown(result)
+    table = markdown(result, "test")
     assert "| AutoML retrained | retrain | retrain_automl | automl | 3.90 | 4.10 |" in table and "Skipped runs" in table
     assert "| baseline (baseline) |" in table and "| baseline (baseline-old) |" in table  # same label: the name added
     assert "No dense control run" in table
@@ -78,7 +78,7 @@ def test_outputs_are_written(tmp_path):
     result = compare([run("baseline", "baseline", BASELINE), run("retrain_automl", "retrain", RETRAIN),
                       run("retrain_guided", "retrain", {**RETRAIN, "provenance": "guided", "seed/wer/dev": 60.0})])
     result.stage_times = read_stage_times(tmp_path / "times.json")
-    assert "| baseline | 30.5 | now |" in markdown(result) and "bad" not in markdown(result)
+    assert "| baseline | 30.5 | now |" in markdown(result, "test") and "bad" not in markdown(result, "test")
     written = write_outputs(result, tmp_path, "test")
     assert set(written) == {"markdown", "csv", "pareto", "retraining"}
     assert Path(written["markdown"]).read_text().startswith("![pareto](pareto.png)\n![retraining](retraining.png)")
@@ -291,7 +291,7 @@ def offline_dir(tmp_path_factory):
 def test_offline_runs_through_the_script(offline_dir, tmp_path):
     assert len(find_offline_runs(offline_dir)) == 4
     runs = list(offline_runs(offline_dir))
-    assert {r["name"] for r in runs if r["config"].get("stage") == "baseline"} == {"baseline"}
+    assert {r.name for r in runs if r.config.get("stage") == "baseline"} == {"baseline"}
     env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline"}
     done = subprocess.run([sys.executable, str(ROOT / "scripts" / "compare_runs.py"), f"runs_dir={offline_dir}",
                            f"output_dir={tmp_path}", f"stage_times={tmp_path / 'no-times.json'}"], cwd=ROOT, env=env,
@@ -311,6 +311,21 @@ def test_offline_runs_through_the_script(offline_dir, tmp_path):
                               f"runs_dir={tmp_path / 'nowhere'}", f"output_dir={tmp_path}"], cwd=ROOT, env=env,
                              capture_output=True, text=True, timeout=600)
     assert missing.returncode == 2 and "nowhere" in missing.stderr
+
+
+def test_an_empty_runs_directory_is_refused_and_an_earlier_comparison_kept(tmp_path):
+    (tmp_path / "runs").mkdir()
+    out = tmp_path / "compare"
+    out.mkdir()
+    for name in ("comparison.md", "comparison.csv"):
+        (out / name).write_text("earlier")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline"}
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "compare_runs.py"), f"runs_dir={tmp_path / 'runs'}",
+                           f"output_dir={out}"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines()[-1].startswith(
+        f"compare_runs: no runs found under {tmp_path / 'runs'}; run a stage first")
+    assert [(out / name).read_text() for name in ("comparison.md", "comparison.csv")] == ["earlier", "earlier"]
 
 
 def test_timed_records_a_stage_and_keeps_its_exit_status(tmp_path):

@@ -105,13 +105,47 @@ def test_hard_corpus_config_overrides():
     assert hard.splits == easy.splits and hard.accents == easy.accents
 
 
-def test_make_search_s_searcher_is_the_one_retraining_and_the_budget_use_by_default():
-    """One default searcher: the Makefile's SEARCH, whose scheme +experiment=retrain reads and budget.py runs."""
-    import re
+def test_one_default_searcher_named_once_run_by_search_py_make_search_retraining_and_the_budget():
+    """conf/search.yaml names the default searcher; make search runs it (SEARCH=... another), make retrain
+    retrains its scheme, and neither the experiments nor the budget name a searcher again."""
+    import subprocess
 
-    makefile = (CONF.parent / "Makefile").read_text()
-    searcher = re.search(r"^SEARCH \?= (\S+)$", makefile, re.MULTILINE).group(1)
-    assert (CONF / "search" / f"{searcher}.yaml").is_file()
-    retrain = OmegaConf.load(CONF / "experiment" / "retrain.yaml")
-    assert OmegaConf.to_container(retrain)["compress"]["scheme"].endswith(f"/runs/search/{searcher}/best_scheme.json")
-    assert f"search={searcher}" in OmegaConf.load(CONF / "budget.yaml").search_overrides
+    default = compose_in(CONF, "search").search.name
+    assert default == "optuna_tpe"
+
+    def dry_run(*args: str) -> str:
+        return subprocess.run(["make", "-n", *args], cwd=CONF.parent, capture_output=True, text=True,
+                              check=True, timeout=60).stdout
+
+    assert f"search.py search={default} on_stale=restart" in dry_run("search")
+    assert "search.py search=aggressive on_stale=restart" in dry_run("search", "SEARCH=aggressive")
+    assert "search.py search=conservative_tpe on_stale=restart" in dry_run("search-conservative")
+    assert f"compress.scheme=runs/search/{default}/best_scheme.json" in dry_run("retrain")
+    for path in [CONF.parent / "Makefile", *CONF.glob("*.yaml"), *(CONF / "experiment").glob("*.yaml")]:
+        assert path.name == "search.yaml" or default not in path.read_text(), path
+    retrain = compose_in(CONF, "train", ["+experiment=retrain"])
+    assert OmegaConf.is_missing(retrain.compress, "scheme")  # given by make retrain (or the budget), never a default
+    assert not any(o.startswith("search=") for o in compose_in(CONF, "budget").search_overrides)
+
+
+def test_targets_measured_speedup_settings_and_the_finetuning_recipe_each_live_in_one_group():
+    """conf/targets, conf/latency/speedup.yaml and conf/finetune hold them; the roots and experiments that use
+    them compose them, and none repeats a value."""
+    targets = OmegaConf.to_container(OmegaConf.load(CONF / "targets" / "default.yaml"))
+    for root in ("budget", "condense", "manual", "search", "sensitivity"):
+        assert OmegaConf.to_container(compose_in(CONF, root).targets) == targets, root
+    speedup = OmegaConf.to_container(OmegaConf.load(CONF / "latency" / "speedup.yaml"))
+    for root, key in (("budget", "latency"), ("prune_report", "latency"), ("quantize", "latency"),
+                      ("train", "measure_speedup")):
+        composed = OmegaConf.to_container(OmegaConf.select(compose_in(CONF, root), key))
+        assert {k: composed[k] for k in speedup} == speedup, root
+    recipe = OmegaConf.load(CONF / "finetune" / "default.yaml")
+    for experiment in ("retrain", "retrain_dense", "retrain_kd", "prune"):
+        cfg = compose_in(CONF, "train", [f"+experiment={experiment}"])
+        for key in ("trainer.max_epochs", "trainer.gradient_clip_val", "module.optimizer.lr",
+                    "module.scheduler.half_life_steps", "data.spec_augment"):
+            assert OmegaConf.select(cfg, key) == OmegaConf.select(recipe, key), (experiment, key)
+    assert compose_in(CONF, "budget").finetune.trainer.max_epochs == recipe.trainer.max_epochs
+    for path in [*CONF.glob("*.yaml"), *(CONF / "experiment").glob("*.yaml")]:
+        text = path.read_text()
+        assert "exclude:" not in text and "repeats:" not in text and "half_life_steps:" not in text, path

@@ -24,7 +24,7 @@ from asr_helpers import (
     trained_run,
 )
 from hydra import compose, initialize_config_dir
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from test_compress_callback import half_rank_scheme
 
 from asr.checkpoint import load_module
@@ -80,7 +80,7 @@ def experiment_config(name: str, corpus: Path, base: Path, checkpoint: Path, sch
         overrides += TINY_SPLITS
     if cfg.init_from is not None:
         overrides.append(f"init_from={checkpoint}")
-    if cfg.get("compress") and "scheme" in cfg.compress:
+    if cfg.get("compress") and OmegaConf.is_missing(cfg.compress, "scheme"):  # ???: the scheme is given
         overrides.append(f"compress.scheme={scheme}")
     if cfg.get("compress") and "sparsity" in cfg.compress:  # pruning: a schedule that ends within the epoch
         overrides += ["compress.start_step=0", "compress.frequency=1", "compress.updates=2"]

@@ -9,7 +9,6 @@ The baseline's fingerprint is kept in ``<output_dir>/state.json``; results of an
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from collections.abc import Mapping
@@ -35,14 +34,17 @@ from shrinkml.budget_plan import (
     parse_budget,
     student_sizes,
 )
-from shrinkml.budget_report import (
-    LABELS,
-    SPARSE_METHODS,
+from shrinkml.budget_report import LABELS, SPARSE_METHODS, decoded_size, write_report
+from shrinkml.results import (
+    CONFIG,
+    ResultsError,
     SelectionError,
+    UnfinishedRun,
     check_selection,
-    decoded_size,
-    relative,
-    write_report,
+    read_config,
+    read_json,
+    read_run,
+    relative_change,
 )
 from shrinkml.timing import DENSE_KERNELS, measure_checkpoints
 
@@ -85,16 +87,19 @@ def goal_for(goals: Mapping | None, fraction: float) -> float | None:
 
 
 def student_epochs(cfg: DictConfig) -> int:
-    """``student.epochs``, or the baseline run's epochs plus the retraining budget's (conf/experiment/retrain.yaml)."""
+    """``student.epochs``, or the baseline run's epochs (its saved config) plus the retraining budget's
+    (``finetune.trainer.max_epochs``, conf/finetune/default.yaml)."""
     if cfg.student.epochs is not None:
         return int(cfg.student.epochs)
-    run_config = Path(cfg.baseline).resolve().parent.parent / ".hydra" / "config.yaml"
-    if not run_config.is_file():
-        raise BudgetError(f"student.epochs=null needs the baseline run's {run_config} to read its epochs; set "
-                          "student.epochs (the baseline's epochs plus the retraining budget's)")
-    baseline = OmegaConf.load(run_config).trainer.max_epochs
-    retrain = OmegaConf.load(Path(cfg.paths.root_dir) / "conf" / "experiment" / "retrain.yaml").trainer.max_epochs
-    return int(baseline) + int(retrain)
+    run_dir = Path(cfg.baseline).resolve().parent.parent
+    baseline = read_config(run_dir)
+    if baseline is None:
+        raise BudgetError(f"student.epochs=null needs the baseline run's {run_dir / CONFIG} to "
+                          "read its epochs; set student.epochs (the baseline's epochs plus the retraining budget's)")
+    epochs = OmegaConf.select(OmegaConf.create(baseline), "trainer.max_epochs")
+    if epochs is None:
+        raise BudgetError(f"the baseline run {run_dir} trained without trainer.max_epochs; set student.epochs")
+    return int(epochs) + int(cfg.finetune.trainer.max_epochs)
 
 
 def plan(cfg: DictConfig) -> tuple[BaselineSize, list[BudgetTargets]]:
@@ -146,7 +151,7 @@ def run_budget(cfg: DictConfig) -> dict:
     state_path = out / "state.json"
     guard_baseline(state_path, cfg.baseline)
     settings = {"baseline": cfg.baseline, "group": cfg.group, "search_overrides": list(cfg.search_overrides),
-                "student_epochs": student_epochs(cfg) if {"student", "student_kd"} & set(methods) else None,
+                "student_epochs": student_epochs(cfg) if any(METHODS[m].student for m in methods) else None,
                 "distill": dict(cfg.student.distill), "quantize": cfg.quantize,
                 "extra": OmegaConf.to_container(cfg.job_overrides, resolve=True)}
     for budget in budgets:
@@ -184,23 +189,23 @@ def collect(cfg: DictConfig, size: BaselineSize, budget: BudgetTargets, methods,
     runs = [("dense_control", control_dir, None, ("dense_control",))]
     search_report = out / "search" / "report.json"
     for method in methods:
-        search = search_report if method in ("svd_automl", "svd_kd") else None
+        search = search_report if METHODS[method].needs == "search" else None
         name = f"{budget.label}/{method}"
         runs.append((method, out / method, search, (name, *needs.get(name, ()))))
     rows, not_reported, checkpoints = [], {}, {}
     for method, run_dir, search, jobs in runs:
-        summary_file = run_dir / "summary.json"
-        if not summary_file.is_file():
+        try:
+            run = read_run(run_dir)
+            check_selection(run, dev, search)
+            best = run.checkpoint
+        except UnfinishedRun:
             record = records.get(jobs[0], {})
             not_reported[method] = f"{record.get('status', 'not run')} {record.get('message', '')}".strip()
             continue
-        try:
-            check_selection(run_dir, dev, search)
-        except SelectionError as err:
+        except (ResultsError, SelectionError) as err:
             not_reported[method] = str(err)
             continue
-        summary = json.loads(summary_file.read_text())
-        best = summary["best_checkpoint"]
+        summary = run.summary
         stored = decoded_size(inspect_checkpoint(best))
         row = {"method": LABELS[method], "key": method, "checkpoint": best, "params": stored["nonzeros"],
                "fits": None if method == "dense_control" else stored["nonzeros"] <= budget.params,
@@ -209,7 +214,7 @@ def collect(cfg: DictConfig, size: BaselineSize, budget: BudgetTargets, methods,
                "wer_test": summary.get(f"wer/{test}"), "hours": _seconds(records, *jobs) / 3600 or None}
         int8 = run_dir / "int8" / "report.json"
         if int8.is_file():
-            report = json.loads(int8.read_text())
+            report = read_json(int8, "delete it and run scripts/budget.py again")
             row.update(wer_test_int8=report.get(f"wer/{test}"), speedup_int8=report.get("speedup/measured"))
         rows.append(row)
         checkpoints[method] = best
@@ -219,7 +224,7 @@ def collect(cfg: DictConfig, size: BaselineSize, budget: BudgetTargets, methods,
         timing = measured.get(row["key"], {})
         row.update(speedup=timing.get("speedup"), rtf=timing.get("rtf"),
                    speedup_dense_kernels=measured.get(row["key"] + DENSE_KERNELS, {}).get("speedup"),
-                   vs_control=relative(row["wer_test"], control["wer_test"] if control else None))
+                   vs_control=relative_change(row["wer_test"], control["wer_test"] if control else None))
     return {"label": budget.label, "fraction": budget.fraction, "params": budget.params, "baseline_params": size.total,
             "svd_speedup": budget.svd_speedup, "sparsity": budget.sparsity, "combo_speedup": budget.combo_speedup,
             "student_model": dict(budget.student_model), "goal_percent": budget.goal_percent,

@@ -8,9 +8,10 @@ second ``scripts/budget.py`` skips finished rows; an interrupted training resume
 reach the budget's speed-up) is recorded with the last line it printed, the jobs that need it are skipped,
 and the others go on; the next run retries it.
 
-Methods, all from the same baseline (docs/budget.md):
+Methods, all from the same baseline (docs/budget.md), one entry each in :data:`METHODS` (name, table label,
+sparse or not, the shared job it needs, how its training job is built):
 
-* ``svd_automl``: the RL search at the budget's ``a_t`` (``search.py``), its scheme retrained
+* ``svd_automl``: the search at the budget's ``a_t`` (``search.py``, its default searcher), its scheme retrained
   (``+experiment=retrain``);
 * ``svd_guided``: the guided manual scheme at ``a_t``, retrained;
 * ``magnitude``, ``csp``: pruned to the budget's sparsity while fine-tuned (``+experiment=prune``);
@@ -36,11 +37,9 @@ from pathlib import Path
 
 from common.atomic import write_json_atomic
 from shrinkml.budget_plan import BudgetError
+from shrinkml.results import SUMMARY, ResultsError, read_run
 
 log = logging.getLogger(__name__)
-
-METHODS = ("svd_automl", "svd_guided", "magnitude", "csp", "student_kd", "student", "svd_kd", "svd_sparse")
-
 
 @dataclass
 class Job:
@@ -107,7 +106,7 @@ def run_jobs(jobs: Sequence[Job], state_path: Path,
             continue
         try:
             argv = [python, job.script, *job.arguments()]
-        except (BudgetError, FileNotFoundError, ValueError) as err:
+        except (BudgetError, ResultsError, FileNotFoundError, ValueError) as err:
             record.update(status="failed", message=str(err))
             log.error("%s: %s", job.name, err)
             write_json_atomic(state_path, state)
@@ -141,10 +140,6 @@ def count_interrupted(record: dict, log_path: Path) -> None:
     record["interrupted"] = record.get("interrupted", 0) + 1
 
 
-def read_json(path: Path) -> dict:
-    return json.loads(Path(path).read_text())
-
-
 def extra_overrides(settings: Mapping, kind: str, method: str | None = None) -> list[str]:
     """The user's overrides (``job_overrides``) for every job of ``kind`` (train, search, manual, quantize), then
     for ``method``'s; they come first, so the budget's own settings win."""
@@ -167,74 +162,138 @@ class BudgetTargets:
     goal_percent: float | None = None  # relative test WER rise against the dense control its best row may have
 
 
+@dataclass(frozen=True)
+class MethodJob:
+    """What every method's training job is built from: one budget (``target``, its directory ``out``), the
+    budget's ``settings`` (:func:`budget_jobs`) and ``combo_sparsity(scheme_file)``, svd_sparse's sparsity."""
+
+    target: BudgetTargets
+    out: Path
+    settings: Mapping
+    combo_sparsity: Callable[[Path], float]
+
+    @property
+    def baseline(self) -> str:
+        return self.settings["baseline"]
+
+    def scheme(self, shared: str) -> Path:
+        """The scheme file of a shared job: the search's, or the guided manual one at the job's ``a_t``."""
+        if shared == "search":
+            return self.out / "search" / "best_scheme.json"
+        speedup = self.target.svd_speedup if shared == "manual" else self.target.combo_speedup
+        return self.out / shared / "schemes" / f"guided-{speedup}x.json"
+
+    def retrain(self, shared: str) -> list[str]:
+        return ["+experiment=retrain", f"init_from={self.baseline}", f"compress.scheme={self.scheme(shared)}"]
+
+    def student(self) -> list[str]:
+        widths = [f"model.{key}={value if isinstance(value, str) else json.dumps(value)}"
+                  for key, value in self.target.student_model.items()]
+        return ["+experiment=baseline", *widths, f"trainer.max_epochs={self.settings['student_epochs']}",
+                f"measure_speedup.reference={self.baseline}"]
+
+
+Overrides = Sequence[str] | Callable[[], Sequence[str]]
+
+
+@dataclass(frozen=True)
+class Method:
+    """One compression method of the budget: ``label`` (its row in the table), ``sparse`` (a pruned model: timed
+    with the sparse kernels and without them), ``needs`` (the shared job its scheme comes from: ``search``,
+    ``manual`` or ``manual_combo``; None), ``student`` (trained from scratch for the students' epochs) and
+    ``train(job, method)``: the overrides of its ``train.py`` job (a function of nothing where they wait for a
+    shared job's result)."""
+
+    name: str
+    label: str
+    train: Callable[[MethodJob, Method], Overrides]
+    sparse: bool = False
+    needs: str | None = None
+    student: bool = False
+
+
+def _pruned(job: MethodJob, method: Method) -> list[str]:
+    return ["+experiment=prune", f"init_from={job.baseline}", f"compress.method={method.name}",
+            f"compress.sparsity={job.target.sparsity}"]
+
+
+def _student_kd(job: MethodJob, method: Method) -> list[str]:
+    distill = job.settings["distill"]
+    return [*job.student(), f"module.distill.teacher={job.baseline}", f"module.distill.weight={distill['weight']}",
+            f"module.distill.temperature={distill['temperature']}"]
+
+
+def _svd_kd(job: MethodJob, method: Method) -> list[str]:
+    return ["+experiment=retrain_kd", f"init_from={job.baseline}", f"compress.scheme={job.scheme('search')}",
+            f"module.distill.teacher={job.baseline}"]
+
+
+def _svd_sparse(job: MethodJob, method: Method) -> Callable[[], list[str]]:
+    scheme = job.scheme("manual_combo")
+    return lambda: [*job.retrain("manual_combo"), "prune=default", f"prune.sparsity={job.combo_sparsity(scheme)}"]
+
+
+# every method, in the order its jobs run and its rows are listed (docs/budget.md); a new method is one entry
+METHODS: dict[str, Method] = {method.name: method for method in (
+    Method("svd_automl", "SVD, AutoML", lambda job, m: job.retrain("search"), needs="search"),
+    Method("svd_guided", "SVD, guided manual", lambda job, m: job.retrain("manual"), needs="manual"),
+    Method("magnitude", "magnitude sparsity", _pruned, sparse=True),
+    Method("csp", "CSP sparsity", _pruned, sparse=True),
+    Method("student_kd", "student + distillation", _student_kd, student=True),
+    Method("student", "student, no teacher", lambda job, m: job.student(), student=True),
+    Method("svd_kd", "SVD AutoML + distillation", _svd_kd, needs="search"),
+    Method("svd_sparse", "SVD guided + sparsity", _svd_sparse, sparse=True, needs="manual_combo"),
+)}
+DENSE_CONTROL_LABEL = "dense control"
+
+
 def budget_jobs(target: BudgetTargets, methods: Sequence[str], out: Path, settings: Mapping,
                 combo_sparsity: Callable[[Path], float]) -> list[Job]:
-    """The jobs of one budget (``out``: its directory). ``settings``: ``baseline`` (checkpoint),
-    ``group`` (W&B), ``search_overrides``, ``student_epochs``, ``distill`` (weight, temperature), ``quantize``;
-    ``combo_sparsity(scheme_file)``: svd_sparse's sparsity once its scheme exists."""
+    """The jobs of one budget (``out``: its directory): the shared jobs the ``methods`` need (the search at the
+    budget's ``a_t``, the guided manual schemes), then each method's training, then their 8 bits.
+    ``settings``: ``baseline`` (checkpoint), ``group`` (W&B), ``search_overrides``, ``student_epochs``,
+    ``distill`` (weight, temperature), ``quantize``, ``extra``; ``combo_sparsity(scheme_file)``: svd_sparse's
+    sparsity once its scheme exists."""
     baseline, label = settings["baseline"], target.label
     common = [f"logger.wandb.group={settings['group']}"]
+    wanted = [METHODS[name] for name in METHODS if name in set(methods)]
+    shared = {method.needs for method in wanted}
     jobs: list[Job] = []
-
-    def train(method: str, overrides: Sequence[str] | Callable[[], Sequence[str]], needs: tuple[str, ...] = ()):
-        run_dir = out / method
-
-        def arguments() -> list[str]:
-            own = list(overrides() if callable(overrides) else overrides)
-            return [*extra_overrides(settings, "train", method), *own, f"task_name=budget_{label}_{method}",
-                    f"hydra.run.dir={run_dir}", *common]
-
-        jobs.append(Job(f"{label}/{method}", "train.py", arguments, run_dir / "summary.json", needs, run_dir))
-
-    search_dir = out / "search"
-    automl_scheme = search_dir / "best_scheme.json"
-    # one manual job per scheme, so that a guided scheme out of reach at a_t does not stop the combination's
-    guided_scheme = out / "manual" / "schemes" / f"guided-{target.svd_speedup}x.json"
-    combo_scheme = out / "manual_combo" / "schemes" / f"guided-{target.combo_speedup}x.json"
-    wanted = set(methods)
-    if wanted & {"svd_automl", "svd_kd"}:
+    if "search" in shared:
+        search_dir = out / "search"
         jobs.append(Job(f"{label}/search", "search.py",
                         [*extra_overrides(settings, "search"), *settings["search_overrides"],
                          f"search.target_speedup={target.svd_speedup}", f"ckpt={baseline}",
                          f"output_dir={search_dir}", f"task_name=budget_{label}_search", *common],
                         search_dir / "report.json"))
-    for name, method, a_t in (("manual", "svd_guided", target.svd_speedup),
-                              ("manual_combo", "svd_sparse", target.combo_speedup)):
-        if method in wanted:
+    # one manual job per scheme, so that a guided scheme out of reach at a_t does not stop the combination's
+    for name, a_t in (("manual", target.svd_speedup), ("manual_combo", target.combo_speedup)):
+        if name in shared:
             jobs.append(Job(f"{label}/{name}", "scripts/manual_baselines.py",
                             [*extra_overrides(settings, "manual"), f"speedups=[{a_t}]", "methods=[guided]",
                              f"ckpt={baseline}", f"output_dir={out / name}", f"task_name=budget_{label}_{name}",
                              *common],
                             out / name / "manual.json"))
-    retrain = ["+experiment=retrain", f"init_from={baseline}"]
-    if "svd_automl" in wanted:
-        train("svd_automl", [*retrain, f"compress.scheme={automl_scheme}"], (f"{label}/search",))
-    if "svd_guided" in wanted:
-        train("svd_guided", [*retrain, f"compress.scheme={guided_scheme}"], (f"{label}/manual",))
-    for method in ("magnitude", "csp"):
-        if method in wanted:
-            train(method, ["+experiment=prune", f"init_from={baseline}", f"compress.method={method}",
-                           f"compress.sparsity={target.sparsity}"])
-    widths = [f"model.{key}={value if isinstance(value, str) else json.dumps(value)}"
-              for key, value in target.student_model.items()]
-    student = ["+experiment=baseline", *widths, f"trainer.max_epochs={settings['student_epochs']}",
-               f"measure_speedup.reference={baseline}"]
-    if "student_kd" in wanted:
-        distill = settings["distill"]
-        train("student_kd", [*student, f"module.distill.teacher={baseline}",
-                             f"module.distill.weight={distill['weight']}",
-                             f"module.distill.temperature={distill['temperature']}"])
-    if "student" in wanted:
-        train("student", student)
-    if "svd_kd" in wanted:
-        train("svd_kd", ["+experiment=retrain_kd", f"init_from={baseline}", f"compress.scheme={automl_scheme}",
-                         f"module.distill.teacher={baseline}"], (f"{label}/search",))
-    if "svd_sparse" in wanted:
-        train("svd_sparse", lambda: [*retrain, f"compress.scheme={combo_scheme}", "prune=default",
-                                     f"prune.sparsity={combo_sparsity(combo_scheme)}"], (f"{label}/manual_combo",))
+    context = MethodJob(target, out, settings, combo_sparsity)
+    jobs += [train_job(context, method) for method in wanted]
     if settings.get("quantize"):
         jobs += [quantize_job(job, settings) for job in list(jobs) if job.script == "train.py"]
     return jobs
+
+
+def train_job(context: MethodJob, method: Method) -> Job:
+    """``method``'s ``train.py`` job in ``<budget>/<method>``: the user's overrides, the method's own, then the
+    run's name, directory and W&B group; it needs the shared job its scheme comes from."""
+    label, run_dir, settings = context.target.label, context.out / method.name, context.settings
+    overrides = method.train(context, method)
+
+    def arguments() -> list[str]:
+        own = list(overrides() if callable(overrides) else overrides)
+        return [*extra_overrides(settings, "train", method.name), *own, f"task_name=budget_{label}_{method.name}",
+                f"hydra.run.dir={run_dir}", f"logger.wandb.group={settings['group']}"]
+
+    needs = (f"{label}/{method.needs}",) if method.needs else ()
+    return Job(f"{label}/{method.name}", "train.py", arguments, run_dir / SUMMARY, needs, run_dir)
 
 
 def quantize_job(trained: Job, settings: Mapping) -> Job:
@@ -243,7 +302,7 @@ def quantize_job(trained: Job, settings: Mapping) -> Job:
     name = trained.name.replace("/", "_")
 
     def arguments() -> list[str]:
-        best = read_json(run_dir / "summary.json")["best_checkpoint"]
+        best = read_run(run_dir).checkpoint
         return [*extra_overrides(settings, "quantize"), f"ckpt={best}", f"baseline={settings['baseline']}",
                 f"name=budget_{name}", f"output_dir={run_dir / 'int8'}", f"logger.wandb.group={settings['group']}"]
 
@@ -257,6 +316,6 @@ def dense_control_job(run_dir: Path, settings: Mapping) -> list[Job]:
               [*extra_overrides(settings, "train", "dense_control"), "+experiment=retrain_dense",
                f"init_from={settings['baseline']}", f"hydra.run.dir={run_dir}", "task_name=retrain_dense",
                f"logger.wandb.group={settings['group']}"],
-              run_dir / "summary.json", (), run_dir)
+              run_dir / SUMMARY, (), run_dir)
     return [job, quantize_job(job, settings)] if settings.get("quantize") else [job]
 

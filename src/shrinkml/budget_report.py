@@ -8,7 +8,7 @@ checkpoint was chosen on) and test WER, and the 8-bit model's test WER and measu
 
 Honest selection is checked, not assumed: a row is reported only when its run chose its checkpoint on a dev
 split (the training run's ``ModelCheckpoint`` monitor) and, for the AutoML rows, the search chose its scheme
-on dev (``selected_on`` of its report); otherwise :class:`SelectionError` names the run.
+on dev (``selected_on`` of its report); otherwise :class:`shrinkml.results.SelectionError` names the run.
 
 Latency: every model of a budget is timed in one alternating measurement against the baseline
 (:func:`asr.latency.measured_speedups`: batch 1, the first ``latency.utterances`` test utterances, one thread,
@@ -17,26 +17,17 @@ median of the per-repeat ratios), cached in ``<budget>/latency.json`` by the che
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf
-
 from common.atomic import write_json_atomic, write_text_atomic
-from common.errors import KnownError
+from shrinkml.budget_jobs import DENSE_CONTROL_LABEL, METHODS
 from shrinkml.budget_plan import CTC_HEAD
+from shrinkml.results import relative_change
 
-LABELS = {"dense_control": "dense control", "svd_automl": "SVD, AutoML", "svd_guided": "SVD, guided manual",
-          "magnitude": "magnitude sparsity", "csp": "CSP sparsity", "student_kd": "student + distillation",
-          "student": "student, no teacher", "svd_kd": "SVD AutoML + distillation",
-          "svd_sparse": "SVD guided + sparsity"}
-SPARSE_METHODS = ("magnitude", "csp", "svd_sparse")
-
-
-class SelectionError(KnownError, ValueError):
-    """A row whose selection looked at something other than dev; it is not reported."""
+LABELS = {"dense_control": DENSE_CONTROL_LABEL, **{name: method.label for name, method in METHODS.items()}}
+SPARSE_METHODS = tuple(name for name, method in METHODS.items() if method.sparse)
 
 
 def decoded_size(inspected: Mapping) -> dict:
@@ -52,33 +43,6 @@ def decoded_size(inspected: Mapping) -> dict:
         totals["bytes_int8"] -= row["bytes_int8"] + 4 * bias
     return {"params": totals["params"], "nonzeros": totals["nonzeros"], "bytes_fp32": totals["bytes_sparse"],
             "bytes_int8": totals["bytes_int8"]}
-
-
-def check_selection(run_dir: Path, dev_splits: Sequence[str], search_report: Path | None = None) -> DictConfig:
-    """``run_dir``'s training config; raise :class:`SelectionError` unless the run chose its checkpoint on a dev
-    split (and the search behind it, ``search_report``, its scheme)."""
-    config_file = run_dir / ".hydra" / "config.yaml"
-    if not config_file.is_file():
-        raise SelectionError(f"{config_file} is missing: how {run_dir}'s checkpoint was chosen is unknown, so the row "
-                             "is not reported; rerun it with scripts/budget.py")
-    config = OmegaConf.load(config_file)
-    monitor = OmegaConf.select(config, "callbacks.model_checkpoint.monitor", default=None)
-    allowed = {f"wer/{split}" for split in dev_splits}
-    if monitor not in allowed:
-        raise SelectionError(f"{run_dir} chose its checkpoint on {monitor!r}, not on a dev split ({sorted(allowed)}); "
-                             "the row is not reported")
-    if search_report is not None:
-        selected = json.loads(search_report.read_text())["summary"].get("selected_on")
-        if selected != "dev":
-            raise SelectionError(f"{search_report} chose its scheme on {selected!r}, not dev; the rows retrained "
-                                 "from it are not reported")
-    return config
-
-
-def relative(value: float | None, reference: float | None) -> float | None:
-    if value is None or reference in (None, 0):
-        return None
-    return 100.0 * (value / reference - 1.0)
 
 
 def _fmt(value, digits: int = 2) -> str:
@@ -136,7 +100,7 @@ def verdict(budget: Mapping) -> list[str]:
     met = "met" if best["vs_control"] <= goal else "not met"
     lines.append(f"{label}: goal, the best method within +{goal:g}% of the dense control's test WER: {met} "
                  f"({best['method']}, {best['vs_control']:+.1f}%)")
-    rises = [(relative(r["wer_dev"], control.get("wer_dev")), r) for r in rows]
+    rises = [(relative_change(r["wer_dev"], control.get("wer_dev")), r) for r in rows]
     close = [r for rise, r in rises if rise is not None and rise <= goal]
     for kernels, sparse_kernels in (("with the sparse kernels", True), ("without them", False)):
         speeds = [(_speed(r, sparse_kernels), r) for r in close]

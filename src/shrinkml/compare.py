@@ -1,7 +1,8 @@
 """Compare the W&B runs of every stage: one table and the paper's figures (``make compare``).
 
 Runs come from the W&B API when the user is online, or from local offline run directories
-otherwise. Offline runs keep their config and summary inside ``run-<id>.wandb`` (wandb >= 0.2x
+otherwise, each as a :class:`shrinkml.results.RunResult` (the record the other reports read from run
+directories). Offline runs keep their config and summary inside ``run-<id>.wandb`` (wandb >= 0.2x
 no longer writes ``files/config.yaml``/``files/wandb-summary.json``), so they are read with the
 supported local reader, ``wandb leet inspect --summary --json RUN_DIR`` (docs/).
 
@@ -46,6 +47,7 @@ from pathlib import Path
 
 from common.atomic import write_text_atomic
 from compress.figures import pyplot, save_figure
+from shrinkml.results import RunResult, relative_change
 
 STAGE_ORDER = ("baseline", "search", "manual", "retrain", "quantize")
 ESTIMATES = ("speedup/params", "speedup/macs", "speedup/latency")  # estimated speed-ups, shown before the measured
@@ -95,9 +97,9 @@ def wandb_executable() -> str:
     return str(beside) if beside.is_file() else (shutil.which("wandb") or "wandb")
 
 
-def read_offline_run(run_dir: Path, timeout: float = 120.0) -> dict:
-    """``{name, state, config, summary}`` of an offline run, from ``wandb leet inspect``; raises
-    ``ValueError`` with the reason when the log cannot be read."""
+def read_offline_run(run_dir: Path, timeout: float = 120.0) -> RunResult:
+    """An offline run's name, state, config and summary, from ``wandb leet inspect``; raises ``ValueError`` with
+    the reason when the log cannot be read."""
     try:
         done = subprocess.run([wandb_executable(), "leet", "inspect", "--summary", "--json", str(run_dir)],
                               capture_output=True, text=True, timeout=timeout, check=False)
@@ -109,19 +111,19 @@ def read_offline_run(run_dir: Path, timeout: float = 120.0) -> dict:
         data = json.loads(done.stdout)
     except json.JSONDecodeError as err:
         raise ValueError(f"unreadable inspect output ({err})") from err
-    return {"name": data.get("name") or run_dir.name, "state": data.get("state", "unknown"),
-            "config": data.get("config") or {}, "summary": data.get("summary") or {}, "source": str(run_dir)}
+    return RunResult(name=data.get("name") or run_dir.name, state=data.get("state", "unknown"),
+                     config=data.get("config") or {}, summary=data.get("summary") or {}, source=str(run_dir))
 
 
-def read_online_runs(project: str, entity: str | None = None, api=None) -> list[dict]:
+def read_online_runs(project: str, entity: str | None = None, api=None) -> list[RunResult]:
     """The runs of ``entity/project`` from the W&B API (``api``: a ``wandb.Api``, made when None)."""
     if api is None:
         import wandb
 
         api = wandb.Api()
     path = f"{entity}/{project}" if entity else project
-    return [{"name": run.name, "state": run.state, "config": dict(run.config),
-             "summary": dict(run.summary), "source": f"{path}/{run.id}"} for run in api.runs(path)]
+    return [RunResult(name=run.name, state=run.state, config=dict(run.config), summary=dict(run.summary),
+                      source=f"{path}/{run.id}") for run in api.runs(path)]
 
 
 def _number(value) -> float | None:
@@ -150,17 +152,17 @@ def model_label(stage: str, provenance: str, role: str, linear: str | None = Non
     return f"{source} {stage}".strip()
 
 
-def row_of(run: dict) -> dict:
+def row_of(run: RunResult) -> dict:
     """The table row of one run; raises ``ValueError`` with the reason to skip it."""
-    config, summary = run["config"], run["summary"]
-    if run.get("state") == "unknown" and not config and not summary:
+    config, summary = run.config or {}, run.summary
+    if run.state == "unknown" and not config and not summary:
         raise ValueError("damaged run log (no config, no summary)")
     stage = config.get("stage") or summary.get("stage")
     if not stage:
         raise ValueError("no 'stage' in its config: not a shrinkml stage run")
     wers = {k: _number(v) for k, v in summary.items() if k.startswith(("wer/", "seed/wer/"))}
     wers = {k: v for k, v in wers.items() if v is not None}
-    state = run.get("state")
+    state = run.state
     unfinished = f" (state {state}: unfinished, still running, or killed)" if state not in (None, "finished") else ""
     if not any(k.startswith("wer/") for k in wers):
         raise ValueError(f"stage {stage}: no final WER in its summary{unfinished or ' (unfinished or crashed run)'}")
@@ -172,7 +174,7 @@ def row_of(run: dict) -> dict:
                                                      else "model")
     dense = 1.0 if role != "model" else None  # the references are the dense model: speed-up 1 by definition
     linear = summary.get("linear") if stage == "quantize" and isinstance(summary.get("linear"), str) else None
-    row = {"model": model_label(stage, provenance, role, linear), "stage": stage, "name": run["name"],
+    row = {"model": model_label(stage, provenance, role, linear), "stage": stage, "name": run.name,
            "provenance": provenance or ("dense" if role != "model" else ""), "role": role,
            "speedup/params": estimate or dense, "speedup/macs": _number(summary.get("speedup/macs")) or dense,
            "speedup/latency": _number(summary.get("speedup/latency")) or dense,
@@ -180,7 +182,7 @@ def row_of(run: dict) -> dict:
            **{k: _number(summary.get(k)) for k in SPREAD_COLUMNS},
            "params": _number(summary.get("params")), "size_mb": _number(summary.get("size_mb")),
            **{k: _number(summary.get(k)) for k in ("bytes/sparse", "params/nonzero")},
-           "source": run["source"], "_order": run.get("order", 0.0), "_key": (stage, run["name"], _output_dir(config)),
+           "source": run.source, "_order": run.order, "_key": (stage, run.name, _output_dir(config)),
            **wers}
     if linear:
         row["linear"] = linear
@@ -193,7 +195,7 @@ def _output_dir(config: dict) -> str:
     return str(config.get("output_dir") or paths.get("output_dir") or "")
 
 
-def compare(runs: Iterable[dict]) -> Comparison:
+def compare(runs: Iterable[RunResult]) -> Comparison:
     """Rows for the readable runs, the newest kept per (stage, name, output directory): an older run of the
     same stage into the same directory (an interrupted run, resumed) is reported as superseded. Rows come in
     stage order, the dense control first among the retrained; model labels shared by two rows get the name."""
@@ -203,7 +205,7 @@ def compare(runs: Iterable[dict]) -> Comparison:
         try:
             row = row_of(run)
         except ValueError as err:
-            result.skipped.append((run["source"], str(err)))
+            result.skipped.append((run.source, str(err)))
             continue
         key = row.pop("_key")
         if key in latest:
@@ -232,15 +234,14 @@ def read_stage_times(path: str | Path) -> dict[str, dict]:
     return {k: v for k, v in times.items() if isinstance(v, dict) and isinstance(v.get("seconds"), int | float)}
 
 
-def offline_runs(root: str | Path, reader: Callable[[Path], dict] = read_offline_run) -> Iterable[dict]:
+def offline_runs(root: str | Path, reader: Callable[[Path], RunResult] = read_offline_run) -> Iterable[RunResult]:
     """Read every offline run under ``root``; a run that cannot be read comes back as a damaged run."""
     for run_dir in find_offline_runs(root):
         try:
             run = reader(run_dir)
         except ValueError as err:
-            run = {"name": run_dir.name, "state": "unknown", "config": {}, "summary": {}, "source": str(run_dir),
-                   "error": str(err)}
-        run["order"] = max(p.stat().st_mtime for p in run_dir.glob("*.wandb"))  # the log's last write
+            run = RunResult(name=run_dir.name, state="unknown", config={}, source=str(run_dir), error=str(err))
+        run.order = max(p.stat().st_mtime for p in run_dir.glob("*.wandb"))  # the log's last write
         yield run
 
 
@@ -252,13 +253,6 @@ def wall_seconds(row: dict, comparison: Comparison) -> float | None:
         candidates.append(row["stage"])
     entry = next((comparison.stage_times[c] for c in candidates if c in comparison.stage_times), None)
     return float(entry["seconds"]) if entry else None
-
-
-def relative_change(value: float | None, reference: float | None) -> float | None:
-    """``100 (value - reference) / reference``: negative is better for an error rate."""
-    if value is None or reference is None or reference <= 0:
-        return None
-    return 100.0 * (value - reference) / reference
 
 
 def against_references(comparison: Comparison, split: str) -> list[dict]:
@@ -332,7 +326,7 @@ def references_markdown(comparison: Comparison, split: str) -> list[str]:
     return lines
 
 
-def markdown(comparison: Comparison, split: str = "test", figures: Sequence[str] = ()) -> str:
+def markdown(comparison: Comparison, split: str, figures: Sequence[str] = ()) -> str:
     """The figures (links, first: they are read before the tables), the table of every row, the final models
     against the dense control and the baseline, the stage wall times and the skipped runs."""
     lines = [f"![{Path(figure).stem}]({Path(figure).name})" for figure in figures]
@@ -352,7 +346,7 @@ def markdown(comparison: Comparison, split: str = "test", figures: Sequence[str]
     return "\n".join(lines) + "\n"
 
 
-def csv_text(comparison: Comparison, split: str = "test") -> str:
+def csv_text(comparison: Comparison, split: str) -> str:
     """Every row with its columns, the relative WER changes against the references (``<split>``) and wall time."""
     extra = {entry["row"]["name"] + "\0" + entry["row"]["source"]: entry
              for entry in against_references(comparison, split)}

@@ -13,14 +13,22 @@ on dev are left out and listed. The goals of the pruning experiments are evaluat
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from common.atomic import write_json_atomic, write_text_atomic
-from shrinkml.budget_report import SelectionError, check_selection, decoded_size, relative
+from shrinkml.budget_report import decoded_size
+from shrinkml.results import (
+    SUMMARY,
+    ResultsError,
+    SelectionError,
+    UnfinishedRun,
+    check_selection,
+    read_run,
+    relative_change,
+)
 from shrinkml.timing import DENSE_KERNELS, measure_checkpoints
 
 
@@ -39,19 +47,20 @@ def collect_runs(run_dirs: Sequence[Path], control_dir: Path, dev_splits: Sequen
 
     rows, not_reported = [], {}
     for run_dir in [control_dir, *run_dirs]:
-        summary_file = run_dir / "summary.json"
-        if not summary_file.is_file():
-            not_reported[run_dir.name] = "unfinished (no summary.json)"
-            continue
         try:
-            config = OmegaConf.to_container(check_selection(run_dir, dev_splits))
-        except SelectionError as err:
+            run = read_run(run_dir)
+            config = check_selection(run, dev_splits)
+            checkpoint = run.checkpoint
+        except UnfinishedRun:
+            not_reported[run_dir.name] = f"unfinished (no {SUMMARY})"
+            continue
+        except (ResultsError, SelectionError) as err:
             not_reported[run_dir.name] = str(err)
             continue
-        summary = json.loads(summary_file.read_text())
-        stored = decoded_size(inspect_checkpoint(summary["best_checkpoint"]))
+        summary = run.summary
+        stored = decoded_size(inspect_checkpoint(checkpoint))
         control = run_dir == control_dir
-        rows.append({"run": run_dir.name, "checkpoint": summary["best_checkpoint"],
+        rows.append({"run": run_dir.name, "checkpoint": checkpoint,
                      "method": "dense control" if control else summary.get("prune/method"),
                      "pattern": "-" if control else _pattern(config),
                      "target": 0.0 if control else float(config["compress"]["sparsity"]),
@@ -60,7 +69,7 @@ def collect_runs(run_dirs: Sequence[Path], control_dir: Path, dev_splits: Sequen
                      "wer_dev": summary.get(f"wer/{dev_splits[0]}"), "wer_test": summary.get(f"wer/{test_split}")})
     reference = next((r["wer_test"] for r in rows if r["method"] == "dense control"), None)
     for row in rows:
-        row["vs_control"] = relative(row["wer_test"], reference)
+        row["vs_control"] = relative_change(row["wer_test"], reference)
     return rows, not_reported
 
 
