@@ -1,9 +1,10 @@
-"""LowRankCompression callback and compressed checkpoints: the swapped model trains, its
+"""The compression callback (a low-rank scheme) and compressed checkpoints: the swapped model trains, its
 checkpoints carry the scheme and load back without it, resuming keeps the structure, bad input stops."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import hydra
 import lightning as L
@@ -17,12 +18,13 @@ from asr_helpers import (
     shared_dir,
     trained_run,
 )
+from omegaconf import OmegaConf
 from torch import nn
 
 from asr.checkpoint import load_module
 from asr.model.lstm import ConcatLSTM
 from asr.train import train
-from compress.callback import LowRankCompression
+from compress.callback import Compression
 from compress.checkpoint import SCHEME_KEY, restore_compression
 from compress.cost import pays
 from compress.lowrank import LowRankLinear, kernel_rank
@@ -30,6 +32,16 @@ from compress.scheme import Scheme, SchemeError, current_ranks, file_fingerprint
 from compress.targets import discover_targets
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+PRUNE_SETTINGS = Path(__file__).resolve().parents[1] / "conf" / "prune" / "default.yaml"
+
+
+def pruning(**settings) -> Compression:
+    """The compression callback pruning with conf/prune/default.yaml's settings (the one source of their
+    defaults; its sensitivity table, a path under the run directory, none) but ``settings``, given flat as
+    ``compress=prune`` gives them."""
+    flat = {**OmegaConf.to_container(OmegaConf.load(PRUNE_SETTINGS)), "sensitivity_table": None, **settings}
+    return Compression(**flat)
 
 
 def half_rank_scheme(model: nn.Module, exclude=("ctc_head",)) -> Scheme:
@@ -74,13 +86,13 @@ def test_swapped_model_trains_and_its_checkpoint_restores_without_the_scheme(tmp
     module = Regressor()
     scheme = Scheme.build(discover_targets(module.model), {"lstm": 3, "hidden": 4, "out": "full"}, "test")
     scheme.save(tmp_path / "scheme.json")
-    trainer = fit(module, LowRankCompression(tmp_path / "scheme.json"), tmp_path)
+    trainer = fit(module, Compression(tmp_path / "scheme.json"), tmp_path)
     assert isinstance(module.model["hidden"], LowRankLinear) and kernel_rank(module.model["lstm"]) == 3
     first, last = sum(module.losses[:4]) / 4, sum(module.losses[-4:]) / 4
     assert last < 0.7 * first  # the factors are what the optimizer trained
     trainer.save_checkpoint(tmp_path / "c.ckpt")
     checkpoint = torch.load(tmp_path / "c.ckpt", weights_only=False)
-    assert checkpoint[SCHEME_KEY]["scheme"]["ranks"] == {"lstm": 3, "hidden": 4, "out": "full"}
+    assert checkpoint[SCHEME_KEY]["scheme"]["targets"] == {"lstm": {"rank": 3}, "hidden": {"rank": 4}, "out": "full"}
 
     fresh = Regressor()
     assert restore_compression(fresh, checkpoint).ranks == scheme.ranks
@@ -98,25 +110,25 @@ def test_resume_keeps_the_compressed_structure(tmp_path):
     scheme = Scheme.build(discover_targets(Regressor().model), {"lstm": 3, "hidden": 4}, "test")
     scheme.save(tmp_path / "scheme.json")
     first = Regressor()
-    trainer = fit(first, LowRankCompression(tmp_path / "scheme.json"), tmp_path, epochs=2)
+    trainer = fit(first, Compression(tmp_path / "scheme.json"), tmp_path, epochs=2)
     trainer.save_checkpoint(tmp_path / "two.ckpt")
     resumed = Regressor()
-    fit(resumed, LowRankCompression(tmp_path / "scheme.json"), tmp_path, epochs=3, ckpt_path=tmp_path / "two.ckpt")
+    fit(resumed, Compression(tmp_path / "scheme.json"), tmp_path, epochs=3, ckpt_path=tmp_path / "two.ckpt")
     assert kernel_rank(resumed.model["lstm"]) == 3 and len(resumed.losses) == 4  # one more epoch of 4 steps
 
 
 def test_bad_callback_input_names_the_key(tmp_path):
     with pytest.raises(SchemeError, match="not found"):
-        LowRankCompression(tmp_path / "missing.json")
+        Compression(tmp_path / "missing.json")
     Scheme.build(discover_targets(Regressor().model), {"hidden": 4}, "test").save(tmp_path / "s.json")
     with pytest.raises(FileNotFoundError, match="init_from"):
-        LowRankCompression(tmp_path / "s.json", init_from=tmp_path / "none.ckpt")
+        Compression(tmp_path / "s.json", init_from=tmp_path / "none.ckpt")
     with pytest.raises(SchemeError, match="attribute 'decoder'"):
-        fit(Regressor(), LowRankCompression(tmp_path / "s.json", attribute="decoder"), tmp_path, epochs=1)
+        fit(Regressor(), Compression(tmp_path / "s.json", attribute="decoder"), tmp_path, epochs=1)
     other = Scheme.build(discover_targets(nn.Sequential(nn.Linear(5, 7))), {"0": 2}, "test")
     other.save(tmp_path / "other.json")
     with pytest.raises(SchemeError, match="unknown target '0'"):
-        fit(Regressor(), LowRankCompression(tmp_path / "other.json"), tmp_path, epochs=1)
+        fit(Regressor(), Compression(tmp_path / "other.json"), tmp_path, epochs=1)
 
 
 # -- the real entry point: train.py compress=lowrank on the tiny corpus -------------------------
@@ -177,11 +189,11 @@ def test_a_scheme_made_from_another_checkpoint_is_stale(tmp_path):
     scheme.meta.update(checkpoint="runs/baseline/checkpoints/best.ckpt", checkpoint_sha256="0" * 64)
     scheme.save(tmp_path / "s.json")
     with pytest.raises(SchemeError, match="stale.*make search"):
-        LowRankCompression(tmp_path / "s.json", init_from=tmp_path / "base.ckpt")
-    LowRankCompression(tmp_path / "s.json", init_from=tmp_path / "base.ckpt", check_provenance=False)
+        Compression(tmp_path / "s.json", init_from=tmp_path / "base.ckpt")
+    Compression(tmp_path / "s.json", init_from=tmp_path / "base.ckpt", check_provenance=False)
     scheme.meta["checkpoint_sha256"] = file_fingerprint(tmp_path / "base.ckpt")
     scheme.save(tmp_path / "s.json")
-    assert LowRankCompression(tmp_path / "s.json", init_from=tmp_path / "base.ckpt").summary()["provenance"] == "automl"
+    assert Compression(tmp_path / "s.json", init_from=tmp_path / "base.ckpt").summary()["provenance"] == "automl"
 
 
 def test_dense_control_continues_the_baseline_uncompressed(tiny_corpus, tmp_path_factory):

@@ -31,6 +31,7 @@ from torch import nn
 from compress.prune import (
     FORMAT,
     PATTERNS,
+    PRUNE_KEY,
     Matrix,
     PruneError,
     Schedule,
@@ -121,6 +122,7 @@ class Pruner:
     def __init__(self, model: nn.Module, matrices: Sequence[Matrix], method: str, pattern: str,
                  block: Sequence[int], recovery: str, iterations: int):
         self.model, self.matrices = model, list(matrices)
+        check_choice(method, tuple(STRATEGIES), "compress.method")
         self.method, self.pattern, self.block, self.recovery, self.iterations = check_settings(
             method, pattern, block, recovery, iterations)
         self.strategy = mask_strategy(self.method, self.recovery, self.iterations)
@@ -221,6 +223,7 @@ class PruneSettings:
                  updates: int | None, end_step: int | None, overrides: Mapping[str, float] | None, allocation: str,
                  sensitivity_table: str | Path | None, pattern: str, block: Sequence[int], recovery: str,
                  iterations: int, calibration_batches: int, include: Sequence[str], exclude: Sequence[str]):
+        check_choice(method, tuple(STRATEGIES), "compress.method")
         self.method, self.pattern, self.block, self.recovery, self.iterations = check_settings(
             method, pattern, block, recovery, iterations)
         if end_step is not None:
@@ -288,7 +291,7 @@ class Pruning(Technique):
 
     name = "prune"
     keys = ("sparsity", "pattern")
-    record_key = "compression_pruning"  # compress.prune.PRUNE_KEY
+    record_key = PRUNE_KEY
 
     def options(self, target: Target) -> list[dict]:
         """The sparsities that keep a whole number of the ``n`` entries of every row: ``1 - k / n``."""
