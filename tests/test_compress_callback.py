@@ -105,6 +105,44 @@ def test_swapped_model_trains_and_its_checkpoint_restores_without_the_scheme(tmp
     assert restore_compression(Regressor(), {"state_dict": {}}) is None  # a dense checkpoint: nothing to do
 
 
+def test_a_checkpoint_with_a_format_1_scheme_record_still_restores(tmp_path):
+    """Checkpoints written before scheme format 2 record a rank-only scheme (``"ranks"``) and a pruning record."""
+    torch.manual_seed(0)
+    module = Regressor()
+    Scheme.build(discover_targets(module.model), {"lstm": 3, "hidden": 4}, "test").save(tmp_path / "scheme.json")
+    trainer = fit(module, pruning(scheme=tmp_path / "scheme.json", sparsity=0.5, start_step=1, frequency=1,
+                                  updates=1), tmp_path, epochs=1)
+    trainer.save_checkpoint(tmp_path / "c.ckpt")
+    checkpoint = torch.load(tmp_path / "c.ckpt", weights_only=False)
+    record = checkpoint[SCHEME_KEY]["scheme"]
+    record.update({"format": "shrinkml-scheme/1", "ranks": {"lstm": 3, "hidden": 4}})
+    del record["targets"]
+    fresh = Regressor()
+    assert restore_compression(fresh, checkpoint).ranks == {"lstm": 3, "hidden": 4}
+    fresh.load_state_dict(checkpoint["state_dict"])   # the factors and the factors' masks are in place
+    assert kernel_rank(fresh.model["lstm"]) == 3 and fresh.model["hidden"].first.weight_mask.dtype == torch.bool
+    with torch.no_grad():
+        torch.testing.assert_close(fresh.model["out"](fresh.model["hidden"](fresh.model["lstm"](fresh.x)[0])),
+                                   module.model["out"](module.model["hidden"](module.model["lstm"](module.x)[0])))
+
+
+def test_one_callback_applies_a_mixed_scheme_rank_sparsity_and_both(tmp_path):
+    torch.manual_seed(0)
+    module = Regressor()
+    settings = {"lstm": {"rank": 3}, "hidden": {"rank": 4, "sparsity": 0.5}, "out": {"sparsity": 0.75}}
+    Scheme.build(discover_targets(module.model), settings, "manual").save(tmp_path / "mixed.json")
+    with pytest.raises(SchemeError, match="prunes targets: give the pruning schedule"):
+        Compression(tmp_path / "mixed.json")
+    callback = pruning(scheme=tmp_path / "mixed.json", start_step=1, frequency=2, updates=2)
+    fit(module, callback, tmp_path, epochs=2)
+    assert kernel_rank(module.model["lstm"]) == 3 and isinstance(module.model["hidden"], LowRankLinear)
+    assert callback.finals == {"hidden.first.weight": 0.5, "hidden.second.weight": 0.5, "out.weight": 0.75}
+    actual = {m.path: float((~m.mask).float().mean()) for m in callback.pruner.matrices}
+    assert actual == pytest.approx(callback.finals, abs=0.02)   # the lstm has a rank only: not pruned
+    summary = callback.summary()
+    assert summary["provenance"] == "manual" and summary["speedup/params"] > 1 and "sparsity" in summary
+
+
 def test_resume_keeps_the_compressed_structure(tmp_path):
     torch.manual_seed(0)
     scheme = Scheme.build(discover_targets(Regressor().model), {"lstm": 3, "hidden": 4}, "test")
