@@ -75,7 +75,8 @@ class Regressor(L.LightningModule):
 
 
 def fit(module, callback, tmp_path, epochs=10, ckpt_path=None):
-    trainer = L.Trainer(max_epochs=epochs, callbacks=[callback], logger=False, enable_progress_bar=False,
+    callbacks = callback if isinstance(callback, list) else [callback]
+    trainer = L.Trainer(max_epochs=epochs, callbacks=callbacks, logger=False, enable_progress_bar=False,
                         enable_model_summary=False, default_root_dir=tmp_path, accelerator="cpu")
     trainer.fit(module, ckpt_path=ckpt_path, weights_only=False)
     return trainer
