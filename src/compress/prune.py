@@ -60,13 +60,14 @@ class PruneError(KnownError, ValueError):
 @dataclass(frozen=True)
 class Schedule:
     """Zhu & Gupta's gradual schedule from ``initial`` (``s_i``) to ``final`` (``s_f``): updates at steps
-    ``start_step + j * frequency`` for ``j = 0 .. updates`` (``t_0``, ``Δt``, ``n``)."""
+    ``start_step + j * frequency`` for ``j = 0 .. updates`` (``t_0``, ``Δt``, ``n``). No defaults here: they are
+    ``conf/prune/default.yaml``'s."""
 
     final: float
-    initial: float = 0.0
-    start_step: int = 0
-    frequency: int = 100
-    updates: int = 10
+    initial: float
+    start_step: int
+    frequency: int
+    updates: int
 
     def __post_init__(self):
         check_sparsity(self.final, "compress.sparsity")
