@@ -23,7 +23,6 @@ pruned, so better) never stays the best.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Mapping, Sequence
@@ -35,15 +34,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from torch import nn
 
 from compress.checkpoint import SCHEME_KEY, compression_record, get_submodule, restore_compression, set_submodule
-from compress.prune import (
-    PRUNE_KEY,
-    GramRecorder,
-    PruneError,
-    final_sparsities,
-    overridden_sparsities,
-    prunable_matrices,
-)
-from compress.prune_allocation import allocate_sparsities
+from compress.prune import PRUNE_KEY, GramRecorder, PruneError
 from compress.scheme import Scheme, SchemeError, count_parameters, file_fingerprint
 from compress.storage import model_storage
 from compress.svd import SvdCache
@@ -51,7 +42,7 @@ from compress.targets import discover_targets
 from compress.techniques import TECHNIQUES
 from compress.techniques.base import own_settings
 from compress.techniques.lowrank import LOWRANK, factorize
-from compress.techniques.prune import PRUNING, Pruner, PruneSettings, parse_pattern, scheme_target
+from compress.techniques.prune import PRUNING, Pruner, PruneSettings, parse_pattern, select_sparsities
 
 log = logging.getLogger(__name__)
 
@@ -206,25 +197,9 @@ class Compression(L.Callback):
 
     def _build_pruner(self, model: nn.Module) -> None:
         settings = self.pruning
-        matrices = prunable_matrices(model, settings.include, settings.exclude)
         sparse = {} if self.scheme is None else {n: s for n, s in self.scheme.options.items() if PRUNING.owns(s)}
-        if sparse:  # the scheme's sparsity per target; its other targets are not pruned
-            owners = {m.path: scheme_target(m, sparse) for m in matrices}
-            matrices = [m for m in matrices if owners[m.path] is not None]
-        if not matrices:
-            raise PruneError(f"no targets to prune in {self.attribute} with compress.include={settings.include} and "
-                             f"compress.exclude={settings.exclude}")
+        matrices, self.finals = select_sparsities(model, settings, sparse, self.attribute)
         schedule = settings.schedule
-        if sparse:
-            self.finals = {m.path: float(sparse[owners[m.path]]["sparsity"]) for m in matrices}
-        elif settings.allocation == "sensitivity":
-            table = json.loads(settings.sensitivity_table.read_text())
-            fixed = overridden_sparsities(matrices, settings.overrides)
-            self.finals = allocate_sparsities(matrices, schedule.final, table, fixed)
-            log.info("per-target final sparsities from %s: %s", settings.sensitivity_table,
-                     ", ".join(f"{path} {value:.3f}" for path, value in self.finals.items()))
-        else:
-            self.finals = final_sparsities(matrices, schedule.final, settings.overrides)
         if schedule.initial > min(self.finals.values()):
             raise PruneError(f"compress.initial_sparsity={schedule.initial} exceeds a target's final sparsity "
                              f"in compress.overrides ({min(self.finals.values())})")

@@ -20,6 +20,7 @@ from the pruner that applies the ratios.
 from __future__ import annotations
 
 import copy
+import json
 import logging
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
@@ -40,12 +41,15 @@ from compress.prune import (
     check_settings,
     check_sparsity,
     csp_recover,
+    final_sparsities,
     kept,
     magnitude_mask,
+    overridden_sparsities,
     prunable_matrices,
     register_mask_buffers,
     restore_pruning,
 )
+from compress.prune_allocation import allocate_sparsities
 from compress.targets import Target
 from compress.techniques.base import SchemeError, Settings, Technique, register
 
@@ -256,6 +260,34 @@ class PruneSettings:
         changed = copy.copy(self)
         changed.pattern, changed.block = pattern, block
         return changed
+
+
+def select_sparsities(model: nn.Module, settings: PruneSettings, scheme: Mapping[str, Settings],
+                      attribute: str = "model") -> tuple[list[Matrix], dict[str, float]]:
+    """The ratio selection, apart from the pruner (as AIMET splits them): the matrices of ``model`` to prune and
+    ``{path: final sparsity}``. From ``scheme`` (target -> ``{"sparsity": ..}``) when it gives any: those targets
+    (a low-rank target's factors) at their sparsities, the others not pruned; else every target of
+    ``settings.include``/``exclude`` at ``settings``' sparsity, its ``overrides``, or the sensitivity allocation
+    (:mod:`compress.prune_allocation`)."""
+    matrices = prunable_matrices(model, settings.include, settings.exclude)
+    if scheme:
+        owners = {m.path: scheme_target(m, scheme) for m in matrices}
+        matrices = [m for m in matrices if owners[m.path] is not None]
+    if not matrices:
+        raise PruneError(f"no targets to prune in {attribute} with compress.include={settings.include} and "
+                         f"compress.exclude={settings.exclude}")
+    final = settings.schedule.final
+    if scheme:
+        finals = {m.path: float(scheme[owners[m.path]]["sparsity"]) for m in matrices}
+    elif settings.allocation == "sensitivity":
+        table = json.loads(settings.sensitivity_table.read_text())
+        fixed = overridden_sparsities(matrices, settings.overrides)
+        finals = allocate_sparsities(matrices, final, table, fixed)
+        log.info("per-target final sparsities from %s: %s", settings.sensitivity_table,
+                 ", ".join(f"{path} {value:.3f}" for path, value in finals.items()))
+    else:
+        finals = final_sparsities(matrices, final, settings.overrides)
+    return matrices, finals
 
 
 # -- the technique -----------------------------------------------------------------------------------------------
