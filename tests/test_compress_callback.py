@@ -1,9 +1,10 @@
-"""LowRankCompression callback and compressed checkpoints: the swapped model trains, its
+"""The compression callback (a low-rank scheme) and compressed checkpoints: the swapped model trains, its
 checkpoints carry the scheme and load back without it, resuming keeps the structure, bad input stops."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import hydra
 import lightning as L
@@ -17,12 +18,13 @@ from asr_helpers import (
     shared_dir,
     trained_run,
 )
+from omegaconf import OmegaConf
 from torch import nn
 
 from asr.checkpoint import load_module
 from asr.model.lstm import ConcatLSTM
 from asr.train import train
-from compress.callback import LowRankCompression
+from compress.callback import Compression
 from compress.checkpoint import SCHEME_KEY, restore_compression
 from compress.cost import pays
 from compress.lowrank import LowRankLinear, kernel_rank
@@ -30,6 +32,16 @@ from compress.scheme import Scheme, SchemeError, current_ranks, file_fingerprint
 from compress.targets import discover_targets
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+PRUNE_SETTINGS = Path(__file__).resolve().parents[1] / "conf" / "prune" / "default.yaml"
+
+
+def pruning(**settings) -> Compression:
+    """The compression callback pruning with conf/prune/default.yaml's settings (the one source of their
+    defaults; its sensitivity table, a path under the run directory, none) but ``settings``, given flat as
+    ``compress=prune`` gives them."""
+    flat = {**OmegaConf.to_container(OmegaConf.load(PRUNE_SETTINGS)), "sensitivity_table": None, **settings}
+    return Compression(**flat)
 
 
 def half_rank_scheme(model: nn.Module, exclude=("ctc_head",)) -> Scheme:
@@ -63,7 +75,8 @@ class Regressor(L.LightningModule):
 
 
 def fit(module, callback, tmp_path, epochs=10, ckpt_path=None):
-    trainer = L.Trainer(max_epochs=epochs, callbacks=[callback], logger=False, enable_progress_bar=False,
+    callbacks = callback if isinstance(callback, list) else [callback]
+    trainer = L.Trainer(max_epochs=epochs, callbacks=callbacks, logger=False, enable_progress_bar=False,
                         enable_model_summary=False, default_root_dir=tmp_path, accelerator="cpu")
     trainer.fit(module, ckpt_path=ckpt_path, weights_only=False)
     return trainer
@@ -74,13 +87,13 @@ def test_swapped_model_trains_and_its_checkpoint_restores_without_the_scheme(tmp
     module = Regressor()
     scheme = Scheme.build(discover_targets(module.model), {"lstm": 3, "hidden": 4, "out": "full"}, "test")
     scheme.save(tmp_path / "scheme.json")
-    trainer = fit(module, LowRankCompression(tmp_path / "scheme.json"), tmp_path)
+    trainer = fit(module, Compression(tmp_path / "scheme.json"), tmp_path)
     assert isinstance(module.model["hidden"], LowRankLinear) and kernel_rank(module.model["lstm"]) == 3
     first, last = sum(module.losses[:4]) / 4, sum(module.losses[-4:]) / 4
     assert last < 0.7 * first  # the factors are what the optimizer trained
     trainer.save_checkpoint(tmp_path / "c.ckpt")
     checkpoint = torch.load(tmp_path / "c.ckpt", weights_only=False)
-    assert checkpoint[SCHEME_KEY]["scheme"]["ranks"] == {"lstm": 3, "hidden": 4, "out": "full"}
+    assert checkpoint[SCHEME_KEY]["scheme"]["targets"] == {"lstm": {"rank": 3}, "hidden": {"rank": 4}, "out": "full"}
 
     fresh = Regressor()
     assert restore_compression(fresh, checkpoint).ranks == scheme.ranks
@@ -93,30 +106,68 @@ def test_swapped_model_trains_and_its_checkpoint_restores_without_the_scheme(tmp
     assert restore_compression(Regressor(), {"state_dict": {}}) is None  # a dense checkpoint: nothing to do
 
 
+def test_a_checkpoint_with_a_format_1_scheme_record_still_restores(tmp_path):
+    """Checkpoints written before scheme format 2 record a rank-only scheme (``"ranks"``) and a pruning record."""
+    torch.manual_seed(0)
+    module = Regressor()
+    Scheme.build(discover_targets(module.model), {"lstm": 3, "hidden": 4}, "test").save(tmp_path / "scheme.json")
+    trainer = fit(module, pruning(scheme=tmp_path / "scheme.json", sparsity=0.5, start_step=1, frequency=1,
+                                  updates=1), tmp_path, epochs=1)
+    trainer.save_checkpoint(tmp_path / "c.ckpt")
+    checkpoint = torch.load(tmp_path / "c.ckpt", weights_only=False)
+    record = checkpoint[SCHEME_KEY]["scheme"]
+    record.update({"format": "shrinkml-scheme/1", "ranks": {"lstm": 3, "hidden": 4}})
+    del record["targets"]
+    fresh = Regressor()
+    assert restore_compression(fresh, checkpoint).ranks == {"lstm": 3, "hidden": 4}
+    fresh.load_state_dict(checkpoint["state_dict"])   # the factors and the factors' masks are in place
+    assert kernel_rank(fresh.model["lstm"]) == 3 and fresh.model["hidden"].first.weight_mask.dtype == torch.bool
+    with torch.no_grad():
+        torch.testing.assert_close(fresh.model["out"](fresh.model["hidden"](fresh.model["lstm"](fresh.x)[0])),
+                                   module.model["out"](module.model["hidden"](module.model["lstm"](module.x)[0])))
+
+
+def test_one_callback_applies_a_mixed_scheme_rank_sparsity_and_both(tmp_path):
+    torch.manual_seed(0)
+    module = Regressor()
+    settings = {"lstm": {"rank": 3}, "hidden": {"rank": 4, "sparsity": 0.5}, "out": {"sparsity": 0.75}}
+    Scheme.build(discover_targets(module.model), settings, "manual").save(tmp_path / "mixed.json")
+    with pytest.raises(SchemeError, match="prunes targets: give the pruning schedule"):
+        Compression(tmp_path / "mixed.json")
+    callback = pruning(scheme=tmp_path / "mixed.json", start_step=1, frequency=2, updates=2)
+    fit(module, callback, tmp_path, epochs=2)
+    assert kernel_rank(module.model["lstm"]) == 3 and isinstance(module.model["hidden"], LowRankLinear)
+    assert callback.finals == {"hidden.first.weight": 0.5, "hidden.second.weight": 0.5, "out.weight": 0.75}
+    actual = {m.path: float((~m.mask).float().mean()) for m in callback.pruner.matrices}
+    assert actual == pytest.approx(callback.finals, abs=0.02)   # the lstm has a rank only: not pruned
+    summary = callback.summary()
+    assert summary["provenance"] == "manual" and summary["speedup/params"] > 1 and "sparsity" in summary
+
+
 def test_resume_keeps_the_compressed_structure(tmp_path):
     torch.manual_seed(0)
     scheme = Scheme.build(discover_targets(Regressor().model), {"lstm": 3, "hidden": 4}, "test")
     scheme.save(tmp_path / "scheme.json")
     first = Regressor()
-    trainer = fit(first, LowRankCompression(tmp_path / "scheme.json"), tmp_path, epochs=2)
+    trainer = fit(first, Compression(tmp_path / "scheme.json"), tmp_path, epochs=2)
     trainer.save_checkpoint(tmp_path / "two.ckpt")
     resumed = Regressor()
-    fit(resumed, LowRankCompression(tmp_path / "scheme.json"), tmp_path, epochs=3, ckpt_path=tmp_path / "two.ckpt")
+    fit(resumed, Compression(tmp_path / "scheme.json"), tmp_path, epochs=3, ckpt_path=tmp_path / "two.ckpt")
     assert kernel_rank(resumed.model["lstm"]) == 3 and len(resumed.losses) == 4  # one more epoch of 4 steps
 
 
 def test_bad_callback_input_names_the_key(tmp_path):
     with pytest.raises(SchemeError, match="not found"):
-        LowRankCompression(tmp_path / "missing.json")
+        Compression(tmp_path / "missing.json")
     Scheme.build(discover_targets(Regressor().model), {"hidden": 4}, "test").save(tmp_path / "s.json")
     with pytest.raises(FileNotFoundError, match="init_from"):
-        LowRankCompression(tmp_path / "s.json", init_from=tmp_path / "none.ckpt")
+        Compression(tmp_path / "s.json", init_from=tmp_path / "none.ckpt")
     with pytest.raises(SchemeError, match="attribute 'decoder'"):
-        fit(Regressor(), LowRankCompression(tmp_path / "s.json", attribute="decoder"), tmp_path, epochs=1)
+        fit(Regressor(), Compression(tmp_path / "s.json", attribute="decoder"), tmp_path, epochs=1)
     other = Scheme.build(discover_targets(nn.Sequential(nn.Linear(5, 7))), {"0": 2}, "test")
     other.save(tmp_path / "other.json")
     with pytest.raises(SchemeError, match="unknown target '0'"):
-        fit(Regressor(), LowRankCompression(tmp_path / "other.json"), tmp_path, epochs=1)
+        fit(Regressor(), Compression(tmp_path / "other.json"), tmp_path, epochs=1)
 
 
 # -- the real entry point: train.py compress=lowrank on the tiny corpus -------------------------
@@ -177,11 +228,11 @@ def test_a_scheme_made_from_another_checkpoint_is_stale(tmp_path):
     scheme.meta.update(checkpoint="runs/baseline/checkpoints/best.ckpt", checkpoint_sha256="0" * 64)
     scheme.save(tmp_path / "s.json")
     with pytest.raises(SchemeError, match="stale.*make search"):
-        LowRankCompression(tmp_path / "s.json", init_from=tmp_path / "base.ckpt")
-    LowRankCompression(tmp_path / "s.json", init_from=tmp_path / "base.ckpt", check_provenance=False)
+        Compression(tmp_path / "s.json", init_from=tmp_path / "base.ckpt")
+    Compression(tmp_path / "s.json", init_from=tmp_path / "base.ckpt", check_provenance=False)
     scheme.meta["checkpoint_sha256"] = file_fingerprint(tmp_path / "base.ckpt")
     scheme.save(tmp_path / "s.json")
-    assert LowRankCompression(tmp_path / "s.json", init_from=tmp_path / "base.ckpt").summary()["provenance"] == "automl"
+    assert Compression(tmp_path / "s.json", init_from=tmp_path / "base.ckpt").summary()["provenance"] == "automl"
 
 
 def test_dense_control_continues_the_baseline_uncompressed(tiny_corpus, tmp_path_factory):

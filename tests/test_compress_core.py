@@ -148,7 +148,7 @@ def test_scheme_json_round_trips(tmp_path):
     scheme = Scheme.build(targets, {"encoder.layers.0": 3, "decoder.output": "full"}, "guided", note="x")
     path = tmp_path / "schemes" / "guided.json"
     scheme.save(path)
-    assert json.loads(path.read_text())["format"] == "shrinkml-scheme/1"
+    assert json.loads(path.read_text())["format"] == "shrinkml-scheme/2"
     assert not list(path.parent.glob("*.tmp"))
     assert Scheme.load(path) == scheme
 

@@ -1,6 +1,7 @@
-"""Pruning (compress.prune, compress.prune_callback): the gradual schedule, magnitude and block masks, CSP's
-recovery against magnitude's, masks kept through training, checkpoints and resuming, low-rank factors, a pruned
-checkpoint loading and decoding as it was tested, the experiment config, and every bad input."""
+"""Pruning (compress.prune, compress.techniques.prune, the compression callback): the gradual schedule, magnitude
+and block masks, CSP's recovery against magnitude's, masks kept through training, checkpoints and resuming,
+low-rank factors, a pruned checkpoint loading and decoding as it was tested, the experiment config, and every bad
+input."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ from asr_helpers import (
 )
 from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import OmegaConf
-from test_compress_callback import Regressor, half_rank_scheme
+from test_compress_callback import Regressor, half_rank_scheme, pruning
 from torch import nn
 
 from asr.checkpoint import load_module
@@ -31,7 +32,7 @@ from asr.model.fast_decode import step_plan
 from asr.model.lstm import ConcatLSTM, ConcatLSTMCell
 from asr.module import AsrModule
 from asr.train import train
-from compress.callback import LowRankCompression
+from compress.callback import forget_best
 from compress.checkpoint import SCHEME_KEY, restore_compression
 from compress.lowrank import kernel_rank
 from compress.prune import (
@@ -44,7 +45,6 @@ from compress.prune import (
     magnitude_mask,
     prunable_matrices,
 )
-from compress.prune_callback import PruneCompression, forget_best
 from compress.scheme import Scheme
 from compress.targets import discover_targets
 from shrinkml.stage import load_recognizer
@@ -229,7 +229,7 @@ def schedule(**settings) -> dict:
 def test_masked_weights_and_gradients_stay_zero_through_training(method, tmp_path):
     torch.manual_seed(0)
     module, probe = Regressor(), Probe()
-    callback = PruneCompression(method=method, **schedule())
+    callback = pruning(method=method, **schedule())
     trainer = L.Trainer(max_epochs=4, callbacks=[callback, probe], logger=False, enable_progress_bar=False,
                         enable_model_summary=False, default_root_dir=tmp_path, accelerator="cpu")
     trainer.fit(module, weights_only=False)
@@ -247,7 +247,7 @@ def test_masked_weights_and_gradients_stay_zero_through_training(method, tmp_pat
 
 
 def test_csp_updates_use_the_inputs_recorded_just_before_them(tmp_path, monkeypatch):
-    from compress.prune import Pruner
+    from compress.techniques.prune import Pruner
 
     seen = []
     update = Pruner.update
@@ -257,7 +257,7 @@ def test_csp_updates_use_the_inputs_recorded_just_before_them(tmp_path, monkeypa
         return update(self, sparsities, grams)
 
     monkeypatch.setattr(Pruner, "update", spy)
-    fit(Regressor(), PruneCompression(method="csp", **schedule()), tmp_path, epochs=2)
+    fit(Regressor(), pruning(method="csp", **schedule()), tmp_path, epochs=2)
     # updates at steps 3, 5, 7 (step 1 is s_i = 0: nothing to do); each saw 2 batches of 8 x 10 frames
     assert seen == [{"lstm": 160, "hidden": 160, "out": 160}] * 3
 
@@ -268,7 +268,7 @@ def test_checkpoints_keep_the_masks_and_resuming_continues_the_schedule(tmp_path
             trainer.should_stop = True
 
     torch.manual_seed(0)
-    trainer = fit(Regressor(), [PruneCompression(method="magnitude", **schedule()), Interrupt()], tmp_path, epochs=3)
+    trainer = fit(Regressor(), [pruning(method="magnitude", **schedule()), Interrupt()], tmp_path, epochs=3)
     trainer.save_checkpoint(tmp_path / "mid.ckpt")
     checkpoint = torch.load(tmp_path / "mid.ckpt", weights_only=False)
     record = checkpoint[PRUNE_KEY]
@@ -284,7 +284,7 @@ def test_checkpoints_keep_the_masks_and_resuming_continues_the_schedule(tmp_path
             self.masks = masks_of(pl_module)
 
     check, resumed = Check(), Regressor()
-    callback = PruneCompression(method="magnitude", **schedule())
+    callback = pruning(method="magnitude", **schedule())
     trainer = L.Trainer(max_epochs=3, callbacks=[callback, check], logger=False, enable_progress_bar=False,
                         enable_model_summary=False, default_root_dir=tmp_path, accelerator="cpu")
     trainer.fit(resumed, ckpt_path=tmp_path / "mid.ckpt", weights_only=False)
@@ -292,14 +292,14 @@ def test_checkpoints_keep_the_masks_and_resuming_continues_the_schedule(tmp_path
     assert len(resumed.losses) == 8 and callback.pruner.sparsity() == pytest.approx(0.75, abs=0.01)
     assert_pruned_entries_are_zero(resumed)
     with pytest.raises(PruneError, match="resume it with the same compress.method"):
-        fit(Regressor(), PruneCompression(method="csp", **schedule()), tmp_path, epochs=3,
+        fit(Regressor(), pruning(method="csp", **schedule()), tmp_path, epochs=3,
             ckpt_path=tmp_path / "mid.ckpt")
 
 
 def test_a_pruned_checkpoint_restores_without_the_callback(tmp_path):
     torch.manual_seed(0)
     module = Regressor()
-    trainer = fit(module, PruneCompression(method="csp", pattern="block", block=[1, 3], **schedule()), tmp_path,
+    trainer = fit(module, pruning(method="csp", pattern="block", block=[1, 3], **schedule()), tmp_path,
                   epochs=2)
     trainer.save_checkpoint(tmp_path / "p.ckpt")
     checkpoint = torch.load(tmp_path / "p.ckpt", weights_only=False)
@@ -319,14 +319,14 @@ def test_the_factors_of_a_low_rank_model_are_pruned(tmp_path):
     scheme = Scheme.build(discover_targets(Regressor().model), {"lstm": 4, "hidden": 3, "out": "full"}, "test")
     scheme.save(tmp_path / "scheme.json")
     module = Regressor()
-    pruning = PruneCompression(method="csp", sparsity=0.5, start_step=1, frequency=2, updates=2,
-                               calibration_batches=2)
-    trainer = fit(module, [LowRankCompression(tmp_path / "scheme.json"), pruning], tmp_path, epochs=2)
+    callback = pruning(scheme=tmp_path / "scheme.json", method="csp", sparsity=0.5, start_step=1, frequency=2,
+                       updates=2, calibration_batches=2)   # one callback: factorize, then prune the factors
+    trainer = fit(module, callback, tmp_path, epochs=2)
     assert kernel_rank(module.model["lstm"]) == 4
-    assert {m.path for m in pruning.pruner.matrices} == {
+    assert {m.path for m in callback.pruner.matrices} == {
         "lstm.parametrizations.kernel.original0", "lstm.parametrizations.kernel.original1", "hidden.first.weight",
         "hidden.second.weight", "out.weight"}
-    assert pruning.pruner.sparsity() == pytest.approx(0.5, abs=0.05)
+    assert callback.pruner.sparsity() == pytest.approx(0.5, abs=0.05)
     trainer.save_checkpoint(tmp_path / "lowrank-pruned.ckpt")
     checkpoint = torch.load(tmp_path / "lowrank-pruned.ckpt", weights_only=False)
     assert SCHEME_KEY in checkpoint and PRUNE_KEY in checkpoint
@@ -345,13 +345,13 @@ def test_the_factors_of_a_low_rank_model_are_pruned(tmp_path):
     del lowrank[PRUNE_KEY]
     lowrank["state_dict"] = {k: v for k, v in lowrank["state_dict"].items() if not k.endswith("_mask")}
     torch.save(lowrank, tmp_path / "lowrank.ckpt")
-    again = PruneCompression(sparsity=0.8, start_step=1, frequency=1, updates=1, init_from=tmp_path / "lowrank.ckpt")
+    again = pruning(sparsity=0.8, start_step=1, frequency=1, updates=1, init_from=tmp_path / "lowrank.ckpt")
     trainer = fit(Regressor(), again, tmp_path, epochs=1)
     trainer.save_checkpoint(tmp_path / "again.ckpt")
     written = torch.load(tmp_path / "again.ckpt", weights_only=False)
     assert written[SCHEME_KEY] == lowrank[SCHEME_KEY] and written[PRUNE_KEY]["sparsity"] == 0.8
     with pytest.raises(PruneError, match="already pruned"):
-        fit(Regressor(), PruneCompression(init_from=tmp_path / "again.ckpt", **schedule()), tmp_path, epochs=2)
+        fit(Regressor(), pruning(init_from=tmp_path / "again.ckpt", **schedule()), tmp_path, epochs=2)
 
 
 def test_an_update_makes_the_best_checkpoint_forget_less_pruned_models(tmp_path):
@@ -383,7 +383,7 @@ def test_an_update_makes_the_best_checkpoint_forget_less_pruned_models(tmp_path)
 ])
 def test_bad_settings_stop_with_the_key(settings, match):
     with pytest.raises(PruneError, match=match) as error:
-        PruneCompression(**{**schedule(), **settings})
+        pruning(**{**schedule(), **settings})
     assert "\n" not in str(error.value)
 
 
@@ -401,13 +401,13 @@ def test_settings_that_do_not_fit_the_model_or_the_budget_stop_at_setup(settings
                    default_root_dir=tmp_path, accelerator="cpu")
     module = Regressor()
     with pytest.raises(PruneError, match=match) as error:
-        L.Trainer(**{**options, **trainer}, callbacks=[PruneCompression(**{**schedule(), **settings})]).fit(module)
+        L.Trainer(**{**options, **trainer}, callbacks=[pruning(**{**schedule(), **settings})]).fit(module)
     assert "\n" not in str(error.value) and not module.losses   # before any training step
 
 
 def test_a_missing_init_from_is_named(tmp_path):
     with pytest.raises(FileNotFoundError, match="compress.init_from"):
-        PruneCompression(init_from=tmp_path / "none.ckpt")
+        pruning(init_from=tmp_path / "none.ckpt")
 
 
 # -- the recognizer: decoding as tested, through load_recognizer -------------------------------------------
@@ -417,7 +417,7 @@ def test_a_pruned_recognizer_decodes_after_loading_exactly_as_before_saving(tiny
     module = AsrModule(vocab_size=datamodule.tokenizer.vocab_size, input_size=datamodule.feature_cfg.n_mels,
                        model=tiny_model_config(), optimizer=partial(torch.optim.Adam, lr=1e-3),
                        decoding=tiny_decoding(beam_size=2), assets=datamodule.assets())
-    callback = PruneCompression(method="csp", sparsity=0.7, start_step=1, frequency=1, updates=2,
+    callback = pruning(method="csp", sparsity=0.7, start_step=1, frequency=1, updates=2,
                                 calibration_batches=1, exclude=["ctc_head"])
     trainer = L.Trainer(max_steps=4, callbacks=[callback], logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
@@ -445,13 +445,15 @@ def test_prune_experiment_has_the_retraining_budget():
     for key in ("module", "data.spec_augment", "trainer", "init_from", "evaluate_seed", "measure_speedup"):
         assert OmegaConf.select(prune, key) == OmegaConf.select(retrain, key), key
     assert prune.stage == "prune" and prune.task_name == "prune_magnitude_0.8"
-    assert prune.compress._target_ == "compress.prune_callback.PruneCompression"
+    assert prune.compress._target_ == "compress.callback.Compression"
     assert compose_train(["+experiment=prune", "compress.method=csp", "compress.sparsity=0.5"]).task_name == \
         "prune_csp_0.5"
-    both = compose_train(["+experiment=retrain", "prune=default"])   # pruning on top of the low-rank callback
-    assert both.compress._target_.endswith("LowRankCompression") and both.prune.init_from is None
-    assert OmegaConf.to_container(both.prune) | {"init_from": None} == OmegaConf.to_container(
-        compose_train(["compress=prune"]).compress) | {"init_from": None}
+    both = compose_train(["+experiment=retrain", "prune=default"])   # pruning on top of the low-rank scheme
+    assert both.compress._target_ == "compress.callback.Compression" and "init_from" not in both.prune
+    assert both.compress.prune == both.prune and compose_train(["+experiment=retrain"]).compress.prune is None
+    flat = OmegaConf.to_container(compose_train(["compress=prune"]).compress)   # the same settings, flat
+    assert OmegaConf.to_container(both.prune) == {k: v for k, v in flat.items()
+                                                   if k not in ("_target_", "init_from", "attribute")}
 
 
 def test_train_py_prunes_the_baseline_and_reports_it(tiny_corpus, tmp_path_factory):

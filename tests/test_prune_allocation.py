@@ -7,11 +7,10 @@ import random
 
 import lightning as L
 import pytest
-from test_compress_callback import Regressor
+from test_compress_callback import Regressor, pruning
 
 from compress.prune import PruneError, prunable_matrices
 from compress.prune_allocation import allocate_sparsities, lower_hull
-from compress.prune_callback import PruneCompression
 
 LEVELS = (0.5, 0.7, 0.9)
 
@@ -89,8 +88,8 @@ def test_the_callback_prunes_each_target_to_its_allocated_sparsity(tmp_path):
     path = tmp_path / "sensitivity_sparsity.json"
     path.write_text(json.dumps(table_for(matrices, {"lstm": [0.0, 0.5, 3.0], "hidden": [2.0, 8.0, 30.0],
                                                     "out": [1.0, 4.0, 20.0]})))
-    callback = PruneCompression(sparsity=0.6, start_step=1, frequency=2, updates=3, allocation="sensitivity",
-                                sensitivity_table=path)
+    callback = pruning(sparsity=0.6, start_step=1, frequency=2, updates=3, allocation="sensitivity",
+                       sensitivity_table=path)
     trainer = L.Trainer(max_epochs=3, callbacks=[callback], logger=False, enable_progress_bar=False,
                         enable_model_summary=False, enable_checkpointing=False, default_root_dir=tmp_path,
                         accelerator="cpu")
@@ -99,6 +98,6 @@ def test_the_callback_prunes_each_target_to_its_allocated_sparsity(tmp_path):
     assert actual["lstm.kernel"] > 0.6 > actual["hidden.weight"]
     assert callback.pruner.sparsity() == pytest.approx(0.6, abs=0.01)
     with pytest.raises(FileNotFoundError, match="compress.sensitivity_table .* make sensitivity-sparsity"):
-        PruneCompression(allocation="sensitivity", sensitivity_table=tmp_path / "none.json")
+        pruning(allocation="sensitivity", sensitivity_table=tmp_path / "none.json")
     with pytest.raises(PruneError, match="compress.allocation='greedy' is unknown"):
-        PruneCompression(allocation="greedy")
+        pruning(allocation="greedy")

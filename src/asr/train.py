@@ -95,10 +95,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     L.seed_everything(cfg.seed, workers=True)
     # callbacks first: a missing or stale compression scheme stops the run before data preparation
     callbacks = instantiate_group(cfg.get("callbacks"))
-    if cfg.get("compress"):  # e.g. compress=lowrank: fine-tune a compressed model (a callback from the config)
+    if cfg.get("compress"):  # fine-tune a compressed model: the compression callback the config names
         callbacks.append(hydra.utils.instantiate(cfg.compress))
-    if cfg.get("prune"):  # prune=default: pruning on top of compress (after it: it prunes what compress built)
-        callbacks.append(hydra.utils.instantiate(cfg.prune))
     datamodule = hydra.utils.instantiate(cfg.data)
     datamodule.prepare_data()
     datamodule.setup("fit")

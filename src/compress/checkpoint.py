@@ -1,6 +1,6 @@
 """Compressed checkpoints carry their scheme, so they load back without knowing it in advance.
 
-A checkpoint written while :class:`compress.callback.LowRankCompression` is active holds, under
+A checkpoint written while :class:`compress.callback.Compression` is active holds, under
 :data:`SCHEME_KEY`, the scheme and where it was applied (``attribute``: the sub-module of the
 Lightning module that was compressed, ``include``/``exclude``: the target patterns).
 :func:`restore_compression` rebuilds that low-rank structure on a freshly built dense module, after
@@ -14,11 +14,11 @@ from collections.abc import Mapping, Sequence
 
 from torch import nn
 
-from compress.prune import restore_pruning
-from compress.scheme import Scheme, SchemeError, apply_scheme
-from compress.targets import discover_targets
+from compress.scheme import Scheme, SchemeError
+from compress.techniques import TECHNIQUES
+from compress.techniques.lowrank import LOWRANK
 
-SCHEME_KEY = "compression_scheme"
+SCHEME_KEY = LOWRANK.record_key  # "compression_scheme"
 
 
 def compression_record(scheme: Scheme, attribute: str, include: Sequence[str], exclude: Sequence[str]) -> dict:
@@ -44,22 +44,11 @@ def set_submodule(root: nn.Module, attribute: str, module: nn.Module) -> None:
 
 
 def restore_compression(root: nn.Module, checkpoint: Mapping) -> Scheme | None:
-    """Give ``root`` (a dense module, as built from the checkpoint's hyper-parameters) the low-rank
-    structure recorded in ``checkpoint``; returns the scheme, or None for a dense checkpoint.
+    """Give ``root`` (a dense module, as built from the checkpoint's hyper-parameters) the structure every
+    technique recorded in ``checkpoint`` (:meth:`compress.techniques.base.Technique.restore`, in registry order: the
+    low-rank factors, then the pruning masks); returns the scheme, or None for a checkpoint without one.
 
     The factors are left at zero: load the checkpoint's ``state_dict`` afterwards.
     """
-    record = checkpoint.get(SCHEME_KEY)
-    if record is None:
-        restore_pruning(root, checkpoint)
-        return None
-    attribute = record.get("attribute", "")
-    if not attribute:
-        raise SchemeError("a compressed checkpoint of a whole module (attribute '') cannot be restored in place; "
-                          "compress a sub-module (callback attribute=model)")
-    scheme = Scheme.from_dict(record["scheme"])
-    holder = get_submodule(root, attribute)
-    targets = discover_targets(holder, record.get("include", ["*"]), record.get("exclude", []))
-    set_submodule(root, attribute, apply_scheme(holder, scheme, targets, cache=None))
-    restore_pruning(root, checkpoint)  # a pruned low-rank model: the factors' masks
-    return scheme
+    restored = {tech.name: tech.restore(root, checkpoint) for tech in TECHNIQUES.values()}
+    return restored[LOWRANK.name]

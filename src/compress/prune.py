@@ -24,10 +24,11 @@
   (thresholded by block norm).
   The cost does not grow with ``N``: only ``G`` is kept.
 
-Masks (:class:`Pruner`) live next to their parameter as a ``bool`` buffer ``<param>_mask`` (``True`` = kept),
-so they are saved in the state dict; the parameter itself is kept zero where pruned (zeroed at every update
-and after every optimizer step, gradients masked), so every reader of the parameter, C++ decoding steps
-included, sees the pruned weights. Checkpoint contract: docs/pruning.md.
+Masks (:class:`compress.techniques.prune.Pruner`, with a mask strategy per method) live next to their parameter
+as a ``bool`` buffer ``<param>_mask`` (``True`` = kept), so they are saved in the state dict; the parameter
+itself is kept zero where pruned (zeroed at every update and after every optimizer step, gradients masked), so
+every reader of the parameter, C++ decoding steps included, sees the pruned weights. Checkpoint contract:
+docs/pruning.md.
 """
 
 from __future__ import annotations
@@ -48,9 +49,8 @@ from compress.targets import discover_targets
 log = logging.getLogger(__name__)
 
 FORMAT = "shrinkml-prune/1"
-PRUNE_KEY = "compression_pruning"  # the checkpoint entry of a pruned model (docs/pruning.md)
+PRUNE_KEY = "compression_pruning"  # the checkpoint entry of a pruned model (docs/pruning.md; Pruning.record_key)
 MASK_SUFFIX = "_mask"
-METHODS = ("magnitude", "csp")
 PATTERNS = ("unstructured", "block")
 RECOVERIES = ("iht", "omp")
 RIDGE = 1e-3  # CSP's Tikhonov damping: λ = RIDGE * mean(diag G) added to G's diagonal (csp_recover)
@@ -64,13 +64,14 @@ class PruneError(KnownError, ValueError):
 @dataclass(frozen=True)
 class Schedule:
     """Zhu & Gupta's gradual schedule from ``initial`` (``s_i``) to ``final`` (``s_f``): updates at steps
-    ``start_step + j * frequency`` for ``j = 0 .. updates`` (``t_0``, ``Δt``, ``n``)."""
+    ``start_step + j * frequency`` for ``j = 0 .. updates`` (``t_0``, ``Δt``, ``n``). No defaults here: they are
+    ``conf/prune/default.yaml``'s."""
 
     final: float
-    initial: float = 0.0
-    start_step: int = 0
-    frequency: int = 100
-    updates: int = 10
+    initial: float
+    start_step: int
+    frequency: int
+    updates: int
 
     def __post_init__(self):
         check_sparsity(self.final, "compress.sparsity")
@@ -128,8 +129,8 @@ def check_block(block: Sequence[int]) -> tuple[int, int]:
 
 def check_settings(method: str, pattern: str, block: Sequence[int], recovery: str, iterations: int
                    ) -> tuple[str, str, tuple[int, int], str, int]:
-    """The pruning settings checked; the block is ``(1, 1)`` for the unstructured pattern."""
-    check_choice(method, METHODS, "compress.method")
+    """The pruning settings checked (``method``, a mask strategy's name, by
+    :func:`compress.techniques.prune.mask_strategy`); the block is ``(1, 1)`` for the unstructured pattern."""
     check_choice(pattern, PATTERNS, "compress.pattern")
     block = check_block(block) if pattern == "block" else (1, 1)
     check_choice(recovery, RECOVERIES, "compress.recovery")
@@ -469,98 +470,6 @@ class GramRecorder:
     def grams(self) -> dict[str, tuple[torch.Tensor, int]]:
         """``{site: (sum of X X^T (float64), N)}`` recorded so far."""
         return {name: (self.sums[name], self.counts[name]) for name in self.sums}
-
-
-# -- the pruner ------------------------------------------------------------------------------------------
-class Pruner:
-    """Masks on ``matrices`` of ``model`` and the updates that change them.
-
-    Args:
-        model: the module the matrices belong to (the paths are relative to it).
-        matrices: from :func:`prunable_matrices`.
-        method: ``magnitude`` or ``csp``; pattern: ``unstructured`` or ``block`` (with ``block`` ``[r, c]``).
-        recovery, iterations: CSP's recovery (``iht``/``omp``) and its iterations (rounds for OMP).
-    """
-
-    def __init__(self, model: nn.Module, matrices: Sequence[Matrix], method: str = "magnitude",
-                 pattern: str = "unstructured", block: Sequence[int] = (1, 1), recovery: str = "iht",
-                 iterations: int = 30):
-        self.model, self.matrices = model, list(matrices)
-        self.method, self.pattern, self.block, self.recovery, self.iterations = check_settings(
-            method, pattern, block, recovery, iterations)
-        check_blocks_fit(self.matrices, self.block)
-        self.scheduled = {m.path: 0.0 for m in self.matrices}
-
-    def register_masks(self) -> None:
-        """Give every matrix an all-kept ``<param>_mask`` buffer (kept when it has one already)."""
-        register_mask_buffers(self.model, [m.path for m in self.matrices])
-
-    @torch.no_grad()
-    def apply_masks(self) -> None:
-        """Zero the pruned entries of every matrix (after an optimizer step, which may move them)."""
-        for matrix in self.matrices:
-            matrix.param.mul_(matrix.mask)
-
-    @torch.no_grad()
-    def mask_gradients(self) -> None:
-        for matrix in self.matrices:
-            grad = matrix.param.grad
-            if grad is not None:
-                grad.mul_(matrix.mask)
-
-    def input_sites(self) -> dict[str, str]:
-        """``{module: linear|lstm}`` whose inputs CSP records."""
-        return {m.site: "linear" if m.inputs == "linear" else "lstm" for m in self.matrices}
-
-    def gram(self, matrix: Matrix, grams: Mapping[str, tuple[torch.Tensor, int]]) -> torch.Tensor | None:
-        """``G = X X^T / N`` of ``matrix``'s inputs, or None when none were recorded."""
-        entry = grams.get(matrix.site)
-        if entry is None or entry[1] == 0:
-            return None
-        gram = entry[0] / entry[1]
-        if matrix.inputs == "lstm_u":  # U's inputs are V [x | h]
-            v = matrix.holder.original1.detach().double()
-            gram = v @ gram.to(v.device) @ v.t()
-        return gram
-
-    @torch.no_grad()
-    def update(self, sparsities: Mapping[str, float], grams: Mapping[str, tuple[torch.Tensor, int]] | None = None
-               ) -> None:
-        """Prune every matrix to ``sparsities[path]``: new masks (and, for CSP, new values), applied at once."""
-        for matrix in self.matrices:
-            sparsity = sparsities[matrix.path]
-            param = matrix.param
-            gram = self.gram(matrix, grams or {}) if self.method == "csp" and sparsity > 0 else None
-            if self.method == "csp" and sparsity > 0 and (gram is None or float(gram.diagonal().max()) <= 0):
-                log.warning("CSP: no inputs of %s were recorded; pruned by magnitude this time", matrix.path)
-            if gram is not None and float(gram.diagonal().max()) > 0:
-                values, mask = csp_recover(param, gram.to(param.device), sparsity, self.block, self.recovery,
-                                           self.iterations)
-                param.copy_(values)
-            else:
-                mask = magnitude_mask(param, sparsity, self.block)
-            matrix.mask.copy_(mask)
-            self.scheduled[matrix.path] = float(sparsity)
-        self.apply_masks()
-
-    def pruned(self) -> int:
-        return sum(int((~m.mask.bool()).sum()) for m in self.matrices)
-
-    def total(self) -> int:
-        return sum(m.param.numel() for m in self.matrices)
-
-    def sparsity(self) -> float:
-        """The actual sparsity over all matrices: pruned entries / entries."""
-        total = self.total()
-        return self.pruned() / total if total else 0.0
-
-    def record(self, attribute: str, final: float, step: int | None = None) -> dict:
-        """The checkpoint's :data:`PRUNE_KEY` entry (docs/pruning.md)."""
-        return {"format": FORMAT, "attribute": attribute, "method": self.method, "pattern": self.pattern,
-                "block": list(self.block), "sparsity": final, "step": step,
-                "targets": {m.path: {"shape": list(m.shape), "sparsity": self.scheduled[m.path],
-                                     "actual": float((~m.mask.bool()).sum()) / m.param.numel()}
-                            for m in self.matrices}}
 
 
 def register_mask_buffers(model: nn.Module, paths: Iterable[str]) -> None:
