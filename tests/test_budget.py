@@ -16,9 +16,10 @@ from asr_helpers import corpus_copy_for_runs, shared_dir, tiny_model_config, tra
 
 from asr.model.asr_model import AsrModel
 from compress.cost import compressed_params
-from compress.prune import csp_recover, kept, kept_entries, magnitude_mask
+from compress.prune import csp_recover, kept, magnitude_mask
 from compress.scheme import Scheme
 from compress.targets import discover_targets
+from compress.techniques.prune import kept_entries
 from shrinkml.budget import goal_for
 from shrinkml.budget_jobs import BudgetTargets, Job, budget_jobs, run_jobs
 from shrinkml.budget_plan import (

@@ -227,20 +227,6 @@ def kept(total: int, sparsity: float) -> int:
     return total - math.floor(sparsity * total + 0.5)
 
 
-def kept_entries(shape: tuple[int, int], sparsity: float, method: str = "magnitude", block: Sequence[int] = (1, 1)
-                 ) -> int:
-    """The entries a ``shape`` (``m x n``) target keeps when pruned to ``sparsity`` by ``method``, with its own
-    rounding: magnitude rounds once over the matrix's ``r x c`` blocks (:func:`magnitude_mask`), CSP once in every
-    group of ``r`` rows (``kept(n / c, s)`` blocks each, :func:`csp_recover`), so CSP can keep up to half a block
-    a row group more than ``(1 - s) m n``."""
-    check_choice(method, METHODS, "compress.method")
-    r, c = block
-    m, n = shape
-    if method == "csp":
-        return m // r * kept(n // c, sparsity) * r * c
-    return kept(m // r * (n // c), sparsity) * r * c
-
-
 # -- masks ---------------------------------------------------------------------------------------------
 def block_norms(weight: torch.Tensor, block: tuple[int, int]) -> torch.Tensor:
     """``(m / r, n / c)`` L2 norms of the ``r x c`` blocks of ``weight``."""

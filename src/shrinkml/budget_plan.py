@@ -34,9 +34,9 @@ from torch import nn
 
 from common.errors import KnownError
 from compress.cost import compressed_params
-from compress.prune import METHODS as PRUNE_METHODS
-from compress.prune import kept_entries
 from compress.scheme import Scheme
+from compress.techniques.prune import STRATEGIES as PRUNE_METHODS
+from compress.techniques.prune import kept_entries
 
 CTC_HEAD = "ctc_head"
 
@@ -81,7 +81,7 @@ def _ceil(value: float, digits: int) -> float:
 def fitting_sparsity(shapes: Iterable[tuple[int, int]], allowance: int, digits: int = 4) -> float:
     """The smallest sparsity at ``digits`` decimals, at least ``1 - allowance / (sum m n)`` rounded up, at which
     the matrices of ``shapes`` (``(m, n)`` each) keep at most ``allowance`` entries in all under every pruning
-    method's own rounding (:func:`compress.prune.kept_entries`); 0 when they fit unpruned."""
+    method's own rounding (:func:`compress.techniques.prune.kept_entries`); 0 when they fit unpruned."""
     shapes = list(shapes)
     step = 10.0**-digits
 

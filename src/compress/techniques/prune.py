@@ -66,6 +66,12 @@ class MaskStrategy(ABC):
     name: str = ""
     needs_inputs: bool = False  # whether it needs the Gram matrix of the matrix's recorded inputs
 
+    @staticmethod
+    @abstractmethod
+    def kept_entries(shape: tuple[int, int], sparsity: float, block: tuple[int, int]) -> int:
+        """The entries an ``m x n`` matrix keeps at ``sparsity`` in whole ``block`` = ``(r, c)`` blocks, with this
+        method's own rounding."""
+
     @abstractmethod
     def update_mask(self, matrix: Matrix, sparsity: float, block: tuple[int, int], gram: torch.Tensor | None
                     ) -> tuple[torch.Tensor | None, torch.Tensor]:
@@ -77,6 +83,12 @@ class Magnitude(MaskStrategy):
     """Keep the largest ``|w|`` entries (or largest-norm blocks) over the whole matrix."""
 
     name = "magnitude"
+
+    @staticmethod
+    def kept_entries(shape, sparsity, block):
+        """Rounded once over the matrix's ``r x c`` blocks (:func:`compress.prune.magnitude_mask`)."""
+        (r, c), (m, n) = block, shape
+        return kept(m // r * (n // c), sparsity) * r * c
 
     def update_mask(self, matrix, sparsity, block, gram=None):
         return None, magnitude_mask(matrix.param, sparsity, block)
@@ -92,6 +104,14 @@ class Csp(MaskStrategy):
     def __init__(self, recovery: str, iterations: int):
         self.recovery, self.iterations = recovery, iterations
 
+    @staticmethod
+    def kept_entries(shape, sparsity, block):
+        """Rounded once in every group of ``r`` rows (``kept(n / c, s)`` blocks each,
+        :func:`compress.prune.csp_recover`), so CSP can keep up to half a block a row group more than
+        ``(1 - s) m n``."""
+        (r, c), (m, n) = block, shape
+        return m // r * kept(n // c, sparsity) * r * c
+
     def update_mask(self, matrix, sparsity, block, gram=None):
         usable = gram is not None and float(gram.diagonal().max()) > 0
         if sparsity > 0 and usable:
@@ -103,6 +123,14 @@ class Csp(MaskStrategy):
 
 
 STRATEGIES: dict[str, type[MaskStrategy]] = {"magnitude": Magnitude, "csp": Csp}
+
+
+def kept_entries(shape: tuple[int, int], sparsity: float, method: str = "magnitude",
+                 block: Sequence[int] = (1, 1)) -> int:
+    """The entries a ``shape`` (``m x n``) target keeps when pruned to ``sparsity`` by ``method`` (a
+    :data:`STRATEGIES` name), with that method's own rounding."""
+    return STRATEGIES[check_choice(method, tuple(STRATEGIES), "compress.method")].kept_entries(shape, sparsity,
+                                                                                            tuple(block))
 
 
 def mask_strategy(method: str, recovery: str, iterations: int) -> MaskStrategy:
