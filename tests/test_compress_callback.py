@@ -33,14 +33,16 @@ from compress.targets import discover_targets
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-PRUNE_SETTINGS = Path(__file__).resolve().parents[1] / "conf" / "prune" / "default.yaml"
+CONF = Path(__file__).resolve().parents[1] / "conf"
 
 
 def pruning(**settings) -> Compression:
     """The compression callback pruning with conf/prune/default.yaml's settings (the one source of their
     defaults; its sensitivity table, a path under the run directory, none) but ``settings``, given flat as
     ``compress=prune`` gives them."""
-    flat = {**OmegaConf.to_container(OmegaConf.load(PRUNE_SETTINGS)), "sensitivity_table": None, **settings}
+    root = OmegaConf.create({"targets": OmegaConf.load(CONF / "targets" / "default.yaml"), "paths": {"runs_dir": "-"},
+                             "prune": OmegaConf.load(CONF / "prune" / "default.yaml")})
+    flat = {**OmegaConf.to_container(root.prune, resolve=True), "sensitivity_table": None, **settings}
     return Compression(**flat)
 
 
