@@ -93,6 +93,10 @@ def build_module(cfg: DictConfig, datamodule) -> L.LightningModule:
 def train(cfg: DictConfig) -> dict[str, float]:
     """Train (or resume with ``ckpt_path``) and test the model of ``cfg``; returns the final metrics."""
     L.seed_everything(cfg.seed, workers=True)
+    if cfg.ckpt_path:  # a damaged last.ckpt (an interrupted write) stops the run with one line, before anything else
+        from asr.checkpoint import check_resumable
+
+        check_resumable(cfg.ckpt_path)
     # callbacks first: a missing or stale compression scheme stops the run before data preparation
     callbacks = instantiate_group(cfg.get("callbacks"))
     if cfg.get("compress"):  # e.g. compress=lowrank: fine-tune a compressed model (a callback from the config)
