@@ -114,3 +114,13 @@ def test_train_resuming_from_a_damaged_last_checkpoint(tmp_path, content):
                        f"paths.root_dir={tmp_path}")
     line = error_line(result, "train")
     assert line.startswith(f"train: ckpt_path {last} is damaged (") and "delete it to start the run afresh" in line
+
+
+@pytest.mark.parametrize("override, expected", [
+    ("trainer.max_epochs=abc", "train: config: trainer.max_epochs='abc' is of type str, expected an integer or null"),
+])
+def test_train_with_a_bad_training_budget(tmp_path, override, expected):
+    """Refused when composed, before data preparation (the data root is not looked at), and no summary.json."""
+    result = run_entry("train.py", override, f"data.root={tmp_path / 'nowhere'}", f"paths.root_dir={tmp_path}")
+    assert error_line(result, "train").startswith(expected)
+    assert not list(tmp_path.rglob("summary.json"))

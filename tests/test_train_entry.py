@@ -154,3 +154,14 @@ def test_the_same_command_trains_the_same_weights_on_the_same_machine(trained, c
     again = torch.load(base / "trained_again" / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
     assert first.keys() == again.keys()
     assert all(torch.equal(first[key], again[key]) for key in first)
+
+
+@pytest.mark.parametrize("override, error", [("trainer.max_epochs=abc", "ConfigTypeError")])
+def test_a_bad_training_budget_is_refused_before_data_preparation(corpus, base, override, error):
+    """``trainer.max_epochs=abc`` used to end with a bare AssertionError after data preparation."""
+    import common.schema
+
+    name = f"bad_budget_{override.split('=')[1]}"
+    with pytest.raises(getattr(common.schema, error), match=r"^config: trainer\.max_epochs="):
+        run(corpus, base, name, override)
+    assert not (base / name / "summary.json").exists() and not (base / name / "checkpoints").exists()

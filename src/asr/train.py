@@ -10,6 +10,7 @@ import hydra
 import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
+from asr.train_schema import check_train_config
 from common.atomic import write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -92,6 +93,7 @@ def build_module(cfg: DictConfig, datamodule) -> L.LightningModule:
 
 def train(cfg: DictConfig) -> dict[str, float]:
     """Train (or resume with ``ckpt_path``) and test the model of ``cfg``; returns the final metrics."""
+    check_train_config(cfg)  # wrong types and a budget that trains nothing: one line, before any work
     L.seed_everything(cfg.seed, workers=True)
     if cfg.ckpt_path:  # a damaged last.ckpt (an interrupted write) stops the run with one line, before anything else
         from asr.checkpoint import check_resumable
