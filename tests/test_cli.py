@@ -118,6 +118,7 @@ def test_train_resuming_from_a_damaged_last_checkpoint(tmp_path, content):
 
 @pytest.mark.parametrize("override, expected", [
     ("trainer.max_epochs=abc", "train: config: trainer.max_epochs='abc' is of type str, expected an integer or null"),
+    ("trainer.max_epochs=0", "train: config: trainer.max_epochs=0 trains nothing"),
 ])
 def test_train_with_a_bad_training_budget(tmp_path, override, expected):
     """Refused when composed, before data preparation (the data root is not looked at), and no summary.json."""

@@ -156,9 +156,11 @@ def test_the_same_command_trains_the_same_weights_on_the_same_machine(trained, c
     assert all(torch.equal(first[key], again[key]) for key in first)
 
 
-@pytest.mark.parametrize("override, error", [("trainer.max_epochs=abc", "ConfigTypeError")])
+@pytest.mark.parametrize("override, error", [("trainer.max_epochs=0", "ConfigValueError"),
+                                             ("trainer.max_epochs=abc", "ConfigTypeError")])
 def test_a_bad_training_budget_is_refused_before_data_preparation(corpus, base, override, error):
-    """``trainer.max_epochs=abc`` used to end with a bare AssertionError after data preparation."""
+    """``trainer.max_epochs=0`` used to end with exit status 0 and a ``summary.json`` without a checkpoint (the file
+    ``make`` takes as the stage done), ``=abc`` with a bare AssertionError after data preparation."""
     import common.schema
 
     name = f"bad_budget_{override.split('=')[1]}"

@@ -1,5 +1,5 @@
 """asr.train_schema: train.py's config is type-checked when composed (one line naming the key, the value and the
-expected type); every experiment and debug config passes."""
+expected type), and a training budget that trains nothing is refused; every experiment and debug config passes."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from asr_helpers import CONF_DIR, compose_train
 
 from asr.train_schema import check_train_config
 from common.cli import known_message
-from common.schema import ConfigTypeError
+from common.schema import ConfigTypeError, ConfigValueError
 
 
 def checked(*overrides: str) -> None:
@@ -47,6 +47,14 @@ def test_a_value_of_the_wrong_type_is_one_line_naming_key_value_and_type(overrid
                                       "trainer.max_time=00:00:10:00", "decoding.sparse_min_sparsity=null"])
 def test_values_of_the_right_type_pass(override):
     checked(override)
+
+
+@pytest.mark.parametrize("override", ["trainer.max_epochs=0", "trainer.max_epochs=-2", "+trainer.max_steps=0",
+                                      "+trainer.limit_train_batches=0"])
+def test_a_budget_that_trains_nothing_is_refused(override):
+    key = override.lstrip("+").split("=")[0]
+    with pytest.raises(ConfigValueError, match=f"^config: {key}=-?[0-9]+ trains nothing: .* Fix: "):
+        checked(override)
 
 
 @pytest.mark.parametrize("experiment", [None, *sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))])

@@ -2,7 +2,9 @@
 
 ``python train.py trainer.max_epochs=abc`` composes (Hydra keeps ``abc`` as a string) and used to fail as a bare
 ``AssertionError`` inside Lightning after data preparation; :func:`check_train_config` stops it with one line
-naming the key, the value and the expected type.
+naming the key, the value and the expected type. It also refuses a training budget that trains nothing
+(``trainer.max_epochs=0``): such a run ends without a checkpoint but with a ``summary.json``, the file ``make``
+takes as the stage done.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from dataclasses import dataclass
 
 from omegaconf import DictConfig
 
-from common.schema import check_types
+from common.schema import ConfigValueError, check_types
 
 
 @dataclass
@@ -146,5 +148,15 @@ class TrainKeys:
 
 
 def check_train_config(cfg: DictConfig) -> None:
-    """Raise a one-line config error for a key of :class:`TrainKeys` of the wrong type."""
+    """Raise a one-line config error for a key of :class:`TrainKeys` of the wrong type, or for a training
+    budget that trains nothing (``trainer.max_epochs`` or ``trainer.max_steps`` 0, ``limit_train_batches`` 0)."""
     check_types(cfg, TrainKeys)
+    trainer = cfg.trainer
+    for key in ("max_epochs", "max_steps"):
+        value = trainer.get(key)
+        if value is not None and (value == 0 or value < -1):
+            raise ConfigValueError(f"config: trainer.{key}={value} trains nothing: the run would end without a "
+                                   f"checkpoint. Fix: give trainer.{key} at least 1 (or -1: no limit)")
+    if trainer.get("limit_train_batches") == 0:
+        raise ConfigValueError("config: trainer.limit_train_batches=0 trains nothing: the run would end without a "
+                               "checkpoint. Fix: leave it out or give it a positive share or count of batches")
