@@ -102,8 +102,8 @@ def wait_for_other_ranks(trainer: L.Trainer) -> None:
     above, and without this the run would end with status 0. Lightning itself stops the run only when a rank
     fails while this one still trains."""
     processes = getattr(getattr(trainer.strategy, "launcher", None), "procs", None) or []
-    failed = [f"local rank {rank} exited with status {process.wait()}"
-              for rank, process in enumerate(processes, start=1) if process.wait() != 0]
+    statuses = [(rank, process.wait()) for rank, process in enumerate(processes, start=1)]
+    failed = [f"local rank {rank} exited with status {status}" for rank, status in statuses if status != 0]
     if failed:
         raise RankFailedError(f"{'; '.join(failed)} (its error is printed above): the run failed and wrote no "
                               "summary.json. Fix: that error, then run the same command again")
