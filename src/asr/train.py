@@ -113,11 +113,11 @@ def train(cfg: DictConfig) -> dict[str, float]:
     """Train (or resume with ``ckpt_path``) and test the model of ``cfg``; returns the summary (on a data-parallel
     rank other than 0, its metrics)."""
     check_train_config(cfg)  # wrong types and a budget that trains nothing: one line, before any work
-    L.seed_everything(cfg.seed, workers=True)
     if cfg.ckpt_path:  # a damaged last.ckpt (an interrupted write) stops the run with one line, before anything else
         from asr.checkpoint import check_resumable
 
         check_resumable(cfg.ckpt_path)
+    L.seed_everything(cfg.seed, workers=True)
     # callbacks first: a missing or stale compression scheme stops the run before data preparation
     callbacks = instantiate_group(cfg.get("callbacks"))
     if cfg.get("compress"):  # e.g. compress=lowrank: fine-tune a compressed model (a callback from the config)
