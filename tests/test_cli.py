@@ -98,3 +98,30 @@ def test_search_with_an_unreadable_checkpoint_writes_nothing(tmp_path):
     result = run_entry("search.py", f"ckpt={ckpt}", f"output_dir={out}", f"paths.root_dir={tmp_path}")
     assert f"checkpoint {ckpt} cannot be read" in error_line(result, "search")
     assert not (out / "source.json").exists() and not (out / "wall_time.json").exists()
+
+
+@pytest.mark.parametrize("content", ["truncated", "garbage"])
+def test_train_resuming_from_a_damaged_last_checkpoint(tmp_path, content):
+    """The ``last.ckpt`` that ``make`` passes by itself as ``ckpt_path`` after an interruption, damaged: one line
+    naming the file and the fix, before data preparation (the data root is not looked at)."""
+    import torch
+
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    last.parent.mkdir()
+    torch.save({"state_dict": {"w": torch.zeros(1000)}, "hyper_parameters": {}}, last)
+    last.write_bytes(last.read_bytes()[:1000] if content == "truncated" else b"not a checkpoint")
+    result = run_entry("train.py", f"ckpt_path={last}", f"data.root={tmp_path / 'nowhere'}",
+                       f"paths.root_dir={tmp_path}")
+    line = error_line(result, "train")
+    assert line.startswith(f"train: ckpt_path {last} is damaged (") and "delete it to start the run afresh" in line
+
+
+@pytest.mark.parametrize("override, expected", [
+    ("trainer.max_epochs=abc", "train: config: trainer.max_epochs='abc' is of type str, expected an integer or null"),
+    ("trainer.max_epochs=0", "train: config: trainer.max_epochs=0 trains nothing"),
+])
+def test_train_with_a_bad_training_budget(tmp_path, override, expected):
+    """Refused when composed, before data preparation (the data root is not looked at), and no summary.json."""
+    result = run_entry("train.py", override, f"data.root={tmp_path / 'nowhere'}", f"paths.root_dir={tmp_path}")
+    assert error_line(result, "train").startswith(expected)
+    assert not list(tmp_path.rglob("summary.json"))

@@ -36,6 +36,23 @@ def read_checkpoint(path: str | Path, map_location: str = "cpu") -> dict:
     return checkpoint
 
 
+def check_resumable(path: str | Path) -> None:
+    """Stop with one line naming ``path`` and the fix when the checkpoint a run resumes from (``ckpt_path``, e.g.
+    the ``last.ckpt`` that ``make`` passes by itself after an interruption) is missing, damaged or not ours."""
+    try:
+        read_checkpoint(path)
+    except (FileNotFoundError, CheckpointError) as err:
+        cause = err.__cause__
+        if isinstance(err, FileNotFoundError):
+            reason = "does not exist"
+        elif cause is not None:  # torch.load's own message runs over several sentences: its first is enough
+            reason = f"is damaged ({type(cause).__name__}: {str(cause).splitlines()[0].split('. ')[0]})"
+        else:
+            reason = "is not a Lightning checkpoint of an AsrModule"
+        raise CheckpointError(f"ckpt_path {path} {reason}: the run cannot resume from it. Fix: delete it to start the "
+                              "run afresh, or give ckpt_path= another checkpoint (e.g. checkpoints/best.ckpt)") from err
+
+
 def load_module(path: str | Path, map_location: str = "cpu", prepare: Prepare | None = None) -> AsrModule:
     """The :class:`AsrModule` of checkpoint ``path``, in eval mode, with tokenizer/CMVN/features restored.
 

@@ -10,7 +10,9 @@ import hydra
 import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
+from asr.train_schema import check_train_config
 from common.atomic import write_json_atomic
+from common.errors import KnownError
 
 log = logging.getLogger(__name__)
 
@@ -90,8 +92,31 @@ def build_module(cfg: DictConfig, datamodule) -> L.LightningModule:
     return module
 
 
+class RankFailedError(KnownError, RuntimeError):
+    """Another rank of a data-parallel run failed: the run fails too, without a ``summary.json``."""
+
+
+def wait_for_other_ranks(trainer: L.Trainer) -> None:
+    """On the process that started the others (Lightning's subprocess launcher: ``trainer=ddp`` on one machine),
+    wait for them and raise :class:`RankFailedError` if one exited with a non-zero status: its error is printed
+    above, and without this the run would end with status 0. Lightning itself stops the run only when a rank
+    fails while this one still trains."""
+    processes = getattr(getattr(trainer.strategy, "launcher", None), "procs", None) or []
+    statuses = [(rank, process.wait()) for rank, process in enumerate(processes, start=1)]
+    failed = [f"local rank {rank} exited with status {status}" for rank, status in statuses if status != 0]
+    if failed:
+        raise RankFailedError(f"{'; '.join(failed)} (its error is printed above): the run failed and wrote no "
+                              "summary.json. Fix: that error, then run the same command again")
+
+
 def train(cfg: DictConfig) -> dict[str, float]:
-    """Train (or resume with ``ckpt_path``) and test the model of ``cfg``; returns the final metrics."""
+    """Train (or resume with ``ckpt_path``) and test the model of ``cfg``; returns the summary (on a data-parallel
+    rank other than 0, its metrics)."""
+    check_train_config(cfg)  # wrong types and a budget that trains nothing: one line, before any work
+    if cfg.ckpt_path:  # a damaged last.ckpt (an interrupted write) stops the run with one line, before anything else
+        from asr.checkpoint import check_resumable
+
+        check_resumable(cfg.ckpt_path)
     L.seed_everything(cfg.seed, workers=True)
     # callbacks first: a missing or stale compression scheme stops the run before data preparation
     callbacks = instantiate_group(cfg.get("callbacks"))
@@ -125,6 +150,18 @@ def train(cfg: DictConfig) -> dict[str, float]:
         metrics.update(module.test_results)
         if best:
             metrics["best_checkpoint"] = best
+    return report(cfg, trainer, module, datamodule, callbacks, loggers, metrics)
+
+
+def report(cfg: DictConfig, trainer: L.Trainer, module: L.LightningModule, datamodule, callbacks: list,
+           loggers: list, metrics: dict) -> dict:
+    """The run's summary, from rank 0 alone: the other ranks' loggers are stubs (Lightning's ``DummyExperiment``,
+    no W&B summary to update) and they return their ``metrics``. Rank 0 first waits for the ranks it started
+    (:func:`wait_for_other_ranks`: a failed one fails the run), then measures the speed-up, updates the loggers'
+    summaries and writes ``summary.json`` (the file ``make`` takes as the stage done)."""
+    if not trainer.is_global_zero:
+        return metrics
+    wait_for_other_ranks(trainer)
     metrics.update(measured_speedup(cfg, module, datamodule))
     summary = {"stage": cfg.stage, "params": module.num_parameters(), "size_mb": round(module.size_mb(), 3),
                **metrics}

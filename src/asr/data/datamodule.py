@@ -83,8 +83,10 @@ class BucketBatchSampler(Sampler[list[int]]):
     (Lightning calls :meth:`set_epoch`). Evaluation (``shuffle=False``): fixed batches,
     longest first. Under data parallelism each of ``num_replicas`` ranks takes every
     ``num_replicas``-th batch; training batches are truncated to an equal count per rank,
-    evaluation keeps every batch (so every utterance is scored once). Lightning's own
-    distributed sampler must be off (``use_distributed_sampler: false``).
+    evaluation keeps every batch (so every utterance is scored once). Every rank needs at least
+    one batch (Lightning stops a rank whose loader is empty): an evaluation split of fewer batches
+    than ranks is cut into one smaller batch per rank, and a split too small for that is a
+    :class:`DataError`. Lightning's own distributed sampler must be off (``use_distributed_sampler: false``).
     """
 
     def __init__(self, lengths: Sequence[int], batch_size: int, shuffle: bool, seed: int = 0,
@@ -113,6 +115,14 @@ class BucketBatchSampler(Sampler[list[int]]):
             batches = [batches[i] for i in rng.permutation(len(batches))]
         if self.num_replicas > 1:
             n = self.num_replicas
+            if len(order) < n or (self.shuffle and len(batches) < n):
+                kind = "training batches" if self.shuffle else "utterances"
+                count = len(batches) if self.shuffle else len(order)
+                raise DataError(f"a split of {len(order)} utterances gives {count} {kind} for {n} ranks: every rank "
+                                "needs one. Fix: use fewer devices (trainer.devices), or a smaller data.batch_size "
+                                "for a small training split")
+            if not self.shuffle and len(batches) < n:  # e.g. a dev set of one batch: one smaller batch per rank
+                batches = [part.tolist() for part in np.array_split(order, n)]
             per_rank = len(batches) // n if self.shuffle else math.ceil(len(batches) / n)
             batches = batches[self.rank :: n][:per_rank]
         return batches
