@@ -151,7 +151,7 @@ def test_a_study_of_another_search_is_set_aside(tmp_path):
 # -- the stage on the tiny corpus ---------------------------------------------------------------------------
 def test_optuna_search_reports_chooses_on_dev_and_resumes(tiny_corpus, tmp_path_factory):
     search, out = search_stage(tiny_corpus, tmp_path_factory, "search_optuna", "search=optuna_tpe",
-                               "search.n_startup_trials=2")
+                               "search.searcher.n_startup_trials=2")
     first = search("search.steps=2")
     points = [json.loads(line) for line in (out / "explored-rank0.jsonl").open()]
     first_trials = trials(out)

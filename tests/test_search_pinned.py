@@ -17,8 +17,8 @@ RECORD = os.environ.get("SHRINKML_RECORD_PINNED") == "1"
 # searcher -> overrides: a few steps each, the tiny space of asr_helpers.search_overrides (a_t = 1.5)
 SEARCHES = {
     "aggressive": ["search=aggressive", "search.steps=4"],
-    "penalty": ["search=aggressive", "search.feasibility=penalty", "search.steps=6"],
-    "optuna_tpe": ["search=optuna_tpe", "search.steps=4", "search.n_startup_trials=2"],
+    "penalty": ["search=aggressive", "search.searcher.feasibility=penalty", "search.steps=6"],
+    "optuna_tpe": ["search=optuna_tpe", "search.steps=4", "search.searcher.n_startup_trials=2"],
     "random": ["search=random", "search.steps=12"],
     "random_feasible": ["search=random_feasible", "search.steps=4"],
     "greedy": ["search=greedy", "search.steps=2"],
