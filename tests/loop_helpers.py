@@ -10,7 +10,7 @@ import torch
 from rl.explored import ExploredSet
 from rl.loop import SearchLoop
 from rl.rewards import wer_reward
-from rl.searcher import SearchProblem, Searcher
+from rl.searcher import Searcher, SearchProblem
 from rl.searchers.random import RandomSearcher
 from rl.searchers.reinforce import ReinforceSearcher
 from rl.space import SearchSpace

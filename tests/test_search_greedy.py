@@ -8,7 +8,6 @@ import json
 
 import pytest
 from asr_helpers import search_stage
-
 from loop_helpers import run_loop, toy_problem
 
 from compress.cost import FULL

@@ -237,7 +237,7 @@ def finalize(cfg, module, targets, cache, datamodule, explored: ExploredSet, bas
                "selected": ""}
         rows.append(row)
         candidates.append((scheme, wers, point, row))
-    summary = {"target_speedup": a_t, "explored": len(explored), "steps": search.steps,
+    summary = {"target_speedup": a_t, "policy": searcher.policy, "explored": len(explored), "steps": search.steps,
                "search_wall_seconds": round(wall_seconds, 1), "search_attempts": attempts,
                "baseline_proxy_wer": baseline_wer, "proxy_decode_seconds": round(proxy_decode_seconds, 3),
                **loop_summary}
