@@ -47,3 +47,35 @@ def run_loop(searcher: Searcher, problem: SearchProblem, evaluate: Callable[[dic
     return SearchLoop(searcher, ExploredSet.shared(out, problem.worker), evaluate,
                       lambda wer: reward(wer, problem.baseline_wer), problem.target_speedup, steps, max_decodes,
                       state, worker=problem.worker).run()
+
+
+def toy_worker(out: str, worker: int, workers: int, delay: float) -> None:
+    """One worker process of a toy search (the test of several workers): the grid searcher of
+    test_toy_searcher over a 3 x 3 space, every worker walking the same schemes in the same order, each decode
+    taking ``delay`` seconds and logged (fsynced) to ``decodes-worker<k>.txt`` before it returns. It starts when
+    ``out/go`` exists (after writing ``out/ready-worker<k>``)."""
+    import json
+    import os
+    import time
+
+    from test_toy_searcher import GridSearcher
+
+    from rl.loop import WorkerLock
+
+    space = SearchSpace(["a", "b", "c"], [[1, 2, 3]] * 3)
+    problem = toy_problem(space, lambda ranks: 9.0 / sum(ranks.values()), 1.0, 20.0, Path(out), worker=worker,
+                          workers=workers)
+
+    def evaluate(ranks: dict) -> float:
+        time.sleep(delay)
+        with open(Path(out) / f"decodes-worker{worker}.txt", "a") as f:
+            f.write(json.dumps(ranks, sort_keys=True) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        return 30.0 - sum(ranks.values())
+
+    (Path(out) / f"ready-worker{worker}").touch()
+    while not (Path(out) / "go").exists():  # all workers start together (imports take seconds)
+        time.sleep(0.01)
+    with WorkerLock(out, worker):
+        run_loop(GridSearcher(problem, 0), problem, evaluate, steps=27)
