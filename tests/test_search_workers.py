@@ -84,7 +84,8 @@ def test_a_second_process_on_the_same_worker_is_refused_and_a_dead_ones_lock_tak
     try:
         host = os.uname().nodename
         (tmp_path / "worker-0.lock").write_text(json.dumps({"pid": sleeper.pid, "host": host, "worker": 0}))
-        with pytest.raises(SearchBusyError, match=f"in use by worker 0 of a search \\(pid {sleeper.pid}.*search.workers"):
+        busy = f"in use by worker 0 of a search \\(pid {sleeper.pid}.*search.workers"
+        with pytest.raises(SearchBusyError, match=busy):
             WorkerLock(tmp_path, 0).__enter__()
         with WorkerLock(tmp_path, 1):  # another worker of the same search: welcome
             assert json.loads((tmp_path / "worker-1.lock").read_text())["pid"] == os.getpid()

@@ -22,10 +22,10 @@ class GridSearcher(Searcher):
         self.problem, self.start = problem, start
 
     def ask(self, step: int) -> Proposal | None:
-        (l, d), index = self.problem.space.shape, self.start + step
-        if index >= d**l:
+        (targets, d), index = self.problem.space.shape, self.start + step
+        if index >= d**targets:
             return None
-        choices = [index // d**i % d for i in reversed(range(l))]
+        choices = [index // d**i % d for i in reversed(range(targets))]
         ranks = self.problem.space.ranks(choices)
         return Proposal(ranks, choices, float(self.problem.estimate(ranks)))
 
