@@ -139,5 +139,15 @@ def test_two_search_workers_share_one_study_and_decode_no_scheme_twice(tiny_corp
         == {(k, step) for k in (0, 1) for step in range(4)}  # every step of both workers, once
     report = json.loads((out / "report.json").read_text())
     assert report["summary"]["explored"] == len(keys)
-    busy = run_script("../search", *common, "search.worker=2")
-    assert busy.returncode == 2 and "search.worker=2 must be in 0 .. search.workers - 1" in busy.stderr
+    wrong = run_script("../search", *common, "search.worker=2")
+    assert wrong.returncode == 2 and "search.worker=2 must be in 0 .. search.workers - 1" in wrong.stderr
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:  # an identical search while worker 0 runs: refused with one line, nothing touched
+        (out / "worker-0.lock").write_text(json.dumps({"pid": sleeper.pid, "host": os.uname().nodename}))
+        before = explored_keys(out)
+        busy = run_script("../search", *common, "search.worker=0")
+        assert busy.returncode == 2 and f"is in use by worker 0 of a search (pid {sleeper.pid}" in busy.stderr
+        assert explored_keys(out) == before
+    finally:
+        sleeper.kill()
+        sleeper.wait()
