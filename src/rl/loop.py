@@ -136,9 +136,11 @@ def guard_state(directory: str | Path, signature: dict, on_stale: str, patterns:
     except ValueError:
         made_for = None
     if state and reason is None and made_for != signature:
-        differ = sorted(k for k in {*signature, *(made_for or {})} if (made_for or {}).get(k) != signature.get(k))
-        what = ", ".join(SIGNATURE_WORDS.get(k, k) for k in differ) if made_for else "an unrecorded search"
-        reason = f"holds a search of another {what}"
+        if made_for is None:
+            reason = "holds search state with no record of what it was made for (source.json)"
+        else:
+            differ = sorted(k for k in {*signature, *made_for} if made_for.get(k) != signature.get(k))
+            reason = f"holds a search of another {', '.join(SIGNATURE_WORDS.get(k, k) for k in differ)}"
     if state and reason is not None:
         if on_stale == "error":
             raise StaleSearchError(f"{out} {reason}: run with on_stale=restart to keep it aside and start afresh, or "

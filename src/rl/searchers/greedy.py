@@ -137,6 +137,9 @@ class GreedySearcher(Searcher):
     def __init__(self, problem: SearchProblem, table: str | Mapping | None, curves: str, running_max: bool):
         if curves not in SOURCES:
             raise ValueError(f"search.searcher.curves must be one of {SOURCES}, got {curves!r}")
+        if problem.workers != 1:  # its curve points are probes, which the loop does not claim
+            raise ValueError(f"search=greedy runs as one worker (search.workers={problem.workers}); its decodes are "
+                             "few and fixed: run it with search.workers=1")
         if isinstance(table, str | Path):
             table = load_table(table) if Path(table).is_file() else None
         self.problem, self.running_max = problem, running_max
