@@ -311,7 +311,7 @@ def test_entropy_bonus_raises_the_policy_entropy():
     optimizer = torch.optim.SGD(controller.parameters(), lr=0.5)
     for _ in range(5):
         sample = controller(choices)
-        loss = reinforce_loss(sample, advantage=0.0) - 1.0 * sample.entropy  # SearchModule's loss, r = b
+        loss = reinforce_loss(sample, advantage=0.0) - 1.0 * sample.entropy  # the RL searcher's loss, r = b
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()

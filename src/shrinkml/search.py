@@ -161,7 +161,8 @@ def search_worker(cfg: DictConfig, module, started: float) -> dict:
                       log_metrics).run()
     for logger in loggers:
         logger.save()
-    report = finalize(cfg, module, targets, cache, datamodule, ExploredSet.shared(out, 0), baseline_wer, score,
+    # every worker's points; only this worker's own file may be repaired (another worker may be appending to its)
+    report = finalize(cfg, module, targets, cache, datamodule, ExploredSet.shared(out, worker), baseline_wer, score,
                       searcher, loop.summary(), clock.total(), proxy_decode_seconds, clock.attempts,
                       latency_table=latency_table)
     clock.save()
