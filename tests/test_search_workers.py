@@ -103,7 +103,7 @@ def test_claims_of_a_live_process_hold_and_of_a_dead_one_are_taken_over(tmp_path
     ranks = {"a": 1}
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
-        path = explored._claim_path(ranks)
+        path = explored.claim_path(ranks)
         path.parent.mkdir()
         path.write_text(json.dumps({"pid": sleeper.pid, "host": os.uname().nodename}))
         assert not explored.claim(ranks)

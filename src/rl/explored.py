@@ -172,14 +172,14 @@ class ExploredSet:
         self._remember(point)
 
     # -- several workers: claims ---------------------------------------------------------------------------
-    def _claim_path(self, ranks: dict) -> Path:
+    def claim_path(self, ranks: dict) -> Path:
         return self.path.parent / "claims" / f"{hashlib.sha1(scheme_key(ranks).encode()).hexdigest()}.json"
 
     def claim(self, ranks: dict) -> bool:
         """Claim the scheme ``ranks`` for decoding by this process: True when it is ours now (created, or taken
         over from a process of this host that is gone, or from this process itself: an earlier attempt that
         raised); False while another live process holds it."""
-        path = self._claim_path(ranks)
+        path = self.claim_path(ranks)
         path.parent.mkdir(parents=True, exist_ok=True)
         mine = json.dumps({"pid": os.getpid(), "host": socket.gethostname()})
         for _ in range(3):
@@ -201,7 +201,7 @@ class ExploredSet:
 
     def release(self, ranks: dict) -> None:
         """Drop this process's claim of ``ranks`` (after its point is added, or when decoding it failed)."""
-        self._claim_path(ranks).unlink(missing_ok=True)
+        self.claim_path(ranks).unlink(missing_ok=True)
 
     def best(self, target_speedup: float, count: int = 5, key: str = "speedup") -> list[dict]:
         """The ``count`` points with the lowest WER among those meeting ``target_speedup``."""

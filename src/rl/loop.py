@@ -37,6 +37,7 @@ STATE_FORMAT = "shrinkml-search-state/1"
 STATE_FILES = ("explored-rank*.jsonl", "claims", "checkpoints", "best_scheme.json", "report.json", "report.md",
                "explored.png", "wall_time*.json")
 CLAIM_POLL_SECONDS = 0.2
+CLAIM_WARN_SECONDS = 600.0  # a decode of the proxy set takes seconds: a claim held this long names its file
 
 
 class StaleSearchError(KnownError, RuntimeError):
@@ -273,6 +274,8 @@ class SearchLoop:
 
     def claim_or_find(self, ranks: dict) -> dict | None:
         """The stored point of ``ranks`` (waiting while another worker decodes it), or None once it is claimed."""
+        waiting_since = time.time()
+        warned = False
         while True:
             self.explored.refresh()
             if (point := self.explored.get(ranks)) is not None:
@@ -282,6 +285,10 @@ class SearchLoop:
                 if (point := self.explored.get(ranks)) is not None:
                     self.explored.release(ranks)
                 return point
+            if not warned and time.time() - waiting_since > CLAIM_WARN_SECONDS:
+                warned = True
+                log.warning("waiting for another worker's decode of a scheme (%s); if that worker is dead on "
+                            "another machine, delete that claim file", self.explored.claim_path(ranks))
             time.sleep(CLAIM_POLL_SECONDS)
 
     def run(self) -> SearchLoop:
