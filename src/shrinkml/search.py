@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import random
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import hydra
@@ -174,6 +175,44 @@ def search_worker(cfg: DictConfig, module, started: float) -> dict:
     return report
 
 
+def latency_of(scheme: Scheme, latency_table: LatencyTable | None) -> dict:
+    """``{"speedup/latency": ...}`` of ``scheme`` with a measured latency table, else nothing."""
+    return {"speedup/latency": scheme.estimates["speedup/latency"]} if latency_table is not None else {}
+
+
+def manual_baselines(cfg: DictConfig, model, targets, cache: SvdCache, score: Callable, split_wers: Callable,
+                     latency_table: LatencyTable | None) -> tuple[list[dict], dict[str, list[tuple[float, float]]]]:
+    """Table 1's manual rows at ``a_t`` (naive; guided with a sensitivity table) and their Fig. 4 curves
+    (``label -> [(speed-up, proxy WER)]`` at ``report.curve_speedups``)."""
+    a_t = cfg.search.target_speedup
+    weights = {t.name: t.weight(model) for t in targets}
+    manual_dense = {"naive": []}
+    if Path(cfg.sensitivity_table).is_file():
+        table = load_table(cfg.sensitivity_table)
+        manual_dense["guided"] = sensitive_targets(table, cfg.guided.energy, cfg.guided.max_delta)
+    rows, curves = [], {}
+    for method, dense in manual_dense.items():
+        try:
+            scheme = uniform_energy_scheme(targets, weights, cache, a_t, cfg.by, dense, provenance=method,
+                                           latency_table=latency_table)
+        except ValueError as err:
+            log.warning("manual %s baseline at %.2fx: %s", method, a_t, err)
+            continue
+        compressed = apply_scheme(model, scheme, targets, cache)
+        rows.append({"model": f"manual {method}", "speedup/params": scheme.estimates["speedup/params"],
+                     **latency_of(scheme, latency_table), "proxy_wer": score(compressed), **split_wers(compressed)})
+        curves[method] = []
+        for a in cfg.report.curve_speedups:
+            try:
+                point = uniform_energy_scheme(targets, weights, cache, a, cfg.by, dense, provenance=method,
+                                              latency_table=latency_table)
+            except ValueError:
+                continue
+            curves[method].append((point.estimates[f"speedup/{cfg.by}"],
+                                   score(apply_scheme(model, point, targets, cache))))
+    return rows, curves
+
+
 def finalize(cfg, module, targets, cache, datamodule, explored: ExploredSet, baseline_wer: float, score,
              searcher: Searcher, loop_summary: dict, wall_seconds: float, proxy_decode_seconds: float, attempts: int,
              latency_table: LatencyTable | None = None) -> dict:
@@ -190,9 +229,6 @@ def finalize(cfg, module, targets, cache, datamodule, explored: ExploredSet, bas
     out, search, model = Path(cfg.output_dir), cfg.search, module.model
     a_t = search.target_speedup
 
-    def latency_estimate(scheme: Scheme) -> dict:
-        return {"speedup/latency": scheme.estimates["speedup/latency"]} if latency_table is not None else {}
-
     tokenizer = module.assets.tokenizer
     dev = cfg.split
     dev_key = f"wer/{dev}"
@@ -204,37 +240,14 @@ def finalize(cfg, module, targets, cache, datamodule, explored: ExploredSet, bas
 
     latency = {"speedup/latency": 1.0} if latency_table is not None else {}
     rows = [{"model": "baseline", "speedup/params": 1.0, **latency, "proxy_wer": baseline_wer, **split_wers(model)}]
-    weights = {t.name: t.weight(model) for t in targets}
-    manual_dense = {"naive": []}
-    if Path(cfg.sensitivity_table).is_file():
-        table = load_table(cfg.sensitivity_table)
-        manual_dense["guided"] = sensitive_targets(table, cfg.guided.energy, cfg.guided.max_delta)
-    curves: dict[str, list[tuple[float, float]]] = {}
-    for method, dense in manual_dense.items():
-        try:
-            scheme = uniform_energy_scheme(targets, weights, cache, a_t, cfg.by, dense, provenance=method,
-                                           latency_table=latency_table)
-        except ValueError as err:
-            log.warning("manual %s baseline at %.2fx: %s", method, a_t, err)
-            continue
-        compressed = apply_scheme(model, scheme, targets, cache)
-        rows.append({"model": f"manual {method}", "speedup/params": scheme.estimates["speedup/params"],
-                     **latency_estimate(scheme), "proxy_wer": score(compressed), **split_wers(compressed)})
-        curves[method] = []
-        for a in cfg.report.curve_speedups:
-            try:
-                point = uniform_energy_scheme(targets, weights, cache, a, cfg.by, dense, provenance=method,
-                                              latency_table=latency_table)
-            except ValueError:
-                continue
-            curves[method].append((point.estimates[f"speedup/{cfg.by}"],
-                                   score(apply_scheme(model, point, targets, cache))))
+    manual, curves = manual_baselines(cfg, model, targets, cache, score, split_wers, latency_table)
+    rows += manual
     candidates = []
     for rank_in_search, point in enumerate(explored.best(a_t, cfg.report.top_k), start=1):
         scheme = Scheme.build(targets, point["ranks"], searcher.provenance, latency_table=latency_table)
         wers = split_wers(apply_scheme(model, scheme, targets, cache))
         row = {"model": f"{searcher.policy} #{rank_in_search}", "speedup/params": scheme.estimates["speedup/params"],
-               **latency_estimate(scheme), "proxy_wer": point["wer"], "found_at_step": point["step"], **wers,
+               **latency_of(scheme, latency_table), "proxy_wer": point["wer"], "found_at_step": point["step"], **wers,
                "selected": ""}
         rows.append(row)
         candidates.append((scheme, wers, point, row))
@@ -261,7 +274,8 @@ def finalize(cfg, module, targets, cache, datamodule, explored: ExploredSet, bas
         summary.update({"best": str(out / "best_scheme.json"), "found_at_step": point["step"],
                         "provenance": scheme.provenance, "selected_on": dev,
                         "speedup/params": scheme.estimates["speedup/params"],
-                        "speedup/macs": scheme.estimates.get("speedup/macs"), **latency_estimate(scheme), **wers})
+                        "speedup/macs": scheme.estimates.get("speedup/macs"), **latency_of(scheme, latency_table),
+                        **wers})
     report = {"summary": summary, "rows": rows, "curves": curves}
     write_json_atomic(out / "report.json", report)
     columns = ["model", "speedup/params", *latency, "proxy_wer", *[f"wer/{s}" for s in splits], "found_at_step",
