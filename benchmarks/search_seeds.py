@@ -3,7 +3,7 @@
 
     python benchmarks/search_seeds.py          # a_t 3.7 and 1.2, seeds 0 1 2, budgets 100 200 300
     python benchmarks/search_seeds.py --targets 3.7 --seeds 0 --budgets 50 100 --jobs 2
-    python benchmarks/search_seeds.py --searcher rl_penalty=search=aggressive,search.feasibility=penalty
+    python benchmarks/search_seeds.py --searcher rl_penalty=search=aggressive,search.searcher.feasibility=penalty
     python benchmarks/search_seeds.py --finished-only   # the table so far, while a benchmark still runs
 
 Searchers (each a ``search.py`` run through the real entry point, over the same search space, proxy set, reward
@@ -66,7 +66,7 @@ def run_search(name: str, overrides: list[str], target: str, seed: int, max_budg
     steps = [] if name in DETERMINISTIC else [f"search.steps={4 * max_budget}", f"search.max_decodes={max_budget}"]
     command = [sys.executable, str(ROOT / "search.py"), *overrides, *TARGETS[target], *steps, f"seed={seed}",
                f"output_dir={out}", f"search.name=bench_{name}", "logger=csv", "on_stale=restart",
-               "trainer.enable_progress_bar=false", "report.curve_speedups=[]"]
+               "report.curve_speedups=[]"]
     print("running:", " ".join(command[1:]), flush=True)
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "bench.log", "a") as log:

@@ -98,7 +98,7 @@ def search_overrides(base: Path, corpus: Path, checkpoint: Path, *extra: str, op
     the paper's RL (search=aggressive) unless a later override names another searcher."""
     return ["search=aggressive", f"ckpt={checkpoint}", f"data.root={corpus}", f"data.cache_dir={base / 'features'}",
             f"data.tokenizer.vocab_size={VOCAB}", f"data.tokenizer.dir={base / 'tokenizer'}", "data.feature_jobs=1",
-            "data.progress=false", "logger=csv", "trainer.enable_progress_bar=false", "proxy=random", "proxy_size=6",
+            "data.progress=false", "logger=csv", "proxy=random", "proxy_size=6",
             "search.space.kind=uniform", f"search.space.options={options}", "search.target_speedup=1.5",
             "report.curve_speedups=[1.5]", f"sensitivity_table={base / 'no-table.json'}", *extra]
 

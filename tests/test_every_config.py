@@ -142,16 +142,16 @@ def test_search_runs_two_steps_and_chooses_its_result_on_dev(name, checkpoint, t
     output_dir = base / "every_config" / f"search_{name}"
     cfg = compose_root("search", [*data_overrides(corpus, base), f"search={name}", f"ckpt={checkpoint}",
                                   f"sensitivity_table={table}", f"output_dir={output_dir}", "search.steps=2",
-                                  "search.target_speedup=1.2", "report.curve_speedups=[1.2]",
-                                  "trainer.enable_progress_bar=false"])
+                                  "search.target_speedup=1.2", "report.curve_speedups=[1.2]"])
     assert cfg.search.name == name
     with hydra_job(cfg, output_dir) as task:
         run_search(task)  # the tiny model's compressed WERs run hundreds of points above its baseline's
     report = json.loads((output_dir / "report.json").read_text())
-    summary, policy = report["summary"], cfg.search.policy
+    summary = report["summary"]
+    policy = summary["policy"]
     assert summary["steps"] == 2 and report["rows"][0]["model"] == "baseline"
     candidates = [row for row in report["rows"] if row["model"].startswith(f"{policy} #")]
-    if policy == "random_feasible" or (policy == "rl" and cfg.search.feasibility == "mask"):
+    if policy == "random_feasible" or (policy == "rl" and cfg.search.searcher.feasibility == "mask"):
         assert summary["best"] is not None, "every sample of a masked or feasible search meets a_t"
     if summary["best"] is None:  # no scheme met a_t in two steps: no result, and none left from before
         assert not candidates and not (output_dir / "best_scheme.json").exists()

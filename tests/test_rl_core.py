@@ -1,15 +1,15 @@
-"""The search's parts: rewards (Eq. 4-6), search space, controller + REINFORCE, explored set, and
-SearchModule (Algorithm 1) on a toy problem with a known optimum, including resume."""
+"""The search's parts: rewards (Eq. 4-6), search space, controller + REINFORCE, explored set, and the RL searcher
+(Algorithm 1) on the search loop over a toy problem with a known optimum, including resume."""
 
 from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
-import lightning as L
 import pytest
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
+from loop_helpers import random_searcher, rl_searcher, run_loop, toy_problem
 from torch import nn
 
 from compress.cost import FULL, estimate_speedup
@@ -18,7 +18,6 @@ from compress.targets import discover_targets
 from rl.controller import Controller, RewardBaseline, reinforce_loss
 from rl.explored import ExploredSet, ExploredSetError
 from rl.rewards import aggressive_reward, conservative_reward, violation_reward, wer_reward
-from rl.search_module import SearchModule
 from rl.space import SearchSpace, SearchSpaceError, sensitivity_space, uniform_space, widened_sensitivity_space
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -225,20 +224,22 @@ class CountingWer:
         return 10.0 + 8.0 * (4 - ranks["x"]) + (4 - ranks["y"]) + (4 - ranks["z"])
 
 
-def fit_search(tmp_path, steps, policy="rl", wer=None, resume=False, seed=0, reward="conservative", **options):
+class Run:
+    """What a test reads of a finished search: the loop's counts and step, and the searcher's controller."""
+
+    def __init__(self, loop, searcher):
+        self.counts, self.global_step = loop.counts, loop.step
+        self.controller = getattr(searcher, "controller", None)
+
+
+def fit_search(tmp_path, steps, policy="rl", wer=None, resume=False, seed=0, reward="conservative", max_decodes=None,
+               **options):
+    """``steps`` steps of the RL search (``policy=rl``) or a random one on the real search loop."""
     wer = wer or CountingWer()
-    explored = ExploredSet(tmp_path / "explored-rank0.jsonl")
-    module = SearchModule(SPACE, toy_estimate, wer, baseline_wer=10.0, target_speedup=1.6, reward=reward,
-                          explored=explored, optimizer=lambda p: torch.optim.Adam(p, lr=0.05), policy=policy,
-                          seed=seed, **options)
-    trainer = L.Trainer(max_steps=steps, max_epochs=-1, logger=False, enable_progress_bar=False,
-                        enable_model_summary=False, accelerator="cpu", default_root_dir=tmp_path,
-                        callbacks=[ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True, save_top_k=0,
-                                                   every_n_train_steps=1)])
-    last = tmp_path / "ckpt" / "last.ckpt"
-    trainer.fit(module, train_dataloaders=torch.utils.data.DataLoader(list(range(steps)), batch_size=None),
-                ckpt_path=str(last) if resume and last.is_file() else None, weights_only=False)
-    return module, explored, wer
+    problem = toy_problem(SPACE, toy_estimate, 1.6, 10.0, tmp_path, reward=reward, seed=seed)
+    searcher = rl_searcher(problem, **options) if policy == "rl" else random_searcher(problem, policy != "random")
+    loop = run_loop(searcher, problem, wer, steps, max_decodes, resume=resume)
+    return Run(loop, searcher), ExploredSet(tmp_path / "explored-rank0.jsonl"), wer
 
 
 def test_rl_search_learns_the_toy_optimum_and_never_reevaluates(tmp_path):
@@ -253,25 +254,20 @@ def test_rl_search_learns_the_toy_optimum_and_never_reevaluates(tmp_path):
 
 
 def test_random_policy_samples_uniformly_and_does_not_learn(tmp_path):
-    torch.manual_seed(0)
-    reference = Controller(3, 4).state_dict()
-    torch.manual_seed(0)
     module, explored, _ = fit_search(tmp_path, steps=20, policy="random")
     assert module.counts["samples"] == 20 and len(explored) > 0
-    assert all(torch.equal(reference[k], v) for k, v in module.controller.state_dict().items())
+    problem = toy_problem(SPACE, toy_estimate, 1.6, 10.0, tmp_path)
+    assert random_searcher(problem).state_dict() == {}  # nothing to learn: no parameters, no state
 
 
 def test_random_feasible_policy_meets_the_target_at_every_step_and_does_not_learn(tmp_path):
-    torch.manual_seed(0)
-    reference = Controller(3, 4).state_dict()
-    torch.manual_seed(0)
     module, explored, wer = fit_search(tmp_path, steps=20, policy="random_feasible")
     plain, _, _ = fit_search(tmp_path / "plain", steps=20, policy="random")
     assert module.counts["accepted"] == module.counts["samples"] == 20  # 4 / mean rank >= 1.6 at every step
     assert plain.counts["accepted"] < 20  # uniform samples miss the target ...
     assert len(wer.calls) > plain.counts["evaluated"]  # ... so the feasible search decodes more with the same steps
     assert len({json.dumps(p["ranks"], sort_keys=True) for p in explored}) == len(explored) > 1
-    assert all(torch.equal(reference[k], v) for k, v in module.controller.state_dict().items())
+    assert random_searcher(toy_problem(SPACE, toy_estimate, 1.6, 10.0, tmp_path), True).state_dict() == {}
 
 
 def test_max_decodes_stops_the_search_at_that_many_decoded_schemes(tmp_path):
@@ -315,7 +311,7 @@ def test_entropy_bonus_raises_the_policy_entropy():
     optimizer = torch.optim.SGD(controller.parameters(), lr=0.5)
     for _ in range(5):
         sample = controller(choices)
-        loss = reinforce_loss(sample, advantage=0.0) - 1.0 * sample.entropy  # SearchModule's loss, r = b
+        loss = reinforce_loss(sample, advantage=0.0) - 1.0 * sample.entropy  # the RL searcher's loss, r = b
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -364,8 +360,8 @@ def test_geometric_spacing_spreads_options_evenly_in_speedup():
 def test_masked_controller_is_a_distribution_over_exactly_the_feasible_schemes():
     torch.manual_seed(0)
     controller = Controller(3, 4)
-    module = SearchModule(SPACE, toy_estimate, CountingWer(), baseline_wer=10.0, target_speedup=1.6,
-                          reward="conservative", explored=None, feasibility="mask")
+    module = rl_searcher(toy_problem(SPACE, toy_estimate, 1.6, 10.0, Path("."), reward="conservative"),
+                         feasibility="mask")
     total = 0.0
     for x in range(4):
         for y in range(4):
@@ -390,5 +386,5 @@ def test_masked_search_meets_the_target_at_every_step_and_learns_the_toy_optimum
     assert all(toy_estimate(ranks) >= 1.6 for ranks in wer.calls)
     best = explored.best(1.6, 1)[0]
     assert best["ranks"]["x"] == 4 and best["wer"] == 15.0
-    with pytest.raises(ValueError, match="search.feasibility"):
+    with pytest.raises(ValueError, match="searcher.feasibility"):
         fit_search(tmp_path / "bad", steps=1, feasibility="clip")

@@ -18,8 +18,8 @@ from compress.scheme import Scheme, current_ranks, file_fingerprint
 from compress.svd import SvdCache
 from compress.targets import discover_targets
 from rl.explored import ExploredSet
+from rl.loop import StaleSearchError, guard_state
 from shrinkml import search
-from shrinkml.search import StaleSearchError, guard_search_state
 
 
 @pytest.fixture(scope="module")
@@ -79,6 +79,13 @@ def test_search_bad_input(setup, tmp_path):
     assert result.returncode == 2 and "no-such-utterance" in result.stderr
 
 
+def guard_search_state(out, ckpt, on_stale: str) -> None:
+    """The search loop's one guard with the stage's signature of checkpoint ``ckpt`` (the searcher's part fixed)."""
+    sha = file_fingerprint(ckpt)
+    guard_state(out, {"checkpoint_sha256": sha, "baseline_proxy_wer": 20.0, "searcher": "rl", "settings": {}},
+                on_stale, note={"checkpoint": str(ckpt), "checkpoint_sha256": sha})
+
+
 def test_search_state_of_another_checkpoint_is_not_resumed(tmp_path):
     ckpt, other = tmp_path / "a.ckpt", tmp_path / "b.ckpt"
     ckpt.write_bytes(b"baseline one")
@@ -89,7 +96,7 @@ def test_search_state_of_another_checkpoint_is_not_resumed(tmp_path):
     (out / "explored-rank0.jsonl").write_text('{"ranks": {}}\n')
     guard_search_state(out, ckpt, "error")  # same checkpoint: the state is resumed as it is
     assert (out / "explored-rank0.jsonl").is_file()
-    with pytest.raises(StaleSearchError, match="on_stale=restart"):
+    with pytest.raises(StaleSearchError, match="another baseline checkpoint.*on_stale=restart"):
         guard_search_state(out, other, "error")
     guard_search_state(out, other, "restart")
     assert not (out / "explored-rank0.jsonl").exists()
@@ -122,12 +129,13 @@ def test_result_scheme_is_chosen_on_the_whole_dev_split_not_on_test(tmp_path, mo
         "output_dir": str(tmp_path), "ckpt": str(tmp_path / "base.ckpt"), "split": "dev", "test_splits": ["test"],
         "by": "params", "sensitivity_table": str(tmp_path / "none.json"), "guided": {"energy": 0.7, "max_delta": 2.0},
         "report": {"top_k": 3, "curve_speedups": []},
-        "search": {"name": "toy", "target_speedup": 1.5, "policy": "rl", "steps": 3}})
+        "search": {"name": "toy", "target_speedup": 1.5, "steps": 3}})
     OmegaConf.set_struct(cfg, True)
     module = SimpleNamespace(model=model, assets=SimpleNamespace(tokenizer=None))
-    searcher = SimpleNamespace(counts={"samples": 3, "accepted": 3}, step_seconds=[0.1], evaluated_step_seconds=[0.1])
+    searcher = SimpleNamespace(policy="rl", provenance="automl")
+    loop_summary = {"acceptance": 1.0, "mean_step_seconds": 0.1, "mean_evaluated_step_seconds": 0.1}
     report = search.finalize(cfg, module, targets, SvdCache(), None, explored, 4.0, lambda m: 50.0, searcher,
-                             wall_seconds=1.0, proxy_decode_seconds=0.1, attempts=1)
+                             loop_summary, wall_seconds=1.0, proxy_decode_seconds=0.1, attempts=1)
     best = Scheme.load(tmp_path / "best_scheme.json")
     assert best.ranks == schemes["B"]  # not A (best proxy and best test WER), not C (second on test)
     assert best.metrics["wer/dev"] == 20.0 and best.metrics["wer/test"] == 25.0 and best.meta["selected_on"] == "dev"

@@ -1,5 +1,5 @@
 """``search=greedy``: AIMET's greedy compression-ratio selection over the search space as a peer of the RL search.
-A toy space (no speech) with a known per-target sensitivity checks the binary search on the score, the monotonic
+A toy space (no speech) with a known per-target sensitivity checks the binary search on the score, the running-maximum
 curves, the table's free curve points and resuming after a kill; the tiny corpus checks the whole stage."""
 
 from __future__ import annotations
@@ -8,12 +8,13 @@ import json
 
 import pytest
 from asr_helpers import search_stage
+from loop_helpers import run_loop, toy_problem
 
 from compress.cost import FULL
 from rl.explored import ExploredSet
-from rl.greedy_search import CURVES_FILE, CurvesMismatchError, GreedySearch, select
+from rl.loop import STATE_FILES, StaleSearchError, guard_state
+from rl.searchers.greedy import CURVES_FILE, CurvesMismatchError, GreedySearcher, select
 from rl.space import SearchSpace
-from shrinkml.search import StaleSearchError, guard_curves
 
 SPACE = SearchSpace(["a", "b", "c"], [[1, 2, 4, FULL]] * 3)
 BASELINE = 20.0
@@ -48,11 +49,16 @@ class Decoder:
         return BASELINE + sum(self.delta[name][rank] for name, rank in ranks.items() if rank != FULL)
 
 
-def greedy(out, decoder: Decoder, a_t: float, baseline: float = BASELINE, **kwargs) -> GreedySearch:
-    search = GreedySearch(SPACE, estimate, decoder, baseline, a_t, "aggressive", ExploredSet(out / "explored.jsonl"),
-                          out / CURVES_FILE, **kwargs)
-    search.run()
+def greedy(out, decoder: Decoder, a_t: float, baseline: float = BASELINE, table=None, source: str = "auto",
+           running_max: bool = True, candidates: int = 1) -> GreedySearcher:
+    """The greedy searcher on the search loop: ``candidates`` search steps (``search.steps``)."""
+    search = GreedySearcher(toy_problem(SPACE, estimate, a_t, baseline, out), table, source, running_max)
+    run_loop(search, search.problem, decoder, candidates)
     return search
+
+
+def explored(out) -> list[dict]:
+    return list(ExploredSet(out / "explored-rank0.jsonl"))
 
 
 def test_the_binary_search_picks_the_scheme_of_the_smallest_score_that_meets_a_t(tmp_path):
@@ -66,9 +72,9 @@ def test_the_binary_search_picks_the_scheme_of_the_smallest_score_that_meets_a_t
     # 9 single-target curve points (the dense option is the baseline itself) and one decode of the result
     assert len(decoder.decoded) == 10 and decoder.decoded[-1] == search.result["ranks"]
     assert all(sum(r != FULL for r in ranks.values()) == 1 for ranks in decoder.decoded[:-1])
-    points = list(ExploredSet(tmp_path / "explored.jsonl"))
+    points = explored(tmp_path)
     assert [p["ranks"] for p in points] == [search.result["ranks"]] and points[0]["policy"] == "greedy"
-    assert search.study_summary() == {"decodes": 10, "decodes_this_run": 10, "curve_points": 9,
+    assert search.summary() == {"decodes": 10, "decodes_this_run": 10, "curve_points": 9,
                                       "curve_points_from_table": 0, "greedy_score": search.result["score"]}
 
 
@@ -92,10 +98,13 @@ def test_a_t_beyond_the_space_is_refused_before_any_decode(tmp_path):
     assert not decoder.decoded
 
 
-def test_monotonic_curves_stop_at_the_first_option_past_the_score(tmp_path):
+def test_running_max_curves_stop_at_the_first_option_past_the_score(tmp_path):
     noisy = {**DELTA, "c": {1: 1.5, 2: 6.0, 4: 2.0}}  # c alone at rank 1 got lucky on the proxy
-    kept = greedy(tmp_path / "monotonic", Decoder(noisy), 3.4)
-    raw = greedy(tmp_path / "raw", Decoder(noisy), 3.4, monotonic=False)
+    kept = greedy(tmp_path / "running_max", Decoder(noisy), 3.4)
+    raw = greedy(tmp_path / "raw", Decoder(noisy), 3.4, running_max=False)
+    # the running maximum from dense down: c's curve 2.0, 6.0, 1.5 (rank 4, 2, 1) is selected as 2.0, 6.0, 6.0
+    assert [d for _, d in kept.selection_curves()["c"]] == [6.0, 6.0, 2.0, 0.0]
+    assert [d for _, d in raw.selection_curves()["c"]] == [1.5, 6.0, 2.0, 0.0]
     assert kept.result["ranks"]["c"] == 4 and kept.result["score"] == pytest.approx(2.0)
     assert raw.result["ranks"]["c"] == 1 and raw.result["score"] == pytest.approx(1.5)  # the dip is taken
 
@@ -109,10 +118,10 @@ def test_curve_points_from_the_sensitivity_table_cost_no_decode(tmp_path):
     decoder = Decoder()
     search = greedy(tmp_path / "all", decoder, 2.0, table=table_of(DELTA))
     assert decoder.decoded == [{"a": 1, "b": 2, "c": FULL}]  # only the result
-    assert search.study_summary()["curve_points_from_table"] == 9 and search.study_summary()["decodes"] == 1
+    assert search.summary()["curve_points_from_table"] == 9 and search.summary()["decodes"] == 1
     partial = Decoder()
     search = greedy(tmp_path / "partial", partial, 2.0, table=table_of(DELTA, ranks=(1,)))
-    assert len(partial.decoded) == 6 + 1 and search.study_summary()["decodes"] == 7
+    assert len(partial.decoded) == 6 + 1 and search.summary()["decodes"] == 7
     assert all(ranks[name] != 1 for ranks in partial.decoded[:-1] for name in ranks)  # rank 1 came from the table
     assert search.result["ranks"] == {"a": 1, "b": 2, "c": FULL}
     everything = Decoder()
@@ -131,7 +140,7 @@ def test_a_killed_search_resumes_without_decoding_again(tmp_path):
     search = greedy(tmp_path / "killed", resumed, 2.0)
     assert not [r for r in resumed.decoded if r in killed.decoded]  # nothing decoded twice
     assert killed.decoded + resumed.decoded == whole.decoded
-    assert search.study_summary()["decodes"] == 10 and search.study_summary()["decodes_this_run"] == 6
+    assert search.summary()["decodes"] == 10 and search.summary()["decodes_this_run"] == 6
     again = Decoder()
     assert greedy(tmp_path / "killed", again, 2.0).result == search.result and not again.decoded
 
@@ -139,14 +148,23 @@ def test_a_killed_search_resumes_without_decoding_again(tmp_path):
 def test_more_candidates_are_the_next_distinct_schemes_above_the_score(tmp_path):
     decoder = Decoder()
     greedy(tmp_path, decoder, 2.0, candidates=3)
-    points = list(ExploredSet(tmp_path / "explored.jsonl"))
+    points = explored(tmp_path)
     assert [p["ranks"] for p in points] == [{"a": 1, "b": 2, "c": FULL}, {"a": 1, "b": 2, "c": 4},
                                            {"a": 1, "b": 1, "c": 4}]
     assert [p["step"] for p in points] == [0, 1, 2] and all(p["speedup"] >= 2.0 for p in points)
 
 
+def guard_curves(out, baseline: float, on_stale: str) -> None:
+    """The search loop's one stale-state guard with the greedy searcher's part, as run_search calls it."""
+    search = GreedySearcher(toy_problem(SPACE, estimate, 2.0, baseline, out), None, "auto", True)
+    guard_state(out, {"baseline_proxy_wer": baseline, "settings": search.signature()}, on_stale,
+                (*STATE_FILES, *search.state_files()), search.stale_reason(out))
+
+
 def test_curves_of_another_proxy_set_are_refused_or_set_aside(tmp_path):
+    guard_curves(tmp_path, BASELINE, "error")
     greedy(tmp_path, Decoder(), 2.0)
+    (tmp_path / "checkpoints" / "last.ckpt").unlink()  # the curves alone
     with pytest.raises(CurvesMismatchError, match="baseline proxy WER of 20.0000"):
         greedy(tmp_path, Decoder(), 2.0, baseline=21.0)
     guard_curves(tmp_path, BASELINE, "error")  # the same proxy set: resumed as it is
@@ -154,10 +172,10 @@ def test_curves_of_another_proxy_set_are_refused_or_set_aside(tmp_path):
         guard_curves(tmp_path, 21.0, "error")
     guard_curves(tmp_path, 21.0, "restart")
     assert not (tmp_path / CURVES_FILE).exists()
-    assert len(list(tmp_path.glob(f"stale-curves-*/{CURVES_FILE}"))) == 1
+    assert len(list(tmp_path.glob(f"stale-*/{CURVES_FILE}"))) == 1
     (tmp_path / CURVES_FILE).write_text("{}")
     with pytest.raises(StaleSearchError, match="not a greedy search's curves file"):
-        guard_curves(tmp_path, BASELINE, "error")
+        guard_curves(tmp_path, 21.0, "error")
 
 
 # -- the stage on the tiny corpus ---------------------------------------------------------------------------

@@ -6,17 +6,15 @@ from __future__ import annotations
 
 import json
 
-import lightning as L
 import optuna
 import pytest
-import torch
 from asr_helpers import search_stage
-from lightning.pytorch.callbacks import ModelCheckpoint
+from loop_helpers import run_loop, toy_problem
 
 from rl.explored import ExploredSet
-from rl.optuna_search import STUDY_FILE, OptunaSearchModule, signature, storage_url
+from rl.loop import STATE_FILES, StaleSearchError, guard_state
+from rl.searchers.optuna_tpe import STUDY_FILE, OptunaTpeSearcher, storage_url
 from rl.space import SearchSpace
-from shrinkml.search import StaleSearchError, guard_study
 
 SPACE = SearchSpace(["a", "b", "c"], [[1, 2, 3, 4]] * 3)
 A_T = 1.0
@@ -46,20 +44,16 @@ class Decoder:
         return 50.0 - 3.0 * sum(ranks.values()) + 0.1 * ranks["a"]
 
 
-def toy_search(out, steps: int, decoder: Decoder, **kwargs) -> OptunaSearchModule:
-    """Run (or resume) ``steps`` search steps in ``out`` under a real Trainer, as run_search does."""
-    explored = ExploredSet(out / "explored-rank0.jsonl")
-    module = OptunaSearchModule(SPACE, estimate, decoder, 20.0, A_T, "aggressive", explored, out / STUDY_FILE,
-                                signature(SPACE, A_T, "aggressive", "params"),
-                                lambda params: torch.optim.Adam(params), seed=3, n_startup_trials=3, **kwargs)
-    trainer = L.Trainer(max_steps=steps, accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
-                        enable_model_summary=False, max_epochs=-1, num_sanity_val_steps=0,
-                        callbacks=[ModelCheckpoint(dirpath=out / "checkpoints", save_last=True, save_top_k=0,
-                                                   every_n_train_steps=1)])
-    last = out / "checkpoints" / "last.ckpt"
-    trainer.fit(module, train_dataloaders=torch.utils.data.DataLoader(list(range(steps)), batch_size=None),
-                ckpt_path=str(last) if last.is_file() else None, weights_only=False)
-    return module
+def tpe(out, space: SearchSpace = SPACE, a_t: float = A_T, **kwargs) -> OptunaTpeSearcher:
+    settings = dict(storage=None, n_startup_trials=3, n_ei_candidates=24, multivariate=True, feasible_draws=100)
+    return OptunaTpeSearcher(toy_problem(space, estimate, a_t, 20.0, out, seed=3), **{**settings, **kwargs})
+
+
+def toy_search(out, steps: int, decoder: Decoder, **kwargs) -> OptunaTpeSearcher:
+    """Run (or resume) ``steps`` search steps in ``out`` on the search loop, as run_search does."""
+    searcher = tpe(out, **kwargs)
+    run_loop(searcher, searcher.problem, decoder, steps)
+    return searcher
 
 
 def trials(out) -> list[optuna.trial.FrozenTrial]:
@@ -80,7 +74,7 @@ def test_infeasible_trials_cost_no_decode_and_steps_bound_decodes(tmp_path):
     assert len(decoder.decoded) == len(points) == module.counts["evaluated"] <= 8  # a revisit decodes nothing
     assert [p["ranks"] for p in points] == decoder.decoded
     assert all(p["policy"] == "optuna_tpe" and p["speedup"] >= A_T for p in points)
-    assert module.study_summary() == {"trials": len(done), "infeasible_trials": len(infeasible),
+    assert module.summary() == {"trials": len(done), "infeasible_trials": len(infeasible),
                                       "decodes": len(decoder.decoded)}
 
 
@@ -128,30 +122,36 @@ def test_a_kill_between_decode_and_tell_reuses_the_explored_point(tmp_path, monk
     assert sum(t.constraints["speedup_short"] <= 0 for t in done) == 4
 
 
+def guard(out, searcher: OptunaTpeSearcher, on_stale: str) -> None:
+    """The search loop's one stale-state guard, with this searcher's part, as run_search calls it."""
+    guard_state(out, {"checkpoint_sha256": "same", "settings": searcher.signature()}, on_stale,
+                (*STATE_FILES, *searcher.state_files()), searcher.stale_reason(out))
+
+
 def test_a_study_of_another_search_is_set_aside(tmp_path):
+    guard(tmp_path, tpe(tmp_path), "error")  # a fresh directory: what the state is made for is recorded
     toy_search(tmp_path, 2, Decoder())
-    mine = signature(SPACE, A_T, "aggressive", "params")
-    guard_study(tmp_path, mine, "error")  # the same search: resumed as it is
-    other = signature(SearchSpace(["a", "b", "c"], [[1, 2, 3, 5]] * 3), A_T, "aggressive", "params")  # same shape
+    guard(tmp_path, tpe(tmp_path), "error")  # the same search: resumed as it is
+    other = tpe(tmp_path, SearchSpace(["a", "b", "c"], [[1, 2, 3, 5]] * 3))  # the same shape, other ranks
     with pytest.raises(StaleSearchError, match="another search space.*on_stale=restart"):
-        guard_study(tmp_path, other, "error")
+        guard(tmp_path, other, "error")
     with pytest.raises(StaleSearchError, match="on_stale=restart"):
-        guard_study(tmp_path, signature(SPACE, 1.5, "aggressive", "params"), "error")  # another a_t
-    guard_study(tmp_path, other, "restart")
+        guard(tmp_path, tpe(tmp_path, a_t=1.5), "error")  # another a_t
+    guard(tmp_path, other, "restart")
     assert not (tmp_path / STUDY_FILE).exists() and not (tmp_path / "explored-rank0.jsonl").exists()
-    aside = list(tmp_path.glob(f"stale-study-*/{STUDY_FILE}"))
+    aside = list(tmp_path.glob(f"stale-*/{STUDY_FILE}"))
     assert len(aside) == 1 and (aside[0].parent / "explored-rank0.jsonl").is_file()  # nothing lost
     (tmp_path / STUDY_FILE).write_text("not a database")
     with pytest.raises(StaleSearchError, match="not an Optuna study database"):
-        guard_study(tmp_path, mine, "error")
-    guard_study(tmp_path, mine, "restart")
-    assert (tmp_path / "stale-study-unreadable" / STUDY_FILE).read_text() == "not a database"
+        guard(tmp_path, tpe(tmp_path), "error")
+    guard(tmp_path, tpe(tmp_path), "restart")
+    assert [p.read_text() for p in tmp_path.glob(f"stale-*/{STUDY_FILE}")].count("not a database") == 1
 
 
 # -- the stage on the tiny corpus ---------------------------------------------------------------------------
 def test_optuna_search_reports_chooses_on_dev_and_resumes(tiny_corpus, tmp_path_factory):
     search, out = search_stage(tiny_corpus, tmp_path_factory, "search_optuna", "search=optuna_tpe",
-                               "search.n_startup_trials=2")
+                               "search.searcher.n_startup_trials=2")
     first = search("search.steps=2")
     points = [json.loads(line) for line in (out / "explored-rank0.jsonl").open()]
     first_trials = trials(out)

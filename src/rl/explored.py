@@ -10,13 +10,21 @@ file this process appends to it is repaired before the next append (a cut-off li
 away; a complete point that only lost its newline gets it back), so that the next point does not
 land on the damaged line and get lost with it. Any other bad line stops the search at once with
 its file and line number, rather than the report failing after the whole search.
+
+Several workers share one explored set (:meth:`ExploredSet.shared`): each appends to its own file and reads
+the others' (:meth:`refresh` picks up their new complete lines), and a worker claims a scheme before decoding it
+(:meth:`claim`: a claim file created exclusively under ``claims/``, naming its process and host), so that a scheme
+another worker has decoded or is decoding is never decoded twice. The claim of a process that died (same host,
+no such pid) is taken over.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
+import socket
 from collections.abc import Iterable, Sequence
 from numbers import Real
 from pathlib import Path
@@ -54,19 +62,53 @@ class ExploredSet:
     ``path`` (this process's file, repaired on open if a kill cut off its last line); the files
     ``also_read`` (e.g. other DDP ranks', possibly being written right now) are read, never changed."""
 
-    def __init__(self, path: str | Path, also_read: Sequence[str | Path] = ()):
+    def __init__(self, path: str | Path, also_read: Sequence[str | Path] = (), pattern: str | None = None):
         self.path = Path(path)
         self.points: list[dict] = []
         self._by_key: dict[str, dict] = {}
         self.damaged: list[tuple[Path, int]] = []
+        self.pattern = pattern  # other workers' files: a glob beside ``path`` read again by refresh()
+        self._offsets: dict[Path, int] = {}  # other files: bytes read up to the last complete line
         self._read(self.path, repair=True)
         for source in map(Path, also_read):
             self._read(source, repair=False)
+        self.refresh()
 
-    def _read(self, path: Path, repair: bool) -> None:
+    @classmethod
+    def shared(cls, directory: str | Path, worker: int) -> ExploredSet:
+        """Worker ``worker``'s explored set in ``directory``: its own ``explored-rank<worker>.jsonl``, and every
+        other worker's file read (now and on :meth:`refresh`)."""
+        directory = Path(directory)
+        return cls(directory / f"explored-rank{worker}.jsonl", pattern="explored-rank*.jsonl")
+
+    def refresh(self) -> None:
+        """Read the complete lines the other workers' files got since the last read (new files too)."""
+        if self.pattern is None:
+            return
+        for path in sorted(self.path.parent.glob(self.pattern)):
+            if path != self.path:
+                self._read(path, repair=False, start=self._offsets.get(path))
+
+    def _read(self, path: Path, repair: bool, start: int | None = None) -> None:
         if not path.is_file():
             return
+        if start is not None:  # a refresh: only the complete lines after ``start``
+            with path.open("rb") as f:
+                f.seek(start)
+                data = f.read()
+            end = data.rfind(b"\n") + 1
+            for raw in data[:end].split(b"\n"):
+                if raw.strip():
+                    try:
+                        self._remember(parse_point(raw.decode()))
+                    except (ValueError, UnicodeDecodeError) as err:
+                        raise ExploredSetError(f"explored set {path}: a line after byte {start} is bad ({err}); "
+                                               "fix or delete that line and run again") from err
+            self._offsets[path] = start + end
+            return
         data = path.read_bytes()
+        if not repair:
+            self._offsets[path] = data.rfind(b"\n") + 1
         lines = data.split(b"\n")  # the piece after the final newline is b"" (or the cut-off line)
         last = max((i for i, raw in enumerate(lines) if raw.strip()), default=-1)
         offset = 0
@@ -129,10 +171,65 @@ class ExploredSet:
             os.fsync(f.fileno())
         self._remember(point)
 
+    # -- several workers: claims ---------------------------------------------------------------------------
+    def claim_path(self, ranks: dict) -> Path:
+        return self.path.parent / "claims" / f"{hashlib.sha1(scheme_key(ranks).encode()).hexdigest()}.json"
+
+    def claim(self, ranks: dict) -> bool:
+        """Claim the scheme ``ranks`` for decoding by this process: True when it is ours now (created, or taken
+        over from a process of this host that is gone, or from this process itself: an earlier attempt that
+        raised); False while another live process holds it."""
+        path = self.claim_path(ranks)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        mine = json.dumps({"pid": os.getpid(), "host": socket.gethostname()})
+        for _ in range(3):
+            try:
+                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                if not _abandoned(path):
+                    return False
+                try:  # one taker wins the rename; the others find the file gone and try again
+                    os.rename(path, path.with_suffix(f".taken{os.getpid()}"))
+                    os.unlink(path.with_suffix(f".taken{os.getpid()}"))
+                except FileNotFoundError:
+                    pass
+                continue
+            with os.fdopen(fd, "w") as f:
+                f.write(mine)
+            return True
+        return False
+
+    def release(self, ranks: dict) -> None:
+        """Drop this process's claim of ``ranks`` (after its point is added, or when decoding it failed)."""
+        self.claim_path(ranks).unlink(missing_ok=True)
+
     def best(self, target_speedup: float, count: int = 5, key: str = "speedup") -> list[dict]:
         """The ``count`` points with the lowest WER among those meeting ``target_speedup``."""
         meeting = [p for p in self.points if p[key] >= target_speedup]
         return sorted(meeting, key=lambda p: (p["wer"], -p[key]))[:count]
+
+
+def _abandoned(claim: Path) -> bool:
+    """Whether the claim file's process is gone: this process (an earlier attempt that raised), or a pid of this
+    host that no longer runs. A claim of another host is never taken over (it cannot be checked from here)."""
+    try:
+        owner = json.loads(claim.read_text())
+    except FileNotFoundError:
+        return True
+    except ValueError:  # being written this instant: its owner is alive
+        return False
+    if owner.get("host") != socket.gethostname():
+        return False
+    pid = int(owner.get("pid", -1))
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
 
 
 def _unparseable(raw: bytes) -> bool:

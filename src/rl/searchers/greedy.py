@@ -9,17 +9,22 @@ re-implemented over the RL search's space, proxy and cost model, as a peer searc
    decode; every other option costs one decode of the proxy set.
 2. **Selection at a common score.** For a score ``s`` (a WER increase, points; AIMET's eval score with the
    sign turned), every target takes its most compressed option whose ``delta`` stays within ``s``. With
-   ``monotonic`` (the default, as AIMET's ``use_monotonic_fit``) a target's curve is first made
-   non-decreasing in compression (its running maximum from dense down), so a target stops at the first
-   option that costs more than ``s`` and a lucky low ``delta`` below it is never taken; without it, each
-   option is judged by its own ``delta``.
+   ``running_max`` (the default) a target's curve is first replaced by its running maximum from dense down,
+   so a target stops at the first option that costs more than ``s`` and a lucky low ``delta`` below it is never
+   taken; without it, each option is judged by its own ``delta``. This is not AIMET's ``use_monotonic_fit``
+   (which fits a monotonic function to the curve): a running maximum only ever raises a point.
 3. **Binary search on the score.** Either way the scheme only grows more compressed as ``s`` grows, so the
    estimated speed-up is non-decreasing in ``s`` and changes only at the curves' values: a bisection over
    those values finds the smallest score whose scheme meets ``a_t`` (AIMET bisects a continuous score until
    its cost ratio is within a tolerance of the target; over a finite space the smallest such score is exact).
-4. **Result.** The scheme of that score is decoded once on the proxy and written into the explored set,
-   where the stage's report takes it like any other searcher's; ``candidates > 1`` also decodes the next
-   distinct schemes of higher scores (all of them meet ``a_t``), so the report can choose on dev among them.
+4. **Result.** The scheme of that score is search step 0, decoded once on the proxy and written into the
+   explored set, where the stage's report takes it like any other searcher's; ``search.steps > 1`` also decodes
+   the next distinct schemes of higher scores (all of them meet ``a_t``), so the report can choose on dev among
+   them.
+
+As a :class:`rl.searcher.Searcher`: :meth:`GreedySearcher.ask` first proposes the curve points to decode
+(probes: no search step, not in the explored set), then the schemes of step 0, 1, ... (None when there are no
+more).
 
 State: the decoded curve points (``greedy_curves.json``, written atomically after every decode, AIMET's
 pickled eval dictionary) and the explored set. Running the search again decodes nothing it has decoded:
@@ -27,7 +32,7 @@ a killed search resumes at the next curve point. A point depends only on the che
 so it is keyed by target and rank (another space reuses what it shares); the file records the baseline's
 proxy WER, and one made on another proxy set or checkpoint is refused (:class:`CurvesMismatchError`).
 
-The module knows nothing of speech: ``estimate(ranks) -> a`` and ``evaluate(ranks) -> w`` are callables.
+The module knows nothing of speech: ``estimate(ranks) -> a`` is a callable; the loop decodes.
 """
 
 from __future__ import annotations
@@ -35,21 +40,19 @@ from __future__ import annotations
 import bisect
 import json
 import logging
-import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 
 from common.atomic import write_json_atomic
 from compress.cost import FULL
-from rl.explored import ExploredSet
-from rl.rewards import wer_reward
-from rl.space import SearchSpace, SearchSpaceError
+from compress.sensitivity import load_table
+from rl.searcher import Outcome, Proposal, Searcher, SearchProblem
+from rl.space import SearchSpaceError
 
 log = logging.getLogger(__name__)
 
 CURVES_FILE = "greedy_curves.json"
 FORMAT = "shrinkml-greedy-curves/1"
-POLICY = "greedy"
 SOURCES = ("auto", "decode")  # auto: the sensitivity table where it has the option's rank; decode: never the table
 
 
@@ -118,101 +121,82 @@ def select(curves: Mapping[str, list[tuple[int | str, float]]], score: float) ->
     return scheme
 
 
-class GreedySearch:
-    """AIMET's greedy selection over ``space`` against ``a_t`` (see the module docstring).
+class GreedySearcher(Searcher):
+    """AIMET's greedy selection over ``problem.space`` against ``a_t`` (see the module docstring).
 
     Args:
-        space, estimate, evaluate, baseline_wer, target_speedup, reward, explored: as :class:`SearchModule`'s
-            (``reward`` only scores the result in the logged metrics).
-        curves_path: the decoded curve points (``greedy_curves.json`` in the output directory).
-        table: the sensitivity table (``compress.sensitivity``), or None.
-        source: ``auto`` (table points where the table has the option's rank) or ``decode`` (decode them all).
-        monotonic: make every curve non-decreasing in compression before selecting.
-        candidates: schemes decoded for the report: the greedy choice and the next distinct ones above it.
-        on_decode: called after every decode with ``(metrics, decodes so far)`` (logging, the wall clock).
+        problem: the space, estimate, target, baseline proxy WER and state directory (``greedy_curves.json``).
+        table: the sensitivity table (``compress.sensitivity``): a path (used when the file exists), a table, or
+            None.
+        curves: ``auto`` (table points where the table has the option's rank) or ``decode`` (decode them all).
+        running_max: replace every curve by its running maximum from dense down before selecting.
     """
 
-    def __init__(self, space: SearchSpace, estimate: Callable[[dict], float], evaluate: Callable[[dict], float],
-                 baseline_wer: float, target_speedup: float, reward: str, explored: ExploredSet,
-                 curves_path: str | Path, table: Mapping | None = None, source: str = "auto",
-                 monotonic: bool = True, candidates: int = 1,
-                 on_decode: Callable[[dict, int], None] | None = None):
-        if source not in SOURCES:
-            raise ValueError(f"search.curves must be one of {SOURCES}, got {source!r}")
-        if candidates < 1:
-            raise ValueError(f"search.steps (the greedy search's decoded candidates) must be >= 1, got {candidates}")
-        if target_speedup < 1.0:
-            raise ValueError(f"search.target_speedup={target_speedup} is below 1; choose a_t >= 1")
-        self.space, self.estimate, self.evaluate = space, estimate, evaluate
-        self.baseline_wer, self.target_speedup = baseline_wer, target_speedup
-        self.reward_fn = wer_reward(reward)
-        self.explored, self.curves_path = explored, Path(curves_path)
-        self.table = table_deltas(table) if source == "auto" else {}
-        self.monotonic, self.candidates, self.on_decode = monotonic, candidates, on_decode
-        self.points = read_points(self.curves_path, baseline_wer)
-        self.counts = {"samples": 0, "accepted": 0, "evaluated": 0}  # what the stage's report reads
-        self.step_seconds: list[float] = []  # every decode of this process
-        self.evaluated_step_seconds: list[float] = []
+    policy = provenance = "greedy"
+
+    def __init__(self, problem: SearchProblem, table: str | Mapping | None, curves: str, running_max: bool):
+        if curves not in SOURCES:
+            raise ValueError(f"search.searcher.curves must be one of {SOURCES}, got {curves!r}")
+        if problem.workers != 1:  # its curve points are probes, which the loop does not claim
+            raise ValueError(f"search=greedy runs as one worker (search.workers={problem.workers}); its decodes are "
+                             "few and fixed: run it with search.workers=1")
+        if isinstance(table, str | Path):
+            table = load_table(table) if Path(table).is_file() else None
+        self.problem, self.running_max = problem, running_max
+        self.table = table_deltas(table) if curves == "auto" else {}
+        self.curves_path = Path(problem.state_dir) / CURVES_FILE
+        self.points: dict[str, dict[str, float]] | None = None  # read when first needed (after the stale guard)
         self.curves: dict[str, list[dict]] = {}  # target -> [{rank, wer, delta, source}], most compressed first
+        self.schemes: list[tuple[float, dict]] | None = None  # the candidates, step by step
         self.result: dict | None = None
+        self.candidate_decodes = 0
+        self.decodes_this_run = 0
+        self._probe: tuple[str, int] | None = None
 
     # -- 1. the evaluation curves ------------------------------------------------------------------
     def single(self, name: str, rank: int | str) -> dict[str, int | str]:
         """The scheme with only ``name`` compressed, at ``rank``."""
-        return {other: (rank if other == name else FULL) for other in self.space.names}
-
-    def _decode(self, ranks: dict, metrics: dict) -> float:
-        started = time.perf_counter()
-        wer = float(self.evaluate(ranks))
-        seconds = time.perf_counter() - started
-        self.step_seconds.append(seconds)
-        self.evaluated_step_seconds.append(seconds)
-        self.counts["evaluated"] += 1
-        if self.on_decode is not None:
-            self.on_decode({**metrics, "search/wer": wer, "search/step_seconds": seconds}, self.decodes)
-        return wer
+        return {other: (rank if other == name else FULL) for other in self.problem.space.names}
 
     def _save(self) -> None:
-        write_json_atomic(self.curves_path, {"format": FORMAT, "baseline_wer": self.baseline_wer,
+        write_json_atomic(self.curves_path, {"format": FORMAT, "baseline_wer": self.problem.baseline_wer,
                                              "points": self.points, "curves": self.curves})
 
+    def _load(self) -> None:
+        if self.points is None:
+            self.points = read_points(self.curves_path, self.problem.baseline_wer)
+
+    def missing_point(self) -> tuple[str, int] | None:
+        """The next curve point neither the table nor an earlier run has (from dense down, as AIMET's)."""
+        for name, row in zip(self.problem.space.names, self.problem.space.options, strict=True):
+            for rank in reversed(distinct_options(row)):
+                if rank != FULL and rank not in self.table.get(name, {}) and str(rank) not in self.points.get(name, {}):
+                    return name, rank
+        return None
+
     def build_curves(self) -> dict[str, list[dict]]:
-        """Every target's curve, decoding the points neither the table nor an earlier run has."""
-        total = sum(len(distinct_options(row)) - (FULL in row) for row in self.space.options)
-        done = 0
-        for name, row in zip(self.space.names, self.space.options, strict=True):
+        """Every target's curve from the table and the decoded points (all of them present)."""
+        w_b = self.problem.baseline_wer
+        for name, row in zip(self.problem.space.names, self.problem.space.options, strict=True):
             curve = []
-            for rank in reversed(distinct_options(row)):  # from dense down, as AIMET's candidates
+            for rank in reversed(distinct_options(row)):
                 if rank == FULL:
-                    curve.append({"rank": rank, "wer": self.baseline_wer, "delta": 0.0, "source": "dense"})
-                    continue
-                done += 1
-                stored = self.points.get(name, {}).get(str(rank))
-                if rank in self.table.get(name, {}):
-                    delta, wer, source = self.table[name][rank], None, "table"
-                elif stored is not None:
-                    wer, source = stored, "decoded"
+                    curve.append({"rank": rank, "wer": w_b, "delta": 0.0, "source": "dense"})
+                elif rank in self.table.get(name, {}):
+                    curve.append({"rank": rank, "wer": None, "delta": self.table[name][rank], "source": "table"})
                 else:
-                    ranks = self.single(name, rank)
-                    log.info("greedy curves: %d/%d: %s at rank %s", done, total, name, rank)
-                    wer = self._decode(ranks, {"search/speedup": float(self.estimate(ranks)),
-                                               "search/explored": float(len(self.explored))})
-                    source = "decoded"
-                    self.points.setdefault(name, {})[str(rank)] = wer
-                    self._save()  # a kill from here on loses nothing
-                if wer is not None:
-                    delta = wer - self.baseline_wer
-                curve.append({"rank": rank, "wer": wer, "delta": delta, "source": source})
+                    wer = self.points[name][str(rank)]
+                    curve.append({"rank": rank, "wer": wer, "delta": wer - w_b, "source": "decoded"})
             self.curves[name] = curve[::-1]
         return self.curves
 
     # -- 2, 3. selection and the binary search on the score ----------------------------------------
     def selection_curves(self) -> dict[str, list[tuple[int | str, float]]]:
-        """``target -> [(rank, delta)]`` most compressed first, each made monotonic when asked."""
+        """``target -> [(rank, delta)]`` most compressed first, each its running maximum when asked."""
         out = {}
         for name, curve in self.curves.items():
             deltas = [p["delta"] for p in curve]
-            out[name] = list(zip([p["rank"] for p in curve], envelope(deltas) if self.monotonic else deltas,
+            out[name] = list(zip([p["rank"] for p in curve], envelope(deltas) if self.running_max else deltas,
                                  strict=True))
         return out
 
@@ -227,7 +211,7 @@ class GreedySearch:
 
         def feasible(k: int) -> bool:
             if meets[k] is None:
-                meets[k] = self.estimate(select(curves, scores[k])) >= self.target_speedup
+                meets[k] = self.problem.estimate(select(curves, scores[k])) >= self.problem.target_speedup
             return meets[k]
 
         k = bisect.bisect_left(range(len(scores)), True, key=feasible)
@@ -236,16 +220,12 @@ class GreedySearch:
         return scores[k], select(curves, scores[k])
 
     def search_failed(self) -> None:
-        raise SearchSpaceError(f"search.target_speedup={self.target_speedup} is out of reach of the greedy "
+        raise SearchSpaceError(f"search.target_speedup={self.problem.target_speedup} is out of reach of the greedy "
                                "selection: every target at its most compressed option falls short; lower a_t or "
                                "widen search.space")
 
-    # -- 4. the result -----------------------------------------------------------------------------
-    def run(self) -> dict:
-        """Build the curves, select, decode the candidates; returns :meth:`study_summary`."""
-        if self.estimate(self.space.most_compressed()) < self.target_speedup:  # the largest score's scheme
-            self.search_failed()
-        self.build_curves()
+    def candidates(self) -> list[tuple[float, dict]]:
+        """The schemes of steps 0, 1, ...: the greedy choice, then the next distinct ones of higher scores."""
         score, _ = self.search()
         curves, scores = self.selection_curves(), self.scores()
         schemes: list[tuple[float, dict]] = []
@@ -253,41 +233,77 @@ class GreedySearch:
             scheme = select(curves, s)
             if all(scheme != seen for _, seen in schemes):
                 schemes.append((s, scheme))
-            if len(schemes) == self.candidates:
-                break
-        self._save()
-        for step, (s, ranks) in enumerate(schemes):
-            speedup = float(self.estimate(ranks))
-            self.counts["samples"] += 1
-            self.counts["accepted"] += speedup >= self.target_speedup
-            point = self.explored.get(ranks)
-            if point is None:
-                wer = self._decode(ranks, {"search/speedup": speedup, "search/explored": float(len(self.explored))})
-                choices = [row.index(ranks[name]) for name, row in zip(self.space.names, self.space.options,
-                                                                       strict=True)]
-                point = {"step": step, "rank": 0, "ranks": ranks, "choices": choices, "speedup": speedup, "wer": wer,
-                         "policy": POLICY, "score": s, "time": time.time()}
-                self.explored.add(point)
-            if step == 0:
-                self.result = {"score": s, "ranks": ranks, "speedup": speedup, "wer": float(point["wer"]),
-                               "reward": self.reward_fn(float(point["wer"]), self.baseline_wer)}
-                log.info("greedy selection: score %.3f (WER increase, points) -> estimated %.2fx, proxy WER %.2f",
-                         s, speedup, point["wer"])
-        return self.study_summary()
+        return schemes
+
+    # -- 4. the protocol ---------------------------------------------------------------------------
+    def ask(self, step: int) -> Proposal | None:
+        p = self.problem
+        self._load()
+        if self.schemes is None:
+            if p.estimate(p.space.most_compressed()) < p.target_speedup:  # the largest score's scheme
+                self.search_failed()
+            if (missing := self.missing_point()) is not None:
+                self._probe = missing
+                ranks = self.single(*missing)
+                log.info("greedy curves: %s at rank %s", *missing)
+                return Proposal(ranks, self.choices(ranks), float(p.estimate(ranks)), probe=True)
+            self.build_curves()
+            self.schemes = self.candidates()
+            self._save()
+        if step >= len(self.schemes):
+            return None
+        score, ranks = self.schemes[step]
+        return Proposal(ranks, self.choices(ranks), float(p.estimate(ranks)), point={"step": step, "score": score})
+
+    def choices(self, ranks: dict) -> list[int]:
+        return [row.index(ranks[name]) for name, row in zip(self.problem.space.names, self.problem.space.options,
+                                                             strict=True)]
+
+    def tell(self, outcome: Outcome) -> dict:
+        self.decodes_this_run += outcome.decoded
+        if outcome.proposal.probe:
+            name, rank = self._probe
+            self.points.setdefault(name, {})[str(rank)] = outcome.wer
+            self._save()  # a kill from here on loses nothing
+            return {}
+        self.candidate_decodes += outcome.decoded
+        if outcome.proposal.point["step"] == 0:
+            score = outcome.proposal.point["score"]
+            self.result = {"score": score, "ranks": outcome.proposal.ranks, "speedup": outcome.proposal.speedup,
+                           "wer": outcome.wer, "reward": outcome.reward}
+            log.info("greedy selection: score %.3f (WER increase, points) -> estimated %.2fx, proxy WER %.2f",
+                     score, outcome.proposal.speedup, outcome.wer)
+        return {}
+
+    def state_dict(self) -> dict:
+        return {"result": self.result, "candidate_decodes": self.candidate_decodes}  # the points: their own file
+
+    def load_state_dict(self, state: dict) -> None:
+        self.result, self.candidate_decodes = state["result"], state["candidate_decodes"]
+
+    def stale_reason(self, state_dir: Path) -> str | None:
+        try:
+            read_points(Path(state_dir) / CURVES_FILE, self.problem.baseline_wer)
+        except CurvesMismatchError as err:
+            return str(err)
+        return None
+
+    def state_files(self) -> tuple[str, ...]:
+        return (CURVES_FILE,)
 
     @property
     def decodes(self) -> int:
         """Decodes this search has cost over all its runs: the decoded curve points its space uses and the
-        candidates in the explored set."""
-        used = sum(1 for name, row in zip(self.space.names, self.space.options, strict=True)
+        candidates it decoded."""
+        self._load()
+        used = sum(1 for name, row in zip(self.problem.space.names, self.problem.space.options, strict=True)
                    for rank in distinct_options(row)
                    if rank != FULL and rank not in self.table.get(name, {}) and str(rank) in self.points.get(name, {}))
-        return used + sum(1 for p in self.explored if p.get("policy") == POLICY)
+        return used + self.candidate_decodes
 
-    def study_summary(self) -> dict:
-        """The search report's counts (the stage reads this method of every searcher that has one)."""
+    def summary(self) -> dict:
         curve_points = [p for curve in self.curves.values() for p in curve if p["source"] != "dense"]
-        return {"decodes": self.decodes, "decodes_this_run": self.counts["evaluated"],
+        return {"decodes": self.decodes, "decodes_this_run": self.decodes_this_run,
                 "curve_points": len(curve_points),
                 "curve_points_from_table": sum(p["source"] == "table" for p in curve_points),
                 "greedy_score": None if self.result is None else self.result["score"]}
