@@ -253,7 +253,7 @@ def search_setup(tiny_corpus, tmp_path_factory):
     ckpt = run_dir / "checkpoints" / "last.ckpt"
     common = [f"ckpt={ckpt}", f"data.root={corpus}", f"data.cache_dir={base / 'features'}",
               f"data.tokenizer.vocab_size={VOCAB}", f"data.tokenizer.dir={base / 'tokenizer'}", "data.feature_jobs=1",
-              "data.progress=false", "logger=csv", "trainer.enable_progress_bar=false", "proxy=random", "proxy_size=6",
+              "data.progress=false", "logger=csv", "proxy=random", "proxy_size=6",
               "search.space.kind=uniform", "search.space.options=4", "report.curve_speedups=[1.5]"]
     return ckpt, common
 

@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 from asr_helpers import search_stage
 
+from compress.scheme import Scheme
+
 FIXTURE = Path(__file__).parent / "data" / "search_pinned.json"
 RECORD = os.environ.get("SHRINKML_RECORD_PINNED") == "1"
 # searcher -> overrides: a few steps each, the tiny space of asr_helpers.search_overrides (a_t = 1.5)
@@ -32,7 +34,7 @@ def pinned(out: Path, report: dict) -> dict:
     best = out / "best_scheme.json"
     return {"explored": [{"ranks": p["ranks"], "wer": round(p["wer"], 4), "step": p["step"]} for p in points],
             "candidates": [r["model"] for r in report["rows"]],
-            "best": json.loads(best.read_text())["ranks"] if best.is_file() else None,
+            "best": Scheme.load(best).ranks if best.is_file() else None,
             "explored_count": report["summary"]["explored"]}
 
 
