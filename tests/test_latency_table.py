@@ -187,14 +187,19 @@ def test_the_instruction_set_flags_tell_the_two_epyc_generations_apart():
     assert isa_flags("model name\t: unknown\n") == []
 
 
-def test_a_table_of_another_instruction_set_or_measurement_setting_is_not_reused(tmp_path, monkeypatch):
+def faked_measurement(tmp_path, monkeypatch):
+    """A tiny model, its targets, a checkpoint file and default settings, with table building faked: the list
+    of ``build_table`` calls (one per table measured), model, targets, checkpoint, settings."""
     calls: list = []
     monkeypatch.setattr(latency_table, "build_table", fake_build(calls))
     model = tiny_model()
-    targets = discover_targets(model, exclude=["ctc_head"])
     ckpt = tmp_path / "a.ckpt"
     ckpt.write_bytes(b"baseline")
-    one = settings(tmp_path)
+    return calls, model, discover_targets(model, exclude=["ctc_head"]), ckpt, settings(tmp_path)
+
+
+def test_a_table_of_another_instruction_set_or_measurement_setting_is_not_reused(tmp_path, monkeypatch):
+    calls, model, targets, ckpt, one = faked_measurement(tmp_path, monkeypatch)
     monkeypatch.setattr(latency_table, "isa_flags", lambda: isa_flags(cpuinfo(ZEN3_FLAGS)))
     monkeypatch.setattr(latency_table, "cpu_capability", lambda: "AVX2")
     _, zen3_path = ensure_table(model, targets, batches(), 10.0, ckpt, one)
@@ -220,13 +225,7 @@ def test_a_table_of_another_instruction_set_or_measurement_setting_is_not_reused
 def test_a_table_of_the_older_key_is_measured_again(tmp_path, monkeypatch):
     """A table keyed only by CPU name, threads, torch, backend and checkpoint (before the instruction sets and
     measurement settings joined the key) is stale: measured again, never an error."""
-    calls: list = []
-    monkeypatch.setattr(latency_table, "build_table", fake_build(calls))
-    model = tiny_model()
-    targets = discover_targets(model, exclude=["ctc_head"])
-    ckpt = tmp_path / "a.ckpt"
-    ckpt.write_bytes(b"baseline")
-    one = settings(tmp_path)
+    calls, model, targets, ckpt, one = faked_measurement(tmp_path, monkeypatch)
     key = machine_key(ckpt, one)
     old_key = {name: key[name] for name in ("cpu", "threads", "torch", "backend", "checkpoint_sha256")}
     old = LatencyTable(old_key, 1.0, {t.name: TargetLatency(t.shape, 1.0, []) for t in targets}, {})
