@@ -35,7 +35,8 @@ def test_one_and_two_workers_at_equal_decodes_and_read_back(tiny_corpus, tmp_pat
     for row in rows:
         assert row["duplicates"] == 0 and row["decodes"] >= 4  # max_decodes, not steps (12 per worker), ended it
         assert row["explored_in_report"] == row["decodes"] and row["dev_split"] == "dev"
-    assert set(rows[1]["decodes_per_worker"]) == {0, 1}
+    per_worker = rows[1]["decodes_per_worker"]
+    assert set(per_worker) == {0, 1} and sum(per_worker.values()) == rows[1]["decodes"]
     assert (tmp_path / "w2-s0" / "study.db").is_file() and not list((tmp_path / "w2-s0").glob("worker-*.lock"))
     text = bench.table(rows, 4)
     lines = {line.split(" | ")[0]: line.split(" | ") for line in text.splitlines() if line.startswith("| ")}
@@ -58,3 +59,12 @@ def test_a_failing_worker_stops_the_others_and_the_benchmark(tmp_path, capsys):
     with pytest.raises(SystemExit, match=r"worker\(s\) \[0\] of"):  # a search.py that cannot start
         bench.run_search(1, 0, 4, str(tmp_path / "missing.ckpt"), [], tmp_path / "w1-s0")
     assert "missing.ckpt" in capsys.readouterr().err
+
+
+def test_a_missing_checkpoint_stops_with_one_line_naming_it(tmp_path):
+    missing = tmp_path / "best.ckpt"
+    result = subprocess.run([sys.executable, str(BENCHMARKS / "search_workers.py"), "--ckpt", str(missing),
+                             "--out", str(tmp_path / "runs")], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1 and result.stderr.strip().splitlines() == [
+        f"checkpoint {missing} not found: train the baseline with 'make baseline' (or pass --ckpt)"]
+    assert not (tmp_path / "runs").exists()
