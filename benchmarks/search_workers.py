@@ -8,7 +8,8 @@
 For each seed, the default searcher (Optuna TPE, ``search=optuna_tpe``) runs through the real entry point
 ``search.py`` twice: once as one worker, once as two concurrent workers sharing one output directory (one explored
 set, claims, one Optuna study; docs/search.md "Several workers, one search"). Both stop at ``search.max_decodes``
-(the shared explored set; ``search.steps`` per worker is 3x that, so the budget in decodes is what stops them).
+(the shared explored set; ``search.steps`` per worker is 3x that, so the budget in decodes is what stops them; a
+worker still decoding when the other reaches it adds its scheme, so two workers may end one decode over).
 Every process runs on one thread (``OMP_NUM_THREADS=1``): the two-worker run uses two cores, the one-worker run one.
 Runs go to ``runs/bench_workers/w<workers>-s<seed>/``; a run that finished (``bench.json``) is read back, not rerun,
 and an interrupted one resumes where it stopped.
@@ -187,7 +188,8 @@ def main() -> None:
         raise SystemExit(f"checkpoint {args.ckpt} not found: train the baseline with 'make baseline' (or pass --ckpt)")
     started = time.time()
     rows = benchmark(args.seeds, args.budget, args.ckpt, args.override, args.out, args.finished_only)
-    print(f"searches done in {(time.time() - started) / 60:.1f} min\n", flush=True)
+    if not args.finished_only:
+        print(f"searches done in {(time.time() - started) / 60:.1f} min\n", flush=True)
     print(table(rows, args.budget))
     if args.json:
         write_json_atomic(args.json, {"rows": rows, "budget": args.budget, "command": " ".join(sys.argv)})

@@ -33,8 +33,9 @@ def test_one_and_two_workers_at_equal_decodes_and_read_back(tiny_corpus, tmp_pat
     rows = bench.benchmark([0], 4, str(ckpt), overrides, tmp_path)
     assert [(r["workers"], r["seed"]) for r in rows] == [(1, 0), (2, 0)]
     for row in rows:
-        assert row["duplicates"] == 0 and row["decodes"] >= 4  # max_decodes, not steps (12 per worker), ended it
-        assert row["explored_in_report"] == row["decodes"] and row["dev_split"] == "dev"
+        # max_decodes, not steps (12 per worker), ended it; a worker decoding when the other reached it adds one
+        assert row["duplicates"] == 0 and 4 <= row["decodes"] <= 3 + row["workers"]
+        assert 4 <= row["explored_in_report"] <= row["decodes"] and row["dev_split"] == "dev"
     per_worker = rows[1]["decodes_per_worker"]
     assert set(per_worker) == {0, 1} and sum(per_worker.values()) == rows[1]["decodes"]
     assert (tmp_path / "w2-s0" / "study.db").is_file() and not list((tmp_path / "w2-s0").glob("worker-*.lock"))
