@@ -5,6 +5,11 @@ corpus checks the whole stage (report, result chosen on dev, resume) and the sta
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import optuna
 import pytest
@@ -16,6 +21,7 @@ from rl.loop import STATE_FILES, StaleSearchError, guard_state
 from rl.searchers.optuna_tpe import STUDY_FILE, OptunaTpeSearcher, storage_url
 from rl.space import SearchSpace
 
+ROOT = Path(__file__).resolve().parents[1]
 SPACE = SearchSpace(["a", "b", "c"], [[1, 2, 3, 4]] * 3)
 A_T = 1.0
 
@@ -169,3 +175,22 @@ def test_optuna_search_reports_chooses_on_dev_and_resumes(tiny_corpus, tmp_path_
     assert chosen["provenance"] == "optuna" and chosen["meta"]["selected_on"] == "dev"
     assert chosen["metrics"]["wer/dev"] == min(r["wer/dev"] for r in rows)
     assert (out / "explored.png").is_file() and "| baseline |" in (out / "report.md").read_text()
+
+
+def test_workers_that_create_the_study_at_once_share_one(tmp_path):
+    """Several processes opening a new study together (the workers of one search starting at once) all succeed."""
+    code = "\n".join([
+        "import os, sys, time", "from pathlib import Path", "from test_search_optuna import tpe",
+        "out = Path(sys.argv[1])", "(out / f'ready-{os.getpid()}').touch()", "while not (out / 'go').exists():",
+        "    time.sleep(0.005)", "assert len(tpe(out).study.get_trials()) == 0"])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT / "tests")])}
+    processes = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], env=env, stderr=subprocess.PIPE,
+                                  text=True) for _ in range(4)]
+    deadline = time.time() + 120
+    while len(list(tmp_path.glob("ready-*"))) < len(processes):  # every process imported and waiting
+        assert time.time() < deadline and all(p.poll() is None for p in processes), "a process did not start"
+        time.sleep(0.05)
+    (tmp_path / "go").touch()
+    for process in processes:
+        assert process.wait(timeout=120) == 0, process.stderr.read()[-3000:]
+    assert optuna.study.get_all_study_names(storage_url(tmp_path / STUDY_FILE)) == ["search"]

@@ -21,12 +21,15 @@ so a resumed search asks what an uninterrupted one would have. The study records
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import math
 import sqlite3
 import warnings
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import optuna
@@ -75,6 +78,26 @@ def open_storage(where: str | Path) -> optuna.storages.BaseStorage:
         return connection
 
     return optuna.storages.RDBStorage(storage_url(path), engine_kwargs={"creator": connect})
+
+
+@contextmanager
+def opening(where: str | Path) -> Iterator[None]:
+    """While a local SQLite study ``where`` is read or created: one process of this machine at a time (an exclusive
+    ``flock`` of the empty file ``.<name>.lock`` beside it, which is no search state). Two workers that created the
+    database at once failed (Optuna's schema version row inserted twice: ``UNIQUE constraint failed:
+    alembic_version``), and one reading it half-created took it for a file of another program. A database URL is
+    left to its server."""
+    if "://" in str(where):
+        yield
+        return
+    lock = Path(where).with_name(f".{Path(where).name}.lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def stored_signature(where: str | Path) -> dict | None:
@@ -127,17 +150,16 @@ class OptunaTpeSearcher(Searcher):
     def study(self) -> optuna.Study:
         if self._study is None:
             optuna.logging.set_verbosity(optuna.logging.WARNING)
-            stored = stored_signature(self.storage)
-            if stored is not None and stored != self.study_signature:
-                raise StudyMismatchError(f"{self.storage} holds a study of another search (space, a_t, reward or "
-                                         "estimate); run with on_stale=restart to keep it aside, or choose another "
-                                         "output_dir")
-            if "://" not in str(self.storage):
-                Path(self.storage).parent.mkdir(parents=True, exist_ok=True)
-            self._study = optuna.create_study(study_name=STUDY_NAME, storage=open_storage(self.storage),
-                                              direction="maximize", load_if_exists=True, sampler=self._sampler(0))
-            if stored is None:
-                self._study.set_user_attr("signature", json.dumps(self.study_signature, sort_keys=True))
+            with opening(self.storage):  # the workers of one machine create the study one at a time
+                stored = stored_signature(self.storage)
+                if stored is not None and stored != self.study_signature:
+                    raise StudyMismatchError(f"{self.storage} holds a study of another search (space, a_t, reward "
+                                             "or estimate); run with on_stale=restart to keep it aside, or choose "
+                                             "another output_dir")
+                self._study = optuna.create_study(study_name=STUDY_NAME, storage=open_storage(self.storage),
+                                                  direction="maximize", load_if_exists=True, sampler=self._sampler(0))
+                if stored is None:
+                    self._study.set_user_attr("signature", json.dumps(self.study_signature, sort_keys=True))
         return self._study
 
     def _sampler(self, seed: int) -> optuna.samplers.TPESampler:
@@ -245,7 +267,8 @@ class OptunaTpeSearcher(Searcher):
 
     def stale_reason(self, state_dir: Path) -> str | None:
         try:
-            stored = stored_signature(self.storage)
+            with opening(self.storage):
+                stored = stored_signature(self.storage)
         except StudyMismatchError as err:
             return f"cannot be resumed ({err})"
         if stored not in (None, self.study_signature):
