@@ -266,17 +266,21 @@ def test_a_missing_compiler_or_source_is_a_clear_reason_for_the_fallback(monkeyp
 
 
 def test_the_build_folder_is_keyed_by_the_sources_and_flags(tmp_path, monkeypatch):
-    """Two checkouts with different kernel sources build into folders of their own; with the same sources, one."""
+    """Every checkout builds into a folder of its own (the build files name their sources by path), even with the
+    same sources; one checkout's folder changes with its sources and flags."""
     one, two = tmp_path / "one", tmp_path / "two"
     for checkout in (one, two):
         shutil.copytree(kernels.CSRC, checkout)
-    assert kernels.build_name(one) == kernels.build_name(two) == kernels.build_name()
+    assert len({kernels.build_name(one), kernels.build_name(two), kernels.build_name()}) == 3
+    assert kernels.build_name(one) == kernels.build_name(tmp_path / "." / "one")  # the folder, however named
     assert kernels.build_name().startswith(kernels.NAME + "_") and kernels.build_name().isidentifier()
+    before = kernels.build_name(two)
     header = two / "lstm_math.h"
     header.write_text(header.read_text() + "\n// changed\n")  # a header only: included, not compiled itself
-    assert kernels.build_name(two) != kernels.build_name(one)
+    assert kernels.build_name(two) != before
+    before = kernels.build_name(one)
     (one / "extra.cpp").write_text("// new source\n")
-    assert kernels.build_name(one) not in {kernels.build_name(), kernels.build_name(two)}
+    assert kernels.build_name(one) != before
     assert kernels.build_name(cflags=("-O2",)) != kernels.build_name()
     names = []
 

@@ -42,10 +42,12 @@ OPERATORS = ("pack", "forward_packed", "pack_dense", "dense_forward", "decode_st
              "sparse_pack", "sparse_linear", "sparse_lstm_forward")
 
 def source_hash(csrc: Path | None = None, cflags: tuple[str, ...] = CFLAGS) -> str:
-    """12 hex digits of the SHA-256 of what the build depends on: every ``*.cpp``/``*.h`` of ``csrc`` (default:
-    :data:`CSRC`) by name and content, the compile flags ``cflags`` and torch's version."""
+    """12 hex digits of the SHA-256 of what the build depends on: the folder ``csrc`` (default: :data:`CSRC`) itself,
+    every ``*.cpp``/``*.h`` in it by name and content, the compile flags ``cflags`` and torch's version. The folder
+    counts because the build files name the sources by absolute path: two checkouts sharing one build folder, even
+    with equal sources, would rebuild it each time the other one loads."""
     csrc = CSRC if csrc is None else Path(csrc)
-    digest = hashlib.sha256()
+    digest = hashlib.sha256(f"{csrc.resolve()}\0".encode())
     for path in sorted([*csrc.glob("*.cpp"), *csrc.glob("*.h")]):
         digest.update(f"{path.name}\0{len(path.read_bytes())}\0".encode())
         digest.update(path.read_bytes())
