@@ -136,6 +136,15 @@ def rank_deficient_toy(rank: int, m: int = 24, n: int = 40, samples: int = 4000)
     return torch.randn(m, n, generator=g), x
 
 
+def test_csp_ridge_is_the_damping_that_bounds_the_values():
+    """compress.ridge reaches the fit: undamped (0) IHT's values blow up on rank-deficient inputs."""
+    w, x = rank_deficient_toy(20)
+    gram = x.t() @ x / x.shape[0]
+    undamped, _ = csp_recover(w, gram, 0.5, (1, 1), "iht", iterations=30, ridge=0.0)
+    damped_values, _ = csp_recover(w, gram, 0.5, (1, 1), "iht", iterations=30, ridge=1e-3)
+    assert float(undamped.norm() / w.norm()) > 5.0 > 2.0 > float(damped_values.norm() / w.norm())
+
+
 @pytest.mark.parametrize("recovery", ["iht", "omp"])
 @pytest.mark.parametrize("rank", [5, 20])  # undamped, IHT's values reached 353x and 14.6x the weights' norm
 def test_csp_values_stay_bounded_on_rank_deficient_inputs(recovery, rank):
@@ -375,6 +384,8 @@ def test_an_update_makes_the_best_checkpoint_forget_less_pruned_models(tmp_path)
     ({"pattern": "block", "block": [4]}, "compress.block must be two positive integers"),
     ({"iterations": 0}, "compress.iterations"),
     ({"calibration_batches": 0}, "compress.calibration_batches"),
+    ({"ridge": -0.1}, "compress.ridge must be a number >= 0"),
+    ({"ridge": "none"}, "compress.ridge must be a number >= 0"),
     ({"frequency": 0}, "compress.frequency"),
     ({"frequency": 0, "updates": None, "end_step": 8}, "compress.frequency"),
     ({"end_step": 9}, "compress.updates or compress.end_step, not both"),

@@ -204,7 +204,7 @@ class Compression(L.Callback):
             raise PruneError(f"compress.initial_sparsity={schedule.initial} exceeds a target's final sparsity "
                              f"in compress.overrides ({min(self.finals.values())})")
         self.pruner = Pruner(model, matrices, settings.method, settings.pattern, settings.block, settings.recovery,
-                             settings.iterations)
+                             settings.iterations, settings.ridge)
         self.pruner.register_masks()
         if self.pruner.strategy.needs_inputs:
             self.recorder = GramRecorder(model, self.pruner.input_sites())

@@ -53,7 +53,7 @@ PRUNE_KEY = "compression_pruning"  # the checkpoint entry of a pruned model (doc
 MASK_SUFFIX = "_mask"
 PATTERNS = ("unstructured", "block")
 RECOVERIES = ("iht", "omp")
-RIDGE = 1e-3  # CSP's Tikhonov damping: λ = RIDGE * mean(diag G) added to G's diagonal (csp_recover)
+RIDGE = 1e-3  # CSP's Tikhonov damping: λ = RIDGE * mean(diag G) added to G's diagonal (csp_recover); conf/prune: ridge
 
 
 class PruneError(KnownError, ValueError):
@@ -376,12 +376,13 @@ def damped(gram: torch.Tensor, ridge: float = RIDGE) -> torch.Tensor:
 
 
 def csp_recover(weight: torch.Tensor, gram: torch.Tensor, sparsity: float, block: tuple[int, int] = (1, 1),
-                recovery: str = "iht", iterations: int = 10) -> tuple[torch.Tensor, torch.Tensor]:
+                recovery: str = "iht", iterations: int = 10, ridge: float = RIDGE) -> tuple[torch.Tensor, torch.Tensor]:
     """CSP's recovery of one target (module docstring): the new ``weight`` (``m x n``, zero off the support) and
     its ``bool`` mask, each row group keeping ``kept(n / c, sparsity)`` blocks (``r x c``) chosen and valued to
     keep the outputs ``W X`` on inputs with Gram matrix ``gram`` (``n x n``). ``recovery``: ``iht`` (``iterations``
     thresholded steps, then ``iterations`` conjugate-gradient steps on the support) or ``omp`` (``iterations``
-    selection rounds, each with an exact least-squares fit), both on the damped ``G + λ I`` (:func:`damped`).
+    selection rounds, each with an exact least-squares fit), both on the damped ``G + λ I`` (:func:`damped`,
+    ``λ = ridge * mean(diag G)``).
     All-zero inputs (no positive entry on ``gram``'s diagonal) leave nothing to fit, every value giving the same
     outputs: each row group keeps its largest-norm blocks with their weights."""
     check_choice(recovery, RECOVERIES, "compress.recovery")
@@ -392,7 +393,7 @@ def csp_recover(weight: torch.Tensor, gram: torch.Tensor, sparsity: float, block
         return torch.zeros_like(weight), torch.zeros_like(weight, dtype=torch.bool)
     if not bool((gram.detach().diagonal() > 0).any()):
         return _threshold(weight.detach().clone(), keep_blocks, block)
-    w, g = weight.detach().double(), damped(gram.detach().double())
+    w, g = weight.detach().double(), damped(gram.detach().double(), ridge)
     if recovery == "iht":  # the support from IHT (float32 is enough for it), the values refit on it in float64
         z, mask = _iht(w.float(), g.float(), keep_blocks, block, iterations)
         z = _refit(w, g, z.double(), mask, iterations)

@@ -101,8 +101,8 @@ class Csp(MaskStrategy):
     name = "csp"
     needs_inputs = True
 
-    def __init__(self, recovery: str, iterations: int):
-        self.recovery, self.iterations = recovery, iterations
+    def __init__(self, recovery: str, iterations: int, ridge: float):
+        self.recovery, self.iterations, self.ridge = recovery, iterations, ridge
 
     @staticmethod
     def kept_entries(shape, sparsity, block):
@@ -116,7 +116,8 @@ class Csp(MaskStrategy):
         usable = gram is not None and float(gram.diagonal().max()) > 0
         if sparsity > 0 and usable:
             param = matrix.param
-            return csp_recover(param, gram.to(param.device), sparsity, block, self.recovery, self.iterations)
+            return csp_recover(param, gram.to(param.device), sparsity, block, self.recovery, self.iterations,
+                               self.ridge)
         if sparsity > 0:
             log.warning("CSP: no inputs of %s were recorded; pruned by magnitude this time", matrix.path)
         return None, magnitude_mask(matrix.param, sparsity, block)
@@ -133,10 +134,10 @@ def kept_entries(shape: tuple[int, int], sparsity: float, method: str = "magnitu
                                                                                             tuple(block))
 
 
-def mask_strategy(method: str, recovery: str, iterations: int) -> MaskStrategy:
+def mask_strategy(method: str, recovery: str, iterations: int, ridge: float) -> MaskStrategy:
     """The :class:`MaskStrategy` registered as ``method``."""
     cls = STRATEGIES[check_choice(method, tuple(STRATEGIES), "compress.method")]
-    return cls(recovery, iterations) if cls.needs_inputs else cls()
+    return cls(recovery, iterations, ridge) if cls.needs_inputs else cls()
 
 
 # -- the pruner ---------------------------------------------------------------------------------------------
@@ -149,15 +150,16 @@ class Pruner:
         method: a :data:`STRATEGIES` name (``magnitude`` or ``csp``); pattern: ``unstructured`` or ``block``
             (with ``block`` ``[r, c]``).
         recovery, iterations: CSP's recovery (``iht``/``omp``) and its iterations (rounds for OMP).
+        ridge: CSP's Tikhonov damping, ``λ = ridge * mean(diag G)`` (:func:`compress.prune.damped`).
     """
 
     def __init__(self, model: nn.Module, matrices: Sequence[Matrix], method: str, pattern: str,
-                 block: Sequence[int], recovery: str, iterations: int):
+                 block: Sequence[int], recovery: str, iterations: int, ridge: float):
         self.model, self.matrices = model, list(matrices)
         check_choice(method, tuple(STRATEGIES), "compress.method")
         self.method, self.pattern, self.block, self.recovery, self.iterations = check_settings(
             method, pattern, block, recovery, iterations)
-        self.strategy = mask_strategy(self.method, self.recovery, self.iterations)
+        self.strategy = mask_strategy(self.method, self.recovery, self.iterations, ridge)
         check_blocks_fit(self.matrices, self.block)
         self.scheduled = {m.path: 0.0 for m in self.matrices}
 
@@ -246,6 +248,7 @@ class PruneSettings:
             ``sensitivity_table``, :mod:`compress.prune_allocation`; the model's overall sparsity is ``sparsity``).
         pattern: ``unstructured`` or ``block`` (whole ``block`` = ``[rows, cols]`` blocks kept or dropped).
         recovery, iterations: CSP's recovery (``iht`` or ``omp``) and its iterations (OMP: selection rounds).
+        ridge: CSP's Tikhonov damping of its fits (``λ = ridge * mean(diag G)``), a number >= 0.
         calibration_batches: CSP records the inputs of the targets over the training batches of the last this
             many steps before each update.
         include, exclude: target name patterns (:func:`compress.targets.discover_targets`).
@@ -254,7 +257,8 @@ class PruneSettings:
     def __init__(self, *, method: str, sparsity: float, initial_sparsity: float, start_step: int, frequency: int,
                  updates: int | None, end_step: int | None, overrides: Mapping[str, float] | None, allocation: str,
                  sensitivity_table: str | Path | None, pattern: str, block: Sequence[int], recovery: str,
-                 iterations: int, calibration_batches: int, include: Sequence[str], exclude: Sequence[str]):
+                 iterations: int, ridge: float, calibration_batches: int, include: Sequence[str],
+                 exclude: Sequence[str]):
         check_choice(method, tuple(STRATEGIES), "compress.method")
         self.method, self.pattern, self.block, self.recovery, self.iterations = check_settings(
             method, pattern, block, recovery, iterations)
@@ -275,6 +279,9 @@ class PruneSettings:
                                                  or not self.sensitivity_table.is_file()):
             raise FileNotFoundError(f"compress.sensitivity_table {self.sensitivity_table} not found; "
                                     "compress.allocation=sensitivity needs it: run make sensitivity-sparsity")
+        if isinstance(ridge, bool) or not isinstance(ridge, int | float) or ridge < 0:
+            raise PruneError(f"compress.ridge must be a number >= 0, got {ridge!r}")
+        self.ridge = float(ridge)
         if not isinstance(calibration_batches, int) or isinstance(calibration_batches, bool) or calibration_batches < 1:
             raise PruneError(f"compress.calibration_batches must be an integer >= 1, got {calibration_batches!r}")
         if self.method == "csp" and start_step == 0 and initial_sparsity > 0:
