@@ -64,6 +64,22 @@ def test_search_runs_resumes_and_reports(setup):
     assert "wer/test" in best.metrics and best.meta["found_at_step"] is not None
     assert best.meta["selected_on"] == "dev" and best.metrics["wer/dev"] == report["summary"]["wer/dev"]
     assert (out / "explored.png").stat().st_size > 1000 and "| baseline |" in (out / "report.md").read_text()
+    # a report made from more of the shared explored set (another worker's, written first) is kept, not overwritten
+    fuller = {**report, "summary": {**report["summary"], "explored": report["summary"]["explored"] + 5}}
+    (out / "report.json").write_text(json.dumps(fuller))
+    rerun = run_script("../search", *common, "search.steps=8", f"output_dir={out}")
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert json.loads((out / "report.json").read_text()) == fuller
+
+
+def test_only_a_report_of_more_explored_schemes_is_kept(tmp_path):
+    path = tmp_path / "report.json"
+    assert search.fuller_report(path, 3) is None  # none yet
+    path.write_text(json.dumps({"summary": {"explored": 4}, "rows": []}))
+    assert search.fuller_report(path, 3) == {"summary": {"explored": 4}, "rows": []}
+    assert search.fuller_report(path, 4) is None and search.fuller_report(path, 5) is None
+    path.write_text("{not json")
+    assert search.fuller_report(path, 0) is None
 
 
 def test_search_bad_input(setup, tmp_path):

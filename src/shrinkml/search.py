@@ -16,6 +16,7 @@ curves (:mod:`rl.searchers.greedy`).
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 import time
@@ -213,6 +214,18 @@ def manual_baselines(cfg: DictConfig, model, targets, cache: SvdCache, score: Ca
     return rows, curves
 
 
+def fuller_report(path: Path, explored: int) -> dict | None:
+    """The report at ``path`` when it was made from more than ``explored`` explored schemes (the explored set only
+    grows, so such a report is a later snapshot's: another worker's, written first), else None. Several workers
+    each report when they end; without this the one whose snapshot was older could overwrite the fuller report
+    and result scheme. An unreadable file counts as none (it is rewritten)."""
+    try:
+        report = json.loads(path.read_text())
+        return report if int(report["summary"]["explored"]) > explored else None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def finalize(cfg, module, targets, cache, datamodule, explored: ExploredSet, baseline_wer: float, score,
              searcher: Searcher, loop_summary: dict, wall_seconds: float, proxy_decode_seconds: float, attempts: int,
              latency_table: LatencyTable | None = None) -> dict:
@@ -259,6 +272,11 @@ def finalize(cfg, module, targets, cache, datamodule, explored: ExploredSet, bas
         summary["latency_table"] = key_hash(latency_table.key)
     if summary["mean_evaluated_step_seconds"] is not None:  # criterion: an evaluated step costs <= 1.2 decodes
         summary["evaluated_step_cost_in_decodes"] = summary["mean_evaluated_step_seconds"] / proxy_decode_seconds
+    fuller = fuller_report(out / "report.json", len(explored))
+    if fuller is not None:  # another worker of this search reported after more of the shared explored set
+        log.info("%s reports %d explored schemes, more than this worker saw (%d): kept", out / "report.json",
+                 fuller["summary"]["explored"], len(explored))
+        return fuller
     if not candidates:
         log.warning("no explored scheme reached a_t=%.2f: no result scheme written", a_t)
         summary["best"] = None
