@@ -8,10 +8,12 @@ share them through their own fixtures without a conftest entry.
 from __future__ import annotations
 
 import copy
+import importlib.util
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from types import ModuleType
 
 import torch
 from hydra import compose, initialize_config_dir
@@ -214,3 +216,19 @@ def small_asr_model(compressed: bool = False):
     targets = discover_targets(model)
     scheme = Scheme.build(targets, {t.name: max(1, t.max_rank // 3) for t in targets}, "test")
     return apply_scheme(model, scheme, targets, SvdCache()).eval()
+
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def load_module(path: Path, name: str) -> ModuleType:
+    """The Python file ``path`` imported as module ``name`` (scripts and benchmarks are files, not a package)."""
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def load_benchmark(name: str) -> ModuleType:
+    """``benchmarks/<name>.py`` as a module."""
+    return load_module(BENCHMARKS / f"{name}.py", f"_benchmark_{name}")

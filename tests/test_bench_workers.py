@@ -3,24 +3,11 @@ table, a finished run read back rather than rerun, and a failing worker's stderr
 
 from __future__ import annotations
 
-import importlib.util
 import subprocess
 import sys
-from pathlib import Path
-from types import ModuleType
 
 import pytest
-from asr_helpers import corpus_copy_for_runs, search_overrides, shared_dir, trained_run
-
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
-
-
-def load_benchmark(name: str) -> ModuleType:
-    """``benchmarks/<name>.py`` as a module (the benchmarks are scripts, not a package)."""
-    spec = importlib.util.spec_from_file_location(f"_benchmark_{name}", BENCHMARKS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from asr_helpers import BENCHMARKS, corpus_copy_for_runs, load_benchmark, search_overrides, shared_dir, trained_run
 
 
 def test_one_and_two_workers_at_equal_decodes_and_read_back(tiny_corpus, tmp_path_factory, tmp_path, capsys):

@@ -3,14 +3,12 @@ dense fused kernel, the factorized reference recurrence and the (unchanged) trai
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import shutil
-from pathlib import Path
-from types import ModuleType
 
 import pytest
 import torch
+from asr_helpers import load_benchmark
 from torch import nn
 from torch.nn.utils import parametrize
 from torch.utils import cpp_extension
@@ -28,15 +26,6 @@ from compress.targets import discover_targets
 
 IN, H = 5, 7
 ATOL = 1e-5
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
-
-
-def load_benchmark(name: str) -> ModuleType:
-    """``benchmarks/<name>.py`` as a module (the benchmarks are scripts, not a package)."""
-    spec = importlib.util.spec_from_file_location(f"_benchmark_{name}", BENCHMARKS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -4,7 +4,6 @@ and the script end to end on a tiny random model (its JSON; no speed asserted)."
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -12,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from asr_helpers import load_benchmark
 
 from compress.scheme import Scheme
 
@@ -20,11 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def bench():
-    path = ROOT / "benchmarks" / "measured_speedup.py"
-    spec = importlib.util.spec_from_file_location("_benchmark_measured_speedup", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("measured_speedup")
 
 
 def test_models_take_turns_in_rotating_order_with_every_part_in_one_turn(bench, monkeypatch):

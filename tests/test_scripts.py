@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import logging
 import shutil
@@ -12,6 +11,7 @@ from types import ModuleType
 import numpy as np
 import pytest
 import soundfile as sf
+from asr_helpers import load_module
 
 from asr.data.corpus import list_splits, read_split
 from asr.data.errors import DataError
@@ -20,10 +20,7 @@ SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 
 
 def load_script(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(f"_script_{name}", SCRIPTS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_module(SCRIPTS / f"{name}.py", f"_script_{name}")
 
 
 @pytest.fixture(scope="module")

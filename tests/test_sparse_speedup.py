@@ -4,12 +4,11 @@ and the kernel table on a tiny model (no speed asserted)."""
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
 import torch
-from asr_helpers import tiny_model_config
+from asr_helpers import load_benchmark, tiny_model_config
 
 from asr.latency import DecodeClock
 from asr.model.asr_model import AsrModel
@@ -20,11 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def bench():
-    path = ROOT / "benchmarks" / "sparse_speedup.py"
-    spec = importlib.util.spec_from_file_location("_benchmark_sparse_speedup", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("sparse_speedup")
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
