@@ -94,10 +94,10 @@ def build_space(cfg: DictConfig, targets, cache: SvdCache, model) -> SearchSpace
     raise ValueError(f"search.space.kind must be uniform or sensitivity, got {space.kind!r}")
 
 
-def search_signature(cfg: DictConfig, searcher: Searcher, baseline_wer: float) -> dict:
-    """What the state in ``output_dir`` depends on: the checkpoint and the proxy set (its baseline WER), the
-    searcher and its own signature (:meth:`Searcher.signature`)."""
-    return {"checkpoint_sha256": file_fingerprint(cfg.ckpt), "baseline_proxy_wer": round(float(baseline_wer), 6),
+def search_signature(checkpoint_sha256: str, searcher: Searcher, baseline_wer: float) -> dict:
+    """What the state in ``output_dir`` depends on: the checkpoint (its SHA-256) and the proxy set (its baseline
+    WER), the searcher and its own signature (:meth:`Searcher.signature`)."""
+    return {"checkpoint_sha256": checkpoint_sha256, "baseline_proxy_wer": round(float(baseline_wer), 6),
             "searcher": searcher.policy, "settings": searcher.signature()}
 
 
@@ -143,9 +143,10 @@ def search_worker(cfg: DictConfig, module, started: float) -> dict:
     problem = SearchProblem(space, estimate, search.target_speedup, search.reward, by, baseline_wer, cfg.seed,
                             worker, search.workers, out)
     searcher: Searcher = hydra.utils.instantiate(search.searcher, _partial_=True)(problem=problem)
-    guard_state(out, search_signature(cfg, searcher, baseline_wer), cfg.on_stale,
+    checkpoint_sha256 = file_fingerprint(cfg.ckpt)
+    guard_state(out, search_signature(checkpoint_sha256, searcher, baseline_wer), cfg.on_stale,
                 (*STATE_FILES, *searcher.state_files()), searcher.stale_reason(out),
-                note={"checkpoint": str(Path(cfg.ckpt).resolve()), "checkpoint_sha256": file_fingerprint(cfg.ckpt)})
+                note={"checkpoint": str(Path(cfg.ckpt).resolve()), "checkpoint_sha256": checkpoint_sha256})
     loggers = instantiate_group(cfg.get("logger"))
     for logger in loggers:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
@@ -241,6 +242,11 @@ def finalize(cfg, module, targets, cache, datamodule, explored: ExploredSet, bas
     """
     out, search, model = Path(cfg.output_dir), cfg.search, module.model
     a_t = search.target_speedup
+    fuller = fuller_report(out / "report.json", len(explored))
+    if fuller is not None:  # another worker of this search reported after more of the shared explored set
+        log.info("%s reports %d explored schemes, more than this worker saw (%d): kept", out / "report.json",
+                 fuller["summary"]["explored"], len(explored))
+        return fuller
 
     tokenizer = module.assets.tokenizer
     dev = cfg.split
@@ -272,11 +278,6 @@ def finalize(cfg, module, targets, cache, datamodule, explored: ExploredSet, bas
         summary["latency_table"] = key_hash(latency_table.key)
     if summary["mean_evaluated_step_seconds"] is not None:  # criterion: an evaluated step costs <= 1.2 decodes
         summary["evaluated_step_cost_in_decodes"] = summary["mean_evaluated_step_seconds"] / proxy_decode_seconds
-    fuller = fuller_report(out / "report.json", len(explored))
-    if fuller is not None:  # another worker of this search reported after more of the shared explored set
-        log.info("%s reports %d explored schemes, more than this worker saw (%d): kept", out / "report.json",
-                 fuller["summary"]["explored"], len(explored))
-        return fuller
     if not candidates:
         log.warning("no explored scheme reached a_t=%.2f: no result scheme written", a_t)
         summary["best"] = None
