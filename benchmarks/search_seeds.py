@@ -161,12 +161,14 @@ def budget_rows(name: str, target: str, seed: int, out: Path, budgets: list[int]
     return rows
 
 
-def spread(values: list[float]) -> str:
+def spread(values: list[float | None], digits: int = 2) -> str:
+    """Mean ± standard deviation of the values given (None: not measured, left out); ``-`` for none."""
+    values = [v for v in values if v is not None]
     if not values:
         return "-"
     if len(values) == 1:
-        return f"{values[0]:.2f}"
-    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
+        return f"{values[0]:.{digits}f}"
+    return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
 
 
 def fmt(value, digits: int = 2) -> str:

@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import time
@@ -35,9 +34,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from search_seeds import explored_points  # noqa: E402
+from search_seeds import explored_points, spread  # noqa: E402
 
 from common.atomic import write_json_atomic  # noqa: E402
+from rl.explored import scheme_key  # noqa: E402
 
 WORKER_COUNTS = (1, 2)
 STEPS_PER_DECODE = 3  # search.steps per worker = 3 x the budget: max_decodes, not steps, ends every search
@@ -101,10 +101,6 @@ def wait_all(processes: list[subprocess.Popen]) -> list[int]:
     return failed
 
 
-def scheme_key(ranks: dict) -> str:
-    return json.dumps(ranks, sort_keys=True)
-
-
 def read_run(workers: int, seed: int, out: Path) -> dict:
     """The numbers of one finished run (``report.json`` and the explored-set files)."""
     summary = json.loads((out / "report.json").read_text())["summary"]
@@ -137,15 +133,6 @@ def benchmark(seeds: list[int], budget: int, ckpt: str, overrides: list[str], ou
                 continue
             rows.append(read_run(workers, seed, out))
     return rows
-
-
-def spread(values: list, digits: int = 2) -> str:
-    values = [v for v in values if v is not None]
-    if not values:
-        return "-"
-    if len(values) == 1:
-        return f"{values[0]:.{digits}f}"
-    return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
 
 
 def table(rows: list[dict], budget: int) -> str:
