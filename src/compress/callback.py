@@ -81,6 +81,8 @@ class Compression(L.Callback):
                                     "checkpoint (e.g. runs/baseline/checkpoints/best.ckpt)")
         if check_provenance and self.init_from is not None and self.scheme is not None:
             self._check_made_from(self.init_from)
+        # the scheme's pruned targets: target -> its pruning settings ({"sparsity": .., "pattern": ..})
+        self.sparse = {} if self.scheme is None else {n: s for n, s in self.scheme.options.items() if PRUNING.owns(s)}
         self.pruning = self._pruning_settings(prune, pruning)
         if self.scheme is None and self.pruning is None:
             raise SchemeError("compress: give a scheme (compress.scheme=S.json) or pruning settings (compress=prune)")
@@ -121,7 +123,7 @@ class Compression(L.Callback):
             settings = PruneSettings(**dict(flat), include=self.include, exclude=self.exclude)
         else:
             settings = None
-        sparse = {} if self.scheme is None else {n: s for n, s in self.scheme.options.items() if PRUNING.owns(s)}
+        sparse = self.sparse
         if sparse and settings is None:
             raise SchemeError(f"compress.scheme {self.scheme_path} prunes targets: give the pruning schedule and "
                               "method too (prune=default)")
@@ -197,8 +199,7 @@ class Compression(L.Callback):
 
     def _build_pruner(self, model: nn.Module) -> None:
         settings = self.pruning
-        sparse = {} if self.scheme is None else {n: s for n, s in self.scheme.options.items() if PRUNING.owns(s)}
-        matrices, self.finals = select_sparsities(model, settings, sparse, self.attribute)
+        matrices, self.finals = select_sparsities(model, settings, self.sparse, self.attribute)
         schedule = settings.schedule
         if schedule.initial > min(self.finals.values()):
             raise PruneError(f"compress.initial_sparsity={schedule.initial} exceeds a target's final sparsity "

@@ -100,17 +100,13 @@ class Scheme:
     @property
     def settings(self) -> dict[str, Settings | str]:
         """``{target: {"rank": .., "sparsity": .., ...} or "full"}``: the format-2 view of the scheme."""
-        out: dict[str, Settings | str] = {}
-        for name in [*self.ranks, *(n for n in self.options if n not in self.ranks)]:
-            rank = self.ranks.get(name, FULL)
-            entry = {**({} if rank == FULL else {"rank": rank}), **self.options.get(name, {})}
-            out[name] = entry or FULL
-        return out
+        names = [*self.ranks, *(n for n in self.options if n not in self.ranks)]
+        return {name: self.target_settings(name) or FULL for name in names}
 
     def target_settings(self, name: str) -> dict:
-        """One target's settings as a dict (``{}`` for ``full``)."""
-        entry = self.settings.get(name, FULL)
-        return {} if entry == FULL else dict(entry)
+        """One target's settings as a dict (``{}`` for ``full``): its rank, if any, and its other settings."""
+        rank = self.ranks.get(name, FULL)
+        return {**({} if rank == FULL else {"rank": rank}), **self.options.get(name, {})}
 
     def techniques(self) -> list[str]:
         """The names of the techniques the scheme uses, in registry (application) order."""
