@@ -57,24 +57,18 @@ def _fits(value, kind) -> bool:
 def check_types(cfg: DictConfig, schema: type, prefix: str = "") -> None:
     """Raise :class:`ConfigTypeError` for the first key of ``schema`` whose value in ``cfg`` (interpolations
     resolved) has another type; ``prefix`` is ``cfg``'s own key in the root config, for the message."""
+    hints = typing.get_type_hints(schema)
     for field in dataclasses.fields(schema):
         if field.name not in cfg:
             continue
         key = f"{prefix}.{field.name}" if prefix else field.name
-        annotation = typing.get_type_hints(schema)[field.name]
         node = cfg[field.name]
-        if dataclasses.is_dataclass(annotation):
-            if isinstance(node, DictConfig):
-                check_types(node, annotation, key)
-                continue
-            options = (dict,)
-        else:
-            options = _options(annotation)
-            nested = [option for option in options if dataclasses.is_dataclass(option)]
-            if nested and isinstance(node, DictConfig):
-                check_types(node, nested[0], key)
-                continue
-            options = tuple(dict if dataclasses.is_dataclass(option) else option for option in options)
+        options = _options(hints[field.name])  # a nested schema (alone or in a union) is checked inside
+        nested = [option for option in options if dataclasses.is_dataclass(option)]
+        if nested and isinstance(node, DictConfig):
+            check_types(node, nested[0], key)
+            continue
+        options = tuple(dict if dataclasses.is_dataclass(option) else option for option in options)
         if not any(_fits(node, kind) for kind in options):
             expected = " or ".join(_NAMES[kind] for kind in options)
             shown = OmegaConf.to_container(node) if isinstance(node, DictConfig | ListConfig) else node

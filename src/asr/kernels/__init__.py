@@ -17,9 +17,9 @@ They register the operators under ``torch.ops.shrinkml_lowrank`` (CPU float32). 
 compiled for AVX-512, AVX2 and plain x86-64 and chosen at load time on x86-64 with GCC. Building takes
 about a minute (a C++ compiler and ninja are needed), then the library is cached in torch's extensions
 directory, which ``TORCH_EXTENSIONS_DIR`` overrides, under a name keyed by its sources (:func:`build_name`: a
-hash of the ``csrc/`` contents, the compile flags and torch's version): two checkouts with different sources
-on one machine build into folders of their own instead of rebuilding each other's on every switch, and two
-with the same sources share one build.
+hash of the ``csrc/`` folder's path and contents, the compile flags and torch's version): every checkout on one
+machine builds into a folder of its own instead of rebuilding the others' on every switch (the build files name
+the sources by path, so even checkouts with the same sources would).
 Callers decide what to do when it cannot be built (:func:`asr.model.lowrank_lstm.backend` falls back
 to PyTorch operations).
 """
@@ -49,8 +49,9 @@ def source_hash(csrc: Path | None = None, cflags: tuple[str, ...] = CFLAGS) -> s
     csrc = CSRC if csrc is None else Path(csrc)
     digest = hashlib.sha256(f"{csrc.resolve()}\0".encode())
     for path in sorted([*csrc.glob("*.cpp"), *csrc.glob("*.h")]):
-        digest.update(f"{path.name}\0{len(path.read_bytes())}\0".encode())
-        digest.update(path.read_bytes())
+        source = path.read_bytes()
+        digest.update(f"{path.name}\0{len(source)}\0".encode())
+        digest.update(source)
     digest.update("\0".join(["cflags", *cflags, "torch", torch.__version__]).encode())
     return digest.hexdigest()[:12]
 
