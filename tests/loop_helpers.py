@@ -49,11 +49,12 @@ def run_loop(searcher: Searcher, problem: SearchProblem, evaluate: Callable[[dic
                       state, worker=problem.worker).run()
 
 
-def toy_worker(out: str, worker: int, workers: int, delay: float) -> None:
+def toy_worker(out: str, worker: int, workers: int, delay: float, start: int = 0) -> None:
     """One worker process of a toy search (the test of several workers): the grid searcher of
     test_toy_searcher over a 3 x 3 space, every worker walking the same schemes in the same order, each decode
     taking ``delay`` seconds and logged (fsynced) to ``decodes-worker<k>.txt`` before it returns. It starts when
-    ``out/go`` exists (after writing ``out/ready-worker<k>``)."""
+    ``out/go`` exists (after writing ``out/ready-worker<k>``). ``start``: the grid index its walk starts at (walking
+    the same order, a worker can find every scheme claimed by a quicker one and never decode)."""
     import json
     import os
     import time
@@ -78,4 +79,4 @@ def toy_worker(out: str, worker: int, workers: int, delay: float) -> None:
     while not (Path(out) / "go").exists():  # all workers start together (imports take seconds)
         time.sleep(0.01)
     with WorkerLock(out, worker):
-        run_loop(GridSearcher(problem, 0), problem, evaluate, steps=27)
+        run_loop(GridSearcher(problem, start), problem, evaluate, steps=27)

@@ -24,9 +24,9 @@ from rl.searchers.optuna_tpe import STUDY_FILE, storage_url
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def start_worker(out: Path, worker: int, workers: int, delay: float) -> subprocess.Popen:
+def start_worker(out: Path, worker: int, workers: int, delay: float, start: int = 0) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": f"{ROOT / 'src'}{os.pathsep}{ROOT / 'tests'}", "OMP_NUM_THREADS": "1"}
-    code = f"from loop_helpers import toy_worker; toy_worker({str(out)!r}, {worker}, {workers}, {delay})"
+    code = f"from loop_helpers import toy_worker; toy_worker({str(out)!r}, {worker}, {workers}, {delay}, {start})"
     return subprocess.Popen([sys.executable, "-c", code], env=env, cwd=ROOT, stderr=subprocess.PIPE, text=True)
 
 
@@ -59,17 +59,19 @@ def test_two_workers_walking_the_same_schemes_decode_each_once(tmp_path):
 
 
 def test_a_killed_worker_loses_no_decoded_scheme(tmp_path):
-    survivor, victim = start_worker(tmp_path, 0, 2, 0.4), start_worker(tmp_path, 1, 2, 0.2)
+    # the victim walks from the grid's middle, so it surely decodes before it is killed (in the same order it
+    # could find every scheme claimed by the survivor)
+    survivor, victim = start_worker(tmp_path, 0, 2, 0.4), start_worker(tmp_path, 1, 2, 0.2, start=13)
     start_together(tmp_path, [survivor, victim])
     deadline = time.time() + 120
     while not (tmp_path / "decodes-worker1.txt").is_file() or len(decodes(tmp_path)) < 4:
-        assert time.time() < deadline, "the workers decoded nothing"
+        assert time.time() < deadline and victim.poll() is None, "the workers decoded nothing"
         time.sleep(0.05)
     victim.send_signal(signal.SIGKILL)  # most likely mid-decode: its claim and its lock are left behind
     victim.wait()
     killed_decodes = (tmp_path / "decodes-worker1.txt").read_text().splitlines()
     assert survivor.wait(timeout=300) == 0, survivor.stderr.read()[-3000:]
-    rerun = start_worker(tmp_path, 1, 2, 0.0)  # the killed worker again: its lock and claim are taken over
+    rerun = start_worker(tmp_path, 1, 2, 0.0, start=13)  # the killed worker again: its lock and claim are taken over
     assert rerun.wait(timeout=300) == 0, rerun.stderr.read()[-3000:]
     keys = explored_keys(tmp_path)
     assert len(keys) == len(set(keys)) == 27
