@@ -1,6 +1,6 @@
 """The search space ``S`` (paper section 3.1): an ``l x d`` matrix of ranks, one row per target.
 
-Row ``i`` lists the ``d`` rank options of target ``i``; a scheme picks one option per row. Two ways
+Row ``i`` lists the ``d`` rank options of target ``i``; a scheme picks one option per row. Three ways
 to fill it:
 
 * :func:`uniform_space` (the paper's "slow" search): the same range for every target, options at
@@ -9,7 +9,11 @@ to fill it:
   sensitivity table (Fig. 2): its smallest option is its rank at the lowest energy at which
   factorizing it alone raised WER by at most ``max_delta``.
 
-The last option of every row is its break-even rank, which means "leave dense" (:data:`compress.cost.FULL`),
+* :func:`joint_space` (improvement, ``search.space.kind=joint``): every technique's options per target (any form
+  of :mod:`compress.options`): the sensitivity space's ranks, sparsities (unstructured and in blocks where the
+  block divides the matrix), ranks with their factors pruned, and ``full``; rows may differ in length.
+
+The last option of every rank row is its break-even rank, which means "leave dense" (:data:`compress.cost.FULL`),
 as does any option whose rank does not pay (``k (m + n) >= m n``).
 """
 
@@ -20,6 +24,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from compress.cost import FULL, estimate_speedup, pays
+from compress.options import normalize, option_key
 from compress.svd import Spectrum
 from compress.targets import Target
 
@@ -33,27 +38,47 @@ class SearchSpaceError(ValueError):
 
 @dataclass
 class SearchSpace:
-    """``options[i][j]`` = rank ``S_ij`` of target ``names[i]`` (int, or ``full``)."""
+    """``options[i][j]`` = option ``S_ij`` of target ``names[i]``: a rank (int) or ``full``, or in a ``ragged``
+    (joint) space any option of :mod:`compress.options`, with rows of different lengths."""
 
     names: list[str]
-    options: list[list[int | str]]
+    options: list[list]
+    ragged: bool = False
 
     def __post_init__(self):
         widths = {len(row) for row in self.options}
-        if len(self.names) != len(self.options) or len(widths) != 1 or 0 in widths:
+        if len(self.names) != len(self.options) or 0 in widths or (len(widths) != 1 and not self.ragged):
             raise SearchSpaceError(f"search space must be l x d with d >= 1: {len(self.names)} targets, "
                                    f"row widths {sorted(widths)}")
+        self._costs: dict[int, OptionCosts] = {}
 
     @property
     def shape(self) -> tuple[int, int]:
-        return len(self.names), len(self.options[0])
+        """``(l, d)``: targets and the widest row's options."""
+        return len(self.names), max(len(row) for row in self.options)
+
+    @property
+    def widths(self) -> list[int]:
+        """Each row's number of options."""
+        return [len(row) for row in self.options]
+
+    def costs(self, estimate: Callable[[dict], float]) -> OptionCosts:
+        """The per-option costs of ``estimate`` (:class:`OptionCosts`), computed once per estimate."""
+        if id(estimate) not in self._costs:
+            self._costs[id(estimate)] = OptionCosts(self, estimate)
+        return self._costs[id(estimate)]
 
     def ranks(self, choices: Sequence[int]) -> dict[str, int | str]:
         """The scheme ``s`` (target -> rank) of one option index per target."""
         return {name: row[j] for name, row, j in zip(self.names, self.options, choices, strict=True)}
 
-    def most_compressed(self) -> dict[str, int | str]:
-        """Each target at its smallest option (the highest speed-up the space can reach)."""
+    def most_compressed(self, estimate: Callable[[dict], float] | None = None) -> dict:
+        """Each target at its smallest option (the highest speed-up the space can reach): its smallest rank, or in
+        a ragged space its cheapest option under ``estimate`` (:class:`OptionCosts`)."""
+        if self.ragged:
+            if estimate is None:
+                raise SearchSpaceError("the most compressed scheme of a joint space needs the speed-up estimate")
+            return self.ranks(self.costs(estimate).cheapest())
         return {name: min(row, key=lambda r: float("inf") if r == FULL else r)
                 for name, row in zip(self.names, self.options, strict=True)}
 
@@ -63,7 +88,12 @@ class SearchSpace:
         indices ``earlier`` of targets ``0 .. i-1``: option ``j`` is kept when the scheme with ``earlier``,
         ``j`` and every later target at its smallest option meets it. Exact for any estimate that falls as
         ranks grow (Eq. 3 summed over parameters or MACs); used to mask the controller (``search.feasibility``).
+        In a ragged space: by the separable costs of ``estimate`` (:meth:`OptionCosts.completable`), and the options
+        past a row's end are never allowed.
         """
+        if self.ragged:
+            keep = self.costs(estimate).completable(i, earlier, target_speedup)
+            return keep + [False] * (self.shape[1] - len(keep))
         smallest = self.most_compressed()
         scheme = {name: row[j] for name, row, j in zip(self.names, self.options, earlier, strict=False)}
         scheme.update({name: smallest[name] for name in self.names[i + 1:]})
@@ -79,6 +109,8 @@ class SearchSpace:
         raises when it is below ``target_speedup``."""
         if target_speedup < 1.0:
             raise SearchSpaceError(f"search.target_speedup={target_speedup} is below 1; choose a_t >= 1")
+        if self.ragged:  # options of several techniques: the estimate of the search (search.py) decides
+            raise SearchSpaceError("a joint space's reach is checked with SearchSpace.check_reach(estimate, a_t)")
         best = estimate_speedup(targets, self.most_compressed(), by, table)
         if best < target_speedup:
             raise SearchSpaceError(f"search.target_speedup={target_speedup} is out of reach: the search space's most "
@@ -87,8 +119,82 @@ class SearchSpace:
                                    "or allow more targets")
         return best
 
+    def check_reach(self, estimate: Callable[[dict], float], target_speedup: float) -> float:
+        """The highest speed-up of the space under ``estimate``; raises when it is below ``target_speedup``."""
+        if target_speedup < 1.0:
+            raise SearchSpaceError(f"search.target_speedup={target_speedup} is below 1; choose a_t >= 1")
+        best = estimate(self.most_compressed(estimate))
+        if best < target_speedup:
+            raise SearchSpaceError(f"search.target_speedup={target_speedup} is out of reach: the search space's most "
+                                   f"compressed scheme is estimated at {best:.2f}x; lower a_t or widen search.space "
+                                   "(a larger max_delta, more sparsities or ranks)")
+        return best
+
     def to_dict(self) -> dict:
-        return {"names": self.names, "options": self.options}
+        return {"names": self.names, "options": self.options, **({"ragged": True} if self.ragged else {})}
+
+
+class OptionCosts:
+    """The cost of every option of ``space`` under a separable speed-up ``estimate``: ``1 / a(s)`` is the dense
+    model's share plus, per target, what its option adds (``delta[i][j]``, negative when it saves), measured as
+    ``1 / a(target i at option j, every other full) - 1 / a(all full)``. Exact for the estimates of the search
+    (parameters, MACs and the measured-latency table all sum over targets), and ``l d`` estimates once instead
+    of one per completion check."""
+
+    def __init__(self, space: SearchSpace, estimate: Callable[[dict], float]):
+        self.space = space
+        dense = {name: FULL for name in space.names}
+        self.base = 1.0 / estimate(dense)
+        self.delta: list[list[float]] = []
+        for name, row in zip(space.names, space.options, strict=True):
+            deltas = []
+            for option in row:
+                scheme = {**dense, name: option}
+                deltas.append(1.0 / estimate(scheme) - self.base)
+            self.delta.append(deltas)
+
+    def speedup(self, choices: Sequence[int]) -> float:
+        """The estimated speed-up of the option indices ``choices`` ``(l,)``."""
+        return 1.0 / (self.base + sum(row[j] for row, j in zip(self.delta, choices, strict=True)))
+
+    def cheapest(self) -> list[int]:
+        """Per target the index of its cheapest option."""
+        return [min(range(len(row)), key=row.__getitem__) for row in self.delta]
+
+    def completable(self, i: int, earlier: Sequence[int], target_speedup: float) -> list[bool]:
+        """Which options of target ``i`` (its row) keep ``target_speedup`` reachable after ``earlier`` (targets
+        ``0 .. i-1``), every later target at its cheapest option."""
+        spent = self.base + sum(self.delta[t][j] for t, j in enumerate(earlier))
+        rest = sum(min(row) for row in self.delta[i + 1:])
+        budget = 1.0 / target_speedup + 1e-12
+        return [spent + cost + rest <= budget for cost in self.delta[i]]
+
+    def repair(self, choices: Sequence[int], target_speedup: float, start: int = 0) -> list[int] | None:
+        """``choices`` moved to more compressed options until they meet ``target_speedup``, the targets taking
+        turns one notch at a time (the next cheaper option of its row by cost), from target ``start``: HAQ's
+        repair of a proposal that misses its resource budget (Wang et al. 2019, section 3.3: the bit widths are
+        lowered layer by layer until the constraint holds). None when the cheapest scheme misses it too."""
+        choices = list(choices)
+        budget = 1.0 / target_speedup + 1e-12
+        cost = self.base + sum(row[j] for row, j in zip(self.delta, choices, strict=True))
+        count = len(choices)
+        while cost > budget:
+            moved = False
+            for turn in range(count):
+                i = (start + turn) % count
+                row, current = self.delta[i], self.delta[i][choices[i]]
+                cheaper = [j for j in range(len(row)) if row[j] < current - 1e-15]
+                if not cheaper:
+                    continue
+                j = max(cheaper, key=row.__getitem__)  # the next notch: the dearest of the cheaper options
+                cost += row[j] - current
+                choices[i] = j
+                moved = True
+                if cost <= budget:
+                    return choices
+            if not moved:
+                return None
+        return choices
 
 
 def _option(target: Target, rank: int) -> int | str:
@@ -181,3 +287,63 @@ def widened_sensitivity_space(targets: Sequence[Target], spectra: Mapping[str, S
         if estimate(space.most_compressed()) >= target_speedup:
             break
     return space, delta
+
+
+def _fits(shape: tuple[int, int], pattern: str) -> bool:
+    """Whether ``pattern`` (``unstructured`` or ``"RxC"``) tiles an ``m x n`` matrix."""
+    if pattern == "unstructured":
+        return True
+    rows, _, cols = pattern.partition("x")
+    return shape[0] % int(rows) == 0 and shape[1] % int(cols) == 0
+
+
+def _sparsity_fine(table: dict | None, name: str, sparsity: float, max_delta: float) -> bool:
+    """Whether pruning ``name`` alone to ``sparsity`` raised WER by at most ``max_delta`` in the sparsity-sensitivity
+    ``table`` (its nearest measured sparsity at or above it; True without a table or a row of the target)."""
+    if table is None:
+        return True
+    rows = sorted((float(r["sparsity"]), float(r["delta"])) for r in table["rows"] if r["target"] == name)
+    if not rows:
+        return True
+    at_or_above = [delta for s, delta in rows if s >= sparsity - 1e-9]
+    return (at_or_above[0] if at_or_above else rows[-1][1]) <= max_delta
+
+
+def joint_space(targets: Sequence[Target], rank_space: SearchSpace, sparsities: Sequence[float],
+                patterns: Sequence[str], factor_sparsities: Sequence[float], factor_patterns: Sequence[str],
+                rank_multiple: int = 4, sparsity_table: dict | None = None, max_delta: float = float("inf")
+                ) -> SearchSpace:
+    """Per target, the options of every technique (improvement over the paper's rank-only space):
+
+    * the ranks of ``rank_space``'s row (the sensitivity space: bounded by the rank-sensitivity table);
+    * ``{"sparsity": s, "pattern": p}`` for ``s`` in ``sparsities`` and each of ``patterns`` that tiles the matrix,
+      where pruning the target alone to ``s`` raised WER by at most ``max_delta`` (``sparsity_table``, the
+      sparsity-sensitivity table of ``scripts/sensitivity.py kind=sparsity``; every sparsity without one);
+    * ``{"rank": k, "sparsity": s, "pattern": p}``: each rank of the row rounded to a multiple of ``rank_multiple``
+      (so blocks tile the factors ``U`` ``(m, k)`` and ``V`` ``(k, n)``), its factors pruned to each of
+      ``factor_sparsities`` in each of ``factor_patterns`` that tiles both;
+    * ``full``.
+
+    A target no rank pays for (MoChA's ``1 x 256`` energy vector) stays ``full`` only. Duplicate options are
+    dropped (:func:`compress.options.option_key`)."""
+    by_name = {t.name: t for t in targets}
+    rows = []
+    for name, rank_row in zip(rank_space.names, rank_space.options, strict=True):
+        shape = by_name[name].shape
+        ranks = [r for r in rank_row if r != FULL]
+        row: list = [{"rank": int(r)} for r in ranks]
+        if ranks:
+            row += [{"sparsity": float(s), "pattern": p} for s in sparsities for p in patterns
+                    if _fits(shape, p) and _sparsity_fine(sparsity_table, name, float(s), max_delta)]
+            for r in ranks:
+                k = max(rank_multiple, round(int(r) / rank_multiple) * rank_multiple)
+                if not pays(shape, k):
+                    continue
+                row += [{"rank": k, "sparsity": float(s), "pattern": p} for s in factor_sparsities
+                        for p in factor_patterns if _fits((shape[0], k), p) and _fits((k, shape[1]), p)]
+        row.append(FULL)
+        unique: dict[str, object] = {}
+        for option in row:
+            unique.setdefault(option_key(option), normalize(option))
+        rows.append(list(unique.values()))
+    return SearchSpace(list(rank_space.names), rows, ragged=True)

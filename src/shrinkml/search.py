@@ -35,7 +35,8 @@ from common.errors import KnownError
 from compress.cost import check_by, estimate_speedup
 from compress.latency_cost import LatencyTable, key_hash
 from compress.manual import uniform_energy_scheme
-from compress.scheme import Scheme, apply_scheme, file_fingerprint
+from compress.options import rank_of
+from compress.scheme import Scheme, apply_scheme, file_fingerprint, split_settings
 from compress.sensitivity import load_table, sensitive_targets
 from compress.svd import SvdCache
 from rl.explored import ExploredSet
@@ -43,7 +44,7 @@ from rl.loop import STATE_FILES, SearchClock, SearchLoop, StaleSearchError, Work
 from rl.report import markdown_table, plot_explored
 from rl.rewards import wer_reward
 from rl.searcher import Searcher, SearchProblem
-from rl.space import SearchSpace, sensitivity_space, uniform_space, widened_sensitivity_space
+from rl.space import SearchSpace, joint_space, sensitivity_space, uniform_space, widened_sensitivity_space
 from shrinkml.latency_table import stage_table
 from shrinkml.stage import data_module, eval_batches, load_recognizer, profiled_targets, wer_scorer
 
@@ -73,7 +74,19 @@ def proxy_utterances(cfg: DictConfig, datamodule) -> list[str] | None:
 
 
 def build_space(cfg: DictConfig, targets, cache: SvdCache, model) -> SearchSpace:
+    """The search space of ``search.space`` (``kind``: uniform, sensitivity or joint)."""
     space = cfg.search.space
+    if space.kind == "joint":
+        if space.rank_space not in ("sensitivity", "uniform"):
+            raise ValueError(f"search.space.rank_space must be sensitivity or uniform, got {space.rank_space!r}")
+        ranks = build_space(OmegaConf.merge(cfg, {"search": {"space": {"kind": space.rank_space}}}), targets, cache,
+                            model)
+        table_path = Path(space.sparsity_table) if space.get("sparsity_table") else None
+        sparsity_table = load_table(table_path) if table_path is not None and table_path.is_file() else None
+        if sparsity_table is None:
+            log.info("joint space: no sparsity-sensitivity table (%s): every sparsity is an option", table_path)
+        return joint_space(targets, ranks, space.sparsities, space.patterns, space.factor_sparsities,
+                           space.factor_patterns, space.rank_multiple, sparsity_table, space.max_delta)
     if space.kind == "uniform":
         return uniform_space(targets, space.options, space.min_fraction, space.spacing)
     if space.kind == "sensitivity":
@@ -91,7 +104,17 @@ def build_space(cfg: DictConfig, targets, cache: SvdCache, model) -> SearchSpace
             log.warning("search.space.max_delta %.2f cannot reach a_t %.3f; widened to %.2f (search.space.widen)",
                         space.max_delta, cfg.search.target_speedup, delta)
         return built
-    raise ValueError(f"search.space.kind must be uniform or sensitivity, got {space.kind!r}")
+    raise ValueError(f"search.space.kind must be uniform, sensitivity or joint, got {space.kind!r}")
+
+
+def scheme_speedup(targets, settings: dict, by: str, table: LatencyTable | None) -> float:
+    """The estimated speed-up of ``settings`` (target -> any option of :mod:`compress.options`) by ``by``: Eq. 3
+    for ranks alone, every technique's parameters (:meth:`Scheme.estimate`) otherwise, or the measured table."""
+    if by == "latency" or all(not isinstance(v, dict) or set(v) == {"rank"} for v in settings.values()):
+        plain = {name: v["rank"] if isinstance(v, dict) and set(v) == {"rank"} else v for name, v in settings.items()}
+        return estimate_speedup(targets, plain if by != "latency" else settings, by, table)
+    ranks, options = split_settings(settings)
+    return Scheme(ranks, options=options).estimate(targets, by)
 
 
 def search_signature(checkpoint_sha256: str, searcher: Searcher, baseline_wer: float) -> dict:
@@ -126,17 +149,22 @@ def search_worker(cfg: DictConfig, module, started: float) -> dict:
     space = build_space(cfg, targets, cache, model)
     latency_table, _ = stage_table(cfg.by, cfg.latency, cfg.ckpt, model, targets,  # measured now, or reused
                                    lambda: eval_batches(datamodule, cfg.split), module.assets.features.frame_shift_ms,
-                                   cache, dict(zip(space.names, space.options, strict=True)))
-    space.check_reachable(targets, search.target_speedup, cfg.by, latency_table)
+                                   cache, {name: [rank_of(o) for o in row]
+                                           for name, row in zip(space.names, space.options, strict=True)})
+
+    def estimate(ranks: dict) -> float:
+        return scheme_speedup(targets, ranks, cfg.by, latency_table)
+
+    if space.ragged:
+        space.check_reach(estimate, search.target_speedup)
+    else:
+        space.check_reachable(targets, search.target_speedup, cfg.by, latency_table)
     score = wer_scorer(module, proxy)
     decode_started = time.perf_counter()
     baseline_wer = score(model)
     proxy_decode_seconds = time.perf_counter() - decode_started
-    log.info("proxy set: %d utterances, baseline WER %.2f; search space %d x %d", sum(len(b["utt_ids"]) for b in proxy),
-             baseline_wer, *space.shape)
-
-    def estimate(ranks: dict) -> float:
-        return estimate_speedup(targets, ranks, cfg.by, latency_table)
+    log.info("proxy set: %d utterances, baseline WER %.2f; search space %d x %d (%d options)",
+             sum(len(b["utt_ids"]) for b in proxy), baseline_wer, *space.shape, sum(space.widths))
 
     # another latency table is another estimate: its state is stale
     by = f"latency@{key_hash(latency_table.key)}" if cfg.by == "latency" else cfg.by

@@ -137,6 +137,9 @@ class GreedySearcher(Searcher):
     def __init__(self, problem: SearchProblem, table: str | Mapping | None, curves: str, running_max: bool):
         if curves not in SOURCES:
             raise ValueError(f"search.searcher.curves must be one of {SOURCES}, got {curves!r}")
+        if problem.space.ragged:
+            raise ValueError("search=greedy walks rank curves: it runs on rank spaces (search.space.kind=sensitivity "
+                             "or uniform), not on the joint space; use search=optuna_tpe or aggressive there")
         if problem.workers != 1:  # its curve points are probes, which the loop does not claim
             raise ValueError(f"search=greedy runs as one worker (search.workers={problem.workers}); its decodes are "
                              "few and fixed: run it with search.workers=1")

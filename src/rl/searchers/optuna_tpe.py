@@ -9,6 +9,11 @@ value, and costs no decode.
 Budget: one search step ends with at most one decode, as ``random_feasible``'s does. :meth:`ask` asks the
 study for trials until one meets ``a_t`` (at most ``feasible_draws``); the infeasible trials before it are told
 at once, are free and do not count. A feasible trial whose scheme is in the explored set is told its stored WER.
+With ``repair`` (improvement; for tight targets, where most of the space misses ``a_t`` and the draws made a step
+slow) a step asks one trial only: when it misses ``a_t`` it is told as infeasible and repaired the way HAQ repairs
+a proposal over budget (:meth:`rl.space.OptionCosts.repair`: target by target one option cheaper until it meets
+``a_t``); the repaired scheme is decoded and added to the study as a trial of its own
+(:meth:`optuna.study.Study.add_trial`), so a step costs two trials at most.
 
 State: the study lives in Optuna's storage (``study.db``, SQLite in the output directory, or the database URL
 ``search.searcher.storage``, which several workers on several machines share), each trial tagged with its search
@@ -33,7 +38,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import optuna
-from optuna.trial import FrozenTrial, Trial, TrialState
+from optuna.distributions import CategoricalDistribution
+from optuna.trial import FrozenTrial, Trial, TrialState, create_trial
 
 from rl.rewards import violation_reward
 from rl.searcher import Outcome, Proposal, Searcher, SearchProblem
@@ -125,21 +131,27 @@ class OptunaTpeSearcher(Searcher):
         storage: a database URL shared by the workers, or None: ``study.db`` in the state directory.
         n_startup_trials, n_ei_candidates, multivariate: :class:`optuna.samplers.TPESampler`'s.
         feasible_draws: trials a step may ask before it keeps an infeasible one (then it decodes nothing).
+        repair: ask one trial a step and repair it when it misses ``a_t`` (see the module docstring) instead of
+            asking up to ``feasible_draws``.
     """
 
     policy, provenance = "optuna_tpe", "optuna"
 
     def __init__(self, problem: SearchProblem, storage: str | None, n_startup_trials: int, n_ei_candidates: int,
-                 multivariate: bool, feasible_draws: int):
+                 multivariate: bool, feasible_draws: int, repair: bool = False):
         if feasible_draws < 1 or n_startup_trials < 0 or n_ei_candidates < 1:
             raise ValueError(f"search.searcher.feasible_draws ({feasible_draws}) and n_ei_candidates "
                              f"({n_ei_candidates}) must be >= 1, n_startup_trials ({n_startup_trials}) >= 0")
         self.problem = problem
         self.storage = storage if storage else Path(problem.state_dir) / STUDY_FILE
         self.study_signature = signature(problem.space, problem.target_speedup, problem.reward, problem.by)
+        if repair:  # its study holds repaired trials: not one to resume without them, nor the reverse
+            self.study_signature["repair"] = True
         self.sampler_args = {"n_startup_trials": n_startup_trials, "n_ei_candidates": n_ei_candidates,
                              "multivariate": multivariate}
         self.feasible_draws = feasible_draws
+        self.repair = bool(repair)
+        self._repaired: dict | None = None  # the repaired scheme of this step: its user attributes
         self.counts = {"trials": 0, "infeasible_trials": 0, "evaluated": 0}
         self._study: optuna.Study | None = None
         self._recovered = False
@@ -185,8 +197,9 @@ class OptunaTpeSearcher(Searcher):
 
     def _propose(self, trial: Trial) -> Proposal:
         """The scheme of ``trial`` (a fresh one, or one a kill left running), its speed-up and constraint set."""
-        d = self.problem.space.shape[1]
-        choices = [int(trial.suggest_categorical(name, list(range(d)))) for name in self.problem.space.names]
+        space = self.problem.space
+        choices = [int(trial.suggest_categorical(name, list(range(width))))
+                   for name, width in zip(space.names, space.widths, strict=True)]
         ranks = self.problem.space.ranks(choices)
         speedup = float(self.problem.estimate(ranks))
         trial.set_user_attr("speedup", speedup)
@@ -223,6 +236,9 @@ class OptunaTpeSearcher(Searcher):
             elif trial.state == TrialState.COMPLETE:
                 proposal = self._replayed(trial)
         draws = len(mine)
+        self._repaired = None
+        if self.repair:
+            return self._ask_repaired(step, proposal, draws)
         while (proposal is None or proposal.speedup < p.target_speedup) and draws < self.feasible_draws:
             if self._pending is not None:  # an infeasible trial before the feasible one: free, told at once
                 self._tell(self._pending, violation_reward(p.target_speedup - proposal.speedup), None)
@@ -235,7 +251,53 @@ class OptunaTpeSearcher(Searcher):
             proposal = self._propose(self._pending)
         return proposal
 
+    def _draw(self, step: int, draw: int) -> Proposal:
+        """A fresh trial of step ``step`` (its ``draw``-th), sampled with seed ``(seed, step, worker, draw)``."""
+        p = self.problem
+        self.study.sampler = self._sampler(hash((p.seed, step, p.worker, draw)) % 2**32)
+        self._pending = self.study.ask()
+        self._pending.set_user_attr("step", step)
+        self._pending.set_user_attr("rank", p.worker)
+        self._pending.set_user_attr("draw", draw)
+        return self._propose(self._pending)
+
+    def _ask_repaired(self, step: int, proposal: Proposal | None, draws: int) -> Proposal:
+        """``repair``: the step's one trial, or its repair when it misses ``a_t`` (a resumed step repairs the same
+        told trial again: the repair is deterministic)."""
+        p = self.problem
+        if proposal is None:
+            proposal = self._draw(step, draws)
+            draws += 1
+        if proposal.speedup >= p.target_speedup:
+            return proposal
+        if self._pending is not None:  # the sampled trial misses a_t: told at once, free
+            self._tell(self._pending, violation_reward(p.target_speedup - proposal.speedup), None)
+            self._pending = None
+        choices = p.space.costs(p.estimate).repair(proposal.choices, p.target_speedup, start=step % len(p.space.names))
+        if choices is None:  # not even the cheapest scheme meets a_t (check_reach refuses such a space)
+            return proposal
+        ranks = p.space.ranks(choices)
+        repaired = Proposal(ranks, choices, float(p.estimate(ranks)), point={"repaired": True})
+        self._repaired = {"step": step, "rank": p.worker, "draw": draws, "repaired": True,
+                          "speedup": repaired.speedup}
+        return repaired
+
+    def _add_repaired(self, outcome: Outcome) -> None:
+        """Put the decoded repaired scheme into the study as a finished trial of its own."""
+        space, attrs = self.problem.space, dict(self._repaired)
+        if outcome.wer is not None:
+            attrs["wer"] = outcome.wer
+        self.study.add_trial(create_trial(
+            value=outcome.reward, params=dict(zip(space.names, outcome.proposal.choices, strict=True)),
+            distributions={name: CategoricalDistribution(list(range(width)))
+                           for name, width in zip(space.names, space.widths, strict=True)},
+            user_attrs=attrs, constraints={CONSTRAINT: self.problem.target_speedup - outcome.proposal.speedup}))
+        self.counts["trials"] += 1
+        self._repaired = None
+
     def tell(self, outcome: Outcome) -> dict:
+        if self._repaired is not None:
+            self._add_repaired(outcome)
         if self._pending is not None:  # None: a replayed step, told before the kill
             self._tell(self._pending, outcome.reward, outcome.wer)
             self._pending = None

@@ -30,7 +30,10 @@ class RandomSearcher(Searcher):
         p = self.problem
         generator = step_generator(p.seed, step, p.worker)
         for _ in range(self.draws):
-            choices = torch.randint(p.space.shape[1], (p.space.shape[0],), generator=generator).tolist()
+            if p.space.ragged:  # each target uniform over its own row
+                choices = [int(torch.randint(width, (1,), generator=generator)) for width in p.space.widths]
+            else:
+                choices = torch.randint(p.space.shape[1], (p.space.shape[0],), generator=generator).tolist()
             ranks = p.space.ranks(choices)
             speedup = float(p.estimate(ranks))
             if speedup >= p.target_speedup:

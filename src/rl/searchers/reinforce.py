@@ -64,9 +64,19 @@ class ReinforceSearcher(Searcher):
         p = self.problem
         return torch.tensor(p.space.completable(i, earlier, p.estimate, p.target_speedup))
 
+    def existing_options(self, i: int, earlier: list[int]) -> torch.Tensor:
+        """In a ragged (joint) space: target ``i``'s own options ``(d,)`` (its row may be shorter than ``d``)."""
+        return torch.arange(self.problem.space.shape[1]) < self.problem.space.widths[i]
+
     def ask(self, step: int) -> Proposal:
+        if self.feasibility == "mask":
+            allowed = self.allowed_options
+        elif self.problem.space.ragged:  # the paper's penalty: any option of the target's own row
+            allowed = self.existing_options
+        else:
+            allowed = None
         self._sample = self.controller(generator=step_generator(self.problem.seed, step, self.problem.worker),
-                                       allowed=self.allowed_options if self.feasibility == "mask" else None)
+                                       allowed=allowed)
         choices = self._sample.choices.tolist()
         ranks = self.problem.space.ranks(choices)
         return Proposal(ranks, choices, float(self.problem.estimate(ranks)))
