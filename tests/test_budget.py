@@ -207,7 +207,7 @@ TARGET = BudgetTargets("x3.7", 1 / 3.7, 1000, 3.944, 0.7465, 1.986, {"encoder.hi
 SETTINGS = {"baseline": "base.ckpt", "group": "budget", "search_overrides": ["search=aggressive"],
             "student_epochs": 33, "distill": {"weight": 1.0, "temperature": 2.0}, "quantize": True,
             "extra": {"train": ["data.root=/corpus"], "magnitude": ["compress.pattern=block"]}}
-METHODS = ("svd_automl", "svd_guided", "magnitude", "csp", "student_kd", "student", "svd_kd", "svd_sparse")
+METHODS = ("svd_automl", "svd_guided", "magnitude", "csp", "student_kd", "student", "svd_kd", "svd_sparse", "joint")
 
 
 def test_every_method_becomes_the_project_command_with_the_budget_s_setting(tmp_path):
@@ -230,8 +230,12 @@ def test_every_method_becomes_the_project_command_with_the_budget_s_setting(tmp_
     assert "module.distill.teacher=base.ckpt" in kd and not any("distill" in a for a in plain)
     assert "+experiment=retrain_kd" in args["x3.7/svd_kd"]
     assert "prune.sparsity=0.61" in jobs["x3.7/svd_sparse"].arguments()
+    joint = args["x3.7/joint_search"]
+    assert "search.space.kind=joint" in joint and "search.target_speedup=3.944" in joint
+    assert f"output_dir={tmp_path / 'joint_search'}" in joint and jobs["x3.7/joint"].needs == ("x3.7/joint_search",)
+    assert f"compress.scheme={tmp_path / 'joint_search' / 'best_scheme.json'}" in args["x3.7/joint"]
     trained = [n for n, j in jobs.items() if j.script == "train.py"]
-    assert len(trained) == 8 and all(f"{n}/int8" in jobs for n in trained)
+    assert len(trained) == 9 and all(f"{n}/int8" in jobs for n in trained)
     assert all(f"hydra.run.dir={tmp_path / n.split('/')[1]}" in args[n] for n in trained if args[n])
     (tmp_path / "svd_automl" / "checkpoints").mkdir(parents=True)
     (tmp_path / "svd_automl" / "checkpoints" / "last.ckpt").write_text("")
@@ -244,7 +248,7 @@ def test_one_table_names_every_method_its_label_sparsity_and_shared_job():
     from shrinkml.budget_jobs import METHODS as TABLE
     from shrinkml.budget_report import LABELS, SPARSE_METHODS
 
-    assert tuple(TABLE) == METHODS and SPARSE_METHODS == ("magnitude", "csp", "svd_sparse")
+    assert tuple(TABLE) == METHODS and SPARSE_METHODS == ("magnitude", "csp", "svd_sparse", "joint")
     assert set(LABELS) == {"dense_control", *METHODS} and LABELS["csp"] == "CSP sparsity"
     assert {name for name, method in TABLE.items() if method.needs == "search"} == {"svd_automl", "svd_kd"}
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):

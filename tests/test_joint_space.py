@@ -113,7 +113,7 @@ def test_tpe_with_repair_decodes_every_step_and_resumes(tmp_path):
     again = OptunaTpeSearcher(problem, **settings, repair=True)
     run_loop(again, problem, wer, steps=8)
     assert len(again.study.get_trials()) <= 2 * 8
-    assert OptunaTpeSearcher(problem, **settings, repair=True).signature()["repair"] is True
+    assert OptunaTpeSearcher(problem, **settings).signature()["repair"] is True  # null: on in a joint space
 
 
 def test_rl_and_random_stay_inside_ragged_rows(tmp_path):
@@ -158,7 +158,7 @@ def test_joint_search_stage_on_the_tiny_corpus(tiny_corpus, tmp_path_factory):
     loads as a format-2 scheme with its sparsities."""
     search, out = search_stage(tiny_corpus, tmp_path_factory, "search_joint", "search=optuna_tpe",
                                "search.space.kind=joint", "search.space.rank_space=uniform",
-                               "search.searcher.n_startup_trials=2", "search.searcher.repair=true",
+                               "search.searcher.n_startup_trials=2",
                                "search.target_speedup=2.0")
     report = search("search.steps=4")
     points = [json.loads(line) for line in (out / "explored-rank0.jsonl").open()]

@@ -21,7 +21,7 @@ from asr.model.asr_model import AsrModel
 from common.atomic import write_json_atomic
 from compress.scheme import Scheme, file_fingerprint
 from compress.targets import discover_targets
-from shrinkml.budget_jobs import METHODS, BudgetTargets, budget_jobs, dense_control_job, read_state, run_jobs
+from shrinkml.budget_jobs import METHODS, SEARCHES, BudgetTargets, budget_jobs, dense_control_job, read_state, run_jobs
 from shrinkml.budget_plan import (
     BaselineSize,
     BudgetError,
@@ -187,9 +187,9 @@ def collect(cfg: DictConfig, size: BaselineSize, budget: BudgetTargets, methods,
 
     dev, test = cfg.data.dev_splits, cfg.data.test_splits[0]
     runs = [("dense_control", control_dir, None, ("dense_control",))]
-    search_report = out / "search" / "report.json"
     for method in methods:
-        search = search_report if METHODS[method].needs == "search" else None
+        shared = METHODS[method].needs
+        search = out / shared / "report.json" if shared in SEARCHES else None
         name = f"{budget.label}/{method}"
         runs.append((method, out / method, search, (name, *needs.get(name, ()))))
     rows, not_reported, checkpoints = [], {}, {}

@@ -20,6 +20,8 @@ sparse or not, the shared job it needs, how its training job is built):
 * ``svd_kd``: the AutoML scheme retrained with distillation from the baseline (``+experiment=retrain_kd``);
 * ``svd_sparse``: the guided scheme at ``a_t ** svd_share``, its factors pruned to the rest of the budget
   while retrained;
+* ``joint``: the joint search (``search.space.kind=joint``: per target a rank, a sparsity or both) at the budget's
+  ``a_t`` by parameters, its scheme retrained (ranks factorized, sparsities on Zhu & Gupta's schedule);
 * ``dense_control``: the baseline trained on for the retraining budget (``+experiment=retrain_dense``),
   the reference row of every budget (one run for all).
 """
@@ -178,8 +180,8 @@ class MethodJob:
 
     def scheme(self, shared: str) -> Path:
         """The scheme file of a shared job: the search's, or the guided manual one at the job's ``a_t``."""
-        if shared == "search":
-            return self.out / "search" / "best_scheme.json"
+        if shared in SEARCHES:
+            return self.out / shared / "best_scheme.json"
         speedup = self.target.svd_speedup if shared == "manual" else self.target.combo_speedup
         return self.out / shared / "schemes" / f"guided-{speedup}x.json"
 
@@ -243,7 +245,14 @@ METHODS: dict[str, Method] = {method.name: method for method in (
     Method("student", "student, no teacher", lambda job, m: job.student(), student=True),
     Method("svd_kd", "SVD AutoML + distillation", _svd_kd, needs="search"),
     Method("svd_sparse", "SVD guided + sparsity", _svd_sparse, sparse=True, needs="manual_combo"),
+    Method("joint", "joint search (rank, sparsity, both)", lambda job, m: job.retrain("joint_search"), sparse=True,
+           needs="joint_search"),
 )}
+# the shared search jobs: their name -> search.py overrides of their own (beside the budget's search_overrides)
+SEARCHES: dict[str, tuple[str, ...]] = {
+    "search": (),
+    "joint_search": ("search.space.kind=joint",),
+}
 DENSE_CONTROL_LABEL = "dense control"
 
 
@@ -259,12 +268,14 @@ def budget_jobs(target: BudgetTargets, methods: Sequence[str], out: Path, settin
     wanted = [METHODS[name] for name in METHODS if name in set(methods)]
     shared = {method.needs for method in wanted}
     jobs: list[Job] = []
-    if "search" in shared:
-        search_dir = out / "search"
-        jobs.append(Job(f"{label}/search", "search.py",
-                        [*extra_overrides(settings, "search"), *settings["search_overrides"],
+    for name, own in SEARCHES.items():
+        if name not in shared:
+            continue
+        search_dir = out / name
+        jobs.append(Job(f"{label}/{name}", "search.py",
+                        [*extra_overrides(settings, "search"), *settings["search_overrides"], *own,
                          f"search.target_speedup={target.svd_speedup}", f"ckpt={baseline}",
-                         f"output_dir={search_dir}", f"task_name=budget_{label}_search", *common],
+                         f"output_dir={search_dir}", f"task_name=budget_{label}_{name}", *common],
                         search_dir / "report.json"))
     # one manual job per scheme, so that a guided scheme out of reach at a_t does not stop the combination's
     for name, a_t in (("manual", target.svd_speedup), ("manual_combo", target.combo_speedup)):

@@ -132,19 +132,20 @@ class OptunaTpeSearcher(Searcher):
         n_startup_trials, n_ei_candidates, multivariate: :class:`optuna.samplers.TPESampler`'s.
         feasible_draws: trials a step may ask before it keeps an infeasible one (then it decodes nothing).
         repair: ask one trial a step and repair it when it misses ``a_t`` (see the module docstring) instead of
-            asking up to ``feasible_draws``.
+            asking up to ``feasible_draws``; None: in a ragged (joint) space only.
     """
 
     policy, provenance = "optuna_tpe", "optuna"
 
     def __init__(self, problem: SearchProblem, storage: str | None, n_startup_trials: int, n_ei_candidates: int,
-                 multivariate: bool, feasible_draws: int, repair: bool = False):
+                 multivariate: bool, feasible_draws: int, repair: bool | None = None):
         if feasible_draws < 1 or n_startup_trials < 0 or n_ei_candidates < 1:
             raise ValueError(f"search.searcher.feasible_draws ({feasible_draws}) and n_ei_candidates "
                              f"({n_ei_candidates}) must be >= 1, n_startup_trials ({n_startup_trials}) >= 0")
         self.problem = problem
         self.storage = storage if storage else Path(problem.state_dir) / STUDY_FILE
         self.study_signature = signature(problem.space, problem.target_speedup, problem.reward, problem.by)
+        repair = problem.space.ragged if repair is None else repair
         if repair:  # its study holds repaired trials: not one to resume without them, nor the reverse
             self.study_signature["repair"] = True
         self.sampler_args = {"n_startup_trials": n_startup_trials, "n_ei_candidates": n_ei_candidates,
