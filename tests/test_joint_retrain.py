@@ -185,6 +185,7 @@ def test_train_py_retrains_a_joint_scheme_with_distillation(tiny_corpus, tmp_pat
                  "compress.scheme_pruning.start_step=0", "compress.scheme_pruning.frequency=1",
                  "compress.scheme_pruning.updates=3", "module.scheduler.warmup_steps=1",
                  "module.scheduler.hold_steps=1", "module.scheduler.half_life_steps=1", "trainer.max_epochs=2",
+                 "trainer.log_every_n_steps=1",
                  "measure_speedup.reference=null", "evaluate_seed=false", "test=false"]
     cfg = compose_train(run_overrides(corpus, base, *overrides))
     output_dir = base / "joint_kd"
