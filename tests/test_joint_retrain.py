@@ -207,3 +207,21 @@ def test_train_py_retrains_a_joint_scheme_with_distillation(tiny_corpus, tmp_pat
         assert not matrices[path].param[~matrices[path].mask].any()
     factor = matrices["encoder.layers.1.parametrizations.kernel.original0"]   # a rank only: no mask
     assert not hasattr(factor.holder, "original0_mask")
+
+
+def test_the_record_of_ranks_pruned_on_top_gives_the_schedules_final_sparsity(tmp_path):
+    """A scheme without sparsities pruned by the ``prune`` group: the record's sparsity is ``prune.sparsity``, not
+    the largest override (the scheme's own sparsities are the only ones whose largest it records)."""
+    scheme = save_scheme(tmp_path / "ranks.json", {"lstm": 3, "hidden": 4})
+    callback = Compression(scheme, prune=scheme_pruning(sparsity=0.5, overrides={"out*": 0.9}, **SHORT))
+    trainer = fit(Regressor(), callback, tmp_path, epochs=2)
+    assert callback.finals["out.weight"] == 0.9 and callback.finals["hidden.first.weight"] == 0.5
+    trainer.save_checkpoint(tmp_path / "c.ckpt")
+    assert torch.load(tmp_path / "c.ckpt", weights_only=False)[PRUNE_KEY]["sparsity"] == 0.5
+
+
+def test_a_schedule_longer_than_training_names_the_scheme_pruning_keys(tmp_path):
+    callback = Compression(save_scheme(tmp_path / "mixed.json", MIXED), scheme_pruning=scheme_pruning(updates=50))
+    with pytest.raises(PruneError, match=r"ends at step 5000 \(compress.scheme_pruning.start_step=0 \+ "
+                                         r"compress.scheme_pruning.updates=50"):
+        fit(Regressor(), callback, tmp_path, epochs=1)

@@ -134,6 +134,7 @@ class Compression(L.Callback):
         if prune is not None and flat:
             raise PruneError(f"give the pruning settings once: in the prune group or flat in compress (not both: "
                              f"{', '.join(sorted(flat))})")
+        self._settings_key = "prune" if prune is not None else "compress" if flat else "compress.scheme_pruning"
         if prune is not None:
             settings = PruneSettings(**dict(prune))
         elif flat:
@@ -220,8 +221,8 @@ class Compression(L.Callback):
         matrices, self.finals = select_sparsities(model, settings, self.sparse, self.attribute)
         schedule = settings.schedule
         if schedule.initial > min(self.finals.values()):
-            raise PruneError(f"compress.initial_sparsity={schedule.initial} exceeds a target's final sparsity "
-                             f"({min(self.finals.values())})")
+            raise PruneError(f"{self._settings_key}.initial_sparsity={schedule.initial} exceeds a target's final "
+                             f"sparsity ({min(self.finals.values())})")
         blocks = matrix_blocks(matrices, settings, self.sparse)
         self.pruner = Pruner(model, matrices, settings.method, blocks, settings.recovery, settings.iterations,
                              settings.ridge)
@@ -252,9 +253,9 @@ class Compression(L.Callback):
                                                 f"{per_epoch:.0f} per epoch"))
 
     def _too_long(self, budget: str) -> str:
-        s = self.schedule
-        return (f"the pruning schedule ends at step {s.end_step} (compress.start_step={s.start_step} + "
-                f"compress.updates={s.updates} x compress.frequency={s.frequency}), after training ends ({budget}); "
+        s, key = self.schedule, self._settings_key
+        return (f"the pruning schedule ends at step {s.end_step} ({key}.start_step={s.start_step} + "
+                f"{key}.updates={s.updates} x {key}.frequency={s.frequency}), after training ends ({budget}); "
                 "end it earlier or train longer")
 
     # -- training (pruning only) -----------------------------------------------------------------------
