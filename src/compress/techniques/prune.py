@@ -325,6 +325,7 @@ class PruneSettings:
         self.calibration_batches = calibration_batches
         self.include, self.exclude = list(include), list(exclude)
 
+
 def select_sparsities(model: nn.Module, settings: PruneSettings, scheme: Mapping[str, Settings],
                       attribute: str = "model") -> tuple[list[Matrix], dict[str, float]]:
     """The ratio selection, apart from the pruner (as AIMET splits them): the matrices of ``model`` to prune and
