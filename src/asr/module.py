@@ -7,10 +7,12 @@ test split with beam search. Both log ``wer/<split>`` and ``cer/<split>`` (perce
 
 from __future__ import annotations
 
+import inspect
 import logging
 import math
 import time
 from collections.abc import Callable
+from functools import partial
 
 import lightning as L
 import torch
@@ -60,7 +62,8 @@ class AsrModule(L.LightningModule):
         model: ``AsrModel`` keyword arguments (``conf/model/*.yaml``).
         optimizer: a partial taking the parameters (``conf/module``: ``_partial_: true``); needed to
             train, not to decode (checkpoints do not store it, so ``load_from_checkpoint`` has none).
-        scheduler: a partial taking the optimizer, stepped every optimizer step; or None.
+        scheduler: a partial taking the optimizer, stepped every optimizer step; or None. One that takes
+            ``pruning_end_step`` is given the step a callback's gradual pruning ends (:meth:`pruning_end_step`).
         decoding: the ``decoding`` config group: ``beam_size`` and ``length_penalty`` of the test-time
             beam search (validation decodes greedily), ``max_decode_ratio`` and ``hard_fallback``
             (``AsrModel.set_decoding``). A loaded checkpoint decodes with the settings it was trained
@@ -165,8 +168,17 @@ class AsrModule(L.LightningModule):
         optimizer = self.optimizer_factory(self.parameters())
         if self.scheduler_factory is None:
             return optimizer
-        return {"optimizer": optimizer,
-                "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer), "interval": "step"}}
+        factory = self.scheduler_factory
+        if "pruning_end_step" in inspect.signature(factory).parameters:
+            factory = partial(factory, pruning_end_step=self.pruning_end_step())
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": factory(optimizer), "interval": "step"}}
+
+    def pruning_end_step(self) -> int | None:
+        """The global step of the last mask update of the trainer's gradual pruning: the latest
+        ``pruning_end_step`` its callbacks give (a compression callback's); None when none prunes."""
+        ends = [getattr(callback, "pruning_end_step", None) for callback in self.trainer.callbacks]
+        ends = [end for end in ends if end is not None]
+        return max(ends) if ends else None
 
     # -- evaluation --------------------------------------------------------------------------
     def _decode(self, batch: dict, beam: bool) -> list[str]:

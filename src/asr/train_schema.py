@@ -72,6 +72,7 @@ class SchedulerKeys:
     hold_steps: int
     half_life_steps: int
     min_factor: float
+    hold_until_pruned: bool
 
 
 @dataclass

@@ -6,25 +6,30 @@ built and resuming with ``ckpt_path`` finds the structure in place:
 
 * **ranks** (``{"rank": 96}``): the targets are factorized at once (SVD, :mod:`compress.techniques.lowrank`), and
   the optimizer trains the factors ``U'`` and ``V*``;
-* **sparsities** (``{"sparsity": 0.8}``, or every target at ``sparsity`` from the pruning settings alone): every
-  target gets an all-kept mask buffer, and the masks follow Zhu & Gupta's schedule
-  (:class:`compress.prune.Schedule`), updated by the method's mask strategy (magnitude or CSP,
-  :mod:`compress.techniques.prune`); the pruned weights are kept zero after every optimizer step and their
-  gradients zero; ``prune/sparsity`` is logged. A target with a rank and a sparsity is factorized, then its
-  factors are pruned;
+* **sparsities** (``{"sparsity": 0.8, "pattern": "4x1"}``, each target its own sparsity and pattern; or every
+  target at ``sparsity`` from the pruning settings alone): every pruned target gets an all-kept mask buffer, and
+  the masks follow Zhu & Gupta's schedule (:class:`compress.prune.Schedule`), updated by the method's mask strategy
+  (magnitude or CSP, :mod:`compress.techniques.prune`) in the target's block shape; the pruned weights are kept
+  zero after every optimizer step and their gradients zero; ``prune/sparsity`` is logged. A target with a rank and
+  a sparsity is factorized, then its factors are pruned. The schedule and method of a scheme's sparse targets are
+  ``scheme_pruning``'s (``conf/prune/default.yaml``), or the ``prune`` group's when it is given; a scheme without
+  sparsities prunes nothing unless the ``prune`` group is given (then every target at its ``sparsity``);
 * any other technique's settings (e.g. ``{"bits": 8}``) are applied at once, after the ranks, in registry order.
 
 Checkpoints carry the scheme (:data:`compress.checkpoint.SCHEME_KEY`) and the pruning record
 (:data:`compress.prune.PRUNE_KEY`), so they load without the callback (:func:`compress.checkpoint.
 restore_compression`). ``best.ckpt`` is the best dev WER at the final sparsity: every mask update makes the
 monitoring checkpoint callbacks forget their best score, so a model validated before the schedule ended (less
-pruned, so better) never stays the best.
+pruned, so better) never stays the best. :attr:`Compression.pruning_end_step` is the step the masks stop
+changing at, which a learning-rate schedule may hold its rate until (``asr.optim.warmup_exponential_decay``'s
+``hold_until_pruned``).
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -42,7 +47,14 @@ from compress.targets import discover_targets
 from compress.techniques import TECHNIQUES
 from compress.techniques.base import own_settings
 from compress.techniques.lowrank import LOWRANK, factorize
-from compress.techniques.prune import PRUNING, Pruner, PruneSettings, parse_pattern, select_sparsities
+from compress.techniques.prune import (
+    PRUNING,
+    Pruner,
+    PruneSettings,
+    matrix_blocks,
+    pattern_name,
+    select_sparsities,
+)
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +67,9 @@ class Compression(L.Callback):
             settings alone prune every target to their ``sparsity``).
         prune: the gradual-pruning settings as one mapping (the ``prune`` config group: pruning on top of the
             scheme's ranks), the keys of :class:`compress.techniques.prune.PruneSettings`.
+        scheme_pruning: the schedule and method of the scheme's sparse targets when ``prune`` is not given (the
+            same keys; ``conf/compress/lowrank.yaml`` gives ``conf/prune/default.yaml``'s); unused by a scheme
+            without sparsities.
         init_from: a checkpoint whose ``state_dict`` is loaded into the Lightning module first (the dense
             baseline to compress; with pruning alone also a low-rank one, whose factors are then pruned); None
             compresses the module's current weights.
@@ -68,7 +83,8 @@ class Compression(L.Callback):
 
     def __init__(self, scheme: str | Path | None = None, prune: Mapping | None = None,
                  init_from: str | Path | None = None, attribute: str = "model", include: Sequence[str] = ("*",),
-                 exclude: Sequence[str] = (), check_provenance: bool = True, **pruning):
+                 exclude: Sequence[str] = (), check_provenance: bool = True,
+                 scheme_pruning: Mapping | None = None, **pruning):
         if not attribute:
             raise SchemeError("compress.attribute must name the model inside the LightningModule, e.g. 'model'")
         self.attribute = attribute
@@ -83,7 +99,7 @@ class Compression(L.Callback):
             self._check_made_from(self.init_from)
         # the scheme's pruned targets: target -> its pruning settings ({"sparsity": .., "pattern": ..})
         self.sparse = {} if self.scheme is None else {n: s for n, s in self.scheme.options.items() if PRUNING.owns(s)}
-        self.pruning = self._pruning_settings(prune, pruning)
+        self.pruning = self._pruning_settings(prune, pruning, scheme_pruning)
         if self.scheme is None and self.pruning is None:
             raise SchemeError("compress: give a scheme (compress.scheme=S.json) or pruning settings (compress=prune)")
         self.applied = False
@@ -111,32 +127,35 @@ class Compression(L.Callback):
                 "as it is now; run the stage that made the scheme again on the current baseline (make search, or "
                 "make manual), or pass compress.check_provenance=false to fine-tune it anyway")
 
-    def _pruning_settings(self, prune: Mapping | None, flat: Mapping) -> PruneSettings | None:
-        """The gradual-pruning settings (from ``prune`` or the flat keys), with the scheme's pattern if it names
-        one; None when neither gives them."""
+    def _pruning_settings(self, prune: Mapping | None, flat: Mapping, scheme_pruning: Mapping | None
+                          ) -> PruneSettings | None:
+        """The gradual-pruning settings: from ``prune`` or the flat keys, else (for a scheme with sparse targets)
+        from ``scheme_pruning``; None when nothing is pruned."""
         if prune is not None and flat:
             raise PruneError(f"give the pruning settings once: in the prune group or flat in compress (not both: "
                              f"{', '.join(sorted(flat))})")
+        self._settings_key = "prune" if prune is not None else "compress" if flat else "compress.scheme_pruning"
         if prune is not None:
             settings = PruneSettings(**dict(prune))
         elif flat:
             settings = PruneSettings(**dict(flat), include=self.include, exclude=self.exclude)
+        elif self.sparse and scheme_pruning is not None:
+            settings = PruneSettings(**dict(scheme_pruning))
         else:
             settings = None
-        sparse = self.sparse
-        if sparse and settings is None:
+        if self.sparse and settings is None:
             raise SchemeError(f"compress.scheme {self.scheme_path} prunes targets: give the pruning schedule and "
-                              "method too (prune=default)")
-        if sparse:
-            patterns = {s.get("pattern", "unstructured") for s in sparse.values()}
-            if len(patterns) > 1:
-                raise SchemeError(f"compress.scheme {self.scheme_path} mixes pruning patterns {sorted(patterns)}; "
-                                  "one pattern per scheme is supported")
-            if settings.overrides or settings.allocation != "uniform":
-                raise PruneError(f"compress.scheme {self.scheme_path} gives every target's sparsity: leave "
-                                 "compress.overrides empty and compress.allocation uniform")
-            settings = settings.with_pattern(*parse_pattern(patterns.pop()))
+                              "method too (compress.scheme_pruning, conf/prune/default.yaml)")
+        if self.sparse and (settings.overrides or settings.allocation != "uniform"):
+            raise PruneError(f"compress.scheme {self.scheme_path} gives every target's sparsity: leave "
+                             "compress.overrides empty and compress.allocation uniform")
         return settings
+
+    @property
+    def pruning_end_step(self) -> int | None:
+        """The global step of the pruning schedule's last mask update (``t_0 + n Δt``); None when nothing is
+        pruned (a learning-rate schedule may hold its rate until then)."""
+        return None if self.pruning is None else self.pruning.schedule.end_step
 
     def summary(self) -> dict:
         """Entries for the run summary: with a scheme its provenance, file and estimated speed-ups; with pruning
@@ -202,15 +221,17 @@ class Compression(L.Callback):
         matrices, self.finals = select_sparsities(model, settings, self.sparse, self.attribute)
         schedule = settings.schedule
         if schedule.initial > min(self.finals.values()):
-            raise PruneError(f"compress.initial_sparsity={schedule.initial} exceeds a target's final sparsity "
-                             f"in compress.overrides ({min(self.finals.values())})")
-        self.pruner = Pruner(model, matrices, settings.method, settings.pattern, settings.block, settings.recovery,
-                             settings.iterations, settings.ridge)
+            raise PruneError(f"{self._settings_key}.initial_sparsity={schedule.initial} exceeds a target's final "
+                             f"sparsity ({min(self.finals.values())})")
+        blocks = matrix_blocks(matrices, settings, self.sparse)
+        self.pruner = Pruner(model, matrices, settings.method, blocks, settings.recovery, settings.iterations,
+                             settings.ridge)
         self.pruner.register_masks()
         if self.pruner.strategy.needs_inputs:
             self.recorder = GramRecorder(model, self.pruner.input_sites())
-        log.info("pruning %d matrices of %s (%s, %s) to sparsity %s, steps %d..%d every %d", len(matrices),
-                 self.attribute, settings.method, settings.pattern, schedule.final, schedule.start_step,
+        targets = Counter(f"{self.finals[m.path]:g}@{pattern_name(blocks[m.path])}" for m in matrices)
+        log.info("pruning %d matrices of %s (%s) to %s, steps %d..%d every %d", len(matrices), self.attribute,
+                 settings.method, ", ".join(f"{n} x {k}" for k, n in sorted(targets.items())), schedule.start_step,
                  schedule.end_step, schedule.frequency)
 
     @property
@@ -232,9 +253,9 @@ class Compression(L.Callback):
                                                 f"{per_epoch:.0f} per epoch"))
 
     def _too_long(self, budget: str) -> str:
-        s = self.schedule
-        return (f"the pruning schedule ends at step {s.end_step} (compress.start_step={s.start_step} + "
-                f"compress.updates={s.updates} x compress.frequency={s.frequency}), after training ends ({budget}); "
+        s, key = self.schedule, self._settings_key
+        return (f"the pruning schedule ends at step {s.end_step} ({key}.start_step={s.start_step} + "
+                f"{key}.updates={s.updates} x {key}.frequency={s.frequency}), after training ends ({budget}); "
                 "end it earlier or train longer")
 
     # -- training (pruning only) -----------------------------------------------------------------------
@@ -281,6 +302,8 @@ class Compression(L.Callback):
         sparsities = {path: self.schedule.at(step, final) for path, final in self.finals.items()}
         if max(sparsities.values()) == 0:
             return
+        sizes = {m.path: m.param.numel() for m in self.pruner.matrices}
+        scheduled = sum(sparsities[path] * size for path, size in sizes.items()) / sum(sizes.values())
         grams = None
         if self.recorder is not None:
             grams = {site: (trainer.strategy.reduce(total, reduce_op="sum"),
@@ -290,8 +313,8 @@ class Compression(L.Callback):
         self.pruner.update(sparsities, grams)
         actual = self.pruner.sparsity()
         for logger in trainer.loggers:  # also from on_train_start, where LightningModule.log may not log
-            logger.log_metrics({"prune/sparsity": actual, "prune/scheduled": self.schedule.at(step)}, step=step)
-        log.info("step %d: pruned to sparsity %.4f (scheduled %.4f) in %.1f s", step, actual, self.schedule.at(step),
+            logger.log_metrics({"prune/sparsity": actual, "prune/scheduled": scheduled}, step=step)
+        log.info("step %d: pruned to sparsity %.4f (scheduled %.4f) in %.1f s", step, actual, scheduled,
                  time.perf_counter() - started)
         for callback in trainer.checkpoint_callbacks:  # best.ckpt: the best model at the final sparsity
             if isinstance(callback, ModelCheckpoint) and callback.monitor:
@@ -304,18 +327,14 @@ class Compression(L.Callback):
         elif self._carried_scheme is not None:
             checkpoint.setdefault(SCHEME_KEY, self._carried_scheme)
         if self.pruner is not None:
-            final = max(self.finals.values()) if self.scheme is not None and self.scheme.options else \
-                self.schedule.final
+            final = max(self.finals.values()) if self.sparse else self.schedule.final  # the scheme's, or s_f
             checkpoint[PRUNE_KEY] = self.pruner.record(self.attribute, final, trainer.global_step)
 
     def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
         record = checkpoint.get(PRUNE_KEY)
         if record is None or self.pruner is None:
             return
-        if (record["method"], record["pattern"]) != (self.pruner.method, self.pruner.pattern):
-            raise PruneError(f"the checkpoint was pruned with method={record['method']}, pattern={record['pattern']}; "
-                             f"resume it with the same compress.method and compress.pattern (not "
-                             f"{self.pruner.method}, {self.pruner.pattern})")
+        self.pruner.check_resumable(record)
         for path, entry in record["targets"].items():
             if path in self.pruner.scheduled:
                 self.pruner.scheduled[path] = entry["sparsity"]

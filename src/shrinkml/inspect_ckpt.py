@@ -84,11 +84,14 @@ def _record(checkpoint: Mapping) -> dict:
 
 
 def _blocks(record: Mapping) -> tuple[tuple[int, int], ...]:
-    """The default block shapes, and the record's own block when it names one (``[rows, columns]``)."""
-    block = record.get("block")
-    if isinstance(block, list | tuple) and len(block) == 2 and all(isinstance(b, int) and b > 0 for b in block):
-        return tuple(dict.fromkeys((*BLOCKS, (block[0], block[1]))))
-    return BLOCKS
+    """The default block shapes, and the record's own blocks where it names them (``[rows, columns]``: the
+    record's one ``block``, and each target's, which a scheme may give in different shapes)."""
+    targets = record.get("targets")
+    entries = targets.values() if isinstance(targets, Mapping) else ()
+    named = [record.get("block"), *(e.get("block") for e in entries if isinstance(e, Mapping))]
+    own = [(b[0], b[1]) for b in named
+           if isinstance(b, list | tuple) and len(b) == 2 and all(isinstance(x, int) and x > 0 for x in b)]
+    return tuple(dict.fromkeys((*BLOCKS, *own)))
 
 
 def inspect_checkpoint(path: str | Path) -> dict:

@@ -31,11 +31,11 @@ from torch import nn
 
 from compress.prune import (
     FORMAT,
-    PATTERNS,
     PRUNE_KEY,
     Matrix,
     PruneError,
     Schedule,
+    check_block,
     check_blocks_fit,
     check_choice,
     check_settings,
@@ -57,6 +57,7 @@ log = logging.getLogger(__name__)
 
 ALLOCATIONS = ("uniform", "sensitivity")
 UNSTRUCTURED = "unstructured"
+MIXED = "mixed"  # the record's pattern when targets are pruned in different block shapes
 
 
 # -- mask methods ------------------------------------------------------------------------------------------
@@ -142,26 +143,44 @@ def mask_strategy(method: str, recovery: str, iterations: int, ridge: float) -> 
 
 # -- the pruner ---------------------------------------------------------------------------------------------
 class Pruner:
-    """Masks on ``matrices`` of ``model`` and the updates that change them.
+    """Masks on ``matrices`` of ``model`` and the updates that change them, each matrix in its own block shape.
 
     Args:
         model: the module the matrices belong to (the paths are relative to it).
         matrices: from :func:`compress.prune.prunable_matrices`.
-        method: a :data:`STRATEGIES` name (``magnitude`` or ``csp``); pattern: ``unstructured`` or ``block``
-            (with ``block`` ``[r, c]``).
+        method: a :data:`STRATEGIES` name (``magnitude`` or ``csp``).
+        blocks: ``{matrix path: (r, c)}``: whole ``r x c`` blocks kept or dropped, ``(1, 1)`` unstructured (one
+            entry per matrix: a scheme gives each target its own pattern, :func:`matrix_blocks`).
         recovery, iterations: CSP's recovery (``iht``/``omp``) and its iterations (rounds for OMP).
         ridge: CSP's Tikhonov damping, ``λ = ridge * mean(diag G)`` (:func:`compress.prune.damped`).
     """
 
-    def __init__(self, model: nn.Module, matrices: Sequence[Matrix], method: str, pattern: str,
-                 block: Sequence[int], recovery: str, iterations: int, ridge: float):
+    def __init__(self, model: nn.Module, matrices: Sequence[Matrix], method: str,
+                 blocks: Mapping[str, Sequence[int]], recovery: str, iterations: int, ridge: float):
         self.model, self.matrices = model, list(matrices)
         check_choice(method, tuple(STRATEGIES), "compress.method")
-        self.method, self.pattern, self.block, self.recovery, self.iterations = check_settings(
-            method, pattern, block, recovery, iterations)
+        self.method, _, _, self.recovery, self.iterations = check_settings(method, UNSTRUCTURED, (1, 1), recovery,
+                                                                            iterations)
         self.strategy = mask_strategy(self.method, self.recovery, self.iterations, ridge)
-        check_blocks_fit(self.matrices, self.block)
+        self.blocks = {m.path: check_block(blocks[m.path]) for m in self.matrices}
+        for matrix in self.matrices:
+            check_blocks_fit([matrix], self.blocks[matrix.path])
         self.scheduled = {m.path: 0.0 for m in self.matrices}
+
+    @property
+    def pattern(self) -> str:
+        """``unstructured`` or ``block`` when every matrix has the same block shape (:attr:`block`), else
+        ``mixed``."""
+        shapes = set(self.blocks.values())
+        if len(shapes) > 1:
+            return MIXED
+        return UNSTRUCTURED if shapes <= {(1, 1)} else "block"
+
+    @property
+    def block(self) -> tuple[int, int] | None:
+        """The one block shape of every matrix (``(1, 1)``: unstructured); None when they differ."""
+        shapes = set(self.blocks.values()) or {(1, 1)}
+        return shapes.pop() if len(shapes) == 1 else None
 
     def register_masks(self) -> None:
         """Give every matrix an all-kept ``<param>_mask`` buffer (kept when it has one already)."""
@@ -203,7 +222,7 @@ class Pruner:
         for matrix in self.matrices:
             sparsity = sparsities[matrix.path]
             gram = self.gram(matrix, grams or {}) if self.strategy.needs_inputs and sparsity > 0 else None
-            values, mask = self.strategy.update_mask(matrix, sparsity, self.block, gram)
+            values, mask = self.strategy.update_mask(matrix, sparsity, self.blocks[matrix.path], gram)
             if values is not None:
                 matrix.param.copy_(values)
             matrix.mask.copy_(mask)
@@ -222,12 +241,28 @@ class Pruner:
         return self.pruned() / total if total else 0.0
 
     def record(self, attribute: str, final: float, step: int | None = None) -> dict:
-        """The checkpoint's :data:`compress.prune.PRUNE_KEY` entry (docs/pruning.md)."""
+        """The checkpoint's :data:`compress.prune.PRUNE_KEY` entry (docs/pruning.md): ``pattern`` and ``block`` of
+        all matrices (``mixed`` and None when they differ), every target's own ``block``."""
+        block = self.block
         return {"format": FORMAT, "attribute": attribute, "method": self.method, "pattern": self.pattern,
-                "block": list(self.block), "sparsity": final, "step": step,
-                "targets": {m.path: {"shape": list(m.shape), "sparsity": self.scheduled[m.path],
+                "block": None if block is None else list(block), "sparsity": final, "step": step,
+                "targets": {m.path: {"shape": list(m.shape), "block": list(self.blocks[m.path]),
+                                     "sparsity": self.scheduled[m.path],
                                      "actual": float((~m.mask.bool()).sum()) / m.param.numel()}
                             for m in self.matrices}}
+
+    def check_resumable(self, record: Mapping) -> None:
+        """Stop unless the checkpoint's pruning ``record`` was made with this method and every matrix's block
+        (a record without per-target blocks: its one ``block``)."""
+        if record["method"] != self.method:
+            raise PruneError(f"the checkpoint was pruned with method={record['method']}; resume it with the same "
+                             f"compress.method (not {self.method})")
+        for path, entry in record["targets"].items():
+            saved = tuple(entry.get("block") or record.get("block") or (1, 1))
+            if path in self.blocks and saved != self.blocks[path]:
+                raise PruneError(f"the checkpoint pruned {path} in {pattern_name(saved)} blocks, not "
+                                 f"{pattern_name(self.blocks[path])}; resume it with the same compress.pattern and "
+                                 "compress.block (or the same scheme)")
 
 
 # -- the gradual-pruning settings of a retraining --------------------------------------------------------------
@@ -290,12 +325,6 @@ class PruneSettings:
         self.calibration_batches = calibration_batches
         self.include, self.exclude = list(include), list(exclude)
 
-    def with_pattern(self, pattern: str, block: tuple[int, int]) -> PruneSettings:
-        """These settings with another pattern (a scheme's)."""
-        changed = copy.copy(self)
-        changed.pattern, changed.block = pattern, block
-        return changed
-
 
 def select_sparsities(model: nn.Module, settings: PruneSettings, scheme: Mapping[str, Settings],
                       attribute: str = "model") -> tuple[list[Matrix], dict[str, float]]:
@@ -325,6 +354,27 @@ def select_sparsities(model: nn.Module, settings: PruneSettings, scheme: Mapping
     return matrices, finals
 
 
+def matrix_blocks(matrices: Sequence[Matrix], settings: PruneSettings, scheme: Mapping[str, Settings]
+                  ) -> dict[str, tuple[int, int]]:
+    """``{path: (r, c)}``, the block shape each matrix is pruned in: with a ``scheme`` (target ->
+    ``{"sparsity": .., "pattern": ..}``) its target's pattern (a low-rank target's factors both in it), else
+    ``settings.block`` (``(1, 1)`` unstructured). A scheme's block that does not divide a factor of its target (a
+    rank the block's rows do not divide) stops with the target named."""
+    if not scheme:
+        return {m.path: settings.block for m in matrices}
+    blocks = {}
+    for matrix in matrices:
+        target = scheme_target(matrix, scheme)
+        pattern = scheme[target].get("pattern", UNSTRUCTURED)
+        _, block = parse_pattern(pattern, f"scheme target '{target}' pattern")
+        rows, cols = matrix.shape
+        if rows % block[0] or cols % block[1]:
+            raise SchemeError(f"scheme target '{target}': its pattern {pattern!r} does not divide {matrix.path} "
+                              f"({rows}x{cols}); give the target a rank that the block divides, or another pattern")
+        blocks[matrix.path] = block
+    return blocks
+
+
 # -- the technique -----------------------------------------------------------------------------------------------
 def parse_pattern(text: str, key: str = "pattern") -> tuple[str, tuple[int, int]]:
     """A scheme's pattern: ``unstructured`` -> ``("unstructured", (1, 1))``; ``"4x1"`` -> ``("block", (4, 1))``."""
@@ -336,10 +386,9 @@ def parse_pattern(text: str, key: str = "pattern") -> tuple[str, tuple[int, int]
     return "block", (int(rows), int(cols))
 
 
-def pattern_name(pattern: str, block: Sequence[int]) -> str:
-    """The scheme's name of a pattern: ``unstructured`` or ``"RxC"``."""
-    check_choice(pattern, PATTERNS, "compress.pattern")
-    return UNSTRUCTURED if pattern == UNSTRUCTURED else f"{block[0]}x{block[1]}"
+def pattern_name(block: Sequence[int]) -> str:
+    """The scheme's name of a block shape: ``unstructured`` for ``(1, 1)``, else ``"RxC"``."""
+    return UNSTRUCTURED if tuple(block) == (1, 1) else f"{block[0]}x{block[1]}"
 
 
 def scheme_target(matrix: Matrix, names: Mapping[str, object] | Sequence[str]) -> str | None:
