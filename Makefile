@@ -65,11 +65,32 @@ $(CONDENSED): $(BASELINE)/summary.json
 
 ## search: search.py's default searcher (conf/search.yaml, the one place that names it: the best mean at equal
 ## numbers of decodes at a_t = 3.7, RESULTS.md; SEARCH=aggressive runs the paper's RL instead) and the random
-## search over feasible schemes as its control, same budget; an interrupted search resumes where it stopped when
-## run again (state of an older baseline is kept aside)
+## search over feasible schemes as its control, same budget and space; an interrupted search resumes where it
+## stopped when run again (state of an older baseline is kept aside). SPACE=joint (per target a rank, a sparsity
+## or both), BY=params|macs|latency and TARGET=<a_t> choose the space, estimate and target:
+##   make search SPACE=joint BY=latency TARGET=2.5 && make retrain SPACE=joint BY=latency TARGET=2.5
 # the searcher of conf/search.yaml's defaults list (`- search: NAME`), named nowhere else
 SEARCH ?= $(shell sed -n 's/^  - search: *\([A-Za-z0-9_]*\).*/\1/p' conf/search.yaml)
-search: runs/search/$(SEARCH)/report.json runs/search/random_feasible/report.json
+SPACE ?=
+BY ?=
+TARGET ?=
+# a search's directory name: the searcher, then each choice made here (none: the searcher's own name)
+search_name = $(1)$(if $(SPACE),_$(SPACE))$(if $(BY),_$(BY))$(if $(TARGET),_$(TARGET))
+search_args = search.name=$(call search_name,$(1)) $(if $(SPACE),search.space.kind=$(SPACE)) $(if $(BY),by=$(BY)) \
+	$(if $(TARGET),search.target_speedup=$(TARGET))
+SEARCH_NAME := $(call search_name,$(SEARCH))
+CONTROL_NAME := $(call search_name,random_feasible)
+# a search chosen here, its control and its retraining share one W&B group: the search's directory name
+GROUP := $(if $(filter $(SEARCH_NAME),$(SEARCH)),,logger.wandb.group=$(SEARCH_NAME))
+search: runs/search/$(SEARCH_NAME)/report.json runs/search/$(CONTROL_NAME)/report.json
+runs/search/$(SEARCH_NAME)/report.json: $(SENSITIVITY) $(CONDENSED)
+	$(TIMED) "search $(SEARCH_NAME)" -- $(PY) search.py search=$(SEARCH) $(call search_args,$(SEARCH)) $(GROUP) \
+		on_stale=restart
+ifneq ($(CONTROL_NAME),$(SEARCH_NAME))
+runs/search/$(CONTROL_NAME)/report.json: $(SENSITIVITY) $(CONDENSED)
+	$(TIMED) "search $(CONTROL_NAME)" -- $(PY) search.py search=random_feasible $(call search_args,random_feasible) \
+		$(GROUP) on_stale=restart
+endif
 runs/search/%/report.json: $(SENSITIVITY) $(CONDENSED)
 	$(TIMED) "search $*" -- $(PY) search.py search=$* on_stale=restart
 # Optuna TPE at a_t 1.2 (RESULTS.md); SEARCH_CONSERVATIVE=conservative runs the paper's RL (no comment after the
@@ -77,13 +98,17 @@ runs/search/%/report.json: $(SENSITIVITY) $(CONDENSED)
 SEARCH_CONSERVATIVE ?= conservative_tpe
 search-conservative: runs/search/$(SEARCH_CONSERVATIVE)/report.json
 
-## retrain: fine-tune the search's scheme (SEARCH, as make search) and the guided manual 3.7x scheme, and train
-## the dense baseline on for the same budget (the dense control, conf/finetune); a missing or stale scheme stops
-## with the stage to run; an interrupted run resumes
-retrain: runs/retrain_automl/summary.json runs/retrain_guided/summary.json runs/retrain_dense/summary.json
-runs/retrain_automl/summary.json: runs/search/$(SEARCH)/report.json
-	$(TIMED) "retrain automl" -- $(PY) train.py +experiment=retrain compress.scheme=runs/search/$(SEARCH)/best_scheme.json \
-		$(call resume,runs/retrain_automl,runs/search/$(SEARCH)/best_scheme.json)
+## retrain: fine-tune the search's scheme (SEARCH, SPACE, BY, TARGET as make search: runs/retrain_automl for the
+## default search, else runs/retrain_<search directory>) and the guided manual 3.7x scheme, and train the dense
+## baseline on for the same budget (the dense control, conf/finetune); a scheme's sparsities are pruned on Zhu &
+## Gupta's schedule (conf/prune/default.yaml); a missing or stale scheme stops with the stage to run; an
+## interrupted run resumes
+RETRAIN_NAME := $(if $(filter $(SEARCH_NAME),$(SEARCH)),retrain_automl,retrain_$(SEARCH_NAME))
+retrain: runs/$(RETRAIN_NAME)/summary.json runs/retrain_guided/summary.json runs/retrain_dense/summary.json
+runs/$(RETRAIN_NAME)/summary.json: runs/search/$(SEARCH_NAME)/report.json
+	$(TIMED) "$(RETRAIN_NAME)" -- $(PY) train.py +experiment=retrain task_name=$(RETRAIN_NAME) $(GROUP) \
+		compress.scheme=runs/search/$(SEARCH_NAME)/best_scheme.json \
+		$(call resume,runs/$(RETRAIN_NAME),runs/search/$(SEARCH_NAME)/best_scheme.json)
 runs/retrain_guided/summary.json: runs/manual/manual.json
 	$(TIMED) "retrain guided" -- $(PY) train.py +experiment=retrain task_name=retrain_guided \
 		compress.scheme=runs/manual/schemes/guided-3.7x.json $(call resume,runs/retrain_guided,runs/manual/schemes/guided-3.7x.json)
