@@ -76,20 +76,20 @@ BY ?=
 TARGET ?=
 # a search's directory name: the searcher, then each choice made here (none: the searcher's own name)
 search_name = $(1)$(if $(SPACE),_$(SPACE))$(if $(BY),_$(BY))$(if $(TARGET),_$(TARGET))
-search_args = search.name=$(call search_name,$(1)) $(if $(SPACE),search.space.kind=$(SPACE)) $(if $(BY),by=$(BY)) \
-	$(if $(TARGET),search.target_speedup=$(TARGET))
+search_args = $(if $(SPACE)$(BY)$(TARGET),search.name=$(call search_name,$(1))) $(if $(SPACE),search.space.kind=$(SPACE)) \
+	$(if $(BY),by=$(BY)) $(if $(TARGET),search.target_speedup=$(TARGET))
 SEARCH_NAME := $(call search_name,$(SEARCH))
 CONTROL_NAME := $(call search_name,random_feasible)
 # a search chosen here, its control and its retraining share one W&B group: the search's directory name
 GROUP := $(if $(filter $(SEARCH_NAME),$(SEARCH)),,logger.wandb.group=$(SEARCH_NAME))
 search: runs/search/$(SEARCH_NAME)/report.json runs/search/$(CONTROL_NAME)/report.json
 runs/search/$(SEARCH_NAME)/report.json: $(SENSITIVITY) $(CONDENSED)
-	$(TIMED) "search $(SEARCH_NAME)" -- $(PY) search.py search=$(SEARCH) $(call search_args,$(SEARCH)) $(GROUP) \
-		on_stale=restart
+	$(TIMED) "search $(SEARCH_NAME)" -- $(PY) search.py $(strip search=$(SEARCH) $(call search_args,$(SEARCH)) $(GROUP) \
+		on_stale=restart)
 ifneq ($(CONTROL_NAME),$(SEARCH_NAME))
 runs/search/$(CONTROL_NAME)/report.json: $(SENSITIVITY) $(CONDENSED)
-	$(TIMED) "search $(CONTROL_NAME)" -- $(PY) search.py search=random_feasible $(call search_args,random_feasible) \
-		$(GROUP) on_stale=restart
+	$(TIMED) "search $(CONTROL_NAME)" -- $(PY) search.py $(strip search=random_feasible \
+		$(call search_args,random_feasible) $(GROUP) on_stale=restart)
 endif
 runs/search/%/report.json: $(SENSITIVITY) $(CONDENSED)
 	$(TIMED) "search $*" -- $(PY) search.py search=$* on_stale=restart

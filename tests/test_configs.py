@@ -119,6 +119,12 @@ def test_one_default_searcher_named_once_run_by_search_py_make_search_retraining
 
     assert f"search.py search={default} on_stale=restart" in dry_run("search")
     assert "search.py search=aggressive on_stale=restart" in dry_run("search", "SEARCH=aggressive")
+    joint = dry_run("search", "retrain", "SPACE=joint", "BY=latency", "TARGET=2.5")
+    name = f"{default}_joint_latency_2.5"
+    assert (f"search.py search={default} search.name={name} search.space.kind=joint by=latency "
+            f"search.target_speedup=2.5 logger.wandb.group={name} on_stale=restart") in joint
+    assert f"task_name=retrain_{name} logger.wandb.group={name}" in joint
+    assert f"compress.scheme=runs/search/{name}/best_scheme.json" in joint
     assert "search.py search=conservative_tpe on_stale=restart" in dry_run("search-conservative")
     assert f"compress.scheme=runs/search/{default}/best_scheme.json" in dry_run("retrain")
     for path in [CONF.parent / "Makefile", *CONF.glob("*.yaml"), *(CONF / "experiment").glob("*.yaml")]:
