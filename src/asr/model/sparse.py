@@ -8,6 +8,10 @@ setting ``sparse_min_sparsity``, decoding runs it through a sparse product inste
 * an encoder LSTM layer's recurrence ``W_hh h_{t-1}`` (:func:`sparse_layer_forward`; the input side
   ``W_ih x_t`` of all frames stays one dense matrix product, which at a few hundred frames is as fast as
   the sparse one even at 90% sparsity);
+* a factorized encoder LSTM layer (``kernel = U V``, :mod:`asr.model.lowrank_lstm`) whose factors are pruned: its
+  rank-``k`` recurrence ``z_t = V_x x_t + V_h h_{t-1}``, ``gates_t = U z_t + b`` on ``V_h`` and ``U`` packed
+  (:func:`sparse_factorized_layer_forward`; ``V_x x_t`` of all frames stays one dense product). The share of zeros
+  that decides is the factors' together (``U`` and ``V``, the target's), as a dense layer's is its whole kernel's;
 * the decoder step's LSTM cell and linears (:func:`sparse_weight`, used by :mod:`asr.model.fast_decode`).
 
 Training, and any call with gradients on, keeps the dense kernels on the weights with their zeros.
@@ -160,3 +164,65 @@ def check_min_sparsity(value: float | None) -> float | None:
         raise ValueError(f"decoding.sparse_min_sparsity must be a share of zeros in [0, 1] or null (never), got "
                          f"{value!r}")
     return float(value)
+
+
+_factor_parts = WeakIdKeyDictionary()  # U -> (key, share of zeros of U and V, (packed V_h, packed U) or None)
+
+
+def _factors_key(u: torch.Tensor, v: torch.Tensor) -> tuple | None:
+    if u.is_inference() or v.is_inference():
+        return None
+    return tuple((t.data_ptr(), t._version, tuple(t.shape)) for t in (u, v))
+
+
+def factors_sparsity(u: torch.Tensor, v: torch.Tensor) -> float:
+    """The share of exact zeros in the factors ``U`` and ``V`` together (entries of both)."""
+    total = u.numel() + v.numel()
+    return 1.0 - (int(torch.count_nonzero(u)) + int(torch.count_nonzero(v))) / total if total else 0.0
+
+
+def _factor_entry(u: torch.Tensor, v: torch.Tensor, min_sparsity: float) -> tuple:
+    """``(share of zeros, (packed V_h, packed U) or None below min_sparsity)``, kept per ``U`` until a factor
+    changes (another tensor or version); packed only once a threshold asks for it."""
+    key = _factors_key(u, v)
+    cached = _factor_parts.get(u) if key is not None else None
+    if cached is None or cached[0] != key:
+        cached = (key, factors_sparsity(u, v), None)
+    share, packed = cached[1], cached[2]
+    if packed is None and share >= min_sparsity:
+        hidden = u.shape[0] // 4
+        v_h = v.detach()[:, v.shape[1] - hidden:]
+        packed = (pack(v_h), pack(u.detach()))
+        cached = (key, share, packed)
+    if key is not None:
+        _factor_parts[u] = cached
+    return share, packed
+
+
+def sparse_factorized_layer_forward(x: torch.Tensor, u: torch.Tensor, v: torch.Tensor, bias: torch.Tensor,
+                                    state: tuple[torch.Tensor, torch.Tensor] | None, min_sparsity: float | None
+                                    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]] | None:
+    """A factorized LSTM layer (``U`` ``(4H, k)``, ``V`` = ``[V_x | V_h]`` ``(k, in + H)``) for inference on the
+    sparse rank-``k`` recurrence: ``x`` ``(B, T, in)`` -> outputs ``(B, T, H)`` and the final ``(h, c)``; None
+    when the factors are not to run sparse (fewer than ``min_sparsity`` zeros in ``U`` and ``V`` together, None
+    threshold, gradients on, not CPU float32 or no extension), and the caller keeps the dense factors
+    (:func:`asr.model.lowrank_lstm.factorized_layer_forward`).
+
+    ``V_h`` and ``U`` are packed in the block shape :func:`choose_block` picks for each; ``V_x x_t`` of all frames
+    is one dense matrix product."""
+    if (min_sparsity is None or torch.is_grad_enabled() or max(u.shape[1], v.shape[1]) > MAX_COLUMNS
+            or not lowrank_lstm._uses_extension(x, u, v, bias)):
+        return None
+    share, packed = _factor_entry(u, v, min_sparsity)
+    if share < min_sparsity:
+        return None
+    hidden = u.shape[0] // 4
+    v_x = v.detach()[:, : v.shape[1] - hidden]
+    x_proj = torch.matmul(x, v_x.t())
+    if state is None:
+        h0 = c0 = x.new_zeros(x.shape[0], hidden)
+    else:
+        h0, c0 = state
+    out, h, c = torch.ops.shrinkml_lowrank.sparse_factorized_lstm_forward(x_proj, packed[0], packed[1], bias, h0, c0,
+                                                                          1)
+    return out, (h, c)
