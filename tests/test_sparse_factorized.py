@@ -1,0 +1,127 @@
+"""A factorized encoder LSTM layer with pruned factors decodes on the sparse rank-k recurrence
+(asr.model.sparse.sparse_factorized_layer_forward, asr/kernels/csrc/sparse_factorized_lstm.cpp): the same outputs as
+the recurrence on the dense factors, at batch 1 and batched, unstructured and block zeros, and the dense factor loop
+where the factors are not sparse enough, gradients are on or the extension is off."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from asr.model import lowrank_lstm, sparse
+from asr.model.lstm import ConcatLSTM
+from compress.lowrank import factorize_kernel
+
+ATOL = 2e-5
+IN, HIDDEN, RANK = 12, 16, 8
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def extension() -> None:
+    info = lowrank_lstm.backend_info()
+    if info["backend"] != "cpp":
+        pytest.fail(f"the C++ extension must build on this machine: {info['reason']}")
+
+
+def pruned(weight: torch.Tensor, share: float, block: tuple[int, int], seed: int) -> torch.Tensor:
+    """``weight`` with a random ``share`` of its ``block``-shaped blocks zeroed (a copy)."""
+    bh, bw = block
+    generator = torch.Generator().manual_seed(seed)
+    keep = torch.rand(weight.shape[0] // bh, weight.shape[1] // bw, generator=generator) >= share
+    return weight * keep.repeat_interleave(bh, 0).repeat_interleave(bw, 1)
+
+
+def factorized(share: float, block: tuple[int, int] = (1, 1), threshold: float | None = 0.5) -> ConcatLSTM:
+    """A layer ``IN -> HIDDEN`` factorized at ``RANK`` with ``share`` of each factor's blocks zeroed."""
+    torch.manual_seed(11)
+    layer = ConcatLSTM(IN, HIDDEN).eval()
+    with torch.no_grad():
+        layer.bias.normal_(0.0, 0.3)
+    u = pruned(torch.randn(4 * HIDDEN, RANK) * 0.5, share, block, seed=1)
+    v = pruned(torch.randn(RANK, IN + HIDDEN) * 0.5, share, block, seed=2)
+    factorize_kernel(layer, u, v)
+    layer.sparse_min_sparsity = threshold
+    return layer
+
+
+def reference(layer: ConcatLSTM, x: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor):
+    """The rank-k recurrence on the dense factors in PyTorch operations: outputs, h, c."""
+    u, v = lowrank_lstm.low_rank_factors(layer)
+    with torch.no_grad():
+        x_proj = x @ v[:, :IN].t()
+        return lowrank_lstm.factorized_lstm_forward_python(x_proj, v[:, IN:], u, layer.bias, h0, c0)
+
+
+@pytest.fixture
+def sparse_calls(monkeypatch) -> list:
+    """Counts the calls of the sparse rank-k operator."""
+    calls = []
+    real = torch.ops.shrinkml_lowrank.sparse_factorized_lstm_forward
+
+    def counting(*args):
+        calls.append(args)
+        return real(*args)
+
+    monkeypatch.setattr(torch.ops.shrinkml_lowrank, "sparse_factorized_lstm_forward", counting)
+    return calls
+
+
+@pytest.mark.parametrize("block", [(1, 1), (4, 1)])
+@pytest.mark.parametrize("batch", [1, 3])
+def test_pruned_factors_decode_sparse_and_equal_the_dense_factor_recurrence(block, batch, sparse_calls):
+    layer = factorized(0.7, block)
+    torch.manual_seed(batch)
+    x, h0, c0 = torch.randn(batch, 9, IN), torch.randn(batch, HIDDEN) * 0.5, torch.randn(batch, HIDDEN) * 0.5
+    with torch.no_grad():
+        out, (h, c) = layer(x, (h0, c0))
+        zero_state, _ = layer(x)
+    assert len(sparse_calls) == 2 and all(a[1].dtype == torch.int32 and a[2].dtype == torch.int32
+                                          for a in sparse_calls)  # V_h and U packed
+    ref, ref_h, ref_c = reference(layer, x, h0, c0)
+    assert torch.allclose(out, ref, atol=ATOL) and torch.allclose(h, ref_h, atol=ATOL)
+    assert torch.allclose(c, ref_c, atol=ATOL)
+    zeros = torch.zeros(batch, HIDDEN)
+    assert torch.allclose(zero_state, reference(layer, x, zeros, zeros)[0], atol=ATOL)
+    with torch.no_grad():
+        empty, (h_empty, _) = layer(x[:, :0], (h0, c0))
+    assert empty.shape == (batch, 0, HIDDEN) and torch.equal(h_empty, h0)
+
+
+def test_the_factors_decode_sparse_above_the_threshold_only(sparse_calls):
+    layer = factorized(0.6, threshold=None)
+    share = sparse.factors_sparsity(*lowrank_lstm.low_rank_factors(layer))
+    assert 0.5 < share < 0.7
+    x = torch.randn(2, 7, IN)
+    with torch.no_grad():
+        dense, _ = layer(x)  # no threshold: the dense factor loop
+        for threshold, used in ((0.7, 0), (0.5, 1), (None, 1)):
+            layer.sparse_min_sparsity = threshold
+            out, _ = layer(x)
+            assert len(sparse_calls) == used and torch.allclose(out, dense, atol=ATOL)
+    layer.sparse_min_sparsity = 0.5
+    layer(x)  # gradients on: the fused kernel on U V
+    assert len(sparse_calls) == 1
+
+
+def test_without_the_extension_the_python_recurrence_runs(monkeypatch, sparse_calls):
+    layer = factorized(0.7)
+    x = torch.randn(1, 6, IN)
+    zeros = torch.zeros(1, HIDDEN)
+    monkeypatch.setitem(lowrank_lstm._status, "backend", "python")  # as when the library cannot be built
+    with torch.no_grad():
+        out, _ = layer(x)
+    assert not sparse_calls and torch.allclose(out, reference(layer, x, zeros, zeros)[0], atol=ATOL)
+
+
+def test_changed_factors_are_packed_again():
+    layer = factorized(0.7)
+    x, zeros = torch.randn(1, 5, IN), torch.zeros(1, HIDDEN)
+    u, _ = lowrank_lstm.low_rank_factors(layer)
+    with torch.no_grad():
+        first, _ = layer(x)
+        u.mul_(2.0)  # in place: a new version of the same tensor
+        second, _ = layer(x)
+    assert not torch.allclose(first, second)
+    assert torch.allclose(second, reference(layer, x, zeros, zeros)[0], atol=ATOL)
