@@ -293,13 +293,12 @@ def factorized_rows(layer: ConcatLSTM, ranks: Sequence[int], sparsities: Sequenc
 
 
 def _factor_blocks(module: ConcatLSTM) -> str:
-    """The block shapes the factors (V_h, U) are packed in when the sparse rank-k recurrence runs them."""
+    """The block shape the factors (V_h, U) are packed in when the sparse rank-k recurrence runs them."""
     factors = lowrank_lstm.low_rank_factors(module)
     if factors is None or module.sparse_min_sparsity is None:
         return ""
     hidden = module.hidden_size
-    return "V_h {} U {}".format(*("x".join(map(str, sparse.choose_block(w.detach())))
-                                  for w in (factors[1][:, -hidden:], factors[0])))
+    return "x".join(map(str, sparse.choose_factor_block((factors[1].detach()[:, -hidden:], factors[0].detach()))))
 
 
 def print_factorized(rows: list[dict], shape: Sequence[int], frames: int, source: str) -> None:

@@ -125,3 +125,27 @@ def test_changed_factors_are_packed_again():
         second, _ = layer(x)
     assert not torch.allclose(first, second)
     assert torch.allclose(second, reference(layer, x, zeros, zeros)[0], atol=ATOL)
+
+
+@pytest.mark.parametrize("block", [(1, 1), (4, 1), (8, 1), (16, 1), (1, 4), (1, 8)])
+@pytest.mark.parametrize("batch", [1, 3, 9])
+def test_the_operator_equals_the_recurrence_in_every_block_shape(block, batch):
+    torch.manual_seed(12)
+    hidden, rank = 16, 16
+    u = pruned(torch.randn(4 * hidden, rank) * 0.5, 0.6, (1, 1), 3)
+    v_h = pruned(torch.randn(rank, hidden), 0.6, (1, 1), 4)
+    bias, x_proj = torch.randn(4 * hidden) * 0.3, torch.randn(batch, 7, rank)
+    h0, c0 = torch.randn(batch, hidden) * 0.5, torch.randn(batch, hidden) * 0.5
+    out, h, c = torch.ops.shrinkml_lowrank.sparse_factorized_lstm_forward(
+        x_proj, sparse.pack(v_h, block), sparse.pack(u, block), bias, h0, c0, 1)
+    ref, ref_h, ref_c = lowrank_lstm.factorized_lstm_forward_python(x_proj, v_h, u, bias, h0, c0)
+    assert torch.allclose(out, ref, atol=ATOL) and torch.allclose(h, ref_h, atol=ATOL)
+    assert torch.allclose(c, ref_c, atol=ATOL)
+
+
+def test_both_factors_take_the_cheapest_common_block_shape():
+    u = pruned(torch.randn(64, 16), 0.75, (4, 1), 5)
+    v_h = pruned(torch.randn(16, 16), 0.75, (4, 1), 6)
+    block = sparse.choose_factor_block((v_h, u))
+    assert block in sparse.FACTOR_BLOCK_COST or block in sparse.BLOCK_COST
+    assert sparse.choose_factor_block((v_h[:15], u)) in {(1, 1), (1, 4), (1, 8)}  # 15 rows: no taller blocks

@@ -39,6 +39,13 @@ from asr.model import lowrank_lstm
 # nonzeros: 4 x 1 (or 8 x 1) blocks with the zeros inside them stored beat CSR on unstructured zeros too.
 BLOCK_COST = {(1, 1): 0.57, (4, 1): 0.60, (1, 4): 0.55, (8, 1): 0.70, (1, 8): 0.76}
 ROW_COST = 2.5
+# The same for the factors of a factorized layer (V_h (k, H) and U (4H, k), both packed alike) on the sparse rank-k
+# recurrence, fitted to its time per step at ranks 32-128, H = 256, 0-90% zeros unstructured and in 4x1 blocks, on
+# an Intel Xeon with AVX-512, one thread (2026-12-05; benchmarks/sparse_speedup.py --factorized-only prints the
+# layer's times). Used where torch reports AVX-512: there 16 x 1 blocks (one 16-wide multiply-add) beat 8 x 1 ones
+# at up to 75% zeros, also unstructured; on AVX2 16-wide blocks measured slower and BLOCK_COST decides.
+FACTOR_BLOCK_COST = {(1, 1): 0.37, (4, 1): 0.53, (1, 4): 0.51, (8, 1): 0.61, (1, 8): 0.54, (16, 1): 0.66}
+FACTOR_ROW_COST = 1.5
 MAX_COLUMNS = 65536  # the packed format's column indices are uint16
 
 _packed = WeakIdKeyDictionary()  # weight -> (key, packed tensor or None)
@@ -58,19 +65,38 @@ def stored_blocks(weight: torch.Tensor, block: tuple[int, int]) -> int | None:
     return int((weight != 0).reshape(m // bh, bh, n // bw, bw).any(dim=3).any(dim=1).sum())
 
 
-def choose_block(weight: torch.Tensor) -> tuple[int, int]:
-    """The block shape of :data:`BLOCK_COST` whose product costs least by it (ties: the first listed)."""
+def choose_block(weight: torch.Tensor, block_cost: dict[tuple[int, int], float] | None = None,
+                 row_cost: float = ROW_COST) -> tuple[int, int]:
+    """The block shape of ``block_cost`` (default :data:`BLOCK_COST`) whose product costs least by it and
+    ``row_cost`` per block row (ties: the first listed)."""
     costs = {}
-    for block, cost in BLOCK_COST.items():
+    for block, cost in (BLOCK_COST if block_cost is None else block_cost).items():
         count = stored_blocks(weight, block)
         if count is not None:
-            costs[block] = count * cost + weight.shape[0] // block[0] * ROW_COST
+            costs[block] = count * cost + weight.shape[0] // block[0] * row_cost
+    return min(costs, key=costs.__getitem__)
+
+
+def choose_factor_block(factors: tuple[torch.Tensor, ...]) -> tuple[int, int]:
+    """One block shape for the factors of a factorized layer (``V_h`` and ``U``): the cheapest for all of them by
+    :data:`FACTOR_BLOCK_COST` where torch reports AVX-512, else by :data:`BLOCK_COST`."""
+    if torch.backends.cpu.get_cpu_capability().startswith("AVX512"):
+        table, row_cost = FACTOR_BLOCK_COST, FACTOR_ROW_COST
+    else:
+        table, row_cost = BLOCK_COST, ROW_COST
+    costs = {}
+    for block, cost in table.items():
+        counts = [stored_blocks(w, block) for w in factors]
+        if all(c is not None for c in counts):
+            rows = sum(w.shape[0] // block[0] for w in factors)
+            costs[block] = sum(counts) * cost + rows * row_cost
     return min(costs, key=costs.__getitem__)
 
 
 def pack(weight: torch.Tensor, block: tuple[int, int] | None = None) -> torch.Tensor:
     """``weight`` ``(M, K)`` in the packed sparse format (an int32 tensor, ``sparse_kernels.h``), in ``block``
-    shape or the cheapest one (:func:`choose_block`). Needs the C++ extension."""
+    shape (any of :data:`BLOCK_COST` or ``(16, 1)``) or the cheapest one (:func:`choose_block`). Needs the C++
+    extension."""
     block = choose_block(weight) if block is None else block
     with torch.no_grad():
         return torch.ops.shrinkml_lowrank.sparse_pack(weight.detach().contiguous(), *block)
@@ -191,8 +217,9 @@ def _factor_entry(u: torch.Tensor, v: torch.Tensor, min_sparsity: float) -> tupl
     share, packed = cached[1], cached[2]
     if packed is None and share >= min_sparsity:
         hidden = u.shape[0] // 4
-        v_h = v.detach()[:, v.shape[1] - hidden:]
-        packed = (pack(v_h), pack(u.detach()))
+        v_h, u_d = v.detach()[:, v.shape[1] - hidden:], u.detach()
+        block = choose_factor_block((v_h, u_d))
+        packed = (pack(v_h, block), pack(u_d, block))
         cached = (key, share, packed)
     if key is not None:
         _factor_parts[u] = cached
@@ -208,8 +235,8 @@ def sparse_factorized_layer_forward(x: torch.Tensor, u: torch.Tensor, v: torch.T
     threshold, gradients on, not CPU float32 or no extension), and the caller keeps the dense factors
     (:func:`asr.model.lowrank_lstm.factorized_layer_forward`).
 
-    ``V_h`` and ``U`` are packed in the block shape :func:`choose_block` picks for each; ``V_x x_t`` of all frames
-    is one dense matrix product."""
+    ``V_h`` and ``U`` are packed in the one block shape :func:`choose_factor_block` picks for both; ``V_x x_t`` of
+    all frames is one dense matrix product."""
     if (min_sparsity is None or torch.is_grad_enabled() or max(u.shape[1], v.shape[1]) > MAX_COLUMNS
             or not lowrank_lstm._uses_extension(x, u, v, bias)):
         return None

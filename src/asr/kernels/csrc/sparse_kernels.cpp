@@ -219,7 +219,7 @@ SHRINKML_INLINE void gemm_t_impl(const SparseView& w, const float* __restrict xt
 }
 
 // One clone per instruction set of each kernel and block shape (target_clones does not take templates).
-#define SHRINKML_SPARSE_SHAPES(X) X(1, 1) X(1, 4) X(4, 1) X(1, 8) X(8, 1)
+#define SHRINKML_SPARSE_SHAPES(X) X(1, 1) X(1, 4) X(4, 1) X(1, 8) X(8, 1) X(16, 1)
 #define SHRINKML_SPARSE_DEFINE(BH, BW)                                                                      \
     SHRINKML_CLONES void gemv_##BH##x##BW(const SparseView& w, const float* x, float* y) {                 \
         gemv_impl<BH, BW>(w, x, y);                                                                         \
