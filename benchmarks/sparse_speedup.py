@@ -382,7 +382,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--factorized-only", action="store_true",
                         help="only the factorized layers, on a seeded random 1024 x 512 layer (no checkpoint)")
     parser.add_argument("--ranks", type=int, nargs="+", default=[64, 128])
-    parser.add_argument("--factor-sparsities", type=float, nargs="+", default=[0.5, 0.75])
+    parser.add_argument("--factor-sparsities", type=float, nargs="+", default=[0.5, 0.75, 0.9])
     parser.add_argument("--frames", type=int, default=200, help="frames per factorized layer call")
     parser.add_argument("--factorized-repeats", type=int, default=15)
     parser.add_argument("--factorized-calls", type=int, default=3, help="layer calls per timed sample")
