@@ -149,3 +149,19 @@ def test_both_factors_take_the_cheapest_common_block_shape():
     block = sparse.choose_factor_block((v_h, u))
     assert block in sparse.FACTOR_BLOCK_COST or block in sparse.BLOCK_COST
     assert sparse.choose_factor_block((v_h[:15], u)) in {(1, 1), (1, 4), (1, 8)}  # 15 rows: no taller blocks
+
+
+@pytest.mark.parametrize("rank", [8, 24, 72])
+@pytest.mark.parametrize("batch", [1, 2, 3, 7])
+def test_the_dense_rank_k_loop_equals_the_recurrence_with_output_tails(rank, batch):
+    """forward_packed (the dense factors, the baseline of the sparse loop) on widths that are no multiple of 64 (the
+    16-wide tails) at every row-block count of its batched products (4, 2, 1 rows)."""
+    torch.manual_seed(rank + batch)
+    hidden = 20  # 4H = 80: one 64-wide block and a 16-wide tail
+    u, v_h = torch.randn(4 * hidden, rank) * 0.3, torch.randn(rank, hidden) * 0.3
+    bias, x_proj = torch.randn(4 * hidden) * 0.3, torch.randn(batch, 6, rank)
+    h0, c0 = torch.randn(batch, hidden) * 0.5, torch.randn(batch, hidden) * 0.5
+    out, h, c = lowrank_lstm.factorized_lstm_forward(x_proj, v_h, u, bias, h0, c0)
+    ref, ref_h, ref_c = lowrank_lstm.factorized_lstm_forward_python(x_proj, v_h, u, bias, h0, c0)
+    assert torch.allclose(out, ref, atol=ATOL) and torch.allclose(h, ref_h, atol=ATOL)
+    assert torch.allclose(c, ref_c, atol=ATOL)
