@@ -37,7 +37,8 @@ magnitude-pruned to 80% in 4x1 blocks (the sparse ``W_hh`` recurrence); factoriz
 (``compress.lowrank.factorize_kernel``, ``U = U_k S^1/2``, ``V = S^1/2 V_k^T``) at each ``--ranks`` on the dense
 rank-``k`` loop; the same factors on the sparse rank-``k`` recurrence without zeros (control); and the factors
 magnitude-pruned (each of ``U`` and ``V``) to each ``--factor-sparsities``, unstructured and in 4x1 blocks, on the
-sparse rank-``k`` recurrence (``asr.model.sparse.sparse_factorized_layer_forward``).
+sparse rank-``k`` recurrence (``asr.model.sparse.sparse_factorized_layer_forward`` without its cost check), with
+whether decoding runs them there (``asr.model.sparse.sparse_factors_pay``) or on the dense rank-``k`` loop.
 """
 
 from __future__ import annotations
@@ -276,7 +277,11 @@ def factorized_rows(layer: ConcatLSTM, ranks: Sequence[int], sparsities: Sequenc
 
     def call(module: ConcatLSTM) -> None:
         with torch.no_grad():
-            module(x)
+            factors = lowrank_lstm.low_rank_factors(module)
+            if factors is not None and module.sparse_min_sparsity is not None:  # the sparse loop, paying or not
+                sparse.sparse_factorized_layer_forward(x, *factors, module.bias, None, 0.0, check_cost=False)
+            else:
+                module(x)
 
     with clock.checked():
         timed = alternate({name: timed_loop(partial(call, module), calls, clock) for name, module in cases.items()},
@@ -288,28 +293,33 @@ def factorized_rows(layer: ConcatLSTM, ranks: Sequence[int], sparsities: Sequenc
         rows.append({"layer": name, "ms": min(ms), "ms_median": statistics.median(ms),
                      "speedup_vs_dense": 1000 * min(timed["dense (oneDNN fused)"]) / min(ms),
                      "speedup_vs_rank": (1000 * min(timed[rank]) / min(ms)) if rank in timed else None,
-                     "blocks": _factor_blocks(module)})
+                     **_factor_blocks(module)})
     return rows
 
 
-def _factor_blocks(module: ConcatLSTM) -> str:
-    """The block shape the factors (V_h, U) are packed in when the sparse rank-k recurrence runs them."""
+def _factor_blocks(module: ConcatLSTM) -> dict:
+    """``blocks``: the block shape the factors (V_h, U) are packed in on the sparse rank-k loop, and
+    ``decodes_sparse``: whether decoding runs them there (``asr.model.sparse.sparse_factors_pay``; None: dense)."""
     factors = lowrank_lstm.low_rank_factors(module)
     if factors is None or module.sparse_min_sparsity is None:
-        return ""
+        return {"blocks": "", "decodes_sparse": None}
     hidden = module.hidden_size
-    return "x".join(map(str, sparse.choose_factor_block((factors[1].detach()[:, -hidden:], factors[0].detach()))))
+    pair = (factors[1].detach()[:, -hidden:], factors[0].detach())
+    block = sparse.choose_factor_block(pair)
+    return {"blocks": "x".join(map(str, block)), "decodes_sparse": sparse.sparse_factors_pay(pair, block)}
 
 
 def print_factorized(rows: list[dict], shape: Sequence[int], frames: int, source: str) -> None:
     print(f"\nFactorized encoder layer {'x'.join(map(str, shape))} ({source}), batch 1, {frames} frames, one thread, "
           f"thread CPU time, ms per layer call (minimum and median over alternating repeats; a machine shared with "
-          f"other processes: noisy); x = dense fused / this, x rank = the same rank's dense factors / this")
-    print(f"{'layer':<38} {'ms':>7} {'median':>7} {'x':>6} {'x rank':>6}  blocks")
+          f"other processes: noisy); x = dense fused / this, x rank = the same rank's dense factors / this; pruned "
+          f"factors timed on the sparse loop, decoding runs them there only where their fitted costs pay (decodes)")
+    print(f"{'layer':<38} {'ms':>7} {'median':>7} {'x':>6} {'x rank':>6}  blocks  decodes")
     for r in rows:
         vs_rank = f"{r['speedup_vs_rank']:>6.2f}" if r["speedup_vs_rank"] is not None else f"{'':>6}"
+        decodes = {None: "", True: "sparse", False: "dense"}[r["decodes_sparse"]]
         print(f"{r['layer']:<38} {r['ms']:>7.3f} {r['ms_median']:>7.3f} {r['speedup_vs_dense']:>6.2f} {vs_rank}  "
-              f"{r['blocks']}")
+              f"{r['blocks']:>6}  {decodes}")
 
 
 # -- report ------------------------------------------------------------------------------------

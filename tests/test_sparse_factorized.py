@@ -5,6 +5,8 @@ where the factors are not sparse enough, gradients are on or the extension is of
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -23,6 +25,16 @@ def extension() -> None:
     info = lowrank_lstm.backend_info()
     if info["backend"] != "cpp":
         pytest.fail(f"the C++ extension must build on this machine: {info['reason']}")
+
+
+FITTED_DENSE_COST = sparse.FACTOR_DENSE_COST
+
+
+@pytest.fixture(autouse=True)
+def sparse_always_pays(monkeypatch) -> None:
+    """The tiny layers' packed factors would not pay by the fitted costs: run them sparse anyway (the test of the
+    cost check puts :data:`FITTED_DENSE_COST` back)."""
+    monkeypatch.setattr(sparse, "FACTOR_DENSE_COST", math.inf)
 
 
 def pruned(weight: torch.Tensor, share: float, block: tuple[int, int], seed: int) -> torch.Tensor:
@@ -50,8 +62,8 @@ def reference(layer: ConcatLSTM, x: torch.Tensor, h0: torch.Tensor, c0: torch.Te
     """The rank-k recurrence on the dense factors in PyTorch operations: outputs, h, c."""
     u, v = lowrank_lstm.low_rank_factors(layer)
     with torch.no_grad():
-        x_proj = x @ v[:, :IN].t()
-        return lowrank_lstm.factorized_lstm_forward_python(x_proj, v[:, IN:], u, layer.bias, h0, c0)
+        x_proj = x @ v[:, : layer.input_size].t()
+        return lowrank_lstm.factorized_lstm_forward_python(x_proj, v[:, layer.input_size:], u, layer.bias, h0, c0)
 
 
 @pytest.fixture
@@ -165,3 +177,30 @@ def test_the_dense_rank_k_loop_equals_the_recurrence_with_output_tails(rank, bat
     ref, ref_h, ref_c = lowrank_lstm.factorized_lstm_forward_python(x_proj, v_h, u, bias, h0, c0)
     assert torch.allclose(out, ref, atol=ATOL) and torch.allclose(h, ref_h, atol=ATOL)
     assert torch.allclose(c, ref_c, atol=ATOL)
+
+
+@pytest.mark.parametrize(("share", "block", "pays"), [(0.5, (1, 1), False), (0.5, (4, 1), False),
+                                                     (0.9, (4, 1), True), (0.8, (4, 1), True)])
+def test_the_factors_run_sparse_only_where_their_fitted_costs_are_below_the_dense_loop(monkeypatch, sparse_calls,
+                                                                                      share, block, pays):
+    """A 1024 x 512 layer at rank 64 (measured on AVX-512: pruned factors pay from about 75% zeros in 4x1 blocks)."""
+    monkeypatch.setattr(sparse, "_factor_costs", lambda: (sparse.FACTOR_BLOCK_COST, sparse.FACTOR_ROW_COST,
+                                                          FITTED_DENSE_COST))  # as on AVX-512
+    hidden, rank = 256, 64
+    torch.manual_seed(13)
+    layer = ConcatLSTM(hidden, hidden).eval()
+    factorize_kernel(layer, pruned(torch.randn(4 * hidden, rank) * 0.1, share, block, 7),
+                     pruned(torch.randn(rank, 2 * hidden) * 0.1, share, block, 8))
+    layer.sparse_min_sparsity = 0.4  # the random zeros are about, not exactly, the share
+    u, v = lowrank_lstm.low_rank_factors(layer)
+    factors = (v.detach()[:, hidden:], u.detach())
+    assert sparse.sparse_factors_pay(factors, sparse.choose_factor_block(factors)) == pays
+    x, zeros = torch.randn(1, 3, hidden), torch.zeros(1, hidden)
+    with torch.no_grad():
+        out, _ = layer(x)
+        forced, _ = sparse.sparse_factorized_layer_forward(x, u, v, layer.bias, None, 0.4, check_cost=False)
+    assert len(sparse_calls) == 1 + pays
+    ref = reference(layer, x, zeros, zeros)[0]
+    assert torch.allclose(out, ref, atol=ATOL) and torch.allclose(forced, ref, atol=ATOL)
+    monkeypatch.setattr(sparse, "_factor_costs", lambda: (sparse.BLOCK_COST, sparse.ROW_COST, None))
+    assert sparse.sparse_factors_pay(factors, (4, 1))  # no dense cost fitted (no AVX-512): the threshold decides

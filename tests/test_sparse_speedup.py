@@ -106,4 +106,4 @@ def test_the_factorized_layer_table_times_every_case(bench):
     assert [r["layer"] for r in rows] == list(cases) and all(r["ms"] > 0 for r in rows)
     assert rows[2]["speedup_vs_rank"] == 1.0 and rows[0]["speedup_vs_rank"] is None
     assert rows[-1]["blocks"] in {"x".join(map(str, b)) for b in bench.sparse.FACTOR_BLOCK_COST}
-    assert not rows[2]["blocks"]
+    assert not rows[2]["blocks"] and rows[2]["decodes_sparse"] is None and rows[-1]["decodes_sparse"] in (True, False)

@@ -11,7 +11,9 @@ setting ``sparse_min_sparsity``, decoding runs it through a sparse product inste
 * a factorized encoder LSTM layer (``kernel = U V``, :mod:`asr.model.lowrank_lstm`) whose factors are pruned: its
   rank-``k`` recurrence ``z_t = V_x x_t + V_h h_{t-1}``, ``gates_t = U z_t + b`` on ``V_h`` and ``U`` packed
   (:func:`sparse_factorized_layer_forward`; ``V_x x_t`` of all frames stays one dense product). The share of zeros
-  that decides is the factors' together (``U`` and ``V``, the target's), as a dense layer's is its whole kernel's;
+  that decides is the factors' together (``U`` and ``V``, the target's), as a dense layer's is its whole kernel's,
+  and where the costs are fitted (AVX-512) the packed factors must also cost less than the dense rank-``k`` loop
+  (:func:`sparse_factors_pay`);
 * the decoder step's LSTM cell and linears (:func:`sparse_weight`, used by :mod:`asr.model.fast_decode`).
 
 Training, and any call with gradients on, keeps the dense kernels on the weights with their zeros.
@@ -44,8 +46,14 @@ ROW_COST = 2.5
 # an Intel Xeon with AVX-512, one thread (2026-12-05; benchmarks/sparse_speedup.py --factorized-only prints the
 # layer's times). Used where torch reports AVX-512: there 16 x 1 blocks (one 16-wide multiply-add) beat 8 x 1 ones
 # at up to 75% zeros, also unstructured; on AVX2 16-wide blocks measured slower and BLOCK_COST decides.
-FACTOR_BLOCK_COST = {(1, 1): 0.37, (4, 1): 0.53, (1, 4): 0.51, (8, 1): 0.61, (1, 8): 0.54, (16, 1): 0.66}
-FACTOR_ROW_COST = 1.5
+# FACTOR_DENSE_COST: nanoseconds per multiply-add of the dense rank-k loop on the same factors, same fit (ranks
+# 32-128; one fixed cost per step shared by both loops; every fitted time within 12%). A pruned factorized layer
+# runs sparse only where its packed factors cost less than that by these costs (:func:`sparse_factors_pay`): the
+# dense loop is fast enough that below about 75% zeros in 4x1 blocks (90% unstructured) the sparse one measured
+# 12-22% slower.
+FACTOR_BLOCK_COST = {(1, 1): 0.36, (4, 1): 0.53, (1, 4): 0.49, (8, 1): 0.61, (1, 8): 0.59, (16, 1): 0.72}
+FACTOR_ROW_COST = 2.0
+FACTOR_DENSE_COST = 0.0364
 MAX_COLUMNS = 65536  # the packed format's column indices are uint16
 
 _packed = WeakIdKeyDictionary()  # weight -> (key, packed tensor or None)
@@ -77,20 +85,43 @@ def choose_block(weight: torch.Tensor, block_cost: dict[tuple[int, int], float] 
     return min(costs, key=costs.__getitem__)
 
 
-def choose_factor_block(factors: tuple[torch.Tensor, ...]) -> tuple[int, int]:
-    """One block shape for the factors of a factorized layer (``V_h`` and ``U``): the cheapest for all of them by
-    :data:`FACTOR_BLOCK_COST` where torch reports AVX-512, else by :data:`BLOCK_COST`."""
+def _factor_costs() -> tuple[dict[tuple[int, int], float], float, float | None]:
+    """``(block costs, row cost, dense cost per multiply-add or None)`` for the factors on this CPU: the fitted
+    :data:`FACTOR_BLOCK_COST` where torch reports AVX-512, else :data:`BLOCK_COST` and no dense cost."""
     if torch.backends.cpu.get_cpu_capability().startswith("AVX512"):
-        table, row_cost = FACTOR_BLOCK_COST, FACTOR_ROW_COST
-    else:
-        table, row_cost = BLOCK_COST, ROW_COST
+        return FACTOR_BLOCK_COST, FACTOR_ROW_COST, FACTOR_DENSE_COST
+    return BLOCK_COST, ROW_COST, None
+
+
+def factor_block_costs(factors: tuple[torch.Tensor, ...], block_cost: dict[tuple[int, int], float],
+                       row_cost: float) -> dict[tuple[int, int], float]:
+    """Estimated nanoseconds per step of the products of ``factors`` packed in each block shape of ``block_cost``
+    that divides all of them: stored blocks times the block's cost plus block rows times ``row_cost``."""
     costs = {}
-    for block, cost in table.items():
+    for block, cost in block_cost.items():
         counts = [stored_blocks(w, block) for w in factors]
         if all(c is not None for c in counts):
             rows = sum(w.shape[0] // block[0] for w in factors)
             costs[block] = sum(counts) * cost + rows * row_cost
+    return costs
+
+
+def choose_factor_block(factors: tuple[torch.Tensor, ...]) -> tuple[int, int]:
+    """One block shape for the factors of a factorized layer (``V_h`` and ``U``): the cheapest for all of them
+    (:func:`factor_block_costs` by :func:`_factor_costs`)."""
+    table, row_cost, _ = _factor_costs()
+    costs = factor_block_costs(factors, table, row_cost)
     return min(costs, key=costs.__getitem__)
+
+
+def sparse_factors_pay(factors: tuple[torch.Tensor, ...], block: tuple[int, int]) -> bool:
+    """Whether ``factors`` packed in ``block`` blocks cost less per step than on the dense rank-``k`` loop (their
+    multiply-adds times :data:`FACTOR_DENSE_COST`); True where no dense cost is fitted (CPUs without AVX-512)."""
+    table, row_cost, dense_cost = _factor_costs()
+    if dense_cost is None:
+        return True
+    sparse_cost = factor_block_costs(factors, {block: table.get(block, max(table.values()))}, row_cost)[block]
+    return sparse_cost < dense_cost * sum(w.numel() for w in factors)
 
 
 def pack(weight: torch.Tensor, block: tuple[int, int] | None = None) -> torch.Tensor:
@@ -192,7 +223,7 @@ def check_min_sparsity(value: float | None) -> float | None:
     return float(value)
 
 
-_factor_parts = WeakIdKeyDictionary()  # U -> (key, share of zeros of U and V, (packed V_h, packed U) or None)
+_factor_parts = WeakIdKeyDictionary()  # U -> (key, share of zeros of U and V, None or (packed V_h, packed U, pays))
 
 
 def _factors_key(u: torch.Tensor, v: torch.Tensor) -> tuple | None:
@@ -208,8 +239,9 @@ def factors_sparsity(u: torch.Tensor, v: torch.Tensor) -> float:
 
 
 def _factor_entry(u: torch.Tensor, v: torch.Tensor, min_sparsity: float) -> tuple:
-    """``(share of zeros, (packed V_h, packed U) or None below min_sparsity)``, kept per ``U`` until a factor
-    changes (another tensor or version); packed only once a threshold asks for it."""
+    """``(share of zeros, None below min_sparsity or (packed V_h, packed U, whether they pay))`` (see
+    :func:`sparse_factors_pay`), kept per ``U`` until a factor changes (another tensor or version); packed only once
+    a threshold asks for it."""
     key = _factors_key(u, v)
     cached = _factor_parts.get(u) if key is not None else None
     if cached is None or cached[0] != key:
@@ -219,7 +251,7 @@ def _factor_entry(u: torch.Tensor, v: torch.Tensor, min_sparsity: float) -> tupl
         hidden = u.shape[0] // 4
         v_h, u_d = v.detach()[:, v.shape[1] - hidden:], u.detach()
         block = choose_factor_block((v_h, u_d))
-        packed = (pack(v_h, block), pack(u_d, block))
+        packed = (pack(v_h, block), pack(u_d, block), sparse_factors_pay((v_h, u_d), block))
         cached = (key, share, packed)
     if key is not None:
         _factor_parts[u] = cached
@@ -227,12 +259,14 @@ def _factor_entry(u: torch.Tensor, v: torch.Tensor, min_sparsity: float) -> tupl
 
 
 def sparse_factorized_layer_forward(x: torch.Tensor, u: torch.Tensor, v: torch.Tensor, bias: torch.Tensor,
-                                    state: tuple[torch.Tensor, torch.Tensor] | None, min_sparsity: float | None
+                                    state: tuple[torch.Tensor, torch.Tensor] | None, min_sparsity: float | None,
+                                    check_cost: bool = True
                                     ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]] | None:
     """A factorized LSTM layer (``U`` ``(4H, k)``, ``V`` = ``[V_x | V_h]`` ``(k, in + H)``) for inference on the
     sparse rank-``k`` recurrence: ``x`` ``(B, T, in)`` -> outputs ``(B, T, H)`` and the final ``(h, c)``; None
     when the factors are not to run sparse (fewer than ``min_sparsity`` zeros in ``U`` and ``V`` together, None
-    threshold, gradients on, not CPU float32 or no extension), and the caller keeps the dense factors
+    threshold, gradients on, not CPU float32 or no extension, or with ``check_cost`` where the packed factors would
+    cost more than the dense ones: :func:`sparse_factors_pay`), and the caller keeps the dense factors
     (:func:`asr.model.lowrank_lstm.factorized_layer_forward`).
 
     ``V_h`` and ``U`` are packed in the one block shape :func:`choose_factor_block` picks for both; ``V_x x_t`` of
@@ -241,7 +275,7 @@ def sparse_factorized_layer_forward(x: torch.Tensor, u: torch.Tensor, v: torch.T
             or not lowrank_lstm._uses_extension(x, u, v, bias)):
         return None
     share, packed = _factor_entry(u, v, min_sparsity)
-    if share < min_sparsity:
+    if share < min_sparsity or (check_cost and not packed[2]):
         return None
     hidden = u.shape[0] // 4
     v_x = v.detach()[:, : v.shape[1] - hidden]
