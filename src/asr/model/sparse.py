@@ -73,15 +73,13 @@ def stored_blocks(weight: torch.Tensor, block: tuple[int, int]) -> int | None:
     return int((weight != 0).reshape(m // bh, bh, n // bw, bw).any(dim=3).any(dim=1).sum())
 
 
-def choose_block(weight: torch.Tensor, block_cost: dict[tuple[int, int], float] | None = None,
-                 row_cost: float = ROW_COST) -> tuple[int, int]:
-    """The block shape of ``block_cost`` (default :data:`BLOCK_COST`) whose product costs least by it and
-    ``row_cost`` per block row (ties: the first listed)."""
+def choose_block(weight: torch.Tensor) -> tuple[int, int]:
+    """The block shape of :data:`BLOCK_COST` whose product costs least by it (ties: the first listed)."""
     costs = {}
-    for block, cost in (BLOCK_COST if block_cost is None else block_cost).items():
+    for block, cost in BLOCK_COST.items():
         count = stored_blocks(weight, block)
         if count is not None:
-            costs[block] = count * cost + weight.shape[0] // block[0] * row_cost
+            costs[block] = count * cost + weight.shape[0] // block[0] * ROW_COST
     return min(costs, key=costs.__getitem__)
 
 
@@ -223,7 +221,7 @@ def check_min_sparsity(value: float | None) -> float | None:
     return float(value)
 
 
-_factor_parts = WeakIdKeyDictionary()  # U -> (key, share of zeros of U and V, None or (packed V_h, packed U, pays))
+_factor_parts = WeakIdKeyDictionary()  # U -> (key, share of zeros of U and V, None or the packing, see _factor_entry)
 
 
 def _factors_key(u: torch.Tensor, v: torch.Tensor) -> tuple | None:
@@ -238,24 +236,28 @@ def factors_sparsity(u: torch.Tensor, v: torch.Tensor) -> float:
     return 1.0 - (int(torch.count_nonzero(u)) + int(torch.count_nonzero(v))) / total if total else 0.0
 
 
-def _factor_entry(u: torch.Tensor, v: torch.Tensor, min_sparsity: float) -> tuple:
-    """``(share of zeros, None below min_sparsity or (packed V_h, packed U, whether they pay))`` (see
-    :func:`sparse_factors_pay`), kept per ``U`` until a factor changes (another tensor or version); packed only once
-    a threshold asks for it."""
+def _factor_entry(u: torch.Tensor, v: torch.Tensor, min_sparsity: float, check_cost: bool) -> tuple:
+    """``(share of zeros, packing)``: the packing is None below ``min_sparsity``, else ``[block, pays, packed]`` with
+    the factors' block shape (:func:`choose_factor_block`), whether they pay (:func:`sparse_factors_pay`) and
+    ``(packed V_h, packed U)``, packed once they are to run (they pay or ``check_cost`` is off). Kept per ``U`` until a
+    factor changes (another tensor or version)."""
     key = _factors_key(u, v)
     cached = _factor_parts.get(u) if key is not None else None
     if cached is None or cached[0] != key:
         cached = (key, factors_sparsity(u, v), None)
-    share, packed = cached[1], cached[2]
-    if packed is None and share >= min_sparsity:
+    share, packing = cached[1], cached[2]
+    if share >= min_sparsity:
         hidden = u.shape[0] // 4
-        v_h, u_d = v.detach()[:, v.shape[1] - hidden:], u.detach()
-        block = choose_factor_block((v_h, u_d))
-        packed = (pack(v_h, block), pack(u_d, block), sparse_factors_pay((v_h, u_d), block))
-        cached = (key, share, packed)
+        factors = (v.detach()[:, v.shape[1] - hidden:], u.detach())
+        if packing is None:
+            block = choose_factor_block(factors)
+            packing = [block, sparse_factors_pay(factors, block), None]
+        if packing[2] is None and (packing[1] or not check_cost):
+            packing[2] = tuple(pack(w, packing[0]) for w in factors)
+        cached = (key, share, packing)
     if key is not None:
         _factor_parts[u] = cached
-    return share, packed
+    return share, packing
 
 
 def sparse_factorized_layer_forward(x: torch.Tensor, u: torch.Tensor, v: torch.Tensor, bias: torch.Tensor,
@@ -274,9 +276,10 @@ def sparse_factorized_layer_forward(x: torch.Tensor, u: torch.Tensor, v: torch.T
     if (min_sparsity is None or torch.is_grad_enabled() or max(u.shape[1], v.shape[1]) > MAX_COLUMNS
             or not lowrank_lstm._uses_extension(x, u, v, bias)):
         return None
-    share, packed = _factor_entry(u, v, min_sparsity)
-    if share < min_sparsity or (check_cost and not packed[2]):
+    share, packing = _factor_entry(u, v, min_sparsity, check_cost)
+    if share < min_sparsity or (check_cost and not packing[1]):
         return None
+    packed = packing[2]
     hidden = u.shape[0] // 4
     v_x = v.detach()[:, : v.shape[1] - hidden]
     x_proj = torch.matmul(x, v_x.t())
