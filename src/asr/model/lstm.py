@@ -10,7 +10,7 @@ the fused kernel on the rebuilt product while gradients are on (exact, costs wha
 costs); at inference on the CPU the layer runs the ``k``-dimensional recurrence instead
 (:func:`asr.model.lowrank_lstm.factorized_layer_forward`) and the cell two thin products, which is
 where the speed-up of compression comes from. With pruned factors (at least ``sparse_min_sparsity`` zeros in
-``U`` and ``V`` together) the layer runs that recurrence on the factors packed sparse
+``U`` and ``V`` together, and where that pays) the layer runs that recurrence on the factors packed sparse
 (:func:`asr.model.sparse.sparse_factorized_layer_forward`).
 """
 

@@ -40,7 +40,6 @@ enum Slot { kMagic, kFormatVersion, kRows, kCols, kBlockRows, kBlockCols, kBlock
 
 int64_t aligned(int64_t n) { return (n + kHeader - 1) / kHeader * kHeader; }
 
-
 SparseView view_of(const at::Tensor& packed) {
     TORCH_CHECK(shrinkml::is_sparse_packed(packed), "not a packed sparse matrix (make it with sparse_pack)");
     const int32_t* h = packed.data_ptr<int32_t>();
