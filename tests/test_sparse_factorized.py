@@ -35,6 +35,7 @@ def sparse_always_pays(monkeypatch) -> None:
     """The tiny layers' packed factors would not pay by the fitted costs: run them sparse anyway (the test of the
     cost check puts :data:`FITTED_DENSE_COST` back)."""
     monkeypatch.setattr(sparse, "FACTOR_DENSE_COST", math.inf)
+    monkeypatch.setattr(sparse, "FACTOR_MAX_BATCH", 64)
 
 
 def pruned(weight: torch.Tensor, share: float, block: tuple[int, int], seed: int) -> torch.Tensor:
@@ -202,5 +203,9 @@ def test_the_factors_run_sparse_only_where_their_fitted_costs_are_below_the_dens
     assert len(sparse_calls) == 1 + pays
     ref = reference(layer, x, zeros, zeros)[0]
     assert torch.allclose(out, ref, atol=ATOL) and torch.allclose(forced, ref, atol=ATOL)
+    monkeypatch.setattr(sparse, "FACTOR_MAX_BATCH", 1)
+    with torch.no_grad():
+        layer(torch.randn(2, 3, hidden))  # batched: the dense loop's batched products are faster
+    assert len(sparse_calls) == 1 + pays
     monkeypatch.setattr(sparse, "_factor_costs", lambda: (sparse.BLOCK_COST, sparse.ROW_COST, None))
     assert sparse.sparse_factors_pay(factors, (4, 1))  # no dense cost fitted (no AVX-512): the threshold decides

@@ -54,6 +54,15 @@ ROW_COST = 2.5
 FACTOR_BLOCK_COST = {(1, 1): 0.36, (4, 1): 0.53, (1, 4): 0.49, (8, 1): 0.61, (1, 8): 0.59, (16, 1): 0.72}
 FACTOR_ROW_COST = 2.0
 FACTOR_DENSE_COST = 0.0364
+# Batches above FACTOR_MAX_BATCH keep the dense rank-k loop where the costs are fitted: its batched products measured
+# faster than the sparse loop at every batch and sparsity tried (r64, 200 frames, 75% and 90% zeros in 4x1 blocks:
+# batch 4 1.5 ms dense against 2.6 and 1.8 ms, batch 16 5.5 against 10.6 and 6.8 ms). The sparse loop runs batches
+# up to FACTOR_GEMV_ROWS row after row: its batched product, with 16x1 blocks, measured 2-13x slower at batch 2-16.
+# The dense layer's sparse W_hh recurrence runs batches up to SPARSE_GEMV_ROWS row after row: the batched sparse
+# product has tiles of 8 rows, and 2-7 rows fell to its scalar loop (batch 4, 80% 4x1: 33 ms against 6.2 row by row).
+FACTOR_MAX_BATCH = 1
+FACTOR_GEMV_ROWS = 64
+SPARSE_GEMV_ROWS = 7
 MAX_COLUMNS = 65536  # the packed format's column indices are uint16
 
 _packed = WeakIdKeyDictionary()  # weight -> (key, packed tensor or None)
@@ -176,7 +185,7 @@ def sparse_layer_forward(x: torch.Tensor, kernel: torch.Tensor, bias: torch.Tens
         h0 = c0 = x.new_zeros(x.shape[0], hidden)
     else:
         h0, c0 = state
-    out, h, c = torch.ops.shrinkml_lowrank.sparse_lstm_forward(x_gates, packed, h0, c0, 1)
+    out, h, c = torch.ops.shrinkml_lowrank.sparse_lstm_forward(x_gates, packed, h0, c0, SPARSE_GEMV_ROWS)
     return out, (h, c)
 
 
@@ -267,14 +276,17 @@ def sparse_factorized_layer_forward(x: torch.Tensor, u: torch.Tensor, v: torch.T
     """A factorized LSTM layer (``U`` ``(4H, k)``, ``V`` = ``[V_x | V_h]`` ``(k, in + H)``) for inference on the
     sparse rank-``k`` recurrence: ``x`` ``(B, T, in)`` -> outputs ``(B, T, H)`` and the final ``(h, c)``; None
     when the factors are not to run sparse (fewer than ``min_sparsity`` zeros in ``U`` and ``V`` together, None
-    threshold, gradients on, not CPU float32 or no extension, or with ``check_cost`` where the packed factors would
-    cost more than the dense ones: :func:`sparse_factors_pay`), and the caller keeps the dense factors
+    threshold, gradients on, not CPU float32 or no extension, or with ``check_cost`` where the costs are fitted and
+    the packed factors would cost more than the dense ones, :func:`sparse_factors_pay`, or the batch is above
+    :data:`FACTOR_MAX_BATCH`), and the caller keeps the dense factors
     (:func:`asr.model.lowrank_lstm.factorized_layer_forward`).
 
     ``V_h`` and ``U`` are packed in the one block shape :func:`choose_factor_block` picks for both; ``V_x x_t`` of
     all frames is one dense matrix product."""
     if (min_sparsity is None or torch.is_grad_enabled() or max(u.shape[1], v.shape[1]) > MAX_COLUMNS
             or not lowrank_lstm._uses_extension(x, u, v, bias)):
+        return None
+    if check_cost and x.shape[0] > FACTOR_MAX_BATCH and _factor_costs()[2] is not None:
         return None
     share, packing = _factor_entry(u, v, min_sparsity, check_cost)
     if share < min_sparsity or (check_cost and not packing[1]):
@@ -288,5 +300,5 @@ def sparse_factorized_layer_forward(x: torch.Tensor, u: torch.Tensor, v: torch.T
     else:
         h0, c0 = state
     out, h, c = torch.ops.shrinkml_lowrank.sparse_factorized_lstm_forward(x_proj, packed[0], packed[1], bias, h0, c0,
-                                                                          1)
+                                                                          FACTOR_GEMV_ROWS)
     return out, (h, c)
