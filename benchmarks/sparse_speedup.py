@@ -28,6 +28,17 @@ kernels' loop gains over oneDNN and the dense step by itself, which the pruned m
 ``4H x (E + D + H)`` -- the batch-1 product ``W x`` dense (``F.linear``, MKL) against sparse (the block
 shape ``asr.model.sparse.choose_block`` picks, and the pattern's own), and the encoder recurrence per step
 on ``W_hh`` (``4H x H``): the library's dense loop against the sparse one; alternating as above.
+
+**Factorized layers** (``--factorized-only`` runs this section alone, on a seeded random layer instead of the
+checkpoint's): one encoder LSTM layer of the checkpoint's ``4H x (in + H)`` shape (``encoder.layers.1``, 1024 x
+512) over ``--frames`` frames at batch 1, whole layer calls (``ConcatLSTM`` under ``torch.no_grad``), one thread,
+the thread's CPU time, the minimum over alternating repeats: the dense layer on oneDNN's fused LSTM; the kernel
+magnitude-pruned to 80% in 4x1 blocks (the sparse ``W_hh`` recurrence); factorized by truncated SVD
+(``compress.lowrank.factorize_kernel``, ``U = U_k S^1/2``, ``V = S^1/2 V_k^T``) at each ``--ranks`` on the dense
+rank-``k`` loop; the same factors on the sparse rank-``k`` recurrence without zeros (control); and the factors
+magnitude-pruned (each of ``U`` and ``V``) to each ``--factor-sparsities``, unstructured and in 4x1 blocks, on the
+sparse rank-``k`` recurrence (``asr.model.sparse.sparse_factorized_layer_forward`` without its cost check), with
+whether decoding runs them there (``asr.model.sparse.sparse_factors_pay``) or on the dense rank-``k`` loop.
 """
 
 from __future__ import annotations
@@ -50,7 +61,9 @@ from asr.data.tokenizer import BOS_ID
 from asr.latency import DecodeClock, alternate, ratio_summary, single_utterances, spread
 from asr.model import lowrank_lstm, sparse
 from asr.model.asr_model import AsrModel
+from asr.model.lstm import ConcatLSTM
 from common.atomic import write_json_atomic
+from compress.lowrank import factorize_kernel
 from compress.prune import magnitude_mask, prunable_matrices
 from shrinkml.stage import data_module, eval_batches, load_recognizer
 
@@ -219,6 +232,96 @@ def kernel_rows(model: AsrModel, sparsities: Sequence[float], repeats: int, call
     return rows
 
 
+# -- factorized layers -------------------------------------------------------------------------
+def factorized_layer(layer: ConcatLSTM, rank: int, sparsity: float, block: tuple[int, int],
+                     min_sparsity: float | None) -> ConcatLSTM:
+    """A copy of ``layer`` factorized at ``rank`` by truncated SVD, each factor magnitude-pruned to ``sparsity`` in
+    ``block`` blocks, decoding with ``sparse_min_sparsity`` = ``min_sparsity``."""
+    out = copy.deepcopy(layer).eval()
+    with torch.no_grad():
+        u_full, s, vh = torch.linalg.svd(layer.kernel.detach().double(), full_matrices=False)
+        root = s[:rank].sqrt()
+        u, v = (u_full[:, :rank] * root).float(), (root[:, None] * vh[:rank]).float()
+        if sparsity > 0:
+            u, v = u * magnitude_mask(u, sparsity, block), v * magnitude_mask(v, sparsity, block)
+    factorize_kernel(out, u.contiguous(), v.contiguous())
+    out.sparse_min_sparsity = min_sparsity
+    return out
+
+
+def factorized_cases(layer: ConcatLSTM, ranks: Sequence[int], sparsities: Sequence[float]
+                     ) -> dict[str, ConcatLSTM]:
+    """The layers :func:`factorized_rows` times, by name (see the module docstring)."""
+    dense = copy.deepcopy(layer).eval()
+    dense.sparse_min_sparsity = None
+    pruned = copy.deepcopy(layer).eval()
+    with torch.no_grad():
+        pruned.kernel.mul_(magnitude_mask(pruned.kernel, 0.8, (4, 1)))
+    pruned.sparse_min_sparsity = 0.5
+    cases = {"dense (oneDNN fused)": dense, "dense pruned 0.8 4x1 (sparse W_hh)": pruned}
+    for rank in ranks:
+        cases[f"r{rank}"] = factorized_layer(layer, rank, 0.0, (1, 1), None)
+        cases[f"r{rank} on the sparse loop (control)"] = factorized_layer(layer, rank, 0.0, (1, 1), 0.0)
+        for s in sparsities:
+            for pattern in ("unstructured", "4x1"):
+                cases[f"r{rank}+s{s:g} {pattern}"] = factorized_layer(layer, rank, s, PATTERNS[pattern], 0.0)
+    return cases
+
+
+def factorized_rows(layer: ConcatLSTM, ranks: Sequence[int], sparsities: Sequence[float], frames: int,
+                    repeats: int, calls: int) -> list[dict]:
+    """Batch-1 milliseconds per layer call over ``frames`` frames (minimum and median over alternating repeats)."""
+    clock = DecodeClock(1)
+    x = torch.randn(1, frames, layer.input_size, generator=torch.Generator().manual_seed(0))
+    cases = factorized_cases(layer, ranks, sparsities)
+
+    def call(module: ConcatLSTM) -> None:
+        with torch.no_grad():
+            factors = lowrank_lstm.low_rank_factors(module)
+            if factors is not None and module.sparse_min_sparsity is not None:  # the sparse loop, paying or not
+                sparse.sparse_factorized_layer_forward(x, *factors, module.bias, None, 0.0, check_cost=False)
+            else:
+                module(x)
+
+    with clock.checked():
+        timed = alternate({name: timed_loop(partial(call, module), calls, clock) for name, module in cases.items()},
+                          repeats, warmup=1)
+    rows = []
+    for name, module in cases.items():
+        ms = [1000 * t for t in timed[name]]
+        rank = name.split("+")[0].split()[0]
+        rows.append({"layer": name, "ms": min(ms), "ms_median": statistics.median(ms),
+                     "speedup_vs_dense": 1000 * min(timed["dense (oneDNN fused)"]) / min(ms),
+                     "speedup_vs_rank": (1000 * min(timed[rank]) / min(ms)) if rank in timed else None,
+                     **_factor_blocks(module)})
+    return rows
+
+
+def _factor_blocks(module: ConcatLSTM) -> dict:
+    """``blocks``: the block shape the factors (V_h, U) are packed in on the sparse rank-k loop, and
+    ``decodes_sparse``: whether decoding runs them there (``asr.model.sparse.sparse_factors_pay``; None: dense)."""
+    factors = lowrank_lstm.low_rank_factors(module)
+    if factors is None or module.sparse_min_sparsity is None:
+        return {"blocks": "", "decodes_sparse": None}
+    hidden = module.hidden_size
+    pair = (factors[1].detach()[:, -hidden:], factors[0].detach())
+    block = sparse.choose_factor_block(pair)
+    return {"blocks": "x".join(map(str, block)), "decodes_sparse": sparse.sparse_factors_pay(pair, block)}
+
+
+def print_factorized(rows: list[dict], shape: Sequence[int], frames: int, source: str) -> None:
+    print(f"\nFactorized encoder layer {'x'.join(map(str, shape))} ({source}), batch 1, {frames} frames, one thread, "
+          f"thread CPU time, ms per layer call (minimum and median over alternating repeats; a machine shared with "
+          f"other processes: noisy); x = dense fused / this, x rank = the same rank's dense factors / this; pruned "
+          f"factors timed on the sparse loop, decoding runs them there only where their fitted costs pay (decodes)")
+    print(f"{'layer':<38} {'ms':>7} {'median':>7} {'x':>6} {'x rank':>6}  blocks  decodes")
+    for r in rows:
+        vs_rank = f"{r['speedup_vs_rank']:>6.2f}" if r["speedup_vs_rank"] is not None else f"{'':>6}"
+        decodes = {None: "", True: "sparse", False: "dense"}[r["decodes_sparse"]]
+        print(f"{r['layer']:<38} {r['ms']:>7.3f} {r['ms_median']:>7.3f} {r['speedup_vs_dense']:>6.2f} {vs_rank}  "
+              f"{r['blocks']:>6}  {decodes}")
+
+
 # -- report ------------------------------------------------------------------------------------
 def print_decoding(results: dict[str, dict], sparsities: Sequence[float], blocks: dict[str, dict]) -> None:
     dense = results["dense"]
@@ -285,6 +388,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--kernel-calls", type=int, default=200, help="calls per timed kernel sample")
     parser.add_argument("--skip-kernels", action="store_true")
     parser.add_argument("--skip-decoding", action="store_true")
+    parser.add_argument("--skip-factorized", action="store_true")
+    parser.add_argument("--factorized-only", action="store_true",
+                        help="only the factorized layers, on a seeded random 1024 x 512 layer (no checkpoint)")
+    parser.add_argument("--ranks", type=int, nargs="+", default=[64, 128])
+    parser.add_argument("--factor-sparsities", type=float, nargs="+", default=[0.5, 0.75, 0.9])
+    parser.add_argument("--frames", type=int, default=200, help="frames per factorized layer call")
+    parser.add_argument("--factorized-repeats", type=int, default=15)
+    parser.add_argument("--factorized-calls", type=int, default=3, help="layer calls per timed sample")
     parser.add_argument("--json", type=Path, help="also write every number to this JSON file")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides of conf/train.yaml (data, decoding)")
     args = parser.parse_args(argv)
@@ -293,6 +404,15 @@ def main(argv: list[str] | None = None) -> int:
     if info["backend"] != "cpp":
         print(f"sparse_speedup: the C++ extension is needed ({info['reason']})", file=sys.stderr)
         return 2
+    if args.factorized_only:
+        torch.manual_seed(0)
+        report = {"date": date.today().isoformat(), "threads": 1, "clock": DecodeClock(1).kind, "cpu": _cpu(),
+                  "torch": torch.__version__}
+        run_factorized(report, ConcatLSTM(256, 256).eval(), "seeded random weights", args)
+        if args.json:
+            write_json_atomic(args.json, report)
+            print(f"wrote {args.json}")
+        return 0
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = compose("train", overrides=["data.progress=false", *args.overrides])
     module = load_recognizer(args.ckpt, cfg.decoding)
@@ -305,6 +425,10 @@ def main(argv: list[str] | None = None) -> int:
         report["kernels"] = kernel_rows(dense, args.sparsities, args.kernel_repeats, args.kernel_calls)
         print_kernels(report["kernels"])
         print(f"(kernels measured in {time.perf_counter() - started:.0f} s)")
+    if not args.skip_factorized:
+        layers = dense.encoder.layers
+        layer = next((m for m in layers if tuple(m.kernel.shape) == (1024, 512)), layers[-1])
+        run_factorized(report, layer, f"{args.ckpt}, an encoder layer", args)
     if not args.skip_decoding:
         split = cfg.data.dev_splits[0]
         utterances = single_utterances(eval_batches(data_module(cfg.data), split, args.utterances), args.utterances)
@@ -339,6 +463,27 @@ def main(argv: list[str] | None = None) -> int:
         write_json_atomic(args.json, report)
         print(f"wrote {args.json}")
     return 0
+
+
+def run_factorized(report: dict, layer: ConcatLSTM, source: str, args: argparse.Namespace) -> None:
+    started = time.perf_counter()
+    rows = factorized_rows(layer, args.ranks, args.factor_sparsities, args.frames, args.factorized_repeats,
+                           args.factorized_calls)
+    print(f"CPU: {report['cpu']} ({_simd()})")
+    print_factorized(rows, tuple(layer.kernel.shape), args.frames, source)
+    print(f"(factorized layers measured in {time.perf_counter() - started:.0f} s)")
+    report["factorized"] = {"shape": list(layer.kernel.shape), "source": source, "frames": args.frames,
+                            "repeats": args.factorized_repeats, "simd": _simd(), "rows": rows}
+
+
+def _simd() -> str:
+    """The widest vector extension the CPU reports (``/proc/cpuinfo`` flags): AVX-512, AVX2 or neither."""
+    try:
+        flags = next((line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")), "")
+    except OSError:
+        return "unknown"
+    words = set(flags.split())
+    return "AVX-512" if "avx512f" in words else "AVX2" if "avx2" in words else "no AVX2"
 
 
 def _cpu() -> str:

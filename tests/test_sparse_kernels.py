@@ -18,7 +18,7 @@ from compress.svd import SvdCache
 from compress.targets import discover_targets
 
 ATOL = 2e-5
-BLOCKS = [(1, 1), (4, 1), (1, 4), (8, 1), (1, 8)]
+BLOCKS = [(1, 1), (4, 1), (1, 4), (8, 1), (1, 8), (16, 1)]
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

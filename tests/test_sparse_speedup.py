@@ -88,3 +88,22 @@ def test_kernel_rows_on_the_model_shapes(bench):
     rows = bench.kernel_rows(tiny_model(), [0.5], repeats=1, calls=4)
     assert {r["matrix"] for r in rows} == {"encoder.layers.0", "encoder.layers.1", "decoder.cell"}
     assert {r["pattern"] for r in rows} == set(bench.PATTERNS) and all(r["us"]["sparse"] > 0 for r in rows)
+
+
+def test_the_factorized_layer_table_times_every_case(bench):
+    from asr.model.lstm import ConcatLSTM
+
+    torch.manual_seed(0)
+    layer = ConcatLSTM(8, 8).eval()
+    cases = bench.factorized_cases(layer, [4], [0.5])
+    assert list(cases) == ["dense (oneDNN fused)", "dense pruned 0.8 4x1 (sparse W_hh)", "r4",
+                           "r4 on the sparse loop (control)", "r4+s0.5 unstructured", "r4+s0.5 4x1"]
+    entry = cases["r4+s0.5 4x1"].parametrizations.kernel
+    u, v = entry.original0, entry.original1
+    assert (u == 0).float().mean() == 0.5 and (v == 0).float().mean() == 0.5
+    assert cases["r4"].sparse_min_sparsity is None and (cases["r4"].kernel != 0).all()
+    rows = bench.factorized_rows(layer, [4], [0.5], frames=5, repeats=1, calls=1)
+    assert [r["layer"] for r in rows] == list(cases) and all(r["ms"] > 0 for r in rows)
+    assert rows[2]["speedup_vs_rank"] == 1.0 and rows[0]["speedup_vs_rank"] is None
+    assert rows[-1]["blocks"] in {"x".join(map(str, b)) for b in bench.sparse.FACTOR_BLOCK_COST}
+    assert not rows[2]["blocks"] and rows[2]["decodes_sparse"] is None and rows[-1]["decodes_sparse"] in (True, False)

@@ -11,7 +11,9 @@ The sources are in ``csrc/`` (installed with the package):
   (``decode_step``, and ``take_attention_nanoseconds``, its clock of the attention part);
 * ``sparse_kernels.h`` / ``sparse_kernels.cpp``: pruned weights packed as sparse matrices (CSR or 4x1, 1x4,
   8x1, 1x8 blocks) and their products and LSTM recurrence, for :mod:`asr.model.sparse` (``sparse_pack``,
-  ``sparse_linear``, ``sparse_lstm_forward``); the decoder step's linear chains take them too.
+  ``sparse_linear``, ``sparse_lstm_forward``); the decoder step's linear chains take them too;
+* ``sparse_factorized_lstm.cpp``: the rank-``k`` recurrence on pruned factors, ``V_h`` and ``U`` packed sparse
+  (``sparse_factorized_lstm_forward``, for :func:`asr.model.sparse.sparse_factorized_layer_forward`).
 
 They register the operators under ``torch.ops.shrinkml_lowrank`` (CPU float32). The hot loops are
 compiled for AVX-512, AVX2 and plain x86-64 and chosen at load time on x86-64 with GCC. Building takes
@@ -35,11 +37,12 @@ import torch
 
 NAME = "shrinkml_kernels"  # the library's name; its build directory is NAME_<source hash> (build_name)
 CSRC = Path(__file__).with_name("csrc")
-SOURCES = ("lstm_math.cpp", "factorized_lstm.cpp", "decode_step.cpp", "sparse_kernels.cpp")
+SOURCES = ("lstm_math.cpp", "factorized_lstm.cpp", "decode_step.cpp", "sparse_kernels.cpp",
+           "sparse_factorized_lstm.cpp")
 CFLAGS = ("-O3", "-fno-trapping-math")
 NAMESPACE = "shrinkml_lowrank"  # torch.ops.<NAMESPACE>.<operator>
 OPERATORS = ("pack", "forward_packed", "pack_dense", "dense_forward", "decode_step", "take_attention_nanoseconds",
-             "sparse_pack", "sparse_linear", "sparse_lstm_forward")
+             "sparse_pack", "sparse_linear", "sparse_lstm_forward", "sparse_factorized_lstm_forward")
 
 def source_hash(csrc: Path | None = None, cflags: tuple[str, ...] = CFLAGS) -> str:
     """12 hex digits of the SHA-256 of what the build depends on: the folder ``csrc`` (default: :data:`CSRC`) itself,

@@ -9,7 +9,9 @@ A kernel made a rank-``k`` product ``U V`` (the contract in :mod:`asr.model.lowr
 the fused kernel on the rebuilt product while gradients are on (exact, costs what dense training
 costs); at inference on the CPU the layer runs the ``k``-dimensional recurrence instead
 (:func:`asr.model.lowrank_lstm.factorized_layer_forward`) and the cell two thin products, which is
-where the speed-up of compression comes from.
+where the speed-up of compression comes from. With pruned factors (at least ``sparse_min_sparsity`` zeros in
+``U`` and ``V`` together, and where that pays) the layer runs that recurrence on the factors packed sparse
+(:func:`asr.model.sparse.sparse_factorized_layer_forward`).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from torch import nn
 from torch.utils.weak import WeakIdKeyDictionary
 
 from asr.model.lowrank_lstm import factorized_layer_forward, low_rank_factors
-from asr.model.sparse import sparse_layer_forward
+from asr.model.sparse import sparse_factorized_layer_forward, sparse_layer_forward
 
 _fused_cache = WeakIdKeyDictionary()  # dense kernel -> (key, its (W_ih, W_hh, zero b_hh) for inference)
 
@@ -88,7 +90,11 @@ class ConcatLSTM(_ConcatKernel):
         """
         if not torch.is_grad_enabled() and x.device.type == "cpu":  # elsewhere the fused kernel on U @ V wins
             factors = low_rank_factors(self)
-            if factors is not None:
+            if factors is not None:  # pruned factors: the sparse rank-k recurrence, else the dense one
+                sparse = sparse_factorized_layer_forward(x, factors[0], factors[1], self.bias, state,
+                                                         self.sparse_min_sparsity)
+                if sparse is not None:
+                    return sparse
                 return factorized_layer_forward(x, factors[0], factors[1], self.bias, state)
             if isinstance(self.kernel, nn.Parameter):  # a pruned kernel: zeros in the parameter itself
                 sparse = sparse_layer_forward(x, self.kernel, self.bias, self.input_size, state,

@@ -31,6 +31,7 @@ using shrinkml::kSparseMagic;
 using shrinkml::Recurrence;
 using shrinkml::run_batched;
 using shrinkml::run_rows;
+using shrinkml::SparseView;
 using shrinkml::start_recurrence;
 
 constexpr int64_t kHeader = 16;  // int32 slots of the header; every section starts at a multiple of 16
@@ -38,13 +39,6 @@ constexpr int32_t kVersion = 1;
 enum Slot { kMagic, kFormatVersion, kRows, kCols, kBlockRows, kBlockCols, kBlocks, kPtrAt, kIndexAt, kValueAt };
 
 int64_t aligned(int64_t n) { return (n + kHeader - 1) / kHeader * kHeader; }
-
-struct SparseView {
-    int64_t rows, cols, bh, bw, blocks;
-    const int32_t* ptr;
-    const uint16_t* index;
-    const float* values;
-};
 
 SparseView view_of(const at::Tensor& packed) {
     TORCH_CHECK(shrinkml::is_sparse_packed(packed), "not a packed sparse matrix (make it with sparse_pack)");
@@ -224,7 +218,7 @@ SHRINKML_INLINE void gemm_t_impl(const SparseView& w, const float* __restrict xt
 }
 
 // One clone per instruction set of each kernel and block shape (target_clones does not take templates).
-#define SHRINKML_SPARSE_SHAPES(X) X(1, 1) X(1, 4) X(4, 1) X(1, 8) X(8, 1)
+#define SHRINKML_SPARSE_SHAPES(X) X(1, 1) X(1, 4) X(4, 1) X(1, 8) X(8, 1) X(16, 1)
 #define SHRINKML_SPARSE_DEFINE(BH, BW)                                                                      \
     SHRINKML_CLONES void gemv_##BH##x##BW(const SparseView& w, const float* x, float* y) {                 \
         gemv_impl<BH, BW>(w, x, y);                                                                         \
@@ -355,6 +349,16 @@ namespace shrinkml {
 bool is_sparse_packed(const at::Tensor& t) {
     return t.defined() && t.device().is_cpu() && t.scalar_type() == at::kInt && t.dim() == 1 && t.numel() >= kHeader &&
            t.is_contiguous() && t.data_ptr<int32_t>()[kMagic] == kSparseMagic;
+}
+
+SparseView sparse_view(const at::Tensor& packed) { return view_of(packed); }
+
+void sparse_gemv(const SparseView& w, const float* x, float* y) { gemv(w, x, y); }
+
+void sparse_gemm_t(const SparseView& w, const float* xt, int64_t n, float* yt) { gemm_t(w, xt, n, yt); }
+
+void transpose_into(const float* src, int64_t rows, int64_t cols, int64_t ld_src, float* dst, int64_t ld_dst) {
+    transpose(src, rows, cols, ld_src, dst, ld_dst);
 }
 
 at::Tensor sparse_linear(const at::Tensor& x, const at::Tensor& packed, const std::optional<at::Tensor>& bias) {
