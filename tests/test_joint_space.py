@@ -166,3 +166,4 @@ def test_joint_search_stage_on_the_tiny_corpus(tiny_corpus, tmp_path_factory):
     assert any(isinstance(v, dict) and "sparsity" in v for p in points for v in p["ranks"].values())
     chosen = Scheme.load(out / "best_scheme.json")
     assert report["summary"]["selected_on"] == "dev" and chosen.estimates["speedup/params"] >= 2.0
+    assert chosen.provenance == "optuna-joint"  # its rows in make compare: "optuna-joint retrained"

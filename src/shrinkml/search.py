@@ -195,7 +195,8 @@ def search_worker(cfg: DictConfig, module, started: float) -> dict:
     # every worker's points; only this worker's own file may be repaired (another worker may be appending to its)
     report = finalize(cfg, module, targets, cache, datamodule, ExploredSet.shared(out, worker), baseline_wer, score,
                       searcher, loop.summary(), clock.total(), proxy_decode_seconds, clock.attempts,
-                      latency_table=latency_table)
+                      latency_table=latency_table,
+                      provenance=f"{searcher.provenance}-joint" if space.ragged else searcher.provenance)
     clock.save()
     for logger in loggers:
         if hasattr(logger, "log_image"):  # W&B
@@ -257,7 +258,7 @@ def fuller_report(path: Path, explored: int) -> dict | None:
 
 def finalize(cfg, module, targets, cache, datamodule, explored: ExploredSet, baseline_wer: float, score,
              searcher: Searcher, loop_summary: dict, wall_seconds: float, proxy_decode_seconds: float, attempts: int,
-             latency_table: LatencyTable | None = None) -> dict:
+             latency_table: LatencyTable | None = None, provenance: str | None = None) -> dict:
     """Re-evaluate the top-k explored schemes on the whole dev split and on the test splits, choose the
     result on dev, compare it with the manual baselines and the dense model, and write the result
     scheme, Table 1 and Fig. 4.
@@ -267,6 +268,7 @@ def finalize(cfg, module, targets, cache, datamodule, explored: ExploredSet, bas
     reported, never looked at to choose, so the test WER of the retrained result stays unbiased.
     With a measured ``latency_table`` (required by ``by=latency``) every row also reports ``speedup/latency``.
     ``loop_summary``: :meth:`SearchLoop.summary` (acceptance, step times, the searcher's own entries).
+    ``provenance``: the result scheme's (default: the searcher's; ``<searcher's>-joint`` from the joint space).
     """
     out, search, model = Path(cfg.output_dir), cfg.search, module.model
     a_t = search.target_speedup
@@ -291,7 +293,7 @@ def finalize(cfg, module, targets, cache, datamodule, explored: ExploredSet, bas
     rows += manual
     candidates = []
     for rank_in_search, point in enumerate(explored.best(a_t, cfg.report.top_k), start=1):
-        scheme = Scheme.build(targets, point["ranks"], searcher.provenance, latency_table=latency_table)
+        scheme = Scheme.build(targets, point["ranks"], provenance or searcher.provenance, latency_table=latency_table)
         wers = split_wers(apply_scheme(model, scheme, targets, cache))
         row = {"model": f"{searcher.policy} #{rank_in_search}", "speedup/params": scheme.estimates["speedup/params"],
                **latency_of(scheme, latency_table), "proxy_wer": point["wer"], "found_at_step": point["step"], **wers,
