@@ -19,7 +19,8 @@ from rl.space import SearchSpace, SearchSpaceError
 
 KEY = {"cpu": "Test CPU", "cpu_capability": "AVX2", "cpu_flags": ["avx", "avx2", "fma"], "torch": "0.0",
        "backend": "cpp", "checkpoint_sha256": "ab" * 32, "threads": 1, "clock": "cpu", "statistic": "min",
-       "repeats": 15, "grid": 10, "utterances": 40, "target_utterances": 8, "step_calls": 20, "step_repeats": 100}
+       "repeats": 15, "grid": 10, "utterances": 40, "target_utterances": 8, "step_calls": 20, "step_repeats": 100,
+       "sparse_min_sparsity": 0.5}
 
 
 def toy_table(key: dict | None = None) -> LatencyTable:

@@ -123,7 +123,8 @@ def test_tiny_model_table_is_measured_for_every_target(tmp_path):
 def fake_build(calls: list):
     """A stand-in for build_table that records its calls and returns a table of dense 1.0 per target."""
 
-    def build(model, targets, utterances, frame_shift_ms, key, settings, cache=None, extra_ranks=None):
+    def build(model, targets, utterances, frame_shift_ms, key, settings, cache=None, extra_ranks=None,
+              extra_options=None):
         calls.append((dict(key), len(utterances)))
         return LatencyTable(dict(key), 1.0, {t.name: TargetLatency(t.shape, 1.0, []) for t in targets},
                             {"build_seconds": 0.0})
@@ -143,7 +144,7 @@ def test_cached_table_is_reused_only_for_its_own_key(tmp_path, monkeypatch):
     table, path = ensure_table(model, targets, batches(), 10.0, ckpt, one)
     assert len(calls) == 1 and calls[0][1] == 3 and path.is_file()
     stored = json.loads(path.read_text())["key"]
-    assert stored == machine_key(ckpt, one) and stored["checkpoint_sha256"] == file_fingerprint(ckpt)
+    assert stored == machine_key(ckpt, one, sparse_min_sparsity=None) and stored["checkpoint_sha256"] == file_fingerprint(ckpt)
     assert set(stored) == set(KEY_FIELDS)
     assert path == table_path(one.dir, stored)
     again, again_path = ensure_table(model, targets, batches(), 10.0, ckpt, one)
@@ -226,7 +227,7 @@ def test_a_table_of_the_older_key_is_measured_again(tmp_path, monkeypatch):
     """A table keyed only by CPU name, threads, torch, backend and checkpoint (before the instruction sets and
     measurement settings joined the key) is stale: measured again, never an error."""
     calls, model, targets, ckpt, one = faked_measurement(tmp_path, monkeypatch)
-    key = machine_key(ckpt, one)
+    key = machine_key(ckpt, one, sparse_min_sparsity=None)
     old_key = {name: key[name] for name in ("cpu", "threads", "torch", "backend", "checkpoint_sha256")}
     old = LatencyTable(old_key, 1.0, {t.name: TargetLatency(t.shape, 1.0, []) for t in targets}, {})
     old.save(table_path(one.dir, old_key))     # where the older code wrote it
@@ -242,6 +243,12 @@ def default_settings(directory: Path) -> LatencySettings:
     with initialize_config_dir(config_dir=str(Path(__file__).resolve().parents[1] / "conf"), version_base=None):
         cfg = compose("search", overrides=[f"latency.dir={directory}"])
     return LatencySettings.from_config(cfg.latency)
+
+
+def search_decoding():
+    """conf/decoding/default.yaml as search.py reads it (the model it measures decodes with it)."""
+    with initialize_config_dir(config_dir=str(Path(__file__).resolve().parents[1] / "conf"), version_base=None):
+        return compose("search").decoding
 
 
 @pytest.fixture(scope="module")
@@ -262,7 +269,8 @@ def test_search_by_latency_end_to_end(search_setup, tmp_path):
     not depend on timing), estimates with it everywhere and reports speedup/latency."""
     ckpt, common = search_setup
     targets = discover_targets(load_recognizer(ckpt).model, exclude=["ctc_head"])
-    key = machine_key(ckpt, default_settings(tmp_path / "latency"))  # the key search.py computes
+    key = machine_key(ckpt, default_settings(tmp_path / "latency"),  # the key search.py computes
+                      sparse_min_sparsity=search_decoding().sparse_min_sparsity)
     entries = {}
     for t in targets:
         top = largest_paying_rank(t.shape)
