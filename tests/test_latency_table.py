@@ -144,7 +144,8 @@ def test_cached_table_is_reused_only_for_its_own_key(tmp_path, monkeypatch):
     table, path = ensure_table(model, targets, batches(), 10.0, ckpt, one)
     assert len(calls) == 1 and calls[0][1] == 3 and path.is_file()
     stored = json.loads(path.read_text())["key"]
-    assert stored == machine_key(ckpt, one, sparse_min_sparsity=None) and stored["checkpoint_sha256"] == file_fingerprint(ckpt)
+    assert stored == machine_key(ckpt, one, sparse_min_sparsity=None)
+    assert stored["checkpoint_sha256"] == file_fingerprint(ckpt)
     assert set(stored) == set(KEY_FIELDS)
     assert path == table_path(one.dir, stored)
     again, again_path = ensure_table(model, targets, batches(), 10.0, ckpt, one)
