@@ -134,3 +134,67 @@ def test_check_reachable_and_manual_baseline_by_latency():
     scheme = uniform_energy_scheme(real, weights, SvdCache(), 1.5, "latency", latency_table=table)
     assert scheme.estimates["speedup/latency"] >= 1.5 and scheme.meta["by"] == "latency"
     assert table.speedup(scheme.ranks) == scheme.estimates["speedup/latency"]
+
+
+def mixed_table() -> LatencyTable:
+    """``toy_table`` with ``a`` also measured at three options that are not a rank alone."""
+    table = toy_table()
+    table.targets["a"].options = {"s0.8": 0.8, "s0.8@4x1": 0.6, "r2+s0.5@4x1": 0.4}
+    return table
+
+
+def test_options_other_than_ranks_are_looked_up_exactly():
+    table = mixed_table()
+    a = table.targets["a"]
+    assert a.seconds({"sparsity": 0.8}) == 0.8 and a.seconds({"sparsity": 0.8, "pattern": "unstructured"}) == 0.8
+    assert a.seconds({"sparsity": 0.8, "pattern": "4x1"}) == 0.6
+    assert a.seconds({"rank": 2, "sparsity": 0.5, "pattern": "4x1"}) == 0.4
+    assert a.seconds({"rank": 2}) == a.seconds(2) == pytest.approx(0.75)  # a rank alone: interpolated, as before
+    assert a.seconds({"sparsity": 0}) == 2.0  # no sparsity: dense
+    settings = {"a": {"rank": 2, "sparsity": 0.5, "pattern": "4x1"}, "b": FULL}
+    assert table.latency(settings) == pytest.approx(1.0 + 0.4 + 1.0)
+    assert estimate_speedup(toy_targets(), settings, "latency", table) == pytest.approx(4.0 / 2.4)
+    assert table.holds(settings) and table.holds({"a": 3}) and not table.holds({"a": {"sparsity": 0.9}})
+
+
+def test_an_option_the_table_was_not_measured_at_is_an_error_naming_it():
+    table = mixed_table()
+    with pytest.raises(CostModelError, match=r"no time for target 'a' at option s0.9@4x1 \(it holds .*r2\+s0.5@4x1"):
+        table.speedup({"a": {"sparsity": 0.9, "pattern": "4x1"}})
+    with pytest.raises(CostModelError, match="no time for target 'a' at option r3\\+s0.5@4x1"):
+        estimate_speedup(toy_targets(), {"a": {"rank": 3, "sparsity": 0.5, "pattern": "4x1"}}, "latency", table)
+    with pytest.raises(CostModelError, match="no time for target 'b' at option s0.5 .*ranks only"):
+        table.latency({"b": {"sparsity": 0.5}})
+
+
+def test_scheme_build_fills_speedup_latency_for_mixed_settings_the_table_holds():
+    targets = [Target("a", "linear", (8, 8)), Target("b", "linear", (4, 8))]
+    table = mixed_table()
+    table.targets["b"] = TargetLatency((4, 8), 1.0, [])
+    mixed = Scheme.build(targets, {"a": {"sparsity": 0.8, "pattern": "4x1"}, "b": 1}, "test", latency_table=table)
+    assert mixed.estimates["speedup/latency"] == pytest.approx(4.0 / (1.0 + 0.6 + 1.0))
+    assert mixed.options == {"a": {"sparsity": 0.8, "pattern": "4x1"}}
+    unmeasured = Scheme.build(targets, {"a": {"sparsity": 0.7}}, "test", latency_table=table)
+    assert "speedup/latency" not in unmeasured.estimates and "speedup/params" in unmeasured.estimates
+    ranks = Scheme.build(targets, {"a": 2}, "test", latency_table=table)  # rank-only schemes as before
+    assert ranks.estimates["speedup/latency"] == pytest.approx(4.0 / 2.75)
+
+
+def test_options_round_trip_and_an_older_format_is_not_used(tmp_path, caplog):
+    table = mixed_table()
+    path = table.save(table_path(tmp_path, KEY))
+    assert LatencyTable.load(path).targets["a"].options == table.targets["a"].options
+    assert LatencyTable.find(tmp_path, KEY).to_dict() == table.to_dict()
+    old = table.to_dict()
+    old["format"] = "shrinkml-latency/1"  # ranks only, under this key's name
+    for entry in old["targets"].values():
+        entry.pop("options")
+    path.write_text(json.dumps(old))
+    with caplog.at_level("WARNING"):
+        assert LatencyTable.find(tmp_path, KEY) is None
+    lines = [r.getMessage() for r in caplog.records if "format shrinkml-latency/1" in r.getMessage()]
+    assert len(lines) == 1 and "\n" not in lines[0] and "measured again" in lines[0]
+    with pytest.raises(CostModelError, match="not a latency table"):
+        LatencyTable.load(path)
+    assert key_hash({**KEY, "sparse_min_sparsity": 0.7}) != key_hash(KEY)
+    assert LatencyTable.find(tmp_path, {**KEY, "sparse_min_sparsity": None}) is None
