@@ -20,7 +20,11 @@ target's option index around it, kept so their estimated speed-ups by parameters
 ``compress.options``), from ``--options`` (a JSON file ``{target: [option, ...]}``), else from the search space
 when ``search.space.kind=joint``, else the plausible joint list :func:`joint_options` builds from the configured
 SVD space's ranks. The table is built with those options (``extra_options``), and the schemes are kept so their
-estimated speed-ups by that table spread evenly over ``--min-speedup`` .. ``--max-speedup``.
+estimated speed-ups by that table spread evenly over ``--min-speedup`` .. ``--max-speedup``. Such schemes, not
+retrained, emit far fewer or far more tokens than the dense model (2026-12-05: 9 instead of 25, or the length
+limit's 53), which changes the decoder's work the table counts at the dense model's tokens; so with ``--joint``
+every model decodes each utterance in as many decoder steps as the dense model (``--steps dense``,
+:func:`decode_steps`; ``--steps natural`` decodes to the end token as before).
 
 Every scheme's model and the dense model decode the first ``latency.utterances`` dev utterances one at a time
 (batch 1, greedy, ``latency.threads`` threads), timed as ``asr.latency.measured_speedups`` times them (a warm-up
@@ -54,6 +58,7 @@ from hydra import compose, initialize_config_dir
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
+from asr.data.tokenizer import BOS_ID, EOS_ID  # noqa: E402
 from asr.latency import alternate, ratio_summary, single_utterances  # noqa: E402
 from common.atomic import write_json_atomic  # noqa: E402
 from compress.cost import FULL, estimate_speedup, pays  # noqa: E402
@@ -77,10 +82,48 @@ def audio_seconds(utterances, frame_shift_ms: float) -> float:
 
 
 @torch.no_grad()
-def timed_passes(models: dict, utterances, threads: int, repeats: int) -> dict[str, dict[str, list[float]]]:
+def dense_steps(model, utterances) -> list[int]:
+    """Decoder steps greedy decoding of ``model`` takes per utterance: its tokens plus the end token's step, at most
+    ``model.max_len``."""
+    steps = []
+    for features, lengths in utterances:
+        tokens = model.decode(features, lengths, 0)[0]
+        _, memory_lengths = model.encode(features, lengths)
+        steps.append(min(len(tokens) + 1, model.max_len(int(memory_lengths.max()))))
+    return steps
+
+
+@torch.no_grad()
+def decode_steps(model, features: torch.Tensor, lengths: torch.Tensor, steps: int) -> None:
+    """Greedy decoding of one utterance as ``AttentionDecoder.greedy`` runs it (encoder, keys, the C++ step's
+    plan, argmax and the same bookkeeping per step), for exactly ``steps`` decoder steps: a compressed model that
+    is not retrained may stop much earlier or run to the length limit, a change of work that the table (which
+    counts the dense model's tokens) does not model."""
+    memory, memory_lengths = model.encode(features, lengths)
+    decoder = model.decoder
+    mask = torch.arange(memory.shape[1]).unsqueeze(0) < memory_lengths.unsqueeze(1)
+    keys = decoder.attention.keys(memory)
+    state = decoder.initial_state(memory)
+    tokens = torch.full((memory.shape[0],), BOS_ID, dtype=torch.long)
+    finished = torch.zeros(memory.shape[0], dtype=torch.bool)
+    out: list[int] = []
+    plan = decoder.inference_plan()
+    for _ in range(steps):
+        log_probs, state, _ = decoder.step(memory, keys, mask, tokens, state, plan)
+        tokens = log_probs.argmax(dim=-1)
+        for b in torch.nonzero(~finished & (tokens != EOS_ID)).flatten().tolist():
+            out.append(int(tokens[b]))
+        finished |= tokens == EOS_ID
+        bool(finished.all())
+
+
+@torch.no_grad()
+def timed_passes(models: dict, utterances, threads: int, repeats: int, steps: list[int] | None = None
+                 ) -> dict[str, dict[str, list[float]]]:
     """``{clock: {model: [seconds of each pass]}}``: as ``asr.latency.measured_speedups`` times them (one warm-up
     utterance per model, then ``repeats`` passes of every model over ``utterances``, alternating in rotating
-    order, on ``threads`` threads), every pass read on both clocks."""
+    order, on ``threads`` threads), every pass read on both clocks. ``steps``: every model decodes utterance ``i``
+    in exactly ``steps[i]`` decoder steps (:func:`decode_steps`) instead of until its end token."""
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
@@ -91,8 +134,11 @@ def timed_passes(models: dict, utterances, threads: int, repeats: int) -> dict[s
         def run(model):
             def one_pass() -> dict[str, float]:
                 start = {clock: read() for clock, read in CLOCKS.items()}
-                for features, lengths in utterances:
-                    model.decode(features, lengths, 0)
+                for i, (features, lengths) in enumerate(utterances):
+                    if steps is None:
+                        model.decode(features, lengths, 0)
+                    else:
+                        decode_steps(model, features, lengths, steps[i])
                 return {clock: read() - start[clock] for clock, read in CLOCKS.items()}
 
             return one_pass
@@ -214,6 +260,10 @@ def main() -> None:
     parser.add_argument("--joint", action="store_true", help="random joint schemes (ranks, sparsities, both)")
     parser.add_argument("--options", type=Path, help="--joint: a JSON file {target: [option, ...]}")
     parser.add_argument("--table-only", action="store_true", help="build (or reuse) the table, print it, stop")
+    parser.add_argument("--steps", choices=("natural", "dense"), help="natural: every model decodes until its end "
+                        "token (asr.latency); dense: as many decoder steps as the dense model (the work the table "
+                        "counts; a compressed model that is not retrained may emit far fewer or more tokens). "
+                        "Default: dense with --joint, else natural")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--repeats", type=int, default=5, help="timed passes of every model (median)")
     parser.add_argument("--scheme", type=Path, nargs="+", help="measure these scheme files instead of random ones")
@@ -260,11 +310,15 @@ def main() -> None:
     for name, scheme in built.items():
         models[name] = apply_scheme(model, scheme, targets, cache).eval()
     utterances = single_utterances(batches, settings.utterances)
+    mode = args.steps or ("dense" if args.joint else "natural")
+    steps = dense_steps(model, utterances) if mode == "dense" else None
     print(f"measuring {len(schemes)} schemes and the dense model on {len(utterances)} utterances, "
-          f"{settings.threads} thread(s), {args.repeats} passes each, alternating ...", flush=True)
+          f"{settings.threads} thread(s), {args.repeats} passes each, alternating, decoder steps: {mode} ...",
+          flush=True)
     started = time.perf_counter()
-    timed = {clock: measured(passes, "dense", audio_seconds(utterances, frame_shift_ms))
-             for clock, passes in timed_passes(models, utterances, settings.threads, args.repeats).items()}
+    passes = timed_passes(models, utterances, settings.threads, args.repeats, steps)
+    audio = audio_seconds(utterances, frame_shift_ms)
+    timed = {clock: measured(runs, "dense", audio) for clock, runs in passes.items()}
     print(f"measured in {time.perf_counter() - started:.0f} s; dense: {timed['wall']['dense']['rtf']:.5f} s/s by the "
           f"wall clock, {timed['cpu']['dense']['rtf']:.5f} by CPU time; the table: {table.dense_seconds:.5f} "
           f"({table.meta.get('clock', 'wall')} clock)")
@@ -310,7 +364,7 @@ def main() -> None:
     if args.json:
         write_json_atomic(args.json, {"table": str(path), "key": table.key, "table_meta": table.meta,
                                       "table_dense_seconds": table.dense_seconds, "threads": settings.threads,
-                                      "repeats": args.repeats, "utterances": len(utterances),
+                                      "repeats": args.repeats, "utterances": len(utterances), "steps": mode,
                                       "measured_dense": {clock: timed[clock]["dense"] for clock in CLOCKS},
                                       "rows": rows, "summary": summary})
         print(f"wrote {args.json}")
