@@ -194,7 +194,7 @@ def test_options_round_trip_and_an_older_format_is_not_used(tmp_path, caplog):
         assert LatencyTable.find(tmp_path, KEY) is None
     lines = [r.getMessage() for r in caplog.records if "format shrinkml-latency/1" in r.getMessage()]
     assert len(lines) == 1 and "\n" not in lines[0] and "measured again" in lines[0]
-    with pytest.raises(CostModelError, match="not a latency table"):
+    with pytest.raises(CostModelError, match="latency table of format 'shrinkml-latency/1', not 'shrinkml-latency/2'"):
         LatencyTable.load(path)
     assert key_hash({**KEY, "sparse_min_sparsity": 0.7}) != key_hash(KEY)
     assert LatencyTable.find(tmp_path, {**KEY, "sparse_min_sparsity": None}) is None

@@ -184,7 +184,11 @@ class LatencyTable:
 
     @classmethod
     def from_dict(cls, data: Mapping) -> LatencyTable:
-        if data.get("format") != FORMAT:
+        version = data.get("format")
+        if isinstance(version, str) and version.startswith(FORMAT_PREFIX) and version != FORMAT:
+            raise CostModelError(f"latency table of format {version!r}, not {FORMAT!r} (older: ranks only); measure it "
+                                 "again (latency.rebuild=true, or delete it)")
+        if version != FORMAT:
             raise CostModelError(f"not a latency table (format {data.get('format')!r}, expected {FORMAT!r})")
         targets = {name: TargetLatency(tuple(t["shape"]), float(t["dense"]), [tuple(p) for p in t["points"]],
                                        dict(t.get("info", {})), dict(t["options"]))
