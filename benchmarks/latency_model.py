@@ -24,7 +24,7 @@ estimated speed-ups by that table spread evenly over ``--min-speedup`` .. ``--ma
 retrained, emit far fewer or far more tokens than the dense model (2026-12-05: 9 instead of 25, or the length
 limit's 53), which changes the decoder's work the table counts at the dense model's tokens; so with ``--joint``
 every model decodes each utterance in as many decoder steps as the dense model (``--steps dense``,
-:func:`decode_steps`; ``--steps natural`` decodes to the end token as before).
+``shrinkml.latency_table.decode_steps``; ``--steps natural`` decodes to the end token as before).
 
 Every scheme's model and the dense model decode the first ``latency.utterances`` dev utterances one at a time
 (batch 1, greedy, ``latency.threads`` threads), timed as ``asr.latency.measured_speedups`` times them (a warm-up
@@ -58,7 +58,6 @@ from hydra import compose, initialize_config_dir
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from asr.data.tokenizer import BOS_ID, EOS_ID  # noqa: E402
 from asr.latency import alternate, ratio_summary, single_utterances  # noqa: E402
 from common.atomic import write_json_atomic  # noqa: E402
 from compress.cost import FULL, estimate_speedup, pays  # noqa: E402
@@ -66,7 +65,7 @@ from compress.options import normalize, option_key  # noqa: E402
 from compress.scheme import Scheme, apply_scheme  # noqa: E402
 from compress.svd import SvdCache  # noqa: E402
 from compress.targets import discover_targets  # noqa: E402
-from shrinkml.latency_table import LatencySettings, ensure_table  # noqa: E402
+from shrinkml.latency_table import LatencySettings, decode_steps, dense_steps, ensure_table  # noqa: E402
 from shrinkml.search import build_space  # noqa: E402
 from shrinkml.stage import data_module, eval_batches, load_recognizer  # noqa: E402
 
@@ -82,48 +81,12 @@ def audio_seconds(utterances, frame_shift_ms: float) -> float:
 
 
 @torch.no_grad()
-def dense_steps(model, utterances) -> list[int]:
-    """Decoder steps greedy decoding of ``model`` takes per utterance: its tokens plus the end token's step, at most
-    ``model.max_len``."""
-    steps = []
-    for features, lengths in utterances:
-        tokens = model.decode(features, lengths, 0)[0]
-        _, memory_lengths = model.encode(features, lengths)
-        steps.append(min(len(tokens) + 1, model.max_len(int(memory_lengths.max()))))
-    return steps
-
-
-@torch.no_grad()
-def decode_steps(model, features: torch.Tensor, lengths: torch.Tensor, steps: int) -> None:
-    """Greedy decoding of one utterance as ``AttentionDecoder.greedy`` runs it (encoder, keys, the C++ step's
-    plan, argmax and the same bookkeeping per step), for exactly ``steps`` decoder steps: a compressed model that
-    is not retrained may stop much earlier or run to the length limit, a change of work that the table (which
-    counts the dense model's tokens) does not model."""
-    memory, memory_lengths = model.encode(features, lengths)
-    decoder = model.decoder
-    mask = torch.arange(memory.shape[1]).unsqueeze(0) < memory_lengths.unsqueeze(1)
-    keys = decoder.attention.keys(memory)
-    state = decoder.initial_state(memory)
-    tokens = torch.full((memory.shape[0],), BOS_ID, dtype=torch.long)
-    finished = torch.zeros(memory.shape[0], dtype=torch.bool)
-    out: list[int] = []
-    plan = decoder.inference_plan()
-    for _ in range(steps):
-        log_probs, state, _ = decoder.step(memory, keys, mask, tokens, state, plan)
-        tokens = log_probs.argmax(dim=-1)
-        for b in torch.nonzero(~finished & (tokens != EOS_ID)).flatten().tolist():
-            out.append(int(tokens[b]))
-        finished |= tokens == EOS_ID
-        bool(finished.all())
-
-
-@torch.no_grad()
 def timed_passes(models: dict, utterances, threads: int, repeats: int, steps: list[int] | None = None
                  ) -> dict[str, dict[str, list[float]]]:
     """``{clock: {model: [seconds of each pass]}}``: as ``asr.latency.measured_speedups`` times them (one warm-up
     utterance per model, then ``repeats`` passes of every model over ``utterances``, alternating in rotating
     order, on ``threads`` threads), every pass read on both clocks. ``steps``: every model decodes utterance ``i``
-    in exactly ``steps[i]`` decoder steps (:func:`decode_steps`) instead of until its end token."""
+    in exactly ``steps[i]`` decoder steps (``shrinkml.latency_table.decode_steps``) instead of until its end token."""
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:

@@ -198,3 +198,14 @@ def test_options_round_trip_and_an_older_format_is_not_used(tmp_path, caplog):
         LatencyTable.load(path)
     assert key_hash({**KEY, "sparse_min_sparsity": 0.7}) != key_hash(KEY)
     assert LatencyTable.find(tmp_path, {**KEY, "sparse_min_sparsity": None}) is None
+
+
+def test_the_decoder_steps_savings_are_scaled_together():
+    table = mixed_table()
+    table.step_scale, table.step_targets = 1.5, ["a"]
+    assert table.seconds("a", 1) == pytest.approx(2.0 - 1.5 * (2.0 - 0.5))
+    assert table.seconds("a", FULL) == 2.0 and table.seconds("b", FULL) == 1.0  # dense stays dense
+    assert table.latency({"a": {"sparsity": 0.8}}) == pytest.approx(1.0 + 2.0 - 1.5 * 1.2 + 1.0)
+    again = LatencyTable.from_dict(json.loads(json.dumps(table.to_dict())))
+    assert again.step_scale == 1.5 and again.step_targets == ["a"]
+    assert again.latency({"a": 2}) == table.latency({"a": 2})

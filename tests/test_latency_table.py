@@ -120,8 +120,13 @@ def test_tiny_model_table_is_measured_for_every_target(tmp_path):
     assert whole > 0 and table.fixed == pytest.approx(whole - sum(t.dense for t in table.targets.values()))
     assert table.dense_seconds == pytest.approx(whole) and table.speedup({}) == 1.0
     ranks = {t.name: entry.points[0][0] for t in targets if (entry := table.targets[t.name]).points}
+    step = {"decoder.cell", "decoder.attention.mono_query", "decoder.attention.chunk_query", "decoder.pre_output",
+            "decoder.output"}
+    assert set(table.step_targets) == step and 0.5 <= table.step_scale <= 2.0  # measured by whole decodes
+    assert set(table.meta["step_scale"]["measured"]) == {"q0.25", "q0.5", "q0.75", "q1.0"}
+    scale = {n: table.step_scale if n in step else 1.0 for n in ranks}  # the step's savings scaled together
     assert table.speedup(ranks) == pytest.approx(whole / (whole + sum(
-        table.targets[n].points[0][1] - table.targets[n].dense for n in ranks)))
+        scale[n] * (table.targets[n].points[0][1] - table.targets[n].dense) for n in ranks)))
 
 
 def fake_build(calls: list):
@@ -226,7 +231,7 @@ def test_a_table_with_sparse_and_rank_plus_sparse_options_returns_their_times(tm
     assert table.fixed == pytest.approx(whole - sum(t.dense for t in table.targets.values()))
     mixed = {"encoder.layers.0": {"rank": 4, "sparsity": 0.5, "pattern": "4x1"}, "encoder.layers.1": 7,
              "decoder.cell": {"sparsity": 0.8, "pattern": "4x1"}, "decoder.output": FULL}
-    expected = table.fixed + sum(entry.seconds(mixed.get(name, FULL), name) for name, entry in table.targets.items())
+    expected = table.fixed + sum(table.seconds(name, mixed.get(name, FULL)) for name in table.targets)
     assert table.latency(mixed) == pytest.approx(expected)
     assert estimate_speedup(targets, mixed, "latency", table) == pytest.approx(whole / expected)
     scheme = Scheme.build(targets, mixed, "test", latency_table=table)

@@ -13,6 +13,11 @@ of settings ``s`` (target -> option in any form of :mod:`compress.options`) is
 
     (fixed + sum_t dense_t) / (fixed + sum_t seconds_t(s_t))
 
+where, for the targets of the decoder step (``step_targets``), ``seconds_t(s_t)`` is ``dense_t - step_scale *
+(dense_t - measured_t(s_t))``: their savings, measured one target at a time in a tight loop of steps, scaled by
+what whole greedy decodes of models with all of them compressed together measured (``step_scale``, fitted when
+the table is built; 1 when not measured).
+
 A table belongs to one machine, one measurement setting and one checkpoint: its ``key`` (:data:`KEY_FIELDS`)
 records the CPU model, the instruction sets the kernels dispatch on (torch's CPU capability and the CPU's
 avx/fma/... flags: "AMD EPYC" names both an AVX2 and an AVX-512 generation), torch's version, the kernel
@@ -138,6 +143,8 @@ class LatencyTable:
     fixed: float
     targets: dict[str, TargetLatency]
     meta: dict = field(default_factory=dict)
+    step_scale: float = 1.0  # measured savings of the decoder step's targets together / the sum of their own
+    step_targets: list[str] = field(default_factory=list)  # the targets ``step_scale`` applies to
 
     @property
     def dense_seconds(self) -> float:
@@ -169,7 +176,16 @@ class LatencyTable:
         if unknown:
             raise CostModelError(f"ranks name targets {unknown} that the latency table does not hold "
                                  f"(it has {sorted(self.targets)}); rebuild the table for this model")
-        return self.fixed + sum(t.seconds(settings.get(name, FULL), name) for name, t in self.targets.items())
+        return self.fixed + sum(self.seconds(name, settings.get(name, FULL)) for name in self.targets)
+
+    def seconds(self, name: str, option: Option) -> float:
+        """Target ``name``'s estimated seconds per audio second at ``option``: its measured time, or for a target of
+        the decoder step its dense time less ``step_scale`` times its measured saving."""
+        entry = self.targets[name]
+        seconds = entry.seconds(option, name)
+        if name in self.step_targets:
+            return entry.dense - self.step_scale * (entry.dense - seconds)
+        return seconds
 
     def speedup(self, settings: Mapping[str, Option]) -> float:
         """``(fixed + sum dense) / (fixed + sum chosen)``."""
@@ -180,7 +196,7 @@ class LatencyTable:
         return {"format": FORMAT, "key": self.key, "fixed": self.fixed,
                 "targets": {name: {"shape": list(t.shape), "dense": t.dense, "points": [list(p) for p in t.points],
                                    "options": t.options, "info": t.info} for name, t in self.targets.items()},
-                "meta": self.meta}
+                "meta": self.meta, "step_scale": self.step_scale, "step_targets": list(self.step_targets)}
 
     @classmethod
     def from_dict(cls, data: Mapping) -> LatencyTable:
@@ -193,7 +209,8 @@ class LatencyTable:
         targets = {name: TargetLatency(tuple(t["shape"]), float(t["dense"]), [tuple(p) for p in t["points"]],
                                        dict(t.get("info", {})), dict(t["options"]))
                    for name, t in data["targets"].items()}
-        return cls(dict(data["key"]), float(data["fixed"]), targets, dict(data.get("meta", {})))
+        return cls(dict(data["key"]), float(data["fixed"]), targets, dict(data.get("meta", {})),
+                   float(data.get("step_scale", 1.0)), list(data.get("step_targets", [])))
 
     def save(self, path: str | Path) -> Path:
         """Write the table as JSON atomically (:mod:`common.atomic`)."""

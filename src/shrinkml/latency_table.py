@@ -71,6 +71,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from asr.data.tokenizer import BOS_ID, EOS_ID
 from asr.latency import alternate, real_time_factor, single_utterances
 from asr.model import lowrank_lstm
 from compress.cost import FULL, CostModelError, check_by
@@ -431,6 +432,90 @@ def _encode_seconds(model: nn.Module, targets: Sequence[Target], timed: Sequence
     return out, uses
 
 
+@torch.no_grad()
+def dense_steps(model: nn.Module, utterances: Sequence[Utterance]) -> list[int]:
+    """Decoder steps greedy decoding of ``model`` takes per utterance: its tokens plus the end token's step, at most
+    ``model.max_len``."""
+    steps = []
+    for features, lengths in utterances:
+        tokens = model.decode(features, lengths, 0)[0]
+        _, memory_lengths = model.encode(features, lengths)
+        steps.append(min(len(tokens) + 1, model.max_len(int(memory_lengths.max()))))
+    return steps
+
+
+@torch.no_grad()
+def decode_steps(model: nn.Module, features: torch.Tensor, lengths: torch.Tensor, steps: int) -> None:
+    """Greedy decoding of one utterance (batch 1) as ``AttentionDecoder.greedy`` runs it (encoder, keys, the C++
+    step's plan, argmax and the same bookkeeping per step), for exactly ``steps`` decoder steps: a compressed model
+    that is not retrained may stop much earlier or run to the length limit, a change of work the table (which counts
+    the dense model's tokens) does not model."""
+    memory, memory_lengths = model.encode(features, lengths)
+    decoder = model.decoder
+    mask = torch.arange(memory.shape[1]).unsqueeze(0) < memory_lengths.unsqueeze(1)
+    keys = decoder.attention.keys(memory)
+    state = decoder.initial_state(memory)
+    tokens = torch.full((memory.shape[0],), BOS_ID, dtype=torch.long)
+    finished = torch.zeros(memory.shape[0], dtype=torch.bool)
+    out: list[int] = []
+    plan = decoder.inference_plan()
+    for _ in range(steps):
+        log_probs, state, _ = decoder.step(memory, keys, mask, tokens, state, plan)
+        tokens = log_probs.argmax(dim=-1)
+        out += [int(tokens[b]) for b in torch.nonzero(~finished & (tokens != EOS_ID)).flatten().tolist()]
+        finished |= tokens == EOS_ID
+        bool(finished.all())
+
+
+STEP_SCALE_LEVELS = (0.25, 0.5, 0.75, 1.0)  # calibration variants: each step target at this quantile of savings
+STEP_SCALE_BOUNDS = (0.5, 2.0)
+
+
+def step_scale(model: nn.Module, targets: Sequence[Target], entries: Mapping[str, TargetLatency],
+               columns: Mapping[str, Sequence[Column]], names: Sequence[str], utterances: Sequence[Utterance],
+               timed: int, frame_shift_ms: float, cache: SvdCache, settings: LatencySettings) -> tuple[float, dict]:
+    """How much more (or less) the decoder step's targets ``names`` save together, in whole greedy decodes, than the
+    sum of their savings in ``entries`` (each measured alone in a tight loop of steps).
+
+    Per level ``q`` of :data:`STEP_SCALE_LEVELS` a variant has every target of ``names`` at the option whose saving
+    is at quantile ``q`` of its options' (1: its most saving one); the dense model and the variants decode
+    the first ``timed`` of ``utterances`` one at a time, each in the dense model's number of decoder steps
+    (:func:`decode_steps`), alternating; per utterance the statistic over ``repeats``. The measured saving per audio
+    second against the predicted one (the entries' savings, which count the decoder steps per second of all
+    ``utterances``, at the timed ones' rate) gives the least-squares scale through the origin, clipped to
+    :data:`STEP_SCALE_BOUNDS`. Returns it and the per-variant numbers."""
+    def audio_of(chosen: Sequence[Utterance]) -> float:
+        return sum(float(lengths.sum()) for _, lengths in chosen) * frame_shift_ms / 1000.0
+
+    every = dense_steps(model, utterances)
+    all_rate = sum(every) / audio_of(utterances)  # decoder steps per audio second, as the entries count them
+    utterances, steps = utterances[:timed], every[:timed]
+    audio = audio_of(utterances)
+    ratio = sum(steps) / audio / all_rate
+    variants: dict[str, nn.Module] = {"dense": model}
+    predicted: dict[str, float] = {}
+    for level in STEP_SCALE_LEVELS:
+        chosen = {}
+        for name in names:
+            ordered = sorted((option for _, option in columns[name]), key=lambda o, n=name: -entries[n].seconds(o, n))
+            chosen[name] = ordered[round(level * (len(ordered) - 1))]
+        predicted[f"q{level}"] = ratio * sum(entries[n].dense - entries[n].seconds(o, n) for n, o in chosen.items())
+        variants[f"q{level}"] = _variant(model, targets, cache, chosen)
+    clock = CLOCKS[settings.clock]
+    runs = {(name, i): _timed(lambda m=variant, u=u, n=n: decode_steps(m, *u, n), clock)
+            for name, variant in variants.items() for i, (u, n) in enumerate(zip(utterances, steps, strict=True))}
+    summaries = _summaries(runs, settings.repeats, settings.statistic)
+    total = {name: sum(summaries[(name, i)] for i in range(len(utterances))) / audio for name in variants}
+    measured = {name: total["dense"] - total[name] for name in predicted}
+    denominator = sum(p * p for p in predicted.values())
+    fitted = sum(measured[n] * predicted[n] for n in predicted) / denominator if denominator > 0 else 1.0
+    scale = min(max(fitted, STEP_SCALE_BOUNDS[0]), STEP_SCALE_BOUNDS[1])
+    if scale != fitted:
+        log.warning("latency table: the decoder step's fitted scale %.3g is clipped to %.3g", fitted, scale)
+    return scale, {"fitted": fitted, "predicted": predicted, "measured": measured, "dense": total["dense"],
+                   "utterances": len(utterances)}
+
+
 def whole_model_seconds(model: nn.Module, utterances: Sequence[Utterance], frame_shift_ms: float,
                         settings: LatencySettings) -> float:
     """Decoding seconds per audio second of ``model`` (greedy, batch 1, as :func:`asr.latency.real_time_factor`
@@ -543,15 +628,22 @@ def build_table(model: nn.Module, targets: Sequence[Target], utterances: Sequenc
             log.info("latency table: %s dense %.3g s/s, %d ranks, %d other options (%.0f s so far)", target.name,
                      entries[target.name].dense, len(grid), len(column) - len(grid), time.perf_counter() - started)
         fixed = whole - sum(entry.dense for entry in entries.values())
+        scaled = [name for name in in_step if columns[name]]
+        scale, details = 1.0, {}
+        if scaled:
+            scale, details = step_scale(model, targets, entries, columns, scaled, utterances,
+                                        settings.target_utterances, frame_shift_ms, cache, settings)
+            log.info("latency table: the decoder step's savings scaled by %.3g (whole decodes, %.0f s so far)", scale,
+                     time.perf_counter() - started)
         meta = {"whole_dense_seconds": whole, "real_time_factor": rtf, "utterances": len(utterances),
-                "audio_seconds": audio, "statistic": settings.statistic, "clock": settings.clock,
+                "step_scale": details, "audio_seconds": audio, "statistic": settings.statistic, "clock": settings.clock,
                 "repeats": settings.repeats, "grid": settings.grid, "target_utterances": settings.target_utterances,
                 "step_calls": settings.step_calls, "step_repeats": settings.step_repeats,
                 "created": date.today().isoformat(), "build_seconds": round(time.perf_counter() - started, 1)}
         if fixed < 0:
             log.warning("latency table: the dense targets' times (%.4g s/s) exceed the whole model's (%.4g s/s)",
                         whole - fixed, whole)
-        return LatencyTable(dict(key), fixed, entries, meta)
+        return LatencyTable(dict(key), fixed, entries, meta, scale, scaled)
     finally:
         torch.set_num_threads(previous)
 
