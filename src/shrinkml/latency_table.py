@@ -473,25 +473,20 @@ STEP_SCALE_BOUNDS = (0.5, 2.0)
 
 def step_scale(model: nn.Module, targets: Sequence[Target], entries: Mapping[str, TargetLatency],
                columns: Mapping[str, Sequence[Column]], names: Sequence[str], utterances: Sequence[Utterance],
-               timed: int, frame_shift_ms: float, cache: SvdCache, settings: LatencySettings) -> tuple[float, dict]:
+               frame_shift_ms: float, cache: SvdCache, settings: LatencySettings) -> tuple[float, dict]:
     """How much more (or less) the decoder step's targets ``names`` save together, in whole greedy decodes, than the
     sum of their savings in ``entries`` (each measured alone in a tight loop of steps).
 
     Per level ``q`` of :data:`STEP_SCALE_LEVELS` a variant has every target of ``names`` at the option whose saving
     is at quantile ``q`` of its options' (1: its most saving one); the dense model and the variants decode
-    the first ``timed`` of ``utterances`` one at a time, each in the dense model's number of decoder steps
-    (:func:`decode_steps`), alternating; per utterance the statistic over ``repeats``. The measured saving per audio
-    second against the predicted one (the entries' savings, which count the decoder steps per second of all
-    ``utterances``, at the timed ones' rate) gives the least-squares scale through the origin, clipped to
-    :data:`STEP_SCALE_BOUNDS`. Returns it and the per-variant numbers."""
-    def audio_of(chosen: Sequence[Utterance]) -> float:
-        return sum(float(lengths.sum()) for _, lengths in chosen) * frame_shift_ms / 1000.0
-
-    every = dense_steps(model, utterances)
-    all_rate = sum(every) / audio_of(utterances)  # decoder steps per audio second, as the entries count them
-    utterances, steps = utterances[:timed], every[:timed]
-    audio = audio_of(utterances)
-    ratio = sum(steps) / audio / all_rate
+    ``utterances`` (all of them: on the longest alone, whose many steps keep the weights in the cache, the savings
+    add up; over all, where an utterance's first steps find them evicted by the encoder, they save more) one at a
+    time, each in the dense model's number of decoder steps (:func:`decode_steps`), alternating; per utterance the
+    statistic over ``repeats``. The measured saving per audio second against the predicted one (the entries'
+    savings) gives the least-squares scale through the origin, clipped to :data:`STEP_SCALE_BOUNDS`. Returns it and
+    the per-variant numbers."""
+    steps = dense_steps(model, utterances)
+    audio = sum(float(lengths.sum()) for _, lengths in utterances) * frame_shift_ms / 1000.0
     variants: dict[str, nn.Module] = {"dense": model}
     predicted: dict[str, float] = {}
     for level in STEP_SCALE_LEVELS:
@@ -499,7 +494,7 @@ def step_scale(model: nn.Module, targets: Sequence[Target], entries: Mapping[str
         for name in names:
             ordered = sorted((option for _, option in columns[name]), key=lambda o, n=name: -entries[n].seconds(o, n))
             chosen[name] = ordered[round(level * (len(ordered) - 1))]
-        predicted[f"q{level}"] = ratio * sum(entries[n].dense - entries[n].seconds(o, n) for n, o in chosen.items())
+        predicted[f"q{level}"] = sum(entries[n].dense - entries[n].seconds(o, n) for n, o in chosen.items())
         variants[f"q{level}"] = _variant(model, targets, cache, chosen)
     clock = CLOCKS[settings.clock]
     runs = {(name, i): _timed(lambda m=variant, u=u, n=n: decode_steps(m, *u, n), clock)
@@ -631,8 +626,8 @@ def build_table(model: nn.Module, targets: Sequence[Target], utterances: Sequenc
         scaled = [name for name in in_step if columns[name]]
         scale, details = 1.0, {}
         if scaled:
-            scale, details = step_scale(model, targets, entries, columns, scaled, utterances,
-                                        settings.target_utterances, frame_shift_ms, cache, settings)
+            scale, details = step_scale(model, targets, entries, columns, scaled, utterances, frame_shift_ms, cache,
+                                        settings)
             log.info("latency table: the decoder step's savings scaled by %.3g (whole decodes, %.0f s so far)", scale,
                      time.perf_counter() - started)
         meta = {"whole_dense_seconds": whole, "real_time_factor": rtf, "utterances": len(utterances),
