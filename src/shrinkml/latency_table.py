@@ -32,6 +32,12 @@ recurrence :mod:`asr.model.lstm` runs for it; the table measures that path and k
 (:func:`sparse_threshold`, read from the model). These times are stored per :func:`compress.options.option_key`,
 unsmoothed, and looked up exactly (an option not measured is an error, never a dense time).
 
+The decoder step's targets are timed one at a time in a tight loop of steps; whether their savings add up in
+real decoding is measured last (:func:`step_scale`): the dense model and four models with every step target
+compressed together decode all ``utterances`` greedily in the dense model's decoder steps, and the table scales the
+step targets' savings by the least-squares ratio of measured to summed savings (0.96 on the embedded baseline,
+2026-12-05, Intel Xeon, AVX-512).
+
 Per-use times become seconds per audio second through ``Target.uses_per_second``
 (:func:`compress.targets.profile_uses`, counted while decoding the ``utterances`` one at a time). Each target
 is timed dense and at a grid of ranks (geometric from 1 to the largest rank that pays, plus ranks asked for:
