@@ -19,7 +19,8 @@ from rl.space import SearchSpace, SearchSpaceError
 
 KEY = {"cpu": "Test CPU", "cpu_capability": "AVX2", "cpu_flags": ["avx", "avx2", "fma"], "torch": "0.0",
        "backend": "cpp", "checkpoint_sha256": "ab" * 32, "threads": 1, "clock": "cpu", "statistic": "min",
-       "repeats": 15, "grid": 10, "utterances": 40, "target_utterances": 8, "step_calls": 20, "step_repeats": 100}
+       "repeats": 15, "grid": 10, "utterances": 40, "target_utterances": 8, "step_calls": 20, "step_repeats": 100,
+       "sparse_min_sparsity": 0.5}
 
 
 def toy_table(key: dict | None = None) -> LatencyTable:
@@ -133,3 +134,78 @@ def test_check_reachable_and_manual_baseline_by_latency():
     scheme = uniform_energy_scheme(real, weights, SvdCache(), 1.5, "latency", latency_table=table)
     assert scheme.estimates["speedup/latency"] >= 1.5 and scheme.meta["by"] == "latency"
     assert table.speedup(scheme.ranks) == scheme.estimates["speedup/latency"]
+
+
+def mixed_table() -> LatencyTable:
+    """``toy_table`` with ``a`` also measured at three options that are not a rank alone."""
+    table = toy_table()
+    table.targets["a"].options = {"s0.8": 0.8, "s0.8@4x1": 0.6, "r2+s0.5@4x1": 0.4}
+    return table
+
+
+def test_options_other_than_ranks_are_looked_up_exactly():
+    table = mixed_table()
+    a = table.targets["a"]
+    assert a.seconds({"sparsity": 0.8}) == 0.8 and a.seconds({"sparsity": 0.8, "pattern": "unstructured"}) == 0.8
+    assert a.seconds({"sparsity": 0.8, "pattern": "4x1"}) == 0.6
+    assert a.seconds({"rank": 2, "sparsity": 0.5, "pattern": "4x1"}) == 0.4
+    assert a.seconds({"rank": 2}) == a.seconds(2) == pytest.approx(0.75)  # a rank alone: interpolated, as before
+    assert a.seconds({"sparsity": 0}) == 2.0  # no sparsity: dense
+    settings = {"a": {"rank": 2, "sparsity": 0.5, "pattern": "4x1"}, "b": FULL}
+    assert table.latency(settings) == pytest.approx(1.0 + 0.4 + 1.0)
+    assert estimate_speedup(toy_targets(), settings, "latency", table) == pytest.approx(4.0 / 2.4)
+    assert table.holds(settings) and table.holds({"a": 3}) and not table.holds({"a": {"sparsity": 0.9}})
+
+
+def test_an_option_the_table_was_not_measured_at_is_an_error_naming_it():
+    table = mixed_table()
+    with pytest.raises(CostModelError, match=r"no time for target 'a' at option s0.9@4x1 \(it holds .*r2\+s0.5@4x1"):
+        table.speedup({"a": {"sparsity": 0.9, "pattern": "4x1"}})
+    with pytest.raises(CostModelError, match="no time for target 'a' at option r3\\+s0.5@4x1"):
+        estimate_speedup(toy_targets(), {"a": {"rank": 3, "sparsity": 0.5, "pattern": "4x1"}}, "latency", table)
+    with pytest.raises(CostModelError, match="no time for target 'b' at option s0.5 .*ranks only"):
+        table.latency({"b": {"sparsity": 0.5}})
+
+
+def test_scheme_build_fills_speedup_latency_for_mixed_settings_the_table_holds():
+    targets = [Target("a", "linear", (8, 8)), Target("b", "linear", (4, 8))]
+    table = mixed_table()
+    table.targets["b"] = TargetLatency((4, 8), 1.0, [])
+    mixed = Scheme.build(targets, {"a": {"sparsity": 0.8, "pattern": "4x1"}, "b": 1}, "test", latency_table=table)
+    assert mixed.estimates["speedup/latency"] == pytest.approx(4.0 / (1.0 + 0.6 + 1.0))
+    assert mixed.options == {"a": {"sparsity": 0.8, "pattern": "4x1"}}
+    unmeasured = Scheme.build(targets, {"a": {"sparsity": 0.7}}, "test", latency_table=table)
+    assert "speedup/latency" not in unmeasured.estimates and "speedup/params" in unmeasured.estimates
+    ranks = Scheme.build(targets, {"a": 2}, "test", latency_table=table)  # rank-only schemes as before
+    assert ranks.estimates["speedup/latency"] == pytest.approx(4.0 / 2.75)
+
+
+def test_options_round_trip_and_an_older_format_is_not_used(tmp_path, caplog):
+    table = mixed_table()
+    path = table.save(table_path(tmp_path, KEY))
+    assert LatencyTable.load(path).targets["a"].options == table.targets["a"].options
+    assert LatencyTable.find(tmp_path, KEY).to_dict() == table.to_dict()
+    old = table.to_dict()
+    old["format"] = "shrinkml-latency/1"  # ranks only, under this key's name
+    for entry in old["targets"].values():
+        entry.pop("options")
+    path.write_text(json.dumps(old))
+    with caplog.at_level("WARNING"):
+        assert LatencyTable.find(tmp_path, KEY) is None
+    lines = [r.getMessage() for r in caplog.records if "format shrinkml-latency/1" in r.getMessage()]
+    assert len(lines) == 1 and "\n" not in lines[0] and "measured again" in lines[0]
+    with pytest.raises(CostModelError, match="latency table of format 'shrinkml-latency/1', not 'shrinkml-latency/2'"):
+        LatencyTable.load(path)
+    assert key_hash({**KEY, "sparse_min_sparsity": 0.7}) != key_hash(KEY)
+    assert LatencyTable.find(tmp_path, {**KEY, "sparse_min_sparsity": None}) is None
+
+
+def test_the_decoder_steps_savings_are_scaled_together():
+    table = mixed_table()
+    table.step_scale, table.step_targets = 1.5, ["a"]
+    assert table.seconds("a", 1) == pytest.approx(2.0 - 1.5 * (2.0 - 0.5))
+    assert table.seconds("a", FULL) == 2.0 and table.seconds("b", FULL) == 1.0  # dense stays dense
+    assert table.latency({"a": {"sparsity": 0.8}}) == pytest.approx(1.0 + 2.0 - 1.5 * 1.2 + 1.0)
+    again = LatencyTable.from_dict(json.loads(json.dumps(table.to_dict())))
+    assert again.step_scale == 1.5 and again.step_targets == ["a"]
+    assert again.latency({"a": 2}) == table.latency({"a": 2})

@@ -14,9 +14,11 @@ from hydra import compose, initialize_config_dir
 from test_compress_scripts import run_script
 
 from asr.model import lowrank_lstm
+from asr.model import lstm as lstm_module
 from asr.model.asr_model import AsrModel
-from compress.cost import FULL, CostModelError
-from compress.latency_cost import KEY_FIELDS, LatencyTable, TargetLatency, table_path
+from compress.cost import FULL, CostModelError, estimate_speedup
+from compress.latency_cost import FORMAT, KEY_FIELDS, LatencyTable, TargetLatency, table_path
+from compress.options import option_key
 from compress.scheme import Scheme, current_ranks, file_fingerprint
 from compress.targets import Target, discover_targets
 from shrinkml import latency_table
@@ -28,6 +30,8 @@ from shrinkml.latency_table import (
     largest_paying_rank,
     machine_key,
     rank_grid,
+    sparse_threshold,
+    split_options,
     stage_table,
 )
 from shrinkml.stage import load_recognizer
@@ -116,17 +120,26 @@ def test_tiny_model_table_is_measured_for_every_target(tmp_path):
     assert whole > 0 and table.fixed == pytest.approx(whole - sum(t.dense for t in table.targets.values()))
     assert table.dense_seconds == pytest.approx(whole) and table.speedup({}) == 1.0
     ranks = {t.name: entry.points[0][0] for t in targets if (entry := table.targets[t.name]).points}
+    step = {"decoder.cell", "decoder.attention.mono_query", "decoder.attention.chunk_query", "decoder.pre_output",
+            "decoder.output"}
+    assert set(table.step_targets) == step and 0.5 <= table.step_scale <= 2.0  # measured by whole decodes
+    assert set(table.meta["step_scale"]["measured"]) == {"q0.25", "q0.5", "q0.75", "q1.0"}
+    scale = {n: table.step_scale if n in step else 1.0 for n in ranks}  # the step's savings scaled together
     assert table.speedup(ranks) == pytest.approx(whole / (whole + sum(
-        table.targets[n].points[0][1] - table.targets[n].dense for n in ranks)))
+        scale[n] * (table.targets[n].points[0][1] - table.targets[n].dense) for n in ranks)))
 
 
 def fake_build(calls: list):
-    """A stand-in for build_table that records its calls and returns a table of dense 1.0 per target."""
+    """A stand-in for build_table that records its calls and returns a table of dense 1.0 per target (and 0.5 at
+    every option asked for that is not a rank alone)."""
 
-    def build(model, targets, utterances, frame_shift_ms, key, settings, cache=None, extra_ranks=None):
-        calls.append((dict(key), len(utterances)))
-        return LatencyTable(dict(key), 1.0, {t.name: TargetLatency(t.shape, 1.0, []) for t in targets},
-                            {"build_seconds": 0.0})
+    def build(model, targets, utterances, frame_shift_ms, key, settings, cache=None, extra_ranks=None,
+              extra_options=None):
+        calls.append((dict(key), len(utterances), extra_options))
+        options = {name: {option_key(o): 0.5 for o in split_options(row)[1]} for name, row in
+                   (extra_options or {}).items()}
+        return LatencyTable(dict(key), 1.0, {t.name: TargetLatency(t.shape, 1.0, [], {}, options.get(t.name, {}))
+                                             for t in targets}, {"build_seconds": 0.0})
 
     return build
 
@@ -143,7 +156,8 @@ def test_cached_table_is_reused_only_for_its_own_key(tmp_path, monkeypatch):
     table, path = ensure_table(model, targets, batches(), 10.0, ckpt, one)
     assert len(calls) == 1 and calls[0][1] == 3 and path.is_file()
     stored = json.loads(path.read_text())["key"]
-    assert stored == machine_key(ckpt, one) and stored["checkpoint_sha256"] == file_fingerprint(ckpt)
+    assert stored == machine_key(ckpt, one, sparse_min_sparsity=None)
+    assert stored["checkpoint_sha256"] == file_fingerprint(ckpt)
     assert set(stored) == set(KEY_FIELDS)
     assert path == table_path(one.dir, stored)
     again, again_path = ensure_table(model, targets, batches(), 10.0, ckpt, one)
@@ -169,6 +183,93 @@ def test_cached_table_is_reused_only_for_its_own_key(tmp_path, monkeypatch):
     assert stage_table("params", latency_cfg, ckpt, model, unknown, batches, 10.0)[0] is None
     with pytest.raises(CostModelError, match="target 'x' is not in latency table"):
         ensure_table(model, unknown, batches(), 10.0, ckpt, one)
+
+
+JOINT_OPTIONS = {  # per target of the tiny model: sparsities, 4x1 blocks, ranks with pruned factors
+    "encoder.layers.0": [FULL, 5, {"sparsity": 0.8}, {"sparsity": 0.8, "pattern": "4x1"},
+                         {"rank": 4, "sparsity": 0.5, "pattern": "4x1"}],
+    "encoder.layers.1": [{"sparsity": 0.9, "pattern": "4x1"}],
+    "decoder.cell": [{"sparsity": 0.8, "pattern": "4x1"}, {"rank": 4, "sparsity": 0.75, "pattern": "4x1"}],
+    "decoder.attention.mono_key": [{"sparsity": 0.75}],
+    "decoder.output": [{"sparsity": 0.8, "pattern": "4x1"}],
+    "decoder.attention.chunk_v": [{"sparsity": 0.5}],  # no rank pays: timed at its option all the same
+}
+
+
+def test_a_table_with_sparse_and_rank_plus_sparse_options_returns_their_times(tmp_path, monkeypatch):
+    if lowrank_lstm.backend() != "cpp":
+        pytest.fail(f"the C++ extension must build on this machine: {lowrank_lstm.backend_info()['reason']}")
+    model = tiny_model()
+    model.set_decoding(1.0, False, 0.5)  # pruned matrices with >= 50% zeros decode on the sparse kernels
+    targets = discover_targets(model, exclude=["ctc_head"])
+    sparse_runs = []
+
+    def counted(*args, **kwargs):
+        out = sparse_forward(*args, **kwargs)
+        sparse_runs.append(out is not None)
+        return out
+
+    sparse_forward = lstm_module.sparse_layer_forward
+    monkeypatch.setattr(lstm_module, "sparse_layer_forward", counted)
+    key = {"cpu": "test", "sparse_min_sparsity": sparse_threshold(model)}
+    table = build_table(model, targets, utterances(), 10.0, key, settings(tmp_path), extra_options=JOINT_OPTIONS)
+    assert key["sparse_min_sparsity"] == 0.5 and any(sparse_runs)  # the pruned encoder layers ran the sparse kernel
+    for name, options in JOINT_OPTIONS.items():
+        entry = table.targets[name]
+        expected = {option_key(o) for o in options if o != FULL and not isinstance(o, int)}
+        assert set(entry.options) == expected, name
+        for option in options:
+            seconds = entry.seconds(option, name)
+            if name.startswith("encoder.") or name == "decoder.attention.mono_key":  # timed as calls: > 0
+                assert seconds > 0
+            if isinstance(option, dict) and "sparsity" in option:
+                assert seconds == entry.options[option_key(option)]
+    assert 5 in [rank for rank, _ in table.targets["encoder.layers.0"].points]  # ranks still join the grid
+    chunk_v = table.targets["decoder.attention.chunk_v"]
+    assert chunk_v.points == [] and chunk_v.info["context"].startswith("decode_step")
+    whole = table.meta["whole_dense_seconds"]
+    assert table.fixed == pytest.approx(whole - sum(t.dense for t in table.targets.values()))
+    mixed = {"encoder.layers.0": {"rank": 4, "sparsity": 0.5, "pattern": "4x1"}, "encoder.layers.1": 7,
+             "decoder.cell": {"sparsity": 0.8, "pattern": "4x1"}, "decoder.output": FULL}
+    expected = table.fixed + sum(table.seconds(name, mixed.get(name, FULL)) for name in table.targets)
+    assert table.latency(mixed) == pytest.approx(expected)
+    assert estimate_speedup(targets, mixed, "latency", table) == pytest.approx(whole / expected)
+    scheme = Scheme.build(targets, mixed, "test", latency_table=table)
+    assert scheme.estimates["speedup/latency"] == pytest.approx(whole / expected)
+    unmeasured = {"encoder.layers.1": {"sparsity": 0.8, "pattern": "4x1"}}
+    with pytest.raises(CostModelError, match="no time for target 'encoder.layers.1' at option s0.8@4x1"):
+        estimate_speedup(targets, unmeasured, "latency", table)
+    assert "speedup/latency" not in Scheme.build(targets, unmeasured, "test", latency_table=table).estimates
+
+
+def test_a_table_of_another_sparse_threshold_or_older_format_is_not_reused(tmp_path, monkeypatch, caplog):
+    calls, model, targets, ckpt, one = faked_measurement(tmp_path, monkeypatch)
+    model.set_decoding(1.0, False, 0.5)
+    options = {"decoder.output": [{"sparsity": 0.8, "pattern": "4x1"}]}
+    table, path = ensure_table(model, targets, batches(), 10.0, ckpt, one, extra_options=options)
+    assert len(calls) == 1 and table.key["sparse_min_sparsity"] == 0.5 and calls[0][2] == options
+    assert table.targets["decoder.output"].options == {"s0.8@4x1": 0.5}
+    ensure_table(model, targets, batches(), 10.0, ckpt, one, extra_options=options)
+    assert len(calls) == 1  # reused
+    model.set_decoding(1.0, False, 0.7)  # another threshold: another decoding path, another table
+    _, other = ensure_table(model, targets, batches(), 10.0, ckpt, one, extra_options=options)
+    assert len(calls) == 2 and calls[1][0]["sparse_min_sparsity"] == 0.7 and other != path
+    model.set_decoding(1.0, False, None)
+    ensure_table(model, targets, batches(), 10.0, ckpt, one, extra_options=options)
+    assert len(calls) == 3 and calls[2][0]["sparse_min_sparsity"] is None
+    # an option the cached table lacks: measured again, with the options it had
+    model.set_decoding(1.0, False, 0.5)
+    more = {"decoder.output": [{"sparsity": 0.9}]}
+    table, again = ensure_table(model, targets, batches(), 10.0, ckpt, one, extra_options=more)
+    assert len(calls) == 4 and again == path and set(table.targets["decoder.output"].options) == {"s0.8@4x1", "s0.9"}
+    # a table of the older format under this key's name: not used, said in one line, measured again
+    data = json.loads(path.read_text())
+    data["format"] = "shrinkml-latency/1"
+    path.write_text(json.dumps(data))
+    with caplog.at_level("WARNING"):
+        ensure_table(model, targets, batches(), 10.0, ckpt, one, extra_options=options)
+    assert len(calls) == 5 and json.loads(path.read_text())["format"] == FORMAT
+    assert any("format shrinkml-latency/1" in r.getMessage() for r in caplog.records)
 
 
 ZEN3_FLAGS = "fpu sse2 ssse3 sse4_1 sse4_2 popcnt aes avx f16c rdrand lahf_lm fma bmi1 avx2 bmi2 sha_ni vaes"
@@ -226,7 +327,7 @@ def test_a_table_of_the_older_key_is_measured_again(tmp_path, monkeypatch):
     """A table keyed only by CPU name, threads, torch, backend and checkpoint (before the instruction sets and
     measurement settings joined the key) is stale: measured again, never an error."""
     calls, model, targets, ckpt, one = faked_measurement(tmp_path, monkeypatch)
-    key = machine_key(ckpt, one)
+    key = machine_key(ckpt, one, sparse_min_sparsity=None)
     old_key = {name: key[name] for name in ("cpu", "threads", "torch", "backend", "checkpoint_sha256")}
     old = LatencyTable(old_key, 1.0, {t.name: TargetLatency(t.shape, 1.0, []) for t in targets}, {})
     old.save(table_path(one.dir, old_key))     # where the older code wrote it
@@ -242,6 +343,12 @@ def default_settings(directory: Path) -> LatencySettings:
     with initialize_config_dir(config_dir=str(Path(__file__).resolve().parents[1] / "conf"), version_base=None):
         cfg = compose("search", overrides=[f"latency.dir={directory}"])
     return LatencySettings.from_config(cfg.latency)
+
+
+def search_decoding():
+    """conf/decoding/default.yaml as search.py reads it (the model it measures decodes with it)."""
+    with initialize_config_dir(config_dir=str(Path(__file__).resolve().parents[1] / "conf"), version_base=None):
+        return compose("search").decoding
 
 
 @pytest.fixture(scope="module")
@@ -262,7 +369,8 @@ def test_search_by_latency_end_to_end(search_setup, tmp_path):
     not depend on timing), estimates with it everywhere and reports speedup/latency."""
     ckpt, common = search_setup
     targets = discover_targets(load_recognizer(ckpt).model, exclude=["ctc_head"])
-    key = machine_key(ckpt, default_settings(tmp_path / "latency"))  # the key search.py computes
+    key = machine_key(ckpt, default_settings(tmp_path / "latency"),  # the key search.py computes
+                      sparse_min_sparsity=search_decoding().sparse_min_sparsity)
     entries = {}
     for t in targets:
         top = largest_paying_rank(t.shape)

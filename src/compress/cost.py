@@ -64,7 +64,9 @@ def estimate_speedup(targets: Sequence[Target], ranks: Mapping[str, int | str], 
 
     ``by="params"``: every matrix weighted once (the paper's proxy); ``by="macs"``: weighted by
     ``uses_per_second`` (targets must have been profiled); ``by="latency"``: the measured ``table``
-    (required; every target must be in it), ``(fixed + sum dense) / (fixed + sum chosen)``.
+    (required; every target must be in it), ``(fixed + sum dense) / (fixed + sum chosen)``, where ``ranks`` may
+    hold any option of :mod:`compress.options` (a sparsity, a rank with pruned factors: looked up in the table,
+    :class:`CostModelError` when it was not measured).
     """
     check_by(by)
     if by == "latency":

@@ -1,20 +1,31 @@
-"""Measured-latency cost model: a lookup table of seconds per audio second per target and rank.
+"""Measured-latency cost model: a lookup table of seconds per audio second per target and option.
 
 The table (built by measuring a model on one machine, e.g. :mod:`shrinkml.latency_table`; this module only
 reads it) holds, for every target, its measured batch-1 time per second of audio when dense and at a grid
 of ranks, plus ``fixed``: the measured whole-model time minus the sum of the dense target times (the part
 that compression does not touch: attention energies, elementwise work, per-operation overhead). A rank
 between grid points is interpolated linearly in rank; ``full``, or a rank that does not pay (the scheme
-then keeps the matrix dense), costs the dense time. The estimated speed-up of ranks ``s`` is
+then keeps the matrix dense), costs the dense time. Every other option (:mod:`compress.options`: a sparsity,
+a rank with pruned factors) is looked up exactly in the target's ``options``, keyed by
+:func:`compress.options.option_key` (``s0.8``, ``s0.8@4x1``, ``r96+s0.5@4x1``); one the table was not measured
+at is a :class:`CostModelError` naming the target and the option, never a dense time. The estimated speed-up
+of settings ``s`` (target -> option in any form of :mod:`compress.options`) is
 
     (fixed + sum_t dense_t) / (fixed + sum_t seconds_t(s_t))
+
+where, for the targets of the decoder step (``step_targets``), ``seconds_t(s_t)`` is ``dense_t - step_scale *
+(dense_t - measured_t(s_t))``: their savings, measured one target at a time in a tight loop of steps, scaled by
+what whole greedy decodes of models with all of them compressed together measured (``step_scale``, fitted when
+the table is built; 1 when not measured).
 
 A table belongs to one machine, one measurement setting and one checkpoint: its ``key`` (:data:`KEY_FIELDS`)
 records the CPU model, the instruction sets the kernels dispatch on (torch's CPU capability and the CPU's
 avx/fma/... flags: "AMD EPYC" names both an AVX2 and an AVX-512 generation), torch's version, the kernel
 backend, the checkpoint's SHA-256 and the measurement settings (thread count, clock, statistic, repeats, grid,
-utterances, ...); :func:`table_path` names its file by a hash of that key, and :meth:`LatencyTable.find` never
-returns a table of another key, nor one whose key lacks a field (a table of an older key: stale).
+utterances, ...) and the share of zeros from which decoding runs a pruned matrix on the sparse kernels
+(``decoding.sparse_min_sparsity``: another threshold is another decoding path); :func:`table_path` names its file
+by a hash of that key, and :meth:`LatencyTable.find` never returns a table of another key, nor one whose key
+lacks a field (a table of an older key: stale), nor one of an older :data:`FORMAT` (ranks only: measured again).
 """
 
 from __future__ import annotations
@@ -29,15 +40,18 @@ from pathlib import Path
 
 from common.atomic import write_json_atomic
 from compress.cost import FULL, CostModelError, pays
+from compress.options import Option, normalize, option_key
 from compress.targets import Target
 
 log = logging.getLogger(__name__)
 
-FORMAT = "shrinkml-latency/1"
+FORMAT = "shrinkml-latency/2"  # 2: per target also ``options`` (sparse and rank+sparse options); 1: ranks only
+FORMAT_PREFIX = "shrinkml-latency/"
 MACHINE_FIELDS = ("cpu", "cpu_capability", "cpu_flags", "torch", "backend", "checkpoint_sha256")
 MEASUREMENT_FIELDS = ("threads", "clock", "statistic", "repeats", "grid", "utterances", "target_utterances",
                       "step_calls", "step_repeats")  # the latency config's settings that change the measured times
-KEY_FIELDS = (*MACHINE_FIELDS, *MEASUREMENT_FIELDS)
+DECODING_FIELDS = ("sparse_min_sparsity",)  # the decoding settings that choose the kernels a pruned matrix runs on
+KEY_FIELDS = (*MACHINE_FIELDS, *MEASUREMENT_FIELDS, *DECODING_FIELDS)
 
 
 def key_hash(key: Mapping) -> str:
@@ -67,26 +81,45 @@ def isotonic(values: Sequence[float]) -> list[float]:
 
 @dataclass
 class TargetLatency:
-    """One target's measured seconds per audio second: ``dense`` and ``points`` ``[(rank, seconds), ...]``
-    (ascending ranks, every one paying). No points: the target is never factorized (no rank pays, or it was
-    not measured) and always costs ``dense``."""
+    """One target's measured seconds per audio second: ``dense``, ``points`` ``[(rank, seconds), ...]``
+    (ascending ranks, every one paying) and ``options`` ``{option_key: seconds}`` (the options that are not a
+    rank alone: sparsities, ranks with pruned factors). No points: a rank alone costs ``dense`` (no rank pays,
+    or none was measured)."""
 
     shape: tuple[int, int]
     dense: float
     points: list[tuple[int, float]] = field(default_factory=list)
     info: dict = field(default_factory=dict)  # how it was measured (kind, uses per second, per-call seconds)
+    options: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self):
         self.shape = (int(self.shape[0]), int(self.shape[1]))
         self.points = sorted((int(r), float(s)) for r, s in self.points)
+        self.options = {str(k): float(v) for k, v in sorted(self.options.items())}
         ranks = [r for r, _ in self.points]
         if len(set(ranks)) != len(ranks) or any(not pays(self.shape, r) or r < 1 for r in ranks):
             raise CostModelError(f"latency table points {ranks} must be distinct ranks that pay for a "
                                  f"{self.shape[0]} x {self.shape[1]} matrix")
 
-    def seconds(self, rank: int | str) -> float:
-        """Seconds per audio second at ``rank``: dense for ``full`` or a rank that does not pay, else linear
-        interpolation between the nearest grid ranks (clamped to the first and last grid point)."""
+    def holds(self, option: Option) -> bool:
+        """Whether :meth:`seconds` has a time for ``option`` (``full`` and ranks always: interpolated)."""
+        setting = normalize(option)
+        return setting == FULL or set(setting) == {"rank"} or option_key(setting) in self.options
+
+    def seconds(self, option: Option, name: str = "this target") -> float:
+        """Seconds per audio second at ``option`` (any form of :mod:`compress.options`). ``full``, or a rank alone
+        that does not pay: dense; a rank alone: linear interpolation between the nearest grid ranks (clamped to
+        the first and last grid point); any other option: its measured time, :class:`CostModelError` (naming
+        ``name`` and the option) when it was not measured."""
+        setting = normalize(option)
+        if setting != FULL and set(setting) != {"rank"}:
+            key = option_key(setting)
+            if key not in self.options:
+                raise CostModelError(f"the latency table has no time for target '{name}' at option {key} (it holds "
+                                     f"{', '.join(self.options) or 'ranks only'}); build the table with this option "
+                                     "(extra_options, as the search passes its space's options)")
+            return self.options[key]
+        rank = FULL if setting == FULL else setting["rank"]
         if rank == FULL or not pays(self.shape, int(rank)) or not self.points:
             return self.dense
         rank = int(rank)
@@ -110,6 +143,8 @@ class LatencyTable:
     fixed: float
     targets: dict[str, TargetLatency]
     meta: dict = field(default_factory=dict)
+    step_scale: float = 1.0  # measured savings of the decoder step's targets together / the sum of their own
+    step_targets: list[str] = field(default_factory=list)  # the targets ``step_scale`` applies to
 
     @property
     def dense_seconds(self) -> float:
@@ -129,32 +164,53 @@ class LatencyTable:
                 raise CostModelError(f"{where} measured '{target.name}' as {entry.shape}, but the model's is "
                                      f"{tuple(target.shape)}: it belongs to another model; delete it to rebuild")
 
-    def latency(self, ranks: Mapping[str, int | str]) -> float:
-        """Estimated seconds per audio second of the model at ``ranks`` (missing targets: dense)."""
-        unknown = sorted(set(ranks) - set(self.targets))
+    def holds(self, settings: Mapping[str, Option]) -> bool:
+        """Whether every option of ``settings`` was measured (ranks: always; a target the table lacks is left to
+        :meth:`check` and :meth:`latency`, which raise)."""
+        return all(name not in self.targets or self.targets[name].holds(option) for name, option in settings.items())
+
+    def latency(self, settings: Mapping[str, Option]) -> float:
+        """Estimated seconds per audio second of the model at ``settings`` (target -> option in any form of
+        :mod:`compress.options`; missing targets: dense)."""
+        unknown = sorted(set(settings) - set(self.targets))
         if unknown:
             raise CostModelError(f"ranks name targets {unknown} that the latency table does not hold "
                                  f"(it has {sorted(self.targets)}); rebuild the table for this model")
-        return self.fixed + sum(t.seconds(ranks.get(name, FULL)) for name, t in self.targets.items())
+        return self.fixed + sum(self.seconds(name, settings.get(name, FULL)) for name in self.targets)
 
-    def speedup(self, ranks: Mapping[str, int | str]) -> float:
+    def seconds(self, name: str, option: Option) -> float:
+        """Target ``name``'s estimated seconds per audio second at ``option``: its measured time, or for a target of
+        the decoder step its dense time less ``step_scale`` times its measured saving."""
+        entry = self.targets[name]
+        seconds = entry.seconds(option, name)
+        if name in self.step_targets:
+            return entry.dense - self.step_scale * (entry.dense - seconds)
+        return seconds
+
+    def speedup(self, settings: Mapping[str, Option]) -> float:
         """``(fixed + sum dense) / (fixed + sum chosen)``."""
-        return self.dense_seconds / self.latency(ranks)
+        return self.dense_seconds / self.latency(settings)
 
     # -- JSON --------------------------------------------------------------------------------
     def to_dict(self) -> dict:
         return {"format": FORMAT, "key": self.key, "fixed": self.fixed,
                 "targets": {name: {"shape": list(t.shape), "dense": t.dense, "points": [list(p) for p in t.points],
-                                   "info": t.info} for name, t in self.targets.items()},
-                "meta": self.meta}
+                                   "options": t.options, "info": t.info} for name, t in self.targets.items()},
+                "meta": self.meta, "step_scale": self.step_scale, "step_targets": list(self.step_targets)}
 
     @classmethod
     def from_dict(cls, data: Mapping) -> LatencyTable:
-        if data.get("format") != FORMAT:
+        version = data.get("format")
+        if isinstance(version, str) and version.startswith(FORMAT_PREFIX) and version != FORMAT:
+            raise CostModelError(f"latency table of format {version!r}, not {FORMAT!r} (older: ranks only); measure it "
+                                 "again (latency.rebuild=true, or delete it)")
+        if version != FORMAT:
             raise CostModelError(f"not a latency table (format {data.get('format')!r}, expected {FORMAT!r})")
         targets = {name: TargetLatency(tuple(t["shape"]), float(t["dense"]), [tuple(p) for p in t["points"]],
-                                       dict(t.get("info", {}))) for name, t in data["targets"].items()}
-        return cls(dict(data["key"]), float(data["fixed"]), targets, dict(data.get("meta", {})))
+                                       dict(t.get("info", {})), dict(t["options"]))
+                   for name, t in data["targets"].items()}
+        return cls(dict(data["key"]), float(data["fixed"]), targets, dict(data.get("meta", {})),
+                   float(data.get("step_scale", 1.0)), list(data.get("step_targets", [])))
 
     def save(self, path: str | Path) -> Path:
         """Write the table as JSON atomically (:mod:`common.atomic`)."""
@@ -174,9 +230,18 @@ class LatencyTable:
     def find(cls, directory: str | Path, key: Mapping) -> LatencyTable | None:
         """The table of exactly ``key`` under ``directory``, or None: a missing file, one whose recorded key
         differs (another machine, instruction set, torch, backend, checkpoint or measurement setting) or lacks one
-        of :data:`KEY_FIELDS` (written before the key held it: stale), is never used."""
+        of :data:`KEY_FIELDS` (written before the key held it: stale), or is of an older :data:`FORMAT`, is never
+        used (the last two say so in one line)."""
         path = table_path(directory, key)
         if not path.is_file():
+            return None
+        try:
+            version = json.loads(path.read_text()).get("format")
+        except (json.JSONDecodeError, AttributeError):
+            version = None
+        if isinstance(version, str) and version.startswith(FORMAT_PREFIX) and version != FORMAT:
+            log.warning("latency table %s is of format %s, not %s (it lacks the sparse options); it is not used and "
+                        "is measured again", path, version, FORMAT)
             return None
         table = cls.load(path)
         missing = [name for name in KEY_FIELDS if name not in table.key]

@@ -84,8 +84,8 @@ class Scheme:
               latency_table: LatencyTable | None = None, **meta) -> Scheme:
         """A validated scheme for ``targets`` with its estimated speed-ups filled in: ``speedup/params``,
         ``speedup/macs`` (profiled targets) and ``speedup/latency`` (whenever a measured ``latency_table`` is given
-        and the scheme has ranks only). ``ranks``: target -> rank, ``full``, or its settings
-        (``{"rank": 96, "sparsity": 0.5}``)."""
+        that holds the scheme's options: every rank, and every other option it was measured at). ``ranks``: target
+        -> rank, ``full``, or its settings (``{"rank": 96, "sparsity": 0.5}``)."""
         rank_part, options = split_settings(ranks)
         scheme = cls(rank_part, provenance, {t.name: list(t.shape) for t in targets}, meta=dict(meta),
                      options=options)
@@ -93,8 +93,8 @@ class Scheme:
         scheme.estimates["speedup/params"] = scheme.estimate(targets, "params")
         if all(t.uses_per_second > 0 for t in targets):
             scheme.estimates["speedup/macs"] = scheme.estimate(targets, "macs")
-        if latency_table is not None and not options:  # the table measures ranks only
-            scheme.estimates["speedup/latency"] = estimate_speedup(targets, scheme.ranks, "latency", latency_table)
+        if latency_table is not None and latency_table.holds(scheme.settings):
+            scheme.estimates["speedup/latency"] = estimate_speedup(targets, scheme.settings, "latency", latency_table)
         return scheme
 
     @property
