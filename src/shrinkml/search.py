@@ -35,7 +35,6 @@ from common.errors import KnownError
 from compress.cost import check_by, estimate_speedup
 from compress.latency_cost import LatencyTable, key_hash
 from compress.manual import uniform_energy_scheme
-from compress.options import rank_of
 from compress.scheme import Scheme, apply_scheme, file_fingerprint, split_settings
 from compress.sensitivity import load_table, sensitive_targets
 from compress.svd import SvdCache
@@ -149,8 +148,7 @@ def search_worker(cfg: DictConfig, module, started: float) -> dict:
     space = build_space(cfg, targets, cache, model)
     latency_table, _ = stage_table(cfg.by, cfg.latency, cfg.ckpt, model, targets,  # measured now, or reused
                                    lambda: eval_batches(datamodule, cfg.split), module.assets.features.frame_shift_ms,
-                                   cache, {name: [rank_of(o) for o in row]
-                                           for name, row in zip(space.names, space.options, strict=True)})
+                                   cache, extra_options=dict(zip(space.names, space.options, strict=True)))
 
     def estimate(ranks: dict) -> float:
         return scheme_speedup(targets, ranks, cfg.by, latency_table)
