@@ -67,17 +67,20 @@ $(CONDENSED): $(BASELINE)/summary.json
 ## numbers of decodes at a_t = 3.7, RESULTS.md; SEARCH=aggressive runs the paper's RL instead) and the random
 ## search over feasible schemes as its control, same budget and space; an interrupted search resumes where it
 ## stopped when run again (state of an older baseline is kept aside). SPACE=joint (per target a rank, a sparsity
-## or both), BY=params|macs|latency and TARGET=<a_t> choose the space, estimate and target:
+## or both), BY=params|macs|latency, TARGET=<a_t> and DECODES=<budget in decodes> choose the space, estimate, target
+## and budget:
 ##   make search SPACE=joint BY=latency TARGET=2.5 && make retrain SPACE=joint BY=latency TARGET=2.5
 # the searcher of conf/search.yaml's defaults list (`- search: NAME`), named nowhere else
 SEARCH ?= $(shell sed -n 's/^  - search: *\([A-Za-z0-9_]*\).*/\1/p' conf/search.yaml)
 SPACE ?=
 BY ?=
 TARGET ?=
+DECODES ?=
 # a search's directory name: the searcher, then each choice made here (none: the searcher's own name)
-search_name = $(1)$(if $(SPACE),_$(SPACE))$(if $(BY),_$(BY))$(if $(TARGET),_$(TARGET))
-search_args = $(if $(SPACE)$(BY)$(TARGET),search.name=$(call search_name,$(1))) $(if $(SPACE),search.space.kind=$(SPACE)) \
-	$(if $(BY),by=$(BY)) $(if $(TARGET),search.target_speedup=$(TARGET))
+search_name = $(1)$(if $(SPACE),_$(SPACE))$(if $(BY),_$(BY))$(if $(TARGET),_$(TARGET))$(if $(DECODES),_d$(DECODES))
+search_args = $(if $(SPACE)$(BY)$(TARGET)$(DECODES),search.name=$(call search_name,$(1))) \
+	$(if $(SPACE),search.space.kind=$(SPACE)) $(if $(BY),by=$(BY)) $(if $(TARGET),search.target_speedup=$(TARGET)) \
+	$(if $(DECODES),search.max_decodes=$(DECODES))
 SEARCH_NAME := $(call search_name,$(SEARCH))
 CONTROL_NAME := $(call search_name,random_feasible)
 # a search chosen here, its control and its retraining share one W&B group: the search's directory name
