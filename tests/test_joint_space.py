@@ -167,3 +167,23 @@ def test_joint_search_stage_on_the_tiny_corpus(tiny_corpus, tmp_path_factory):
     chosen = Scheme.load(out / "best_scheme.json")
     assert report["summary"]["selected_on"] == "dev" and chosen.estimates["speedup/params"] >= 2.0
     assert chosen.provenance == "optuna-joint"  # its rows in make compare: "optuna-joint retrained"
+
+
+def test_repair_by_rise_prefers_the_options_the_tables_call_harmless(tmp_path):
+    targets, space = space_of()
+    costs = space.costs(params_estimate(targets))
+    dense = [len(row) - 1 for row in space.options]
+    rises = [[0.0 if isinstance(o, dict) and "sparsity" not in o else 50.0 for o in row] for row in space.options]
+    rises[-1] = [0.0] * len(space.options[-1])
+    for row, rise in zip(space.options, rises, strict=True):
+        rise[row.index(FULL)] = 0.0
+    choices = costs.repair(dense, 1.5, rises=rises)
+    assert choices is not None and costs.speedup(choices) >= 1.5
+    chosen = space.ranks(choices)
+    assert all(o == FULL or "sparsity" not in o for o in chosen.values())  # ranks alone cost no rise here
+    problem, wer = ragged_problem(tmp_path)
+    problem.option_rises = rises
+    settings = dict(storage=None, n_startup_trials=3, n_ei_candidates=8, multivariate=True, feasible_draws=100)
+    first = OptunaTpeSearcher(problem, **settings).ask(0)
+    assert first.point == {"greedy": True} and first.speedup >= problem.target_speedup
+    assert first.choices == costs.repair(dense, problem.target_speedup, rises=rises)

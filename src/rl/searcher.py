@@ -24,8 +24,9 @@ from rl.space import SearchSpace
 class SearchProblem:
     """What a searcher searches: the space ``S`` (``l x d``), the speed-up estimate ``a(ranks)``, the target
     ``a_t``, the reward's name (``conservative``: Eq. 4, ``aggressive``: Eq. 5), the estimate's name (``by``,
-    with a latency table's hash), the dense model's proxy WER ``w_b``, the seed, this worker's index and the
-    directory of the search's state (for a searcher's own files, e.g. Optuna's ``study.db``)."""
+    with a latency table's hash), the dense model's proxy WER ``w_b``, the seed, this worker's index, the
+    directory of the search's state (for a searcher's own files, e.g. Optuna's ``study.db``) and, in the joint
+    space, each option's WER rise estimated by the sensitivity tables (:func:`rl.space.option_rises`)."""
 
     space: SearchSpace
     estimate: Callable[[dict], float]
@@ -37,6 +38,7 @@ class SearchProblem:
     worker: int = 0
     workers: int = 1
     state_dir: Path = Path(".")
+    option_rises: list[list[float]] | None = None  # per target and option its estimated WER rise (joint space)
 
 
 @dataclass

@@ -19,6 +19,7 @@ as does any option whose rank does not pay (``k (m + n) >= m n``).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -169,14 +170,22 @@ class OptionCosts:
         budget = 1.0 / target_speedup + 1e-12
         return [spent + cost + rest <= budget for cost in self.delta[i]]
 
-    def repair(self, choices: Sequence[int], target_speedup: float, start: int = 0) -> list[int] | None:
-        """``choices`` moved to more compressed options until they meet ``target_speedup``, the targets taking
-        turns one notch at a time (the next cheaper option of its row by cost), from target ``start``: HAQ's
-        repair of a proposal that misses its resource budget (Wang et al. 2019, section 3.3: the bit widths are
-        lowered layer by layer until the constraint holds). None when the cheapest scheme misses it too."""
+    def repair(self, choices: Sequence[int], target_speedup: float, start: int = 0,
+               rises: Sequence[Sequence[float]] | None = None) -> list[int] | None:
+        """``choices`` moved to more compressed options until they meet ``target_speedup``; None when the cheapest
+        scheme misses it too.
+
+        Without ``rises``: the targets take turns one notch at a time (the next cheaper option of its row by
+        cost), from target ``start``: HAQ's repair of a proposal that misses its resource budget (Wang et al.
+        2019, section 3.3: the bit widths are lowered layer by layer until the constraint holds). With ``rises``
+        (per target and option its estimated WER rise, :func:`option_rises`): each move is the cheaper option, of
+        any target, that saves the most cost per point of estimated WER rise (a move that lowers the rise first),
+        as AIMET's greedy selection trades its per-layer curves."""
         choices = list(choices)
         budget = 1.0 / target_speedup + 1e-12
         cost = self.base + sum(row[j] for row, j in zip(self.delta, choices, strict=True))
+        if rises is not None:
+            return self._repair_by_rise(choices, cost, budget, rises)
         count = len(choices)
         while cost > budget:
             moved = False
@@ -195,6 +204,48 @@ class OptionCosts:
             if not moved:
                 return None
         return choices
+
+    def _repair_by_rise(self, choices: list[int], cost: float, budget: float,
+                        rises: Sequence[Sequence[float]]) -> list[int] | None:
+        while cost > budget:
+            best, best_key = None, (-math.inf, 0.0)
+            for i, (row, rise) in enumerate(zip(self.delta, rises, strict=True)):
+                current = choices[i]
+                for j, option_cost in enumerate(row):
+                    saving = row[current] - option_cost
+                    if saving <= 1e-15:
+                        continue
+                    extra = rise[j] - rise[current]
+                    key = (math.inf if extra <= 0 else saving / extra, saving)  # ties: the larger saving
+                    if key > best_key:
+                        best, best_key = (i, j), key
+            if best is None:
+                return None
+            i, j = best
+            cost += self.delta[i][j] - self.delta[i][choices[i]]
+            choices[i] = j
+        return choices
+
+
+def option_rises(space: SearchSpace, rank_table: dict | None, sparsity_table: dict | None) -> list[list[float]]:
+    """Per target and option the WER rise (points) the single-target sensitivity tables estimate for it alone:
+    0 for ``full``, the rank table's at a rank (:func:`rank_delta`), the sparsity table's at a sparsity
+    (:func:`sparsity_delta`, measured unstructured: a block pattern is taken as costing the same), their sum for a
+    rank with pruned factors. The tables measure single options, not schemes: an ordering, not a prediction."""
+    out = []
+    for name, row in zip(space.names, space.options, strict=True):
+        rises = []
+        for option in row:
+            setting = normalize(option)
+            if setting == FULL:
+                rises.append(0.0)
+                continue
+            rise = rank_delta(rank_table, name, int(setting["rank"])) if "rank" in setting else 0.0
+            if "sparsity" in setting:
+                rise += sparsity_delta(sparsity_table, name, float(setting["sparsity"]))
+            rises.append(rise)
+        out.append(rises)
+    return out
 
 
 def _option(target: Target, rank: int) -> int | str:
@@ -297,22 +348,34 @@ def _fits(shape: tuple[int, int], pattern: str) -> bool:
     return shape[0] % int(rows) == 0 and shape[1] % int(cols) == 0
 
 
-def _sparsity_fine(table: dict | None, name: str, sparsity: float, max_delta: float) -> bool:
-    """Whether pruning ``name`` alone to ``sparsity`` raised WER by at most ``max_delta`` in the sparsity-sensitivity
-    ``table`` (its nearest measured sparsity at or above it; True without a table or a row of the target)."""
+def sparsity_delta(table: dict | None, name: str, sparsity: float) -> float:
+    """The WER rise of pruning ``name`` alone to ``sparsity`` in the sparsity-sensitivity ``table`` (its nearest
+    measured sparsity at or above it, else its highest); 0 without a table or a row of the target."""
     if table is None:
-        return True
+        return 0.0
     rows = sorted((float(r["sparsity"]), float(r["delta"])) for r in table["rows"] if r["target"] == name)
     if not rows:
-        return True
+        return 0.0
     at_or_above = [delta for s, delta in rows if s >= sparsity - 1e-9]
-    return (at_or_above[0] if at_or_above else rows[-1][1]) <= max_delta
+    return at_or_above[0] if at_or_above else rows[-1][1]
+
+
+def rank_delta(table: dict | None, name: str, rank: int) -> float:
+    """The WER rise of factorizing ``name`` alone at ``rank`` in the rank-sensitivity ``table`` (its nearest measured
+    rank at or below it, whose rise is at least as large; its smallest otherwise); 0 without a table or a row."""
+    if table is None:
+        return 0.0
+    rows = sorted((int(r["rank"]), float(r["delta"])) for r in table["rows"] if r["target"] == name)
+    if not rows:
+        return 0.0
+    at_or_below = [delta for k, delta in rows if k <= rank]
+    return max(0.0, at_or_below[-1] if at_or_below else rows[0][1])
 
 
 def joint_space(targets: Sequence[Target], rank_space: SearchSpace, sparsities: Sequence[float],
                 patterns: Sequence[str], factor_sparsities: Sequence[float], factor_patterns: Sequence[str],
-                rank_multiple: int = 4, sparsity_table: dict | None = None, max_delta: float = float("inf")
-                ) -> SearchSpace:
+                rank_multiple: int = 4, sparsity_table: dict | None = None, max_delta: float = float("inf"),
+                rank_table: dict | None = None) -> SearchSpace:
     """Per target, the options of every technique (improvement over the paper's rank-only space):
 
     * the ranks of ``rank_space``'s row (the sensitivity space: bounded by the rank-sensitivity table);
@@ -321,7 +384,9 @@ def joint_space(targets: Sequence[Target], rank_space: SearchSpace, sparsities: 
       sparsity-sensitivity table of ``scripts/sensitivity.py kind=sparsity``; every sparsity without one);
     * ``{"rank": k, "sparsity": s, "pattern": p}``: each rank of the row rounded to a multiple of ``rank_multiple``
       (so blocks tile the factors ``U`` ``(m, k)`` and ``V`` ``(k, n)``), its factors pruned to each of
-      ``factor_sparsities`` in each of ``factor_patterns`` that tiles both;
+      ``factor_sparsities`` in each of ``factor_patterns`` that tiles both, where the rank's WER rise
+      (``rank_table``, the rank-sensitivity table) and the sparsity's (``sparsity_table``) add up to at most
+      ``max_delta``: no table measures the pair, and the rises of two small changes of one matrix roughly add;
     * ``full``.
 
     A target no rank pays for (MoChA's ``1 x 256`` energy vector) stays ``full`` only. Duplicate options are
@@ -334,13 +399,15 @@ def joint_space(targets: Sequence[Target], rank_space: SearchSpace, sparsities: 
         row: list = [{"rank": int(r)} for r in ranks]
         if ranks:
             row += [{"sparsity": float(s), "pattern": p} for s in sparsities for p in patterns
-                    if _fits(shape, p) and _sparsity_fine(sparsity_table, name, float(s), max_delta)]
+                    if _fits(shape, p) and sparsity_delta(sparsity_table, name, float(s)) <= max_delta]
             for r in ranks:
                 k = max(rank_multiple, round(int(r) / rank_multiple) * rank_multiple)
                 if not pays(shape, k):
                     continue
                 row += [{"rank": k, "sparsity": float(s), "pattern": p} for s in factor_sparsities
-                        for p in factor_patterns if _fits((shape[0], k), p) and _fits((k, shape[1]), p)]
+                        for p in factor_patterns if _fits((shape[0], k), p) and _fits((k, shape[1]), p)
+                        and rank_delta(rank_table, name, k) + sparsity_delta(sparsity_table, name, float(s))
+                        <= max_delta]
         row.append(FULL)
         unique: dict[str, object] = {}
         for option in row:

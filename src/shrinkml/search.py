@@ -43,7 +43,7 @@ from rl.loop import STATE_FILES, SearchClock, SearchLoop, StaleSearchError, Work
 from rl.report import markdown_table, plot_explored
 from rl.rewards import wer_reward
 from rl.searcher import Searcher, SearchProblem
-from rl.space import SearchSpace, joint_space, sensitivity_space, uniform_space, widened_sensitivity_space
+from rl.space import SearchSpace, joint_space, option_rises, sensitivity_space, uniform_space, widened_sensitivity_space
 from shrinkml.latency_table import stage_table
 from shrinkml.stage import data_module, eval_batches, load_recognizer, profiled_targets, wer_scorer
 
@@ -84,8 +84,9 @@ def build_space(cfg: DictConfig, targets, cache: SvdCache, model) -> SearchSpace
         sparsity_table = load_table(table_path) if table_path is not None and table_path.is_file() else None
         if sparsity_table is None:
             log.info("joint space: no sparsity-sensitivity table (%s): every sparsity is an option", table_path)
+        rank_table = load_table(cfg.sensitivity_table) if Path(cfg.sensitivity_table).is_file() else None
         return joint_space(targets, ranks, space.sparsities, space.patterns, space.factor_sparsities,
-                           space.factor_patterns, space.rank_multiple, sparsity_table, space.max_delta)
+                           space.factor_patterns, space.rank_multiple, sparsity_table, space.max_delta, rank_table)
     if space.kind == "uniform":
         return uniform_space(targets, space.options, space.min_fraction, space.spacing)
     if space.kind == "sensitivity":
@@ -166,8 +167,12 @@ def search_worker(cfg: DictConfig, module, started: float) -> dict:
 
     # another latency table is another estimate: its state is stale
     by = f"latency@{key_hash(latency_table.key)}" if cfg.by == "latency" else cfg.by
+    rises = None
+    if space.ragged:  # every option's WER rise by the sensitivity tables: TPE's repair and first scheme
+        tables = [Path(cfg.sensitivity_table), Path(search.space.sparsity_table or "")]
+        rises = option_rises(space, *(load_table(t) if t.is_file() else None for t in tables))
     problem = SearchProblem(space, estimate, search.target_speedup, search.reward, by, baseline_wer, cfg.seed,
-                            worker, search.workers, out)
+                            worker, search.workers, out, rises)
     searcher: Searcher = hydra.utils.instantiate(search.searcher, _partial_=True)(problem=problem)
     checkpoint_sha256 = file_fingerprint(cfg.ckpt)
     guard_state(out, search_signature(checkpoint_sha256, searcher, baseline_wer), cfg.on_stale,
