@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from asr.model import lowrank_lstm
+from asr.model.fast_decode import _hooked
 from asr.model.lstm import ConcatLSTM
 
 
@@ -23,6 +25,17 @@ class EncoderState:
     lstm: list[tuple[torch.Tensor, torch.Tensor] | None] = field(default_factory=list)
     leftover: list[torch.Tensor | None] = field(default_factory=list)  # frames waiting for a full pool group
     input_leftover: torch.Tensor | None = None  # input frames waiting for a full stack
+
+
+def _plain_norm(norm: nn.Module, size: int) -> bool:
+    """Whether the C++ ``norm_pool`` computes ``norm``: no norm, or an affine ``nn.LayerNorm`` over the last ``size``
+    features, and no forward hooks that would miss its call."""
+    if _hooked(norm):
+        return False
+    if type(norm) is nn.Identity:
+        return True
+    return (type(norm) is nn.LayerNorm and tuple(norm.normalized_shape) == (size,) and norm.elementwise_affine
+            and norm.bias is not None)
 
 
 class Encoder(nn.Module):
@@ -71,14 +84,27 @@ class Encoder(nn.Module):
     def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``x`` ``(B, T, F)``, ``lengths`` ``(B,)`` -> encodings ``(B, T', H)`` and their lengths ``(B,)``."""
         x = self._stack(x)
-        for layer, norm, p in zip(self.layers, self.norms, self.pool, strict=True):
+        for i, layer in enumerate(self.layers):
             x, _ = layer(x)
-            x = norm(x)
-            if p > 1:
-                usable = x.shape[1] // p * p
-                x = x[:, :usable].reshape(x.shape[0], usable // p, p, x.shape[2]).amax(dim=2)
-            x = self.dropout(x)
+            x = self.dropout(self.norm_pool(i, x))
         return x, self.output_lengths(lengths)
+
+    def norm_pool(self, index: int, x: torch.Tensor) -> torch.Tensor:
+        """Layer ``index``'s LayerNorm (if any) and max-pool over whole groups of its factor: ``(B, T, H)`` ->
+        ``(B, T // p, H)``. When decoding (gradients off, CPU float32, the C++ extension built) one C++ pass
+        (``norm_pool`` of ``asr/kernels/csrc/decode_step.cpp``; equal up to float rounding)."""
+        norm, p = self.norms[index], self.pool[index]
+        if not torch.is_grad_enabled() and _plain_norm(norm, x.shape[-1]):
+            affine = () if type(norm) is nn.Identity else (norm.weight, norm.bias)
+            if lowrank_lstm._uses_extension(x, *affine) and (p > 1 or affine):
+                weight, bias = affine or (None, None)
+                eps = norm.eps if affine else 0.0
+                return torch.ops.shrinkml_lowrank.norm_pool(x, weight, bias, eps, p)
+        x = norm(x)
+        if p > 1:
+            usable = x.shape[1] // p * p
+            x = x[:, :usable].reshape(x.shape[0], usable // p, p, x.shape[2]).amax(dim=2)
+        return x
 
     def _stack(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, T, F)`` -> ``(B, T // s, s F)``: whole groups of ``s = input_stack`` frames side by side."""
