@@ -67,7 +67,7 @@ def part_runs(model, features: torch.Tensor, lengths: torch.Tensor) -> tuple[dic
     encoder, decoder = model.encoder, model.decoder
     runs = {"whole": lambda: model.decode(features, lengths, 0), "encoder": lambda: model.encode(features, lengths)}
     x = encoder._stack(features)
-    for i, (layer, norm, pool) in enumerate(zip(encoder.layers, encoder.norms, encoder.pool, strict=True)):
+    for i, layer in enumerate(encoder.layers):
         runs[f"encoder.lstm{i}"] = lambda layer=layer, x=x: layer(x)
         y, _ = layer(x)
         runs[f"encoder.norm_pool{i}"] = lambda i=i, y=y: encoder.norm_pool(i, y)

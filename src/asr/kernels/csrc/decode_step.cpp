@@ -248,36 +248,46 @@ std::tuple<at::Tensor, at::Tensor> greedy_decode(
     return {out_tokens.narrow(1, 0, steps), out_scores.narrow(1, 0, steps)};
 }
 
-// An encoder layer's LayerNorm (when weight is given) and max-pool over whole groups of `pool` frames, for
-// inference (asr.model.encoder.Encoder.norm_pool): x (B, T, H) -> (B, T / pool, H). One pass per frame: mean and
-// variance in double (ATen's float moments agree to rounding), then y = (x - mean) / sqrt(var + eps) w + b,
-// each pooled frame the largest y of its group.
+// An encoder layer's LayerNorm (when w is given) and max-pool over whole groups of `pool` frames, for inference
+// (asr.model.encoder.Encoder.norm_pool): x (B, T, H) -> (B, T / pool, H). Per frame the mean, then the variance of
+// the centered values (kAcc partial sums each: vectorized, and as exact as ATen's float moments to rounding), then
+// y = (x - mean) / sqrt(var + eps) w + b, each pooled frame the largest y of its group.
+SHRINKML_INLINE float sum_of(const float* __restrict x, float shift, bool square, int64_t n) {
+    float acc[kAcc] = {0.0f};
+    int64_t d = 0;
+    for (; d + kAcc <= n; d += kAcc) {
+        for (int l = 0; l < kAcc; ++l) {
+            const float v = x[d + l] - shift;
+            acc[l] += square ? v * v : v;
+        }
+    }
+    float total = 0.0f;
+    for (int l = 0; l < kAcc; ++l) total += acc[l];
+    for (; d < n; ++d) {
+        const float v = x[d] - shift;
+        total += square ? v * v : v;
+    }
+    return total;
+}
+
 SHRINKML_CLONES
 void norm_pool_rows(const float* __restrict x, float* __restrict out, const float* __restrict w,
-                    const float* __restrict bias, int64_t frames, int64_t hidden, int64_t pool, double eps,
-                    bool normalize, float* __restrict row) {
-    const float lowest = -std::numeric_limits<float>::infinity();
+                    const float* __restrict bias, int64_t frames, int64_t hidden, int64_t pool, double eps) {
     for (int64_t t = 0; t < frames; ++t) {
-        float* o = out + t * hidden;
-        for (int64_t d = 0; d < hidden; ++d) o[d] = lowest;
+        float* __restrict o = out + t * hidden;
         for (int64_t k = 0; k < pool; ++k) {
-            const float* in = x + (t * pool + k) * hidden;
-            if (!normalize) {
-                for (int64_t d = 0; d < hidden; ++d) o[d] = std::max(o[d], in[d]);
+            const float* __restrict in = x + (t * pool + k) * hidden;
+            if (w == nullptr) {
+                for (int64_t d = 0; d < hidden; ++d) o[d] = k == 0 || in[d] > o[d] ? in[d] : o[d];
                 continue;
             }
-            double sum = 0.0;
-            for (int64_t d = 0; d < hidden; ++d) sum += in[d];
-            const double mean = sum / static_cast<double>(hidden);
-            double squares = 0.0;
+            const float mean = sum_of(in, 0.0f, false, hidden) / static_cast<float>(hidden);
+            const float var = sum_of(in, mean, true, hidden) / static_cast<float>(hidden);
+            const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(var) + eps));
             for (int64_t d = 0; d < hidden; ++d) {
-                const double centered = in[d] - mean;
-                squares += centered * centered;
+                const float y = (in[d] - mean) * scale * w[d] + bias[d];
+                o[d] = k == 0 || y > o[d] ? y : o[d];
             }
-            const float scale = static_cast<float>(1.0 / std::sqrt(squares / static_cast<double>(hidden) + eps));
-            const float shift = static_cast<float>(mean);
-            for (int64_t d = 0; d < hidden; ++d) row[d] = (in[d] - shift) * scale * w[d] + bias[d];
-            for (int64_t d = 0; d < hidden; ++d) o[d] = std::max(o[d], row[d]);
         }
     }
 }
@@ -299,11 +309,10 @@ at::Tensor norm_pool(const at::Tensor& x, const std::optional<at::Tensor>& weigh
         b = bias->contiguous();
     }
     at::Tensor out = at::empty({batch, frames, hidden}, x.options());
-    std::vector<float> row(hidden);
     for (int64_t n = 0; n < batch; ++n) {
         norm_pool_rows(input.data_ptr<float>() + n * x.size(1) * hidden, out.data_ptr<float>() + n * frames * hidden,
                        normalize ? w.data_ptr<float>() : nullptr, normalize ? b.data_ptr<float>() : nullptr, frames,
-                       hidden, pool, eps, normalize, row.data());
+                       hidden, pool, eps);
     }
     return out;
 }
