@@ -16,7 +16,8 @@ that decode on its own, on the inputs it gets while decoding:
 * ``decoder.loop``: the greedy loop given the keys (the C++ decoder, ``decoder.greedy``), and within it:
   ``step.products``: the dense targets the step runs (the decoder cell, two query projections, pre-output and output
   layers; ``torch.addmm`` of a 1-row input per step, as the latency table times a target's own dense time),
-  ``step.attention``: the attention scan, chunk softmax and context (the C++ step's own clock, wall time), and
+  ``step.attention``: the attention scan, chunk softmax and context (the C++ step's own clock, wall time, less the
+  query products it holds), and
   ``loop.rest``: everything else (gate math, log-softmax, argmax, per-step dispatch and Python).
 
 Every part is a closure per utterance; all closures run alternating in rotating order (``asr.latency.alternate``),
@@ -44,6 +45,7 @@ from common.atomic import write_json_atomic
 
 ROOT = Path(__file__).resolve().parents[1]
 STEP_TARGETS = ("cell", "attention.mono_query", "attention.chunk_query", "pre_output", "output")
+QUERIES = ("attention.mono_query", "attention.chunk_query")  # timed inside the C++ step's attention clock
 
 
 def load(ckpt: str, root: str, cache: str | None, count: int):
@@ -70,8 +72,10 @@ def part_runs(model, features: torch.Tensor, lengths: torch.Tensor) -> tuple[dic
     for i, layer in enumerate(encoder.layers):
         runs[f"encoder.lstm{i}"] = lambda layer=layer, x=x: layer(x)
         y, _ = layer(x)
-        runs[f"encoder.norm_pool{i}"] = lambda i=i, y=y: encoder.norm_pool(i, y)
-        x = encoder.norm_pool(i, y)
+        # the encoder asks once per call whether its norms run fused (an older encoder has no such question)
+        fused = {"fused": encoder.fused_norm_pool(y)} if hasattr(encoder, "fused_norm_pool") else {}
+        runs[f"encoder.norm_pool{i}"] = lambda i=i, y=y, fused=fused: encoder.norm_pool(i, y, **fused)
+        x = encoder.norm_pool(i, y, **fused)
     memory, memory_lengths = model.encode(features, lengths)
     max_len = model.max_len(int(memory_lengths.max()))
     runs["decoder.keys"] = lambda: decoder.attention.keys(memory)
@@ -84,12 +88,13 @@ def part_runs(model, features: torch.Tensor, lengths: torch.Tensor) -> tuple[dic
         bias = getattr(module, "bias", None)
         products.append((torch.randn(1, weight.shape[1]), weight.detach().t(), bias))
 
-    def step_products() -> None:
+    def step_products(chosen: list) -> None:
         for _ in range(steps):
-            for x, w_t, b in products:
+            for x, w_t, b in chosen:
                 torch.addmm(b, x, w_t) if b is not None else torch.mm(x, w_t)
 
-    runs["step.products"] = step_products
+    runs["step.products"] = lambda: step_products(products)
+    runs["step.query_products"] = lambda: step_products([products[STEP_TARGETS.index(name)] for name in QUERIES])
     return runs, steps
 
 
@@ -128,7 +133,7 @@ def breakdown(model, utterances, frame_shift_ms: float, repeats: int) -> dict[st
     norm_pool = sum(v for k, v in ms.items() if k.startswith("encoder.norm_pool"))
     out["encoder.other"] = ms["encoder"] - lstm - norm_pool
     out["decoder.loop"] = ms["decoder.greedy"] - ms["decoder.keys"]
-    out["step.attention"] = attention
+    out["step.attention"] = attention - ms["step.query_products"]
     out["loop.rest"] = out["decoder.loop"] - ms["step.products"] - attention
     out["decode.other"] = ms["whole"] - ms["encoder"] - ms["decoder.greedy"]
     out["targets"] = lstm + ms["decoder.keys"] + ms["step.products"]
