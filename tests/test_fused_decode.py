@@ -155,3 +155,18 @@ def test_norm_pool_equals_layer_norm_then_max_pool(layer_norm, pool):
     with torch.enable_grad():  # training keeps PyTorch's operations (and their gradients)
         y = encoder.norm_pool(0, x.requires_grad_())
         assert y.requires_grad
+
+
+def test_the_breakdown_benchmark_times_every_part_of_a_decode():
+    from asr_helpers import load_benchmark
+
+    bench = load_benchmark("decode_breakdown")
+    model = MODELS["dense"]()
+    features, lengths = inputs(model, (30, 24))
+    utterances = [(features[i : i + 1, : int(n)], lengths[i : i + 1]) for i, n in enumerate(lengths)]
+    ms = bench.breakdown(model, utterances, 10.0, repeats=1)
+    parts = [f"encoder.lstm{i}" for i in range(2)] + [f"encoder.norm_pool{i}" for i in range(2)]
+    parts += ["decoder.keys", "decoder.loop", "step.products", "step.attention", "loop.rest", "whole", "fixed"]
+    assert all(name in ms and ms[name] == ms[name] for name in parts)  # present and not NaN
+    assert ms["whole"] > 0 and ms["targets"] > 0
+    assert ms["fixed"] == pytest.approx(ms["whole"] - ms["targets"])
