@@ -8,7 +8,8 @@ The sources are in ``csrc/`` (installed with the package):
   (``pack``, ``forward_packed``) and the same loop on a dense kernel for speed comparisons
   (``pack_dense``, ``dense_forward``, used by ``benchmarks/measured_speedup.py``);
 * ``decode_step.cpp``: the attention decoder's inference step of :mod:`asr.model.fast_decode`
-  (``decode_step``, and ``take_attention_nanoseconds``, its clock of the attention part);
+  (``decode_step``, ``greedy_decode``: the whole greedy loop over it, and ``take_attention_nanoseconds``, its
+  clock of the attention part), and an encoder layer's LayerNorm and max-pool in one pass (``norm_pool``);
 * ``sparse_kernels.h`` / ``sparse_kernels.cpp``: pruned weights packed as sparse matrices (CSR or 4x1, 1x4,
   8x1, 1x8 blocks) and their products and LSTM recurrence, for :mod:`asr.model.sparse` (``sparse_pack``,
   ``sparse_linear``, ``sparse_lstm_forward``); the decoder step's linear chains take them too;
@@ -41,7 +42,8 @@ SOURCES = ("lstm_math.cpp", "factorized_lstm.cpp", "decode_step.cpp", "sparse_ke
            "sparse_factorized_lstm.cpp")
 CFLAGS = ("-O3", "-fno-trapping-math")
 NAMESPACE = "shrinkml_lowrank"  # torch.ops.<NAMESPACE>.<operator>
-OPERATORS = ("pack", "forward_packed", "pack_dense", "dense_forward", "decode_step", "take_attention_nanoseconds",
+OPERATORS = ("pack", "forward_packed", "pack_dense", "dense_forward", "decode_step", "greedy_decode",
+             "norm_pool", "take_attention_nanoseconds",
              "sparse_pack", "sparse_linear", "sparse_lstm_forward", "sparse_factorized_lstm_forward")
 
 def source_hash(csrc: Path | None = None, cflags: tuple[str, ...] = CFLAGS) -> str:

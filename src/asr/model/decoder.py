@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from asr.data.tokenizer import BOS_ID, EOS_ID, PAD_ID
-from asr.model.fast_decode import StepPlan, fast_step, step_plan
+from asr.model.fast_decode import StepPlan, fast_greedy, fast_step, hypotheses, step_plan
 from asr.model.lstm import ConcatLSTMCell
 from asr.model.mocha import MoChA
 
@@ -123,15 +123,27 @@ class AttentionDecoder(nn.Module):
 
     @torch.no_grad()
     def greedy(self, memory: torch.Tensor, memory_lengths: torch.Tensor, max_len: int) -> list[list[int]]:
-        """Batched greedy decoding with hard monotonic attention; token ids without start/end ids."""
+        """Batched greedy decoding with hard monotonic attention; token ids without start/end ids.
+
+        With a plan (:meth:`inference_plan`) the whole loop runs as one C++ call (:func:`fast_greedy`), same results.
+        """
         batch, frames, _ = memory.shape
         mask = torch.arange(frames, device=memory.device).unsqueeze(0) < memory_lengths.unsqueeze(1)
         keys = self.attention.keys(memory)
+        plan = self.inference_plan()
+        if plan is not None:
+            return hypotheses(fast_greedy(plan, memory, keys, mask, max_len)[0])
+        return self.greedy_steps(memory, keys, mask, max_len)
+
+    def greedy_steps(self, memory: torch.Tensor, keys: tuple[torch.Tensor, torch.Tensor], mask: torch.Tensor,
+                     max_len: int, plan: StepPlan | None = None) -> list[list[int]]:
+        """The greedy loop in Python, one :meth:`step` at a time (on the C++ step with a ``plan``): ``memory``
+        ``(B, T, D)``, its ``keys`` and ``mask`` ``(B, T)`` -> token ids per row."""
+        batch = memory.shape[0]
         state = self.initial_state(memory)
         tokens = torch.full((batch,), BOS_ID, dtype=torch.long, device=memory.device)
         finished = torch.zeros(batch, dtype=torch.bool, device=memory.device)
         out: list[list[int]] = [[] for _ in range(batch)]
-        plan = self.inference_plan()
         for _ in range(max_len):
             log_probs, state, _ = self.step(memory, keys, mask, tokens, state, plan)
             tokens = log_probs.argmax(dim=-1)

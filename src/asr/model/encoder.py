@@ -12,7 +12,9 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
+from torch.nn.modules import module as module_hooks
 
+from asr.model import lowrank_lstm
 from asr.model.lstm import ConcatLSTM
 
 
@@ -23,6 +25,21 @@ class EncoderState:
     lstm: list[tuple[torch.Tensor, torch.Tensor] | None] = field(default_factory=list)
     leftover: list[torch.Tensor | None] = field(default_factory=list)  # frames waiting for a full pool group
     input_leftover: torch.Tensor | None = None  # input frames waiting for a full stack
+
+
+def _hooked_globally() -> bool:
+    return bool(module_hooks._global_forward_hooks or module_hooks._global_forward_pre_hooks)
+
+
+def _plain_norm(norm: nn.Module, size: int) -> bool:
+    """Whether the C++ ``norm_pool`` computes ``norm``: no norm, or an affine ``nn.LayerNorm`` over the last ``size``
+    features, and no forward hooks that would miss its call."""
+    if norm._forward_hooks or norm._forward_pre_hooks or _hooked_globally():
+        return False
+    if type(norm) is nn.Identity:
+        return True
+    return (type(norm) is nn.LayerNorm and tuple(norm.normalized_shape) == (size,) and norm.elementwise_affine
+            and norm.bias is not None)
 
 
 class Encoder(nn.Module):
@@ -71,14 +88,38 @@ class Encoder(nn.Module):
     def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``x`` ``(B, T, F)``, ``lengths`` ``(B,)`` -> encodings ``(B, T', H)`` and their lengths ``(B,)``."""
         x = self._stack(x)
-        for layer, norm, p in zip(self.layers, self.norms, self.pool, strict=True):
+        fused = self.fused_norm_pool(x)
+        for i, layer in enumerate(self.layers):
             x, _ = layer(x)
-            x = norm(x)
-            if p > 1:
-                usable = x.shape[1] // p * p
-                x = x[:, :usable].reshape(x.shape[0], usable // p, p, x.shape[2]).amax(dim=2)
-            x = self.dropout(x)
+            x = self.dropout(self.norm_pool(i, x, fused))
         return x, self.output_lengths(lengths)
+
+    def norm_pool(self, index: int, x: torch.Tensor, fused: bool | None = None) -> torch.Tensor:
+        """Layer ``index``'s LayerNorm (if any) and max-pool over whole groups of its factor: ``(B, T, H)`` ->
+        ``(B, T // p, H)``. Where :meth:`fused_norm_pool` holds (``fused``: its answer, asked by the caller once per
+        forward) one C++ pass (``norm_pool`` of ``asr/kernels/csrc/decode_step.cpp``; equal up to float rounding)."""
+        norm, p = self.norms[index], self.pool[index]
+        if self.fused_norm_pool(x) if fused is None else fused:
+            if type(norm) is nn.LayerNorm:
+                return torch.ops.shrinkml_lowrank.norm_pool(x, norm.weight, norm.bias, norm.eps, p)
+            if p > 1:
+                return torch.ops.shrinkml_lowrank.norm_pool(x, None, None, 0.0, p)
+            return x
+        x = norm(x)
+        if p > 1:
+            usable = x.shape[1] // p * p
+            x = x[:, :usable].reshape(x.shape[0], usable // p, p, x.shape[2]).amax(dim=2)
+        return x
+
+    def fused_norm_pool(self, x: torch.Tensor) -> bool:
+        """Whether :meth:`norm_pool` runs as one C++ pass on the layers' outputs like ``x``: gradients off, CPU
+        float32, the extension built (:func:`asr.model.lowrank_lstm.backend`), and every norm none or an affine
+        ``nn.LayerNorm`` over the features without forward hooks."""
+        if torch.is_grad_enabled() or x.device.type != "cpu" or x.dtype != torch.float32:
+            return False
+        if not all(_plain_norm(norm, self.hidden_size) for norm in self.norms):
+            return False
+        return lowrank_lstm._uses_extension(*(p for norm in self.norms for p in norm.parameters()))
 
     def _stack(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, T, F)`` -> ``(B, T // s, s F)``: whole groups of ``s = input_stack`` frames side by side."""

@@ -31,7 +31,7 @@ import torch
 from torch import nn
 from torch.nn.modules import module as module_hooks
 
-from asr.data.tokenizer import BOS_ID, PAD_ID
+from asr.data.tokenizer import BOS_ID, EOS_ID, PAD_ID
 from asr.model import lowrank_lstm, sparse
 
 Chain = tuple[list[torch.Tensor], torch.Tensor | None]  # weights applied in order, then the bias
@@ -124,3 +124,23 @@ def fast_step(plan: StepPlan, memory: torch.Tensor, keys: tuple[torch.Tensor, to
         plan.pre_output[0], plan.pre_output[1], plan.output[0], plan.output[1], plan.chunk_size, plan.fallback,
         PAD_ID, BOS_ID)
 
+
+
+def fast_greedy(plan: StepPlan, memory: torch.Tensor, keys: tuple[torch.Tensor, torch.Tensor],
+                memory_mask: torch.Tensor, max_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Greedy decoding from the start id as one C++ call: the loop of ``AttentionDecoder.greedy`` over
+    :func:`fast_step` (the same steps, so the same results). ``memory`` ``(N, T, D)``, ``keys`` 2 x ``(N, T, A)``,
+    ``memory_mask`` ``(N, T)`` -> every row's argmax id ``(N, S)`` at each of the ``S`` steps run (until every row
+    has output the end id, at most ``max_len``) and its log-probability ``(N, S)``."""
+    return torch.ops.shrinkml_lowrank.greedy_decode(
+        memory, keys[0], keys[1], memory_mask, plan.embedding, plan.cell, plan.cell_bias, plan.mono_query,
+        plan.mono_v, plan.mono_r, plan.chunk_query, plan.chunk_v, plan.pre_output[0], plan.pre_output[1],
+        plan.output[0], plan.output[1], plan.chunk_size, plan.fallback, max_len, PAD_ID, BOS_ID, EOS_ID)
+
+
+def hypotheses(tokens: torch.Tensor) -> list[list[int]]:
+    """Each row of :func:`fast_greedy`'s ids ``(N, S)`` up to its first end id (without it)."""
+    out = []
+    for row in tokens.tolist():
+        out.append(row[: row.index(EOS_ID)] if EOS_ID in row else row)
+    return out

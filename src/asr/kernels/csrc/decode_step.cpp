@@ -12,6 +12,7 @@
 #include <ATen/ops/addmm.h>
 #include <ATen/ops/cat.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/full.h>
 #include <ATen/ops/index_select.h>
 #include <ATen/ops/log_softmax.h>
 #include <ATen/ops/mm.h>
@@ -187,6 +188,135 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     return {at::log_softmax(logits, 1), h_new, c_new, context_new, boundary_new, weights};
 }
 
+// Greedy decoding of a whole batch, every step decode_step from the zero state and the start id: the loop of
+// asr.model.decoder.AttentionDecoder.greedy without a Python round trip per step. Steps until every row has
+// output the end id or max_len steps ran. Returns (tokens (B, S) int64, scores (B, S)): each row's argmax id at
+// every step run (torch.argmax's: the first highest) and its log-probability; a row's hypothesis is its ids before
+// its first end id.
+std::tuple<at::Tensor, at::Tensor> greedy_decode(
+        const at::Tensor& memory, const at::Tensor& mono_keys, const at::Tensor& chunk_keys, const at::Tensor& mask,
+        const at::Tensor& embedding, std::vector<at::Tensor> cell, const at::Tensor& cell_bias,
+        std::vector<at::Tensor> mono_query, const at::Tensor& mono_v, double mono_r, std::vector<at::Tensor> chunk_query,
+        const at::Tensor& chunk_v, std::vector<at::Tensor> pre_output, const std::optional<at::Tensor>& pre_bias,
+        std::vector<at::Tensor> output, const std::optional<at::Tensor>& out_bias, int64_t chunk_size, bool fallback,
+        int64_t max_len, int64_t pad_id, int64_t bos_id, int64_t eos_id) {
+    check_float_cpu(memory, "greedy_decode");
+    check_float_cpu(cell_bias, "greedy_decode");
+    TORCH_CHECK(memory.dim() == 3 && cell_bias.dim() == 1 && cell_bias.size(0) % 4 == 0,
+                "greedy_decode: memory (B, T, D) and a cell bias (4H,)");
+    TORCH_CHECK(max_len >= 1, "greedy_decode: max_len must be >= 1");
+    const int64_t batch = memory.size(0), hidden = cell_bias.size(0) / 4;
+    const auto float_options = memory.options();
+    const auto long_options = float_options.dtype(at::kLong);
+    at::Tensor h = at::zeros({batch, hidden}, float_options), c = at::zeros({batch, hidden}, float_options);
+    at::Tensor context = at::zeros({batch, memory.size(2)}, float_options);
+    at::Tensor boundary = at::zeros({batch}, long_options);
+    at::Tensor tokens = at::full({batch}, bos_id, long_options);
+    at::Tensor out_tokens = at::empty({batch, max_len}, long_options);
+    at::Tensor out_scores = at::empty({batch, max_len}, float_options);
+    std::vector<bool> finished(batch, false);
+    int64_t steps = 0;
+    while (steps < max_len) {
+        auto [log_probs, h_new, c_new, context_new, boundary_new, weights] = decode_step(
+            tokens, h, c, context, boundary, memory, mono_keys, chunk_keys, mask, embedding, cell, cell_bias,
+            mono_query, mono_v, mono_r, chunk_query, chunk_v, pre_output, pre_bias, output, out_bias, chunk_size,
+            fallback, pad_id, bos_id);
+        h = h_new;
+        c = c_new;
+        context = context_new;
+        boundary = boundary_new;
+        const int64_t vocab = log_probs.size(1);
+        const float* lp = log_probs.data_ptr<float>();
+        int64_t* token_data = tokens.data_ptr<int64_t>();
+        bool all_finished = true;
+        for (int64_t b = 0; b < batch; ++b) {
+            const float* row = lp + b * vocab;
+            int64_t best = 0;
+            for (int64_t v = 1; v < vocab; ++v) {  // torch.argmax: the first highest, NaN above all
+                if (std::isnan(row[best])) break;
+                if (row[v] > row[best] || std::isnan(row[v])) best = v;
+            }
+            token_data[b] = best;
+            out_tokens.data_ptr<int64_t>()[b * max_len + steps] = best;
+            out_scores.data_ptr<float>()[b * max_len + steps] = row[best];
+            if (best == eos_id) finished[b] = true;
+            all_finished = all_finished && finished[b];
+        }
+        ++steps;
+        if (all_finished) break;
+    }
+    return {out_tokens.narrow(1, 0, steps), out_scores.narrow(1, 0, steps)};
+}
+
+// An encoder layer's LayerNorm (when w is given) and max-pool over whole groups of `pool` frames, for inference
+// (asr.model.encoder.Encoder.norm_pool): x (B, T, H) -> (B, T / pool, H). Per frame the mean, then the variance of
+// the centered values (kAcc partial sums each: vectorized, and as exact as ATen's float moments to rounding), then
+// y = (x - mean) / sqrt(var + eps) w + b, each pooled frame the largest y of its group.
+SHRINKML_INLINE float sum_of(const float* __restrict x, float shift, bool square, int64_t n) {
+    float acc[kAcc] = {0.0f};
+    int64_t d = 0;
+    for (; d + kAcc <= n; d += kAcc) {
+        for (int l = 0; l < kAcc; ++l) {
+            const float v = x[d + l] - shift;
+            acc[l] += square ? v * v : v;
+        }
+    }
+    float total = 0.0f;
+    for (int l = 0; l < kAcc; ++l) total += acc[l];
+    for (; d < n; ++d) {
+        const float v = x[d] - shift;
+        total += square ? v * v : v;
+    }
+    return total;
+}
+
+SHRINKML_CLONES
+void norm_pool_rows(const float* __restrict x, float* __restrict out, const float* __restrict w,
+                    const float* __restrict bias, int64_t frames, int64_t hidden, int64_t pool, double eps) {
+    for (int64_t t = 0; t < frames; ++t) {
+        float* __restrict o = out + t * hidden;
+        for (int64_t k = 0; k < pool; ++k) {
+            const float* __restrict in = x + (t * pool + k) * hidden;
+            if (w == nullptr) {
+                for (int64_t d = 0; d < hidden; ++d) o[d] = k == 0 || in[d] > o[d] ? in[d] : o[d];
+                continue;
+            }
+            const float mean = sum_of(in, 0.0f, false, hidden) / static_cast<float>(hidden);
+            const float var = sum_of(in, mean, true, hidden) / static_cast<float>(hidden);
+            const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(var) + eps));
+            for (int64_t d = 0; d < hidden; ++d) {
+                const float y = (in[d] - mean) * scale * w[d] + bias[d];
+                o[d] = k == 0 || y > o[d] ? y : o[d];
+            }
+        }
+    }
+}
+
+at::Tensor norm_pool(const at::Tensor& x, const std::optional<at::Tensor>& weight,
+                     const std::optional<at::Tensor>& bias, double eps, int64_t pool) {
+    check_float_cpu(x, "norm_pool");
+    TORCH_CHECK(x.dim() == 3 && pool >= 1, "norm_pool: x (B, T, H) and pool >= 1");
+    const bool normalize = weight.has_value() && weight->defined();
+    TORCH_CHECK(normalize == (bias.has_value() && bias->defined()), "norm_pool: weight and bias together");
+    const int64_t batch = x.size(0), frames = x.size(1) / pool, hidden = x.size(2);
+    const at::Tensor input = x.contiguous();
+    at::Tensor w, b;
+    if (normalize) {
+        check_float_cpu(*weight, "norm_pool");
+        check_float_cpu(*bias, "norm_pool");
+        TORCH_CHECK(weight->numel() == hidden && bias->numel() == hidden, "norm_pool: weight and bias of size H");
+        w = weight->contiguous();
+        b = bias->contiguous();
+    }
+    at::Tensor out = at::empty({batch, frames, hidden}, x.options());
+    for (int64_t n = 0; n < batch; ++n) {
+        norm_pool_rows(input.data_ptr<float>() + n * x.size(1) * hidden, out.data_ptr<float>() + n * frames * hidden,
+                       normalize ? w.data_ptr<float>() : nullptr, normalize ? b.data_ptr<float>() : nullptr, frames,
+                       hidden, pool, eps);
+    }
+    return out;
+}
+
 int64_t take_attention_nanoseconds() { return attention_nanoseconds.exchange(0); }
 
 }  // namespace
@@ -197,9 +327,16 @@ TORCH_LIBRARY_FRAGMENT(shrinkml_lowrank, m) {
           " Tensor[] mono_query, Tensor mono_v, float mono_r, Tensor[] chunk_query, Tensor chunk_v,"
           " Tensor[] pre_output, Tensor? pre_bias, Tensor[] output, Tensor? out_bias, int chunk_size,"
           " bool fallback, int pad_id, int bos_id) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+    m.def("greedy_decode(Tensor memory, Tensor mono_keys, Tensor chunk_keys, Tensor mask, Tensor embedding,"
+          " Tensor[] cell, Tensor cell_bias, Tensor[] mono_query, Tensor mono_v, float mono_r, Tensor[] chunk_query,"
+          " Tensor chunk_v, Tensor[] pre_output, Tensor? pre_bias, Tensor[] output, Tensor? out_bias, int chunk_size,"
+          " bool fallback, int max_len, int pad_id, int bos_id, int eos_id) -> (Tensor, Tensor)");
+    m.def("norm_pool(Tensor x, Tensor? weight, Tensor? bias, float eps, int pool) -> Tensor");
     m.def("take_attention_nanoseconds() -> int", &take_attention_nanoseconds);  // no tensors: one kernel for all
 }
 
 TORCH_LIBRARY_IMPL(shrinkml_lowrank, CPU, m) {
     m.impl("decode_step", &decode_step);
+    m.impl("greedy_decode", &greedy_decode);
+    m.impl("norm_pool", &norm_pool);
 }
