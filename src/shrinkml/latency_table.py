@@ -77,6 +77,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from asr import kernels
 from asr.data.tokenizer import BOS_ID, EOS_ID
 from asr.latency import alternate, real_time_factor, single_utterances
 from asr.model import lowrank_lstm
@@ -176,11 +177,12 @@ def sparse_threshold(model: nn.Module) -> float | None:
 def machine_key(ckpt: str | Path, settings: LatencySettings, sha256: str | None = None, *,
                 sparse_min_sparsity: float | None) -> dict:
     """The cache key of a table (:data:`compress.latency_cost.KEY_FIELDS`): CPU model, torch's CPU capability and
-    the CPU's instruction-set flags, torch version, kernel backend, checkpoint SHA-256, the measurement
+    the CPU's instruction-set flags, torch version, kernel backend and the C++ kernels' sources
+    (:func:`asr.kernels.content_hash`: a faster kernel makes every time another), checkpoint SHA-256, the measurement
     ``settings`` (thread count, clock, statistic, repeats, grid, utterances, step calls and repeats) and the
     decoding's ``sparse_min_sparsity`` (:func:`sparse_threshold` of the model measured)."""
     return {"cpu": cpu_model(), "cpu_capability": cpu_capability(), "cpu_flags": isa_flags(),
-            "torch": torch.__version__, "backend": lowrank_lstm.backend(),
+            "torch": torch.__version__, "backend": lowrank_lstm.backend(), "kernels": kernels.content_hash(),
             "checkpoint_sha256": sha256 or file_fingerprint(ckpt),
             **{name: getattr(settings, name) for name in MEASUREMENT_FIELDS},
             "sparse_min_sparsity": sparse_min_sparsity}

@@ -61,6 +61,18 @@ def source_hash(csrc: Path | None = None, cflags: tuple[str, ...] = CFLAGS) -> s
     return digest.hexdigest()[:12]
 
 
+def content_hash(csrc: Path | None = None) -> str:
+    """12 hex digits of the SHA-256 of the kernels' sources alone (every ``*.cpp``/``*.h`` by name and content): what
+    decoding times depend on, the same in every checkout (the key of a measured latency table)."""
+    csrc = CSRC if csrc is None else Path(csrc)
+    digest = hashlib.sha256()
+    for path in sorted([*csrc.glob("*.cpp"), *csrc.glob("*.h")]):
+        source = path.read_bytes()
+        digest.update(f"{path.name}\0{len(source)}\0".encode())
+        digest.update(source)
+    return digest.hexdigest()[:12]
+
+
 def build_name(csrc: Path | None = None, cflags: tuple[str, ...] = CFLAGS) -> str:
     """The extension's name and build folder under torch's extensions directory: ``NAME_<source_hash>``."""
     return f"{NAME}_{source_hash(csrc, cflags)}"
