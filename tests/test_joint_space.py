@@ -187,3 +187,22 @@ def test_repair_by_rise_prefers_the_options_the_tables_call_harmless(tmp_path):
     first = OptunaTpeSearcher(problem, **settings).ask(0)
     assert first.point == {"greedy": True} and first.speedup >= problem.target_speedup
     assert first.choices == costs.repair(dense, problem.target_speedup, rises=rises)
+
+
+def test_pareto_keeps_only_options_no_other_beats_on_cost_and_rise():
+    from rl.space import pareto_options
+
+    targets, space = space_of()
+    costs = space.costs(params_estimate(targets))
+    rises = [[float(j % 3) for j in range(len(row))] for row in space.options]
+    front = pareto_options(space, costs, rises)
+    assert front.names == space.names and all(FULL in row for row in front.options)
+    for row, kept, delta, rise in zip(space.options, front.options, costs.delta, rises, strict=True):
+        assert 1 <= len(kept) <= len(row)
+        index = {option_key(o): j for j, o in enumerate(row)}
+        for option in kept:
+            j = index[option_key(option)]
+            if option != FULL:  # nothing in the row is cheaper and no worse, or no worse and less risky
+                assert not any(delta[k] <= delta[j] and rise[k] <= rise[j]
+                               and (delta[k], rise[k]) != (delta[j], rise[j]) for k in range(len(row)))
+    assert sum(front.widths) < sum(space.widths)

@@ -18,7 +18,8 @@ from compress.targets import Target, discover_targets
 from rl.space import SearchSpace, SearchSpaceError
 
 KEY = {"cpu": "Test CPU", "cpu_capability": "AVX2", "cpu_flags": ["avx", "avx2", "fma"], "torch": "0.0",
-       "backend": "cpp", "kernels": "0123456789ab", "checkpoint_sha256": "ab" * 32, "threads": 1, "clock": "cpu", "statistic": "min",
+       "backend": "cpp", "kernels": "0123456789ab", "checkpoint_sha256": "ab" * 32, "threads": 1, "clock": "cpu",
+       "statistic": "min",
        "repeats": 15, "grid": 10, "utterances": 40, "target_utterances": 8, "step_calls": 20, "step_repeats": 100,
        "sparse_min_sparsity": 0.5}
 

@@ -227,6 +227,24 @@ class OptionCosts:
         return choices
 
 
+def pareto_options(space: SearchSpace, costs: OptionCosts, rises: Sequence[Sequence[float]]) -> SearchSpace:
+    """``space`` without the options another option of the same target beats on both counts: no dearer by
+    ``costs`` and with no larger estimated WER rise (``rises``, :func:`option_rises`), better in one (improvement,
+    ``search.space.pareto``; ties keep the first). ``full`` always stays. On this project's Xeon unstructured
+    pruning of an encoder layer runs slower than the dense layer (RESULTS.md "Latency model"), so such options
+    only cost a search decodes."""
+    rows = []
+    for row, delta, rise in zip(space.options, costs.delta, rises, strict=True):
+        kept = []
+        for j, option in enumerate(row):
+            dominated = any((delta[k] <= delta[j] and rise[k] <= rise[j]) and (delta[k] < delta[j] or rise[k] < rise[j])
+                            for k in range(len(row)))
+            if option == FULL or not dominated:
+                kept.append(option)
+        rows.append(kept)
+    return SearchSpace(list(space.names), rows, ragged=True)
+
+
 def option_rises(space: SearchSpace, rank_table: dict | None, sparsity_table: dict | None) -> list[list[float]]:
     """Per target and option the WER rise (points) the single-target sensitivity tables estimate for it alone:
     0 for ``full``, the rank table's at a rank (:func:`rank_delta`), the sparsity table's at a sparsity

@@ -43,7 +43,15 @@ from rl.loop import STATE_FILES, SearchClock, SearchLoop, StaleSearchError, Work
 from rl.report import markdown_table, plot_explored
 from rl.rewards import wer_reward
 from rl.searcher import Searcher, SearchProblem
-from rl.space import SearchSpace, joint_space, option_rises, sensitivity_space, uniform_space, widened_sensitivity_space
+from rl.space import (
+    SearchSpace,
+    joint_space,
+    option_rises,
+    pareto_options,
+    sensitivity_space,
+    uniform_space,
+    widened_sensitivity_space,
+)
 from shrinkml.latency_table import stage_table
 from shrinkml.stage import data_module, eval_batches, load_recognizer, profiled_targets, wer_scorer
 
@@ -170,7 +178,12 @@ def search_worker(cfg: DictConfig, module, started: float) -> dict:
     rises = None
     if space.ragged:  # every option's WER rise by the sensitivity tables: TPE's repair and first scheme
         tables = [Path(cfg.sensitivity_table), Path(search.space.sparsity_table or "")]
-        rises = option_rises(space, *(load_table(t) if t.is_file() else None for t in tables))
+        tables = [load_table(t) if t.is_file() else None for t in tables]
+        rises = option_rises(space, *tables)
+        if search.space.pareto:
+            space = pareto_options(space, space.costs(estimate), rises)
+            rises = option_rises(space, *tables)
+            log.info("joint space: %d options on the Pareto front of cost and estimated WER rise", sum(space.widths))
     problem = SearchProblem(space, estimate, search.target_speedup, search.reward, by, baseline_wer, cfg.seed,
                             worker, search.workers, out, rises)
     searcher: Searcher = hydra.utils.instantiate(search.searcher, _partial_=True)(problem=problem)
