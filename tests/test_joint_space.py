@@ -184,9 +184,12 @@ def test_repair_by_rise_prefers_the_options_the_tables_call_harmless(tmp_path):
     problem, wer = ragged_problem(tmp_path)
     problem.option_rises = rises
     settings = dict(storage=None, n_startup_trials=3, n_ei_candidates=8, multivariate=True, feasible_draws=100)
-    first = OptunaTpeSearcher(problem, **settings).ask(0)
-    assert first.point == {"greedy": True} and first.speedup >= problem.target_speedup
-    assert first.choices == costs.repair(dense, problem.target_speedup, rises=rises)
+    searcher = OptunaTpeSearcher(problem, **settings)
+    for step in range(4):  # every step meets a_t: the sample, or its repair by least rise
+        proposal = searcher.ask(step)
+        assert proposal.speedup >= problem.target_speedup and proposal.point.get("repaired", True)
+        searcher._repaired = None
+        searcher._pending = None
 
 
 def test_pareto_keeps_only_options_no_other_beats_on_cost_and_rise():

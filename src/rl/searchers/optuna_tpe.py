@@ -14,9 +14,7 @@ slow) a step asks one trial only: when it misses ``a_t`` it is told as infeasibl
 a proposal over budget (:meth:`rl.space.OptionCosts.repair`: target by target one option cheaper until it meets
 ``a_t``; in the joint space, where the sensitivity tables give every option an estimated WER rise, each move is
 the cheaper option that costs the least rise per saving); the repaired scheme is decoded and added to the study as
-a trial of its own (:meth:`optuna.study.Study.add_trial`), so a step costs two trials at most. With those rises
-the first step decodes their greedy scheme (every target from dense, moved by that rule until it meets ``a_t``),
-the study's first point.
+a trial of its own (:meth:`optuna.study.Study.add_trial`), so a step costs two trials at most.
 
 State: the study lives in Optuna's storage (``study.db``, SQLite in the output directory, or the database URL
 ``search.searcher.storage``, which several workers on several machines share), each trial tagged with its search
@@ -44,7 +42,6 @@ import optuna
 from optuna.distributions import CategoricalDistribution
 from optuna.trial import FrozenTrial, Trial, TrialState, create_trial
 
-from compress.cost import FULL
 from rl.rewards import violation_reward
 from rl.searcher import Outcome, Proposal, Searcher, SearchProblem
 from rl.space import SearchSpace
@@ -271,10 +268,6 @@ class OptunaTpeSearcher(Searcher):
         told trial again: the repair is deterministic)."""
         p = self.problem
         costs = p.space.costs(p.estimate)
-        if proposal is None and step == 0 and p.option_rises is not None:  # the sensitivity tables' greedy scheme
-            dense = [row.index(FULL) if FULL in row else len(row) - 1 for row in p.space.options]
-            return self._repaired_proposal(costs.repair(dense, p.target_speedup, rises=p.option_rises), step, draws,
-                                           greedy=True)
         if proposal is None:
             proposal = self._draw(step, draws)
             draws += 1
@@ -289,14 +282,12 @@ class OptunaTpeSearcher(Searcher):
             return proposal
         return self._repaired_proposal(choices, step, draws)
 
-    def _repaired_proposal(self, choices: list[int], step: int, draw: int, greedy: bool = False) -> Proposal:
-        """The proposal of a repaired (or, ``greedy``, the sensitivity tables' greedy) scheme, added to the study
-        when it is told."""
+    def _repaired_proposal(self, choices: list[int], step: int, draw: int) -> Proposal:
+        """The proposal of a repaired scheme, added to the study when it is told."""
         p = self.problem
         ranks = p.space.ranks(choices)
-        tag = {"greedy": True} if greedy else {"repaired": True}
-        repaired = Proposal(ranks, choices, float(p.estimate(ranks)), point=dict(tag))
-        self._repaired = {"step": step, "rank": p.worker, "draw": draw, **tag, "speedup": repaired.speedup}
+        repaired = Proposal(ranks, choices, float(p.estimate(ranks)), point={"repaired": True})
+        self._repaired = {"step": step, "rank": p.worker, "draw": draw, "repaired": True, "speedup": repaired.speedup}
         return repaired
 
     def _add_repaired(self, outcome: Outcome) -> None:
