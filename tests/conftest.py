@@ -46,6 +46,16 @@ def tiny_corpus(tmp_path_factory, text_file) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def cpp_extension() -> None:
+    """Fail (never skip) where the C++ kernels do not build: their tests must run on this machine."""
+    from asr.model import lowrank_lstm
+
+    info = lowrank_lstm.backend_info()
+    if info["backend"] != "cpp":
+        pytest.fail(f"the C++ extension must build on this machine: {info['reason']}")
+
+
 @pytest.fixture(scope="module")
 def one_torch_thread():
     """One intra-op torch thread for a module's tests (``pytestmark = pytest.mark.usefixtures("one_torch_thread")``):

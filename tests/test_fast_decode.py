@@ -20,14 +20,7 @@ VOCAB, FEATS = 40, 20
 ATOL = 2e-5
 
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def extension() -> None:
-    info = lowrank_lstm.backend_info()
-    if info["backend"] != "cpp":
-        pytest.fail(f"the C++ extension must build on this machine: {info['reason']}")
+pytestmark = pytest.mark.usefixtures("one_torch_thread", "cpp_extension")
 
 
 def make_model(seed: int = 0, query_scale: float = 8.0, **decoder) -> AsrModel:

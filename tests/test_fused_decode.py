@@ -10,19 +10,12 @@ from asr_helpers import small_asr_model
 from torch import nn
 
 from asr.data.tokenizer import BOS_ID, EOS_ID
-from asr.model import fast_decode, lowrank_lstm
+from asr.model import fast_decode
 from asr.model.encoder import Encoder
 
 ATOL = 2e-5
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def extension() -> None:
-    info = lowrank_lstm.backend_info()
-    if info["backend"] != "cpp":
-        pytest.fail(f"the C++ extension must build on this machine: {info['reason']}")
+pytestmark = pytest.mark.usefixtures("one_torch_thread", "cpp_extension")
 
 
 def pruned(model: nn.Module, share: float = 0.8) -> nn.Module:

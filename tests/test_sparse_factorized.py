@@ -17,14 +17,7 @@ from compress.lowrank import factorize_kernel
 ATOL = 2e-5
 IN, HIDDEN, RANK = 12, 16, 8
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def extension() -> None:
-    info = lowrank_lstm.backend_info()
-    if info["backend"] != "cpp":
-        pytest.fail(f"the C++ extension must build on this machine: {info['reason']}")
+pytestmark = pytest.mark.usefixtures("one_torch_thread", "cpp_extension")
 
 
 FITTED_DENSE_COST = sparse.FACTOR_DENSE_COST

@@ -9,7 +9,7 @@ import torch
 from asr_helpers import tiny_decoding, tiny_model_config
 from torch import nn
 
-from asr.model import fast_decode, lowrank_lstm, sparse
+from asr.model import fast_decode, sparse
 from asr.model.asr_model import AsrModel
 from asr.model.lstm import ConcatLSTM
 from asr.module import decoding_settings
@@ -21,14 +21,7 @@ ATOL = 2e-5
 BLOCKS = [(1, 1), (4, 1), (1, 4), (8, 1), (1, 8), (16, 1)]
 
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def extension() -> None:
-    info = lowrank_lstm.backend_info()
-    if info["backend"] != "cpp":
-        pytest.fail(f"the C++ extension must build on this machine: {info['reason']}")
+pytestmark = pytest.mark.usefixtures("one_torch_thread", "cpp_extension")
 
 
 def pruned(weight: torch.Tensor, share: float, block: tuple[int, int] = (1, 1), seed: int = 0) -> torch.Tensor:
