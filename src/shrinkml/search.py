@@ -176,7 +176,7 @@ def search_worker(cfg: DictConfig, module, started: float) -> dict:
     # another latency table is another estimate: its state is stale
     by = f"latency@{key_hash(latency_table.key)}" if cfg.by == "latency" else cfg.by
     rises = None
-    if space.ragged:  # every option's WER rise by the sensitivity tables: TPE's repair and first scheme
+    if space.ragged:  # every option's WER rise by the sensitivity tables: TPE's repair (and the Pareto front)
         tables = [Path(cfg.sensitivity_table), Path(search.space.sparsity_table or "")]
         tables = [load_table(t) if t.is_file() else None for t in tables]
         rises = option_rises(space, *tables)
