@@ -110,3 +110,13 @@ def load() -> None:
         if absent:
             raise RuntimeError(f"{NAME}: operators {', '.join(absent)} not registered under torch.ops.{NAMESPACE}")
         _loaded = True
+
+
+def library_path() -> Path:
+    """The built library's file (after :func:`load`): a shared library that registers the operators when loaded
+    with ``torch.ops.load_library``, in any process with the same torch version, without this package."""
+    from torch.utils.cpp_extension import _get_build_directory
+
+    load()
+    name = build_name(CSRC, CFLAGS)
+    return Path(_get_build_directory(name, verbose=False)) / f"{name}.so"

@@ -9,6 +9,7 @@ Training uses MoChA's expected attention; decoding its hard monotonic attention.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -157,53 +158,66 @@ class AttentionDecoder(nn.Module):
     @torch.no_grad()
     def beam_search(self, memory: torch.Tensor, memory_length: int, beam_size: int, max_len: int,
                     length_penalty: float = 0.0) -> list[int]:
-        """Beam search for one utterance (``memory`` ``(1, T, D)``); returns the best token ids.
-
-        Hypotheses are ranked by ``log P / len^length_penalty`` once finished. An end-of-sentence
-        candidate finishes its hypothesis only when it ranks within the step's best ``beam_size``
-        candidates (as any hypothesis must to stay in the beam), so ``beam_size=1`` is greedy decoding.
-        """
+        """Beam search for one utterance (``memory`` ``(1, T, D)``); returns the best token ids (see
+        :func:`beam_search_steps`)."""
         memory = memory[:, :memory_length]
         frames = memory.shape[1]
         mask = torch.ones(1, frames, dtype=torch.bool, device=memory.device)
         keys = self.attention.keys(memory)
-        state = self.initial_state(memory)
-        tokens = torch.tensor([BOS_ID], device=memory.device)
-        scores = torch.zeros(1, device=memory.device)
-        prefixes: list[list[int]] = [[]]
-        finished: list[tuple[float, list[int]]] = []
         plan = self.inference_plan()
-        for _ in range(max_len):
+
+        def step(tokens: torch.Tensor, state: DecoderState) -> tuple[torch.Tensor, DecoderState]:
             n = tokens.shape[0]
             log_probs, state, _ = self.step(memory.expand(n, -1, -1), tuple(k.expand(n, -1, -1) for k in keys),
                                             mask.expand(n, -1), tokens, state, plan)
-            candidates = (scores.unsqueeze(1) + log_probs).flatten()
-            top_scores, top = candidates.topk(min(beam_size * 2, candidates.numel()))
-            rows, ids = top // self.vocab_size, top % self.vocab_size
-            keep_rows, keep_ids, keep_scores = [], [], []
-            for rank, (score, row, token) in enumerate(zip(top_scores.tolist(), rows.tolist(), ids.tolist(),
-                                                           strict=True)):
-                if score == -math.inf:
-                    break  # only excluded ids are left
-                if token == EOS_ID:
-                    if rank < beam_size:
-                        length = max(len(prefixes[row]), 1)
-                        finished.append((score / length**length_penalty, prefixes[row]))
-                elif len(keep_rows) < beam_size:
-                    keep_rows.append(row)
-                    keep_ids.append(token)
-                    keep_scores.append(score)
-                if len(keep_rows) == beam_size and len(finished) >= beam_size:
-                    break
-            best_finished = max((s for s, _ in finished), default=-float("inf"))
-            if not keep_rows or (len(finished) >= beam_size and best_finished >= max(keep_scores)):
+            return log_probs, state
+
+        return beam_search_steps(step, self.initial_state(memory), self.vocab_size, beam_size, max_len,
+                                 length_penalty, memory.device)
+
+
+def beam_search_steps(step: Callable[[torch.Tensor, object], tuple[torch.Tensor, object]], state: object,
+                      vocab_size: int, beam_size: int, max_len: int, length_penalty: float = 0.0,
+                      device: torch.device | str = "cpu") -> list[int]:
+    """Beam search over any implementation of the decoder step; returns the best token ids.
+
+    ``step(tokens (N,), state) -> (log_probs (N, V), state)`` runs one step for ``N`` hypotheses; ``state`` (one row
+    at the start) has ``select(index)`` keeping the rows ``index`` (``(N',)``). Hypotheses are ranked by
+    ``log P / len^length_penalty`` once finished. An end-of-sentence candidate finishes its hypothesis only when it
+    ranks within the step's best ``beam_size`` candidates (as any hypothesis must to stay in the beam), so
+    ``beam_size=1`` is greedy decoding. Tensors are made on ``device``.
+    """
+    tokens = torch.tensor([BOS_ID], device=device)
+    scores = torch.zeros(1, device=device)
+    prefixes: list[list[int]] = [[]]
+    finished: list[tuple[float, list[int]]] = []
+    for _ in range(max_len):
+        log_probs, state = step(tokens, state)
+        candidates = (scores.unsqueeze(1) + log_probs).flatten()
+        top_scores, top = candidates.topk(min(beam_size * 2, candidates.numel()))
+        rows, ids = top // vocab_size, top % vocab_size
+        keep_rows, keep_ids, keep_scores = [], [], []
+        for rank, (score, row, token) in enumerate(zip(top_scores.tolist(), rows.tolist(), ids.tolist(),
+                                                       strict=True)):
+            if score == -math.inf:
+                break  # only excluded ids are left
+            if token == EOS_ID:
+                if rank < beam_size:
+                    length = max(len(prefixes[row]), 1)
+                    finished.append((score / length**length_penalty, prefixes[row]))
+            elif len(keep_rows) < beam_size:
+                keep_rows.append(row)
+                keep_ids.append(token)
+                keep_scores.append(score)
+            if len(keep_rows) == beam_size and len(finished) >= beam_size:
                 break
-            index = torch.tensor(keep_rows, device=memory.device)
-            state = state.select(index)
-            prefixes = [prefixes[r] + [t] for r, t in zip(keep_rows, keep_ids, strict=True)]
-            tokens = torch.tensor(keep_ids, device=memory.device)
-            scores = torch.tensor(keep_scores, device=memory.device)
-        if not finished:
-            best = int(scores.argmax())
-            return prefixes[best]
-        return max(finished, key=lambda item: item[0])[1]
+        best_finished = max((s for s, _ in finished), default=-float("inf"))
+        if not keep_rows or (len(finished) >= beam_size and best_finished >= max(keep_scores)):
+            break
+        state = state.select(torch.tensor(keep_rows, device=device))
+        prefixes = [prefixes[r] + [t] for r, t in zip(keep_rows, keep_ids, strict=True)]
+        tokens = torch.tensor(keep_ids, device=device)
+        scores = torch.tensor(keep_scores, device=device)
+    if not finished:
+        return prefixes[int(scores.argmax())]
+    return max(finished, key=lambda item: item[0])[1]
