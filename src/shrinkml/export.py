@@ -1,0 +1,115 @@
+"""The export stage: a (compressed) checkpoint written for deployment, then checked against PyTorch.
+
+Writes ``cfg.bundle_dir`` (:func:`asr.export.bundle.export`: ONNX graphs and/or TorchScript with the C++ kernels) and
+``report.json``: per backend the largest difference of log-probabilities from the PyTorch model's on the first
+``parity_utterances`` of ``parity_split`` (every greedy step, fed the same previous token), and the WER of each split
+decoded by PyTorch and by the backend with the configured decoding.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from asr.data.tokenizer import BOS_ID, EOS_ID
+from asr.evaluate import evaluate
+from asr.export.bundle import ExportError, export
+from asr.metrics import error_counts, rates
+from asr.runtime import Hypotheses, Recognizer
+from asr.train import instantiate_group
+from common.atomic import write_json_atomic
+from shrinkml.stage import data_module, eval_batches, load_recognizer
+
+log = logging.getLogger(__name__)
+
+
+def utterances(batches: list[dict]) -> list[tuple[str, torch.Tensor, str]]:
+    """``(utt_id, features (T, F), transcript)`` of every utterance in ``batches``, unpadded."""
+    out = []
+    for batch in batches:
+        for i, utt_id in enumerate(batch["utt_ids"]):
+            length = int(batch["feature_lengths"][i])
+            out.append((utt_id, batch["features"][i, :length], batch["transcripts"][i]))
+    return out
+
+
+@torch.no_grad()
+def log_prob_difference(reference: Recognizer, other: Recognizer, features: torch.Tensor) -> float:
+    """Largest ``|log p - log p'|`` over the vocabulary and every step of ``reference``'s greedy decoding of
+    ``features`` ``(T, F)``, ``other`` fed the same previous tokens (ids whose both values are ``-inf`` agree)."""
+    encoded = [r.encode(features) for r in (reference, other)]
+    if encoded[0][0].shape[1] == 0:
+        return 0.0
+    worst = max(float((a - b).abs().max()) for a, b in zip(*encoded, strict=True))
+    states = [reference.initial_state(), other.initial_state()]
+    tokens = torch.tensor([BOS_ID])
+    for _ in range(reference.max_len(encoded[0][0].shape[1])):
+        outs = [r.steps.step(tokens, s, *e, False) for r, s, e in zip((reference, other), states, encoded,
+                                                                       strict=True)]
+        a, b = outs[0][0], outs[1][0]
+        finite = torch.isfinite(a) | torch.isfinite(b)
+        worst = max(worst, float((a - b)[finite].abs().max()))
+        states = [Hypotheses(*o[1:]) for o in outs]
+        token = int(a.argmax(dim=-1))
+        if token == EOS_ID:
+            break
+        tokens = torch.tensor([token])
+    return worst
+
+
+def backend_wer(recognizer: Recognizer, items: list[tuple[str, torch.Tensor, str]], beam_size: int
+                ) -> tuple[float, float, float]:
+    """``(WER, CER, seconds)`` of ``recognizer`` decoding ``items`` one utterance at a time."""
+    total = torch.zeros(4, dtype=torch.float64)
+    start = time.perf_counter()
+    for _, features, transcript in items:
+        hypothesis = recognizer.tokenizer.decode(recognizer.decode(features, beam_size))
+        total += error_counts([transcript], [hypothesis])
+    wer, cer = rates(total)
+    return wer, cer, time.perf_counter() - start
+
+
+def run_export(cfg: DictConfig) -> dict:
+    """Export ``cfg.ckpt`` in ``cfg.format`` and check every backend; returns the summary it writes and logs."""
+    torch.set_grad_enabled(False)
+    formats = list(cfg.format) if not isinstance(cfg.format, str) else [cfg.format]
+    module = load_recognizer(cfg.ckpt, cfg.decoding)
+    model = module.model.eval()
+    start = time.perf_counter()
+    folder = export(model, module.assets, dict(module.decoding), cfg.bundle_dir, formats, cfg.opset)
+    summary: dict = {"stage": "export", "source_checkpoint": str(cfg.ckpt), "bundle": str(folder),
+                     "formats": formats, "export_seconds": round(time.perf_counter() - start, 2),
+                     "files_mb": {p.name: round(p.stat().st_size / 2**20, 3) for p in sorted(Path(folder).iterdir())}}
+    reference = Recognizer.from_model(model, module.assets, module.decoding)
+    backends = {name: Recognizer.load(folder, name, cfg.threads) for name in formats}
+    datamodule = data_module(cfg.data)
+    parity_items = utterances(eval_batches(datamodule, cfg.parity_split, cfg.parity_utterances))
+    for name, recognizer in backends.items():
+        worst = max(log_prob_difference(reference, recognizer, f) for _, f, _ in parity_items)
+        summary[f"parity/{name}"] = worst
+        log.info("%s: max |log p difference| %.2e on %d utterances of %s", name, worst, len(parity_items),
+                 cfg.parity_split)
+        if worst > cfg.parity_tolerance:
+            raise ExportError(f"the {name} export differs from PyTorch by {worst:.2e} in log-probabilities "
+                              f"(parity_tolerance {cfg.parity_tolerance}); report it with the checkpoint")
+    beam = int(module.decoding["beam_size"])
+    for split in cfg.splits:
+        batches = eval_batches(datamodule, split)
+        result = evaluate(model, batches, module.assets.tokenizer, beam, module.decoding["length_penalty"])
+        summary[f"wer/{split}/pytorch"] = result.wer
+        items = utterances(batches)
+        for name, recognizer in backends.items():
+            wer, _, seconds = backend_wer(recognizer, items, beam)
+            summary[f"wer/{split}/{name}"] = wer
+            log.info("%s %s: WER %.2f (PyTorch %.2f), %.1f s", name, split, wer, result.wer, seconds)
+    write_json_atomic(Path(cfg.output_dir) / "report.json", summary)
+    for logger in instantiate_group(cfg.get("logger")):
+        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+        if hasattr(logger, "experiment") and hasattr(logger.experiment, "summary"):
+            logger.experiment.summary.update({k: v for k, v in summary.items() if not isinstance(v, dict)})
+        logger.finalize("success")
+    return summary
