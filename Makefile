@@ -15,7 +15,7 @@ TIMED := $(PY) scripts/timed.py
 resume = $(if $(shell test $(1)/checkpoints/last.ckpt -nt $(2) && echo y),ckpt_path=$(1)/checkpoints/last.ckpt,)
 
 .PHONY: setup test lint data corpus prepare baseline sensitivity manual condense search search-conservative \
-	search-random retrain sensitivity-sparsity prune budget quantize compare pipeline bench clean-cache
+	search-random retrain sensitivity-sparsity prune budget quantize export compare pipeline bench clean-cache
 
 ## setup: virtual env with the project and its dev extras, plus the system check for the corpus text
 setup: $(STAMP)
@@ -151,12 +151,18 @@ quantize: runs/quantize/automl/report.json
 runs/quantize/automl/report.json: runs/retrain_automl/summary.json
 	$(TIMED) quantize -- $(PY) scripts/quantize.py
 
+## export: the retrained search result (SEARCH, SPACE, BY, TARGET as make retrain) as ONNX and as TorchScript with the
+## C++ kernels (runs/export/<retrain name>/model), checked for log-probability parity and test WER against PyTorch
+export: runs/export/$(RETRAIN_NAME)/report.json
+runs/export/$(RETRAIN_NAME)/report.json: runs/$(RETRAIN_NAME)/summary.json
+	$(TIMED) export -- $(PY) scripts/export.py ckpt=runs/$(RETRAIN_NAME)/checkpoints/best.ckpt name=$(RETRAIN_NAME)
+
 ## compare: one table (Markdown, CSV) and figures from the W&B runs of every stage
 compare: setup
 	$(PY) scripts/compare_runs.py
 
 ## pipeline: every stage in order, each skipped when its result is there and up to date
-pipeline: data baseline sensitivity condense search manual retrain quantize compare
+pipeline: data baseline sensitivity condense search manual retrain quantize export compare
 
 ## bench: the benchmark scripts (print their numbers)
 bench: setup
