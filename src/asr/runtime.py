@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,18 +59,24 @@ class _TorchScriptSteps:
         try:
             if not hasattr(torch.ops.shrinkml_lowrank, "decode_step"):
                 torch.ops.load_library(str(library))
-            self.module = torch.jit.load(str(folder / "model.ts"))
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", FutureWarning)  # torch.jit.load's deprecation notice
+                self.module = torch.jit.load(str(folder / "model.ts"))
         except (OSError, RuntimeError) as err:
             raise RuntimeError_(f"{folder}: the TorchScript model or its kernel library {library.name} cannot be "
                                 f"loaded ({str(err).splitlines()[0]}); export again with this torch version, or use "
                                 "backend=onnx") from err
 
+    # The graphs are a few operations around the kernels: the profiling executor's optimization passes cost more on
+    # the first calls of each input shape (0.1-0.2 s, most of a cold transcription) than they could save.
     def encode(self, features, h, c):
-        return self.module.encode(features, h, c)
+        with torch.jit.optimized_execution(False):
+            return self.module.encode(features, h, c)
 
     def step(self, tokens, state: Hypotheses, memory, mono, chunk, fallback: bool):
-        return self.module.step(tokens, state.h, state.c, state.context, state.boundary, memory, mono, chunk,
-                                fallback)
+        with torch.jit.optimized_execution(False):
+            return self.module.step(tokens, state.h, state.c, state.context, state.boundary, memory, mono, chunk,
+                                    fallback)
 
 
 class _OnnxSteps:

@@ -107,6 +107,8 @@ def _export_torchscript(model: AsrModel, folder: Path) -> None:
     container = torch.nn.Module()
     container.encoder_step = EncoderStep(model, kernels=True)
     container.decoder_step = DecoderStep(model, kernels=True)
+    container.encoder_step(*encoder_inputs)  # packs the kernels' weights into their caches: constants of the trace,
+    #                                          not packing operations run on every call
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         encode = torch.jit.trace(container.encoder_step, encoder_inputs, check_trace=False)
