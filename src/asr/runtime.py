@@ -296,7 +296,7 @@ class Stream:
         frames = self.memory.shape[1]
         fallback = final and recognizer.hard_fallback
         emitted: list[int] = []
-        while not self.done and len(self.tokens) < recognizer.max_len(frames) - 1:
+        while not self.done and len(self.tokens) < recognizer.max_len(frames):  # offline greedy's step limit
             log_probs, *rest = recognizer.steps.step(self.previous, self.state, self.memory, self.mono, self.chunk,
                                                      fallback)
             state = Hypotheses(*rest)
