@@ -78,6 +78,10 @@ class _TorchScriptSteps:
             return self.module.step(tokens, state.h, state.c, state.context, state.boundary, memory, mono, chunk,
                                     fallback)
 
+    def greedy(self, memory, mono, chunk, max_len: int, fallback: bool) -> torch.Tensor:
+        with torch.jit.optimized_execution(False):
+            return self.module.greedy(memory, mono, chunk, max_len, fallback)
+
 
 class _OnnxSteps:
     """``encoder.onnx`` and ``decoder.onnx`` in ONNX Runtime (``threads`` intra-op threads each)."""
@@ -116,6 +120,16 @@ class _ModelSteps:
         kernels = fast_decode.step_plan(model.decoder) is not None
         self.encoder = EncoderStep(model, kernels=kernels)
         self.decoder = DecoderStep(model, kernels=kernels)
+        if kernels:
+            self.greedy = self._greedy
+
+    def _greedy(self, memory, mono, chunk, max_len: int, fallback: bool) -> torch.Tensor:
+        from asr.model import fast_decode
+
+        plan = self.decoder.plan
+        plan.fallback = fallback
+        mask = torch.ones(1, memory.shape[1], dtype=torch.bool)
+        return fast_decode.fast_greedy(plan, memory, (mono, chunk), mask, max_len)[0]
 
     def encode(self, features, h, c):
         return self.encoder(features, h, c)
@@ -201,6 +215,9 @@ class Recognizer:
         if beam_size > 0:
             return beam_search_steps(step, self.initial_state(), self.vocab_size, beam_size, max_len,
                                      self.decoding["length_penalty"])
+        if hasattr(self.steps, "greedy"):  # the whole loop in one C++ call
+            ids = self.steps.greedy(memory, mono, chunk, max_len, fallback)[0].tolist()
+            return ids[: ids.index(EOS_ID)] if EOS_ID in ids else ids
         return _greedy(step, self.initial_state(), max_len)
 
     def transcribe(self, wave: torch.Tensor, beam_size: int | None = None) -> str:

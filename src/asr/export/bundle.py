@@ -5,8 +5,9 @@ this project: the front-end settings and CMVN statistics, the sentencepiece mode
 
 * ``onnx``: ``encoder.onnx`` and ``decoder.onnx`` (:class:`asr.export.graphs.EncoderStep` /
   :class:`~asr.export.graphs.DecoderStep` in standard operators; any input length), for ONNX Runtime;
-* ``torchscript``: ``model.ts``, one TorchScript module with methods ``encode``, ``step`` and ``step_final`` (the
-  decoder step with MoChA's fallback) that call the project's C++ kernels as custom operators, and
+* ``torchscript``: ``model.ts``, one TorchScript module (:class:`asr.export.kernel_bundle.KernelBundle`) with
+  methods ``encode``, ``step`` and ``greedy`` (the whole greedy loop in one call) that call the project's C++
+  kernels as custom operators, and
   ``libshrinkml_kernels.so``, the library registering them (``torch.ops.load_library``).
 
 Every file is written atomically (into a temporary folder moved into place at the end).
@@ -26,6 +27,7 @@ import torch
 from asr import kernels
 from asr.assets import AsrAssets
 from asr.export.graphs import DecoderStep, EncoderStep
+from asr.export.kernel_bundle import KernelBundle
 from asr.model.asr_model import AsrModel
 from common.errors import KnownError
 
@@ -103,49 +105,17 @@ def _export_torchscript(model: AsrModel, folder: Path) -> None:
         kernels.load()
     except (RuntimeError, FileNotFoundError) as err:
         raise ExportError(f"format=torchscript keeps the C++ kernels, which cannot be built here ({err})") from err
-    encoder_inputs, step_inputs = example_inputs(model)
-    container = torch.nn.Module()
-    container.encoder_step = EncoderStep(model, kernels=True)
-    container.decoder_step = DecoderStep(model, kernels=True)
-    container.encoder_step(*encoder_inputs)  # packs the kernels' weights into their caches: constants of the trace,
-    #                                          not packing operations run on every call
+    encoder_inputs, _ = example_inputs(model)
+    encoder_step = EncoderStep(model, kernels=True)
+    plan = DecoderStep(model, kernels=True).plan
+    encoder_step(*encoder_inputs)  # packs the kernels' weights into their caches: constants of the trace, not
+    #                                packing operations run on every call
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        encode = torch.jit.trace(container.encoder_step, encoder_inputs, check_trace=False)
-        final_inputs = (*step_inputs[:-1], torch.ones(1, dtype=torch.bool))
-        step = torch.jit.trace(container.decoder_step, step_inputs, check_trace=False)
-        step_final = torch.jit.trace(container.decoder_step, final_inputs, check_trace=False)
-    scripted = torch.jit.script(_Bundle(encode, step, step_final))
+        warnings.simplefilter("ignore")  # the tracer's notes; torch.jit's deprecation notices
+        encode = torch.jit.trace(encoder_step, encoder_inputs, check_trace=False)
+        scripted = torch.jit.script(KernelBundle(encode, plan))
     scripted.save(str(folder / "model.ts"))
     shutil.copyfile(kernels.library_path(), folder / KERNEL_LIBRARY)
-
-
-class _Bundle(torch.nn.Module):
-    """The three traced graphs as methods of one TorchScript module."""
-
-    def __init__(self, encode: torch.nn.Module, step: torch.nn.Module, step_final: torch.nn.Module):
-        super().__init__()
-        self.encoder_step = encode
-        self.decoder_step = step
-        self.decoder_step_final = step_final
-
-    @torch.jit.export
-    def encode(self, features: torch.Tensor, h: torch.Tensor, c: torch.Tensor
-               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        return self.encoder_step(features, h, c)
-
-    @torch.jit.export
-    def step(self, tokens: torch.Tensor, h: torch.Tensor, c: torch.Tensor, context: torch.Tensor,
-             boundary: torch.Tensor, memory: torch.Tensor, mono_keys: torch.Tensor, chunk_keys: torch.Tensor,
-             fallback: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        flag = torch.zeros(1, dtype=torch.bool)
-        if fallback:
-            return self.decoder_step_final(tokens, h, c, context, boundary, memory, mono_keys, chunk_keys, flag)
-        return self.decoder_step(tokens, h, c, context, boundary, memory, mono_keys, chunk_keys, flag)
-
-    def forward(self, features: torch.Tensor, h: torch.Tensor, c: torch.Tensor
-                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        return self.encode(features, h, c)
 
 
 def export(model: AsrModel, assets: AsrAssets, decoding: dict, out_dir: str | Path, formats: list[str],

@@ -162,8 +162,9 @@ class DecoderStep(nn.Module):
         return torch.log_softmax(logits, dim=-1), h, c, context, boundary
 
     def _kernel_step(self, tokens, h, c, context, boundary, memory, mono_keys, chunk_keys, fallback):
-        """The C++ step (``decode_step`` of ``asr/kernels/csrc/decode_step.cpp``); ``fallback`` is fixed at trace
-        time (the caller traces one method per value)."""
+        """The C++ step (``decode_step`` of ``asr/kernels/csrc/decode_step.cpp``) on the model's weights (the live
+        runtime of :mod:`asr.runtime`; the TorchScript export calls the operator from
+        :class:`asr.export.bundle.KernelBundle` instead)."""
         plan = self.plan
         plan.fallback = bool(fallback)
         mask = torch.ones_like(memory[:, :, 0], dtype=torch.bool)
