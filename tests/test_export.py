@@ -221,3 +221,25 @@ def test_transcribe_script_runs_an_exported_folder(tiny_corpus, tmp_path_factory
     expected = transcribe_features(module, [module.assets.cmvn(log_mel(wave, module.assets.features))], None)[0]
     assert script.main([str(folder), str(flac), "--backend", backend]) == 0
     assert capsys.readouterr().out == f"{flac}: {expected}\n"
+
+
+def test_onnx_files_store_pruned_weights_sparse_and_int8_weights_as_int8(assets, waves, tmp_path):
+    """A pruned, then int8-rounded model: the compact ONNX files are much smaller and compute the same values."""
+    from compress.quantize import quantize_int8
+
+    model = make_model(assets, "dense")
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if param.dim() == 2 and "embedding" not in name:
+                prune_(param, 0.9)
+    model = quantize_int8(model, "weight_only")
+    plain = export(model, assets, {"beam_size": 0}, tmp_path / "plain", ["onnx"], compact=False)
+    small = export(model, assets, {"beam_size": 0}, tmp_path / "small", ["onnx"])
+    size = {folder: sum((folder / n).stat().st_size for n in ("encoder.onnx", "decoder.onnx")) for folder in
+            (plain, small)}
+    assert size[small] < 0.6 * size[plain]  # tiny tensors (under MIN_ELEMENTS) and the graph itself stay as they are
+    a, b = Recognizer.load(plain, "onnx"), Recognizer.load(small, "onnx")
+    for wave in waves:
+        feats = a.normalized_features(wave)
+        assert all(torch.equal(x, y) for x, y in zip(a.encode(feats), b.encode(feats), strict=True))
+        assert a.decode(feats) == b.decode(feats) == offline(model, assets, wave)

@@ -19,9 +19,13 @@ from asr.data.tokenizer import BOS_ID, EOS_ID
 from asr.evaluate import evaluate
 from asr.export.bundle import ExportError, export
 from asr.metrics import error_counts, rates
+from asr.module import AsrModule
 from asr.runtime import Hypotheses, Recognizer
 from asr.train import instantiate_group
 from common.atomic import write_json_atomic
+from compress.quantize import FORMAT as INT8_FORMAT
+from compress.quantize import linear_mode
+from shrinkml.quantize import load_int8_recognizer
 from shrinkml.stage import data_module, eval_batches, load_recognizer
 
 log = logging.getLogger(__name__)
@@ -73,14 +77,37 @@ def backend_wer(recognizer: Recognizer, items: list[tuple[str, torch.Tensor, str
     return wer, cer, time.perf_counter() - start
 
 
+def is_int8_file(path: str | Path) -> bool:
+    """Whether ``path`` is an int8 model of ``scripts/quantize.py`` (else a training checkpoint)."""
+    try:
+        stored = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+    except Exception:  # noqa: BLE001 - the checkpoint loader reports unreadable files with its own message
+        return False
+    return isinstance(stored, dict) and stored.get("format") == INT8_FORMAT
+
+
+def int8_module(path: str | Path, cfg: DictConfig) -> AsrModule:
+    """The int8 model of ``path`` in a training module with its assets, decoding with ``cfg.decoding``."""
+    model, stored = load_int8_recognizer(path)
+    if linear_mode(model) != "weight_only":
+        raise ExportError(f"{path}: int8 Linears of mode 'dynamic' (PyTorch's quantized modules) do not export; "
+                          "quantize with linear=weight_only (the default) for export")
+    module = AsrModule(**stored["hyper_parameters"])
+    module.on_load_checkpoint(stored)
+    module.model = model
+    module.set_decoding(dict(cfg.decoding))
+    return module.eval()
+
+
 def run_export(cfg: DictConfig) -> dict:
     """Export ``cfg.ckpt`` in ``cfg.format`` and check every backend; returns the summary it writes and logs."""
     torch.set_grad_enabled(False)
     formats = list(cfg.format) if not isinstance(cfg.format, str) else [cfg.format]
-    module = load_recognizer(cfg.ckpt, cfg.decoding)
+    module = load_recognizer(cfg.ckpt, cfg.decoding) if not is_int8_file(cfg.ckpt) else int8_module(cfg.ckpt, cfg)
     model = module.model.eval()
     start = time.perf_counter()
-    folder = export(model, module.assets, dict(module.decoding), cfg.bundle_dir, formats, cfg.opset)
+    folder = export(model, module.assets, dict(module.decoding), cfg.bundle_dir, formats, cfg.opset,
+                    cfg.onnx_compact)
     summary: dict = {"stage": "export", "source_checkpoint": str(cfg.ckpt), "bundle": str(folder),
                      "formats": formats, "export_seconds": round(time.perf_counter() - start, 2),
                      "files_mb": {p.name: round(p.stat().st_size / 2**20, 3) for p in sorted(Path(folder).iterdir())}}

@@ -26,6 +26,7 @@ import torch
 
 from asr import kernels
 from asr.assets import AsrAssets
+from asr.export import onnx_storage
 from asr.export.graphs import DecoderStep, EncoderStep
 from asr.export.kernel_bundle import KernelBundle
 from asr.model.asr_model import AsrModel
@@ -75,7 +76,7 @@ def manifest(model: AsrModel, assets: AsrAssets, decoding: dict, formats: list[s
     }
 
 
-def _export_onnx(model: AsrModel, folder: Path, opset: int) -> None:
+def _export_onnx(model: AsrModel, folder: Path, opset: int, compact: bool) -> None:
     try:
         import onnx  # noqa: F401  (the exporter needs it)
     except ImportError as err:
@@ -98,6 +99,9 @@ def _export_onnx(model: AsrModel, folder: Path, opset: int) -> None:
                                         "memory": {1: "frames"}, "mono_keys": {1: "frames"},
                                         "chunk_keys": {1: "frames"}, "log_probs": rows, "h_out": rows, "c_out": rows,
                                         "context_out": rows, "boundary_out": rows})
+    if compact:  # pruned weights stored sparse, 8-bit ones as int8 (asr.export.onnx_storage)
+        for name in ("encoder.onnx", "decoder.onnx"):
+            onnx_storage.compact(str(folder / name))
 
 
 def _export_torchscript(model: AsrModel, folder: Path) -> None:
@@ -119,10 +123,11 @@ def _export_torchscript(model: AsrModel, folder: Path) -> None:
 
 
 def export(model: AsrModel, assets: AsrAssets, decoding: dict, out_dir: str | Path, formats: list[str],
-           opset: int = 17) -> Path:
+           opset: int = 17, compact: bool = True) -> Path:
     """Write ``model`` (eval mode, any compression it carries) with ``assets`` into ``out_dir`` in ``formats``
     (a subset of :data:`FORMATS`); returns the folder. An existing folder is replaced only once the new one is
-    complete."""
+    complete. ``compact``: ONNX files store pruned weights sparse and 8-bit weights as int8
+    (:func:`asr.export.onnx_storage.compact`; the computed values are unchanged)."""
     unknown = [f for f in formats if f not in FORMATS]
     if unknown or not formats:
         raise ExportError(f"export format {unknown or formats} unknown: give format= one or more of {list(FORMATS)}")
@@ -133,7 +138,7 @@ def export(model: AsrModel, assets: AsrAssets, decoding: dict, out_dir: str | Pa
         folder = Path(tmp) / "bundle"
         folder.mkdir()
         if "onnx" in formats:
-            _export_onnx(model, folder, opset)
+            _export_onnx(model, folder, opset, compact)
         if "torchscript" in formats:
             _export_torchscript(model, folder)
         (folder / "tokenizer.model").write_bytes(assets.tokenizer.model_proto)
