@@ -18,6 +18,7 @@ from omegaconf import DictConfig
 
 from asr.export.bundle import ExportError
 from common.cli import cli_main
+from shrinkml.deploy_speed import format_table
 from shrinkml.export import run_export
 
 
@@ -31,6 +32,9 @@ def main(cfg: DictConfig) -> None:
             print(f"{key.split('/')[1]}: max |log-probability difference| from PyTorch {value:.2e}")
         elif key.startswith("wer/"):
             print(f"{key}: WER {value:.2f}")
+    if "speed" in summary:
+        print(f"greedy decoding, batch 1, {summary['speed_threads']} thread(s), {summary['cpu']}:")
+        print("\n".join(format_table(summary["speed"])))
 
 
 if __name__ == "__main__":

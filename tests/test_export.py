@@ -192,14 +192,20 @@ def test_export_stage_checks_parity_and_wer(tiny_corpus, tmp_path_factory):
     run_dir, _ = trained_run(tiny_corpus, base)
     out = base / "export_stage"
     corpus = corpus_copy_for_runs(tiny_corpus, base)
-    cfg = compose_root("export", [f"ckpt={run_dir / 'checkpoints' / 'best.ckpt'}", "parity_utterances=2",
-                                  *run_overrides(corpus, base)[:7], f"output_dir={out}"])
+    checkpoint = run_dir / "checkpoints" / "best.ckpt"
+    cfg = compose_root("export", [f"ckpt={checkpoint}", "parity_utterances=2", *run_overrides(corpus, base)[:7],
+                                  f"output_dir={out}", f"baseline={checkpoint}", "latency.utterances=2",
+                                  "latency.repeats=1"])
     with hydra_job(cfg, out) as task:
         summary = run_export(task)
     assert summary["parity/onnx"] <= 1e-4 and summary["parity/torchscript"] <= 1e-4
     assert summary["wer/test/onnx"] == summary["wer/test/torchscript"] == summary["wer/test/pytorch"]
     assert json.loads((out / "report.json").read_text())["formats"] == ["onnx", "torchscript"]
     assert (out / "model" / "encoder.onnx").is_file() and (out / "model" / "model.ts").is_file()
+    assert set(summary["speed"]) == {f"{form} {name}" for form in ("pytorch", "torchscript", "onnxruntime")
+                                     for name in ("dense", "model")}
+    assert all(row["token_mismatches"] == 0 and row["ms_per_audio_second"] > 0 for row in summary["speed"].values())
+    assert summary["speedup/onnxruntime_vs_onnxruntime_dense"] > 0
 
 
 @pytest.mark.parametrize("backend", ["torchscript", "onnx"])

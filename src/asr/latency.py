@@ -193,3 +193,34 @@ def measure_against(module_model: nn.Module, reference_model: nn.Module, datamod
     return {"speedup/measured": timed["model"]["speedup"], "speedup/measured_min": low,
             "speedup/measured_max": high, "rtf/model": timed["model"]["rtf"],
             "rtf/reference": timed["reference"]["rtf"]}
+
+
+def deployment_speedups(decoders: Mapping[str, Callable[[torch.Tensor], object]], features: Sequence[torch.Tensor],
+                        frame_shift_ms: float, references: Sequence[str], repeats: int, threads: int = 1
+                        ) -> dict[str, dict[str, float]]:
+    """Time every ``decoders[name](features (T, F))`` (batch 1) over all ``features``, alternating
+    (:func:`alternate`, one warm-up pass); returns per name ``ms_per_audio_second`` (median over repeats, on
+    :class:`DecodeClock`), ``wall_ms_per_audio_second`` and, for every name in ``references``, ``vs_<reference>``:
+    the median over repeats of the ratio of the reference's time to this one's (the speed-up against it)."""
+    clock = DecodeClock(threads)
+
+    def timed(decode):
+        def run() -> tuple[float, float]:
+            wall, start = time.perf_counter(), clock()
+            for f in features:
+                decode(f)
+            return clock() - start, time.perf_counter() - wall
+        return run
+
+    with clock.checked():
+        results = alternate({name: timed(decode) for name, decode in decoders.items()}, repeats, warmup=1)
+    audio_seconds = sum(f.shape[0] for f in features) * frame_shift_ms / 1000
+    table = {}
+    for name, values in results.items():
+        row = {"ms_per_audio_second": 1000 * statistics.median(v[0] for v in values) / audio_seconds,
+               "wall_ms_per_audio_second": 1000 * statistics.median(v[1] for v in values) / audio_seconds}
+        for reference in references:
+            row[f"vs_{reference}"] = statistics.median(r[0] / v[0] for r, v in zip(results[reference], values,
+                                                                                  strict=True))
+        table[name] = row
+    return table

@@ -9,6 +9,7 @@ decoded by PyTorch and by the backend with the configured decoding.
 from __future__ import annotations
 
 import logging
+import tempfile
 import time
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from asr.train import instantiate_group
 from common.atomic import write_json_atomic
 from compress.quantize import FORMAT as INT8_FORMAT
 from compress.quantize import linear_mode
+from shrinkml.deploy_speed import REFERENCES, cpu_name, format_table, forms, measure
 from shrinkml.quantize import load_int8_recognizer
 from shrinkml.stage import data_module, eval_batches, load_recognizer
 
@@ -99,6 +101,26 @@ def int8_module(path: str | Path, cfg: DictConfig) -> AsrModule:
     return module.eval()
 
 
+def deployment_speed(cfg: DictConfig, model, module: AsrModule, items: list) -> dict:
+    """:func:`shrinkml.deploy_speed.measure` of the exported model's forms (named ``<form> model``) against
+    ``cfg.baseline`` in PyTorch and ONNX Runtime, on the first ``cfg.latency.utterances`` of ``items``."""
+    baseline = load_recognizer(cfg.baseline, cfg.decoding)
+    features = [f for _, f, _ in items[: cfg.latency.utterances]]
+    with tempfile.TemporaryDirectory() as tmp:
+        decoders = {**forms("dense", baseline.model.eval(), baseline.assets, baseline.decoding, Path(tmp) / "dense",
+                            cfg.latency.threads),
+                    **forms("model", model, module.assets, module.decoding, Path(tmp) / "model", cfg.latency.threads)}
+        threads = torch.get_num_threads()
+        torch.set_num_threads(cfg.latency.threads)
+        try:
+            table = measure(decoders, features, module.assets.features.frame_shift_ms, cfg.latency.repeats,
+                            cfg.latency.threads)
+        finally:
+            torch.set_num_threads(threads)
+    log.info("deployment speed (%s):\n%s", cpu_name(), "\n".join(format_table(table)))
+    return table
+
+
 def run_export(cfg: DictConfig) -> dict:
     """Export ``cfg.ckpt`` in ``cfg.format`` and check every backend; returns the summary it writes and logs."""
     torch.set_grad_enabled(False)
@@ -133,6 +155,13 @@ def run_export(cfg: DictConfig) -> dict:
             wer, _, seconds = backend_wer(recognizer, items, beam)
             summary[f"wer/{split}/{name}"] = wer
             log.info("%s %s: WER %.2f (PyTorch %.2f), %.1f s", name, split, wer, result.wer, seconds)
+    if cfg.latency.measure and cfg.splits:
+        summary["cpu"], summary["speed_threads"] = cpu_name(), cfg.latency.threads
+        summary["speed"] = deployment_speed(cfg, model, module, utterances(eval_batches(datamodule, cfg.splits[0])))
+        for form, row in summary["speed"].items():
+            if not form.endswith(" dense"):
+                for reference in REFERENCES:
+                    summary[f"speedup/{form.split(' ')[0]}_vs_{reference.replace(' ', '_')}"] = row[f"vs_{reference}"]
     write_json_atomic(Path(cfg.output_dir) / "report.json", summary)
     for logger in instantiate_group(cfg.get("logger")):
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
