@@ -31,7 +31,7 @@ KINDS = ("recordings", "supervisions", "cuts")
 # A supervision "covers" its recording when its ends are this close to the recording's (a 10 ms frame shift).
 _COVER_TOLERANCE_S = 0.01
 _LIBRISPEECH_ID = re.compile(r"(\d+)-(\d+)-\d+")
-_FIX_WRITE = ("Fix: write the split's manifests again (python scripts/lhotse_manifests.py ROOT --out DIR for a "
+_FIX_WRITE = ("Fix: write the split's manifests again (python scripts/lhotse_manifests.py data.root=ROOT for a "
               "LibriSpeech-layout corpus, or Lhotse's recipe), or point data.lhotse.dir/prefix/suffix at them")
 
 
@@ -58,7 +58,7 @@ def read_lhotse_split(manifest_dir: str | Path, split: str, prefix: str, suffix:
     else:
         raise DataError(f"no Lhotse manifests of split '{split}' in {manifest_dir}: neither {recordings_path.name} "
                         f"with {supervisions_path.name} nor {cuts_path.name}. Fix: write them (python "
-                        "scripts/lhotse_manifests.py ROOT --out DIR, or Lhotse's recipe), or correct data.lhotse.dir/"
+                        "scripts/lhotse_manifests.py data.root=ROOT, or Lhotse's recipe), or correct data.lhotse.dir/"
                         "prefix/suffix and the split names (data.train_split, data.dev_splits, data.test_splits)")
     utterances: dict[str, Utterance] = {}
     for manifest, recording, supervision in pairs:
