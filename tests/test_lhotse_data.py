@@ -81,6 +81,14 @@ def test_cuts_alone_read_as_the_recordings_and_supervisions(tiny_corpus, manifes
         assert read_lhotse_split(tmp_path, split, "synthetic") == read_split(tiny_corpus, split)
 
 
+def test_manifests_of_lhotses_own_librispeech_recipe_read_as_the_layout(tiny_corpus, tmp_path):
+    """``lhotse prepare librispeech`` (its recipe function) on the tiny corpus, which is in LibriSpeech's layout."""
+    from lhotse.recipes.librispeech import prepare_librispeech
+
+    prepare_librispeech(tiny_corpus, dataset_parts=["dev"], output_dir=tmp_path)
+    assert read_lhotse_split(tmp_path, "dev", "librispeech") == read_split(tiny_corpus, "dev")
+
+
 def test_writer_round_trip_without_the_script(tiny_corpus, tmp_path):
     utterances = read_split(tiny_corpus, "dev")
     written = write_lhotse_split(utterances, tmp_path, "dev", "mine", suffix="jsonl")

@@ -245,7 +245,7 @@ class AsrDataModule(L.LightningDataModule):
         utterances = {split: self.read(split) for split in self.all_splits}
         self._load_tokenizer(utterances[self.train_split])
         cache = FeatureCache(self.cache_dir, self.feature_cfg)
-        cache.precompute([u.audio_path for utts in utterances.values() for u in utts],
+        cache.precompute(list(dict.fromkeys(u.audio_path for utts in utterances.values() for u in utts)),
                          jobs=self.hparams.feature_jobs, progress=self.hparams.progress,
                          desc=f"features ({', '.join(utterances)})")
         self._load_cmvn(cache, utterances[self.train_split])
