@@ -197,3 +197,15 @@ def test_the_script_refuses_to_read_manifests_as_its_input(tmp_path):
     done = run_script("data.format=lhotse", f"data.lhotse.dir={tmp_path}")
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert "lhotse_manifests: " in done.stderr and "data.format=librispeech" in done.stderr
+
+
+def test_check_corpus_reads_lhotse_manifests_as_the_layout(tiny_corpus, manifests, tmp_path, capsys):
+    from asr_helpers import load_module
+
+    check_corpus = load_module(ROOT / "scripts" / "check_corpus.py", "_script_check_corpus_lhotse")
+    assert check_corpus.main([str(tiny_corpus)]) == 0
+    layout = capsys.readouterr().out
+    assert check_corpus.main([str(manifests), "--lhotse", "synthetic"]) == 0
+    assert capsys.readouterr().out == layout
+    assert check_corpus.main([str(manifests), "--lhotse", "other"]) == 2
+    assert "no Lhotse manifests named other_" in capsys.readouterr().err

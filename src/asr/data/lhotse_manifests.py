@@ -41,6 +41,15 @@ def manifest_paths(manifest_dir: str | Path, split: str, prefix: str, suffix: st
     return {kind: Path(manifest_dir) / f"{prefix}_{kind}_{split}.{suffix}" for kind in KINDS}
 
 
+def lhotse_splits(manifest_dir: str | Path, prefix: str, suffix: str = "jsonl.gz") -> list[str]:
+    """Names of the splits that ``manifest_dir`` holds a manifest of (under :func:`manifest_paths`' names)."""
+    pattern = re.compile(f"{re.escape(prefix)}_(?:{'|'.join(KINDS)})_(.+)\\.{re.escape(suffix)}")
+    directory = Path(manifest_dir)
+    if not directory.is_dir():
+        raise DataError(f"Lhotse manifest directory {directory} does not exist. {_FIX_WRITE}")
+    return sorted({m.group(1) for p in directory.iterdir() if (m := pattern.fullmatch(p.name))})
+
+
 def read_lhotse_split(manifest_dir: str | Path, split: str, prefix: str, suffix: str = "jsonl.gz") -> list[Utterance]:
     """All utterances of ``split``, sorted by id, from its recordings + supervisions manifests (preferred when
     both exist) or its cuts manifest; see the module docstring for what is read and what raises."""
