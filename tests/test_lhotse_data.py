@@ -174,6 +174,8 @@ def test_an_utterance_in_two_training_splits_is_refused(corpus_copy, tmp_path):
 
 @pytest.mark.parametrize(("settings", "key"), [
     ({"train_split": []}, "data.train_split"),
+    ({"train_split": 5}, "data.train_split"),
+    ({"train_split": ["train", 5]}, "data.train_split"),
     ({"train_split": ["train", "train"]}, "data.train_split"),
     ({"format": "kaldi"}, "data.format"),
     ({"format": "lhotse", "download": True}, "data.download"),

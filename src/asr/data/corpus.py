@@ -65,7 +65,10 @@ def normalize_transcript(text: str) -> str:
 def split_list(splits: str | Sequence[str], key: str = "data.train_split") -> list[str]:
     """``splits`` (one name or a sequence of them, e.g. the data config's ``train_split``) as a list of names;
     an empty list or a name given twice raises :class:`DataError` naming ``key``."""
-    names = [splits] if isinstance(splits, str) else [str(s) for s in splits]
+    if not isinstance(splits, str | Sequence) or not all(isinstance(s, str) for s in splits):
+        raise DataError(f"{key}={splits!r} is neither a split name nor a list of them. Fix: give {key}=NAME or "
+                        f"{key}=[NAME,NAME]")
+    names = [splits] if isinstance(splits, str) else list(splits)
     if not names:
         raise DataError(f"{key} is an empty list. Fix: name at least one split")
     repeated = sorted({s for s in names if names.count(s) > 1})
