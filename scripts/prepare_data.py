@@ -3,6 +3,8 @@
 
     python scripts/prepare_data.py                              # the embedded corpus
     python scripts/prepare_data.py data=librispeech data.root=/data/LibriSpeech
+    python scripts/prepare_data.py data=librispeech960 data.root=/data/LibriSpeech   # the 960 h (three splits)
+    python scripts/prepare_data.py data.format=lhotse                         # Lhotse manifests (docs/data.md)
 
 Everything it writes is reused by train.py; running it again does only what is missing.
 A corpus or data config it cannot use exits with status 2 and one line naming the file or key and the fix

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, fields
 from pathlib import Path
 
@@ -155,3 +156,29 @@ def test_targets_measured_speedup_settings_and_the_finetuning_recipe_each_live_i
     for path in [*CONF.glob("*.yaml"), *(CONF / "experiment").glob("*.yaml")]:
         text = path.read_text()
         assert "exclude:" not in text and "repeats:" not in text and "half_life_steps:" not in text, path
+
+
+def test_librispeech_960h_config_reads_the_three_training_splits_as_one_set(tmp_path):
+    root = tmp_path / "LibriSpeech"
+    (root / "dev-clean").mkdir(parents=True)
+    cfg = compose_in(CONF, "train", ["data=librispeech960", f"data.root={root}", f"data.cache_dir={tmp_path}"]).data
+    assert list(cfg.train_split) == ["train-clean-100", "train-clean-360", "train-other-500"]
+    assert list(cfg.dev_splits) == ["dev-clean", "dev-other"] and cfg.tokenizer.vocab_size == 10000
+    assert cfg.tokenizer.dir != compose_in(CONF, "train", ["data=librispeech"]).data.tokenizer.dir  # its own
+    dm = hydra.utils.instantiate(cfg)
+    assert dm.train_splits == list(cfg.train_split) and dm.all_splits[0] == "+".join(cfg.train_split)
+    with pytest.raises(DataError, match=re.escape(f"split directory {root / 'train-clean-100'} not found")):
+        dm.prepare_data()
+
+
+def test_lhotse_settings_default_to_the_layout_and_lhotses_recipe_names(monkeypatch):
+    monkeypatch.setenv("SHRINKML_ROOT", "/somewhere")
+    synthetic = compose_in(CONF, "train").data
+    assert synthetic.format == "librispeech"
+    assert OmegaConf.to_container(synthetic.lhotse, resolve=True) == {
+        "dir": "/somewhere/data/manifests", "prefix": "synthetic", "suffix": "jsonl.gz"}
+    librispeech = compose_in(CONF, "train", ["data=librispeech", "data.format=lhotse"]).data
+    assert librispeech.lhotse.prefix == "librispeech" and librispeech.lhotse.dir == synthetic.lhotse.dir
+    dm = hydra.utils.instantiate(librispeech)
+    assert (dm.format, dm.lhotse_prefix, dm.lhotse_suffix) == ("lhotse", "librispeech", "jsonl.gz")
+    assert compose_in(CONF, "lhotse_manifests", ["data=librispeech960"]).cuts is False

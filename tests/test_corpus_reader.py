@@ -91,7 +91,7 @@ def test_missing_split_lists_the_available_ones(tiny_corpus):
     with pytest.raises(DataError) as info:
         read_split(tiny_corpus, "train-clean-100")
     message = str(info.value)
-    assert "split 'train-clean-100' not found" in message
+    assert f"split directory {tiny_corpus / 'train-clean-100'} not found" in message
     assert "found: dev, test, train" in message and "data.train_split" in message
 
 

@@ -151,7 +151,7 @@ def test_no_spec_augment_and_no_preload(tiny_corpus, work):
 
 def test_missing_split_in_config(tiny_corpus, work):
     module = make_dm(tiny_corpus, work, dev_splits=["dev-clean"])
-    with pytest.raises(DataError, match="split 'dev-clean' not found.*found: dev, test, train.*data.dev_splits"):
+    with pytest.raises(DataError, match="directory .*/dev-clean not found.*found: dev, test, train.*data.dev_splits"):
         module.prepare_data()
 
 

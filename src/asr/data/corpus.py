@@ -18,6 +18,7 @@ import logging
 import os
 import re
 import unicodedata
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,6 +60,21 @@ def normalize_transcript(text: str) -> str:
     text = unicodedata.normalize("NFC", unicodedata.normalize("NFC", text).translate(_APOSTROPHES).upper())
     words = "".join(ch if ch.isalnum() or ch == "'" else " " for ch in text).split()
     return " ".join(w for w in words if w.strip("'"))
+
+
+def split_list(splits: str | Sequence[str], key: str = "data.train_split") -> list[str]:
+    """``splits`` (one name or a sequence of them, e.g. the data config's ``train_split``) as a list of names;
+    an empty list or a name given twice raises :class:`DataError` naming ``key``."""
+    if not isinstance(splits, str | Sequence) or not all(isinstance(s, str) for s in splits):
+        raise DataError(f"{key}={splits!r} is neither a split name nor a list of them. Fix: give {key}=NAME or "
+                        f"{key}=[NAME,NAME]")
+    names = [splits] if isinstance(splits, str) else list(splits)
+    if not names:
+        raise DataError(f"{key} is an empty list. Fix: name at least one split")
+    repeated = sorted({s for s in names if names.count(s) > 1})
+    if repeated:
+        raise DataError(f"{key} names {', '.join(repeated)} more than once. Fix: name each split once")
+    return names
 
 
 def check_root(root: str | Path) -> Path:
@@ -112,9 +128,10 @@ def read_split(root: str | Path, split: str) -> list[Utterance]:
     split_dir = root / split
     if not split_dir.is_dir():
         available = list_splits(root)
-        raise DataError(f"split '{split}' not found under {root} (found: {', '.join(available) or 'none'}). "
-                        "Fix: correct the split names in the data config (data.train_split, data.dev_splits, "
-                        "data.test_splits)")
+        raise DataError(f"split directory {split_dir} not found (found: {', '.join(available) or 'none'}). "
+                        f"Fix: put split '{split}' there in the LibriSpeech layout (data.download=true fetches "
+                        "LibriSpeech's own splits), or correct the split names in the data config (data.train_split, "
+                        "data.dev_splits, data.test_splits)")
     if not any(split_dir.iterdir()):
         raise DataError(f"split directory {split_dir} is empty. Fix: put the split's SPEAKER/CHAPTER directories "
                         "in it, or remove the directory (and the split from the data config)")

@@ -27,7 +27,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from asr.assets import AsrAssets
-from asr.data.corpus import Utterance, check_root, read_split
+from asr.data.corpus import Utterance, check_root, read_split, split_list
 from asr.data.errors import DataError
 from asr.data.features import FeatureCache, FeatureConfig, GlobalCMVN, SpecAugment
 from asr.data.tokenizer import PAD_ID, Tokenizer
@@ -139,17 +139,26 @@ WHOLE = {"num_replicas": 1, "rank": 0}
 
 
 class AsrDataModule(L.LightningDataModule):
-    """Any LibriSpeech-layout corpus as training, dev and test dataloaders.
+    """Any LibriSpeech-layout corpus, or any corpus in Lhotse manifests, as training, dev and test dataloaders.
+
+    ``format`` picks the reader of every split: ``librispeech`` reads ``root/SPLIT`` (:mod:`asr.data.corpus`),
+    ``lhotse`` the split's manifests in ``lhotse["dir"]`` named by ``lhotse["prefix"]`` and ``lhotse["suffix"]``
+    (:mod:`asr.data.lhotse_manifests`); both give utterances whose features come from the same audio files
+    through the same :class:`FeatureCache`. ``train_split`` is one split or a list of them, read as one
+    concatenated training set (LibriSpeech's 960 h are three); the training set's name, its key in
+    :attr:`datasets`, is then the names joined by ``+``.
 
     ``prepare_data`` (one process) downloads LibriSpeech splits when ``download`` is set,
     trains or reuses the tokenizer, fills the feature cache and computes the CMVN
     statistics; ``setup`` builds the datasets from those files.
     """
 
+    FORMATS = ("librispeech", "lhotse")
+
     def __init__(
         self,
         root: str,
-        train_split: str,
+        train_split: str | Sequence[str],
         dev_splits: Sequence[str],
         test_splits: Sequence[str],
         cache_dir: str,
@@ -165,11 +174,27 @@ class AsrDataModule(L.LightningDataModule):
         download: bool = False,
         seed: int = 0,
         progress: bool = True,
+        format: str = "librispeech",
+        lhotse: dict | None = None,
     ):
         super().__init__()
         self.save_hyperparameters(logger=False)
         self.root = Path(root)
-        self.train_split = train_split
+        self.train_splits = split_list(train_split)
+        self.train_split = "+".join(self.train_splits)
+        if format not in self.FORMATS:
+            raise DataError(f"data.format={format!r} is not one of {', '.join(self.FORMATS)}. Fix: set "
+                            "data.format=librispeech (the layout under data.root) or lhotse (data.lhotse's manifests)")
+        self.format = format
+        lhotse = dict(lhotse or {})
+        self.lhotse_dir = Path(lhotse.pop("dir", self.root))
+        self.lhotse_prefix = str(lhotse.pop("prefix", ""))
+        self.lhotse_suffix = str(lhotse.pop("suffix", "jsonl.gz"))
+        if lhotse:
+            raise DataError(f"unknown data.lhotse keys {sorted(lhotse)}; allowed: dir, prefix, suffix")
+        if download and format != "librispeech":
+            raise DataError(f"data.download=true fetches the LibriSpeech layout, not data.format={format} manifests. "
+                            "Fix: set data.download=false, or data.format=librispeech")
         self.dev_split_names = list(dev_splits)
         self.test_split_names = list(test_splits)
         self.feature_cfg = FeatureConfig(**(features or {}))
@@ -189,14 +214,38 @@ class AsrDataModule(L.LightningDataModule):
     def all_splits(self) -> list[str]:
         return list(dict.fromkeys([self.train_split, *self.dev_split_names, *self.test_split_names]))
 
+    # -- reading splits -------------------------------------------------------------------------
+    def read(self, split: str) -> list[Utterance]:
+        """The utterances of ``split``, or of every training split in order for :attr:`train_split`."""
+        if split != self.train_split or len(self.train_splits) == 1:
+            return self._read_one(split)
+        utterances: list[Utterance] = []
+        origin: dict[str, str] = {}
+        for name in self.train_splits:
+            for utt in self._read_one(name):
+                if utt.utt_id in origin:
+                    raise DataError(f"utterance id '{utt.utt_id}' is in training splits {origin[utt.utt_id]} and "
+                                    f"{name}. Fix: give every utterance its own id, or drop one split from "
+                                    "data.train_split")
+                origin[utt.utt_id] = name
+                utterances.append(utt)
+        return utterances
+
+    def _read_one(self, split: str) -> list[Utterance]:
+        if self.format == "lhotse":
+            from asr.data.lhotse_manifests import read_lhotse_split
+
+            return read_lhotse_split(self.lhotse_dir, split, self.lhotse_prefix, self.lhotse_suffix)
+        return read_split(self.root, split)
+
     # -- preparation (files on disk) ---------------------------------------------------------
     def prepare_data(self) -> None:
         if self.hparams.download:
             self._download()
-        utterances = {split: read_split(self.root, split) for split in self.all_splits}
+        utterances = {split: self.read(split) for split in self.all_splits}
         self._load_tokenizer(utterances[self.train_split])
         cache = FeatureCache(self.cache_dir, self.feature_cfg)
-        cache.precompute([u.audio_path for utts in utterances.values() for u in utts],
+        cache.precompute(list(dict.fromkeys(u.audio_path for utts in utterances.values() for u in utts)),
                          jobs=self.hparams.feature_jobs, progress=self.hparams.progress,
                          desc=f"features ({', '.join(utterances)})")
         self._load_cmvn(cache, utterances[self.train_split])
@@ -205,7 +254,7 @@ class AsrDataModule(L.LightningDataModule):
         import torchaudio
 
         self.root.mkdir(parents=True, exist_ok=True)
-        for split in self.all_splits:
+        for split in dict.fromkeys([*self.train_splits, *self.dev_split_names, *self.test_split_names]):
             if not (self.root / split).is_dir():
                 log.info("downloading LibriSpeech %s into %s", split, self.root)
                 torchaudio.datasets.LIBRISPEECH(str(self.root.parent), url=split, folder_in_archive=self.root.name,
@@ -235,9 +284,10 @@ class AsrDataModule(L.LightningDataModule):
         needed = [split for split in self.all_splits if fit or split != self.train_split]
         if all(split in self.datasets for split in needed):
             return  # already set up for this stage (e.g. "validate" before "fit" still builds the train set)
-        check_root(self.root)
+        if self.format == "librispeech":
+            check_root(self.root)
         cache = FeatureCache(self.cache_dir, self.feature_cfg)
-        train = read_split(self.root, self.train_split)
+        train = self.read(self.train_split)
         tokenizer = self._load_tokenizer(train)
         cmvn = self.cmvn = self._load_cmvn(cache, train)
         preload = self.hparams.preload
@@ -246,8 +296,7 @@ class AsrDataModule(L.LightningDataModule):
                                                                preload)
         for split in self.all_splits:
             if split not in self.datasets and (split != self.train_split):
-                self.datasets[split] = UtteranceDataset(read_split(self.root, split), cache, cmvn, tokenizer,
-                                                        None, preload)
+                self.datasets[split] = UtteranceDataset(self.read(split), cache, cmvn, tokenizer, None, preload)
 
     def assets(self) -> AsrAssets:
         """Tokenizer, CMVN statistics and feature settings (after ``setup``), for the model's checkpoints."""

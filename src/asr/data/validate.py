@@ -7,7 +7,7 @@ from pathlib import Path
 
 import soundfile as sf
 
-from asr.data.corpus import read_split, split_dirs
+from asr.data.corpus import Utterance, read_split, split_dirs
 from asr.data.errors import DataError
 
 
@@ -27,19 +27,34 @@ class SplitStats:
         return self.seconds / 3600
 
 
-def validate_corpus(root: str | Path, splits: list[str] | None = None, decode: bool = True) -> list[SplitStats]:
+def validate_corpus(root: str | Path, splits: list[str] | None = None, decode: bool = True,
+                    lhotse_prefix: str | None = None, lhotse_suffix: str = "jsonl.gz") -> list[SplitStats]:
     """Read ``splits`` (default: every directory under ``root`` meant as a split, see
     :func:`~asr.data.corpus.split_dirs`) and, with ``decode``, decode each file.
 
-    Every split's layout and transcripts are read before any audio is decoded. Raises
+    With ``lhotse_prefix``, ``root`` is a directory of Lhotse manifests named with that prefix and suffix
+    (:mod:`asr.data.lhotse_manifests`), and the default splits are those it holds manifests of.
+    Every split's layout (or manifests) and transcripts are read before any audio is decoded. Raises
     :class:`DataError` at the first problem, naming the file and what is wrong: an empty split
     directory is one, as it is for the data module.
     """
+    if lhotse_prefix is not None:
+        from asr.data.lhotse_manifests import lhotse_splits, read_lhotse_split
+
+        splits = splits or lhotse_splits(root, lhotse_prefix, lhotse_suffix)
+        if not splits:
+            raise DataError(f"no Lhotse manifests named {lhotse_prefix}_{{recordings,supervisions,cuts}}_SPLIT."
+                            f"{lhotse_suffix} in {root}. Fix: check the directory, the prefix and the suffix")
+        utterances = {split: read_lhotse_split(root, split, lhotse_prefix, lhotse_suffix) for split in splits}
+        return _statistics(utterances, decode)
     splits = splits or split_dirs(root)
     if not splits:
         raise DataError(f"no split under {root} holds SPEAKER/CHAPTER/*.trans.txt files; "
                         "is it a LibriSpeech-layout root?")
-    utterances = {split: read_split(root, split) for split in splits}
+    return _statistics({split: read_split(root, split) for split in splits}, decode)
+
+
+def _statistics(utterances: dict[str, list[Utterance]], decode: bool) -> list[SplitStats]:
     report = []
     for split, utts in utterances.items():
         stats = SplitStats(split)
