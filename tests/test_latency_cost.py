@@ -21,7 +21,7 @@ KEY = {"cpu": "Test CPU", "cpu_capability": "AVX2", "cpu_flags": ["avx", "avx2",
        "backend": "cpp", "kernels": "0123456789ab", "checkpoint_sha256": "ab" * 32, "threads": 1, "clock": "cpu",
        "statistic": "min",
        "repeats": 15, "grid": 10, "utterances": 40, "target_utterances": 8, "step_calls": 20, "step_repeats": 100,
-       "sparse_min_sparsity": 0.5}
+       "sparse_min_sparsity": 0.5, "method": 2}
 
 
 def toy_table(key: dict | None = None) -> LatencyTable:

@@ -47,7 +47,8 @@ log = logging.getLogger(__name__)
 
 FORMAT = "shrinkml-latency/2"  # 2: per target also ``options`` (sparse and rank+sparse options); 1: ranks only
 FORMAT_PREFIX = "shrinkml-latency/"
-MACHINE_FIELDS = ("cpu", "cpu_capability", "cpu_flags", "torch", "backend", "kernels", "checkpoint_sha256")
+MACHINE_FIELDS = ("cpu", "cpu_capability", "cpu_flags", "torch", "backend", "kernels", "checkpoint_sha256",
+                  "method")  # method: the version of the measuring code (a changed method measures again)
 MEASUREMENT_FIELDS = ("threads", "clock", "statistic", "repeats", "grid", "utterances", "target_utterances",
                       "step_calls", "step_repeats")  # the latency config's settings that change the measured times
 DECODING_FIELDS = ("sparse_min_sparsity",)  # the decoding settings that choose the kernels a pruned matrix runs on
