@@ -249,3 +249,20 @@ def test_onnx_files_store_pruned_weights_sparse_and_int8_weights_as_int8(assets,
         feats = a.normalized_features(wave)
         assert all(torch.equal(x, y) for x, y in zip(a.encode(feats), b.encode(feats), strict=True))
         assert a.decode(feats) == b.decode(feats) == offline(model, assets, wave)
+
+
+def test_the_runtime_and_transcribe_import_no_training_stack():
+    """A cold transcription pays for torch's import and little else: no Lightning, Hydra, W&B or torch._dynamo."""
+    code = textwrap.dedent(f"""
+        import importlib.util, sys
+        import asr.runtime
+        spec = importlib.util.spec_from_file_location("transcribe", {str(SCRIPTS / "transcribe.py")!r})
+        spec.loader.exec_module(importlib.util.module_from_spec(spec))
+        heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("lightning", "pytorch_lightning", "hydra",
+                                                                      "wandb", "lhotse", "optuna")
+                       or m.startswith("torch._dynamo"))
+        print(heavy)
+        """)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
