@@ -7,6 +7,10 @@
   fused kernel on the product, which is exact and costs the same as dense training (docs/inference_kernels.md).
   ``V* = [V_x | V_h]``: applied step by step this is the recurrence on the ``k``-dimensional
   ``z_t = V_x x_t + V_h h_{t-1}``, ``gates = U' z_t + b`` (:func:`factorized_lstm_reference`).
+* :func:`factorize_weight` applies the same parametrization to any 2-D weight a module's forward reads directly
+  (``nn.LSTM``'s ``weight_hh_l0``, ``nn.MultiheadAttention``'s ``in_proj_weight``): the module keeps its class and
+  forward, which sees ``U' V*``. That forward rebuilds the product on every call (exact; for inference wrap calls in
+  ``torch.nn.utils.parametrize.cached()`` to build it once: the dense speed, the low-rank size).
 """
 
 from __future__ import annotations
@@ -61,15 +65,41 @@ class LowRankKernel(nn.Module):
 
 def factorize_kernel(module: nn.Module, u: torch.Tensor, v: torch.Tensor) -> None:
     """Make ``module.kernel`` the product of trainable ``u`` and ``v`` (in place)."""
-    parametrize.register_parametrization(module, "kernel", LowRankKernel(u, v), unsafe=True)
-    del module.parametrizations.kernel[0]._initial
+    factorize_weight(module, "kernel", u, v)
 
 
-def kernel_rank(module: nn.Module) -> int | None:
-    """Rank of a factorized kernel, or None when ``module.kernel`` is dense."""
-    if not parametrize.is_parametrized(module, "kernel"):
+def factorize_weight(module: nn.Module, attribute: str, u: torch.Tensor, v: torch.Tensor) -> None:
+    """Make ``module.<attribute>`` (``m x n``) the product of trainable ``u`` (``m x k``) and ``v`` (``k x n``), in
+    place. A recurrent layer (``nn.RNNBase``) is also made to forget the rebuilt weights it caches before it is
+    copied (:func:`forget_rebuilt_weights`)."""
+    parametrize.register_parametrization(module, attribute, LowRankKernel(u, v), unsafe=True)
+    del module.parametrizations[attribute][0]._initial
+    cls = type(module)  # the class parametrize made for this one module
+    if isinstance(module, nn.RNNBase) and not getattr(cls, "_forgets_rebuilt_weights", False):
+        copy_parametrized = cls.__deepcopy__
+
+        def deepcopy_forgetting(self, memo):
+            forget_rebuilt_weights(self)
+            return copy_parametrized(self, memo)
+
+        cls.__deepcopy__, cls._forgets_rebuilt_weights = deepcopy_forgetting, True
+    if isinstance(module, nn.RNNBase):
+        forget_rebuilt_weights(module)
+
+
+def forget_rebuilt_weights(module: nn.RNNBase) -> None:
+    """``nn.RNNBase`` keeps the weights of its last call (or device move) in ``_flat_weights``; a rebuilt,
+    non-leaf, one there would make ``copy.deepcopy`` fail, so it is dropped (its next call rebuilds it anyway)."""
+    module._flat_weights = [None if parametrize.is_parametrized(module, name) else weight
+                            for name, weight in zip(module._flat_weights_names, module._flat_weights, strict=True)]
+
+
+def kernel_rank(module: nn.Module, attribute: str = "kernel") -> int | None:
+    """Rank of a factorized kernel (or other parametrized ``attribute``), or None when it is dense."""
+    if not parametrize.is_parametrized(module, attribute):
         return None
-    return module.parametrizations.kernel[0].rank
+    entry = module.parametrizations[attribute][0]
+    return entry.rank if isinstance(entry, LowRankKernel) else None
 
 
 def factorized_lstm_reference(x: torch.Tensor, u: torch.Tensor, v: torch.Tensor, bias: torch.Tensor,

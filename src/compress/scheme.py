@@ -214,11 +214,11 @@ def current_ranks(model: nn.Module, targets: Sequence[Target]) -> dict[str, int 
     """The ranks a (possibly compressed) model runs with, read from its modules."""
     ranks: dict[str, int | str] = {}
     for target in targets:
-        module = model.get_submodule(target.name)
+        module = target.module(model)
         if isinstance(module, LowRankLinear):
             ranks[target.name] = module.rank
         else:
-            rank = kernel_rank(module) if target.kind == "lstm" else None
+            rank = kernel_rank(module, target.attribute) if target.kind != "linear" else None
             ranks[target.name] = FULL if rank is None else rank
     return ranks
 

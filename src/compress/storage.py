@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from compress.quantize import quantize_rows
-from compress.targets import is_lstm_kernel_module
+from compress.targets import is_lstm_kernel_module, weight_attributes
 
 FLOAT_BYTES, INT8_BYTES, SCALE_BYTES = 4, 1, 4
 BLOCKS = ((1, 4), (4, 1))  # block shapes tried by default (rows x columns)
@@ -50,8 +50,8 @@ def index_width(largest: int) -> int:
 
 @dataclass(frozen=True)
 class TargetTensor:
-    """A state-dict tensor that belongs to a target: ``target`` (module path), ``kind`` (``linear`` or
-    ``lstm``) and ``role`` (``dense``, or ``U``/``V`` of a low-rank factorization)."""
+    """A state-dict tensor that belongs to a target: ``target`` (its name), ``kind`` (``linear``, ``lstm`` or
+    ``weight``) and ``role`` (``dense``, or ``U``/``V`` of a low-rank factorization)."""
 
     target: str
     kind: str
@@ -64,6 +64,18 @@ def _is_linear_target(module: nn.Module) -> bool:
         return True
     return isinstance(getattr(module, "first", None), nn.Linear) and isinstance(getattr(module, "second", None),
                                                                                 nn.Linear)
+
+
+def _weight_role(rest: str, attributes: Sequence[str]) -> tuple[str, str] | None:
+    """``(attribute, role)`` when ``rest`` (a state-dict key below a module) is one of its ``weight`` targets
+    ``attributes`` (dense) or a factor of one (``parametrizations.<attribute>.original0/1``: ``U``/``V``)."""
+    for attribute in attributes:
+        if rest == attribute:
+            return attribute, "dense"
+        for index, role in (("0", "U"), ("1", "V")):
+            if rest == f"parametrizations.{attribute}.original{index}":
+                return attribute, role
+    return None
 
 
 def target_tensors(model: nn.Module, keys: Iterable[str] | None = None) -> dict[str, TargetTensor]:
@@ -81,6 +93,11 @@ def target_tensors(model: nn.Module, keys: Iterable[str] | None = None) -> dict[
             name, rest = ".".join(parts[:i]), ".".join(parts[i:])
             module = modules.get(name)
             if module is None:
+                break
+            parent = modules.get(name.rpartition(".")[0]) if name else None
+            role = _weight_role(rest, weight_attributes(module, parent))
+            if role is not None:  # nn.LSTM's, nn.MultiheadAttention's weights: the target is module.attribute
+                found[key] = TargetTensor(f"{name}.{role[0]}" if name else role[0], "weight", role[1])
                 break
             if _is_linear_target(module) and rest in LINEAR_ROLES:
                 found[key] = TargetTensor(name, "linear", LINEAR_ROLES[rest])

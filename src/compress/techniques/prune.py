@@ -201,11 +201,11 @@ class Pruner:
 
     def input_sites(self) -> dict[str, str]:
         """``{module: linear|lstm}`` whose inputs the strategy needs recorded."""
-        return {m.site: "linear" if m.inputs == "linear" else "lstm" for m in self.matrices}
+        return {m.site: "linear" if m.inputs == "linear" else "lstm" for m in self.matrices if m.inputs != "none"}
 
     def gram(self, matrix: Matrix, grams: Mapping[str, tuple[torch.Tensor, int]]) -> torch.Tensor | None:
         """``G = X X^T / N`` of ``matrix``'s inputs, or None when none were recorded."""
-        entry = grams.get(matrix.site)
+        entry = grams.get(matrix.site) if matrix.inputs != "none" else None
         if entry is None or entry[1] == 0:
             return None
         gram = entry[0] / entry[1]
