@@ -15,6 +15,7 @@ shape of every target it was made for, so it is refused on a model of another sh
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 from collections.abc import Mapping, Sequence
@@ -22,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import torch
 from torch import nn
 
 from common.atomic import write_json_atomic
@@ -38,7 +40,7 @@ if TYPE_CHECKING:
 FORMAT = "shrinkml-scheme/2"
 FORMAT_V1 = "shrinkml-scheme/1"  # rank-only: {"ranks": {target: rank or "full"}}
 __all__ = ["FORMAT", "FORMAT_V1", "Scheme", "SchemeError", "apply_scheme", "count_parameters", "current_ranks",
-           "file_fingerprint", "split_settings"]
+           "dense_equivalent", "file_fingerprint", "split_settings"]
 
 
 def file_fingerprint(path: str | Path) -> str:
@@ -208,6 +210,17 @@ def apply_scheme(model: nn.Module, scheme: Scheme, targets: Sequence[Target],
             if own:
                 compressed = tech.apply(compressed, targets, own)
     return compressed
+
+
+@torch.no_grad()
+def dense_equivalent(model: nn.Module, compressed: nn.Module, targets: Sequence[Target]) -> nn.Module:
+    """A copy of the dense ``model`` whose every target holds ``compressed``'s matrix (``U' V*`` of a factorized one,
+    a pruned one with its zeros): the reference that ``compressed``'s forward matches to float rounding, so its
+    distance from ``model``'s forward is the technique's own error."""
+    reference = copy.deepcopy(model)
+    for target in targets:
+        target.weight(reference).copy_(target.weight(compressed))
+    return reference
 
 
 def current_ranks(model: nn.Module, targets: Sequence[Target]) -> dict[str, int | str]:
