@@ -98,6 +98,21 @@ def test_a_factorized_recurrent_layer_runs_its_own_forward_on_the_product_and_ca
     assert sum(p.numel() for p in small.parameters()) < sum(p.numel() for p in model.parameters())
 
 
+def test_factorizing_another_weight_of_a_copy_leaves_the_original_as_it_was():
+    torch.manual_seed(0)
+    model = Recurrent()
+    targets = {t.name: t for t in discover_targets(model)}
+    first = apply_scheme(model, Scheme.build(list(targets.values()), {"rnn.weight_ih_l0": 3}, "m"),
+                         list(targets.values()), SvdCache())
+    x = torch.randn(2, 5, 6)
+    before = first(x)
+    second = apply_scheme(first, Scheme.build(list(targets.values()), {"rnn.weight_hh_l0": 3}, "m"),
+                          list(targets.values()), SvdCache())
+    assert torch.equal(first(x), before) and not parametrize.is_parametrized(first.rnn, "weight_hh_l0")
+    assert parametrize.is_parametrized(second.rnn, "weight_hh_l0") and parametrize.is_parametrized(second.rnn,
+                                                                                                   "weight_ih_l0")
+
+
 def test_uses_per_second_count_the_frames_of_a_recurrent_layer():
     model = Recurrent()
     x = torch.randn(3, 10, 6)

@@ -72,6 +72,8 @@ def factorize_weight(module: nn.Module, attribute: str, u: torch.Tensor, v: torc
     """Make ``module.<attribute>`` (``m x n``) the product of trainable ``u`` (``m x k``) and ``v`` (``k x n``), in
     place. A recurrent layer (``nn.RNNBase``) is also made to forget the rebuilt weights it caches before it is
     copied (:func:`forget_rebuilt_weights`)."""
+    if parametrize.is_parametrized(module) and not parametrize.is_parametrized(module, attribute):
+        own_parametrized_class(module)
     parametrize.register_parametrization(module, attribute, LowRankKernel(u, v), unsafe=True)
     del module.parametrizations[attribute][0]._initial
     cls = type(module)  # the class parametrize made for this one module
@@ -85,6 +87,14 @@ def factorize_weight(module: nn.Module, attribute: str, u: torch.Tensor, v: torc
         cls.__deepcopy__, cls._forgets_rebuilt_weights = deepcopy_forgetting, True
     if isinstance(module, nn.RNNBase):
         forget_rebuilt_weights(module)
+
+
+def own_parametrized_class(module: nn.Module) -> None:
+    """Give a parametrized ``module`` a class of its own: ``copy.deepcopy`` of a parametrized module shares the class
+    parametrize made, and a parametrization added to the copy (a property on that class) would reach the original."""
+    cls = type(module)
+    namespace = {k: v for k, v in cls.__dict__.items() if k not in ("__dict__", "__weakref__")}
+    module.__class__ = type(cls.__name__, cls.__bases__, namespace)
 
 
 def forget_rebuilt_weights(module: nn.RNNBase) -> None:
