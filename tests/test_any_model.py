@@ -1,5 +1,5 @@
-"""compress on modules that are not the project's: PyTorch's nn.LSTM / nn.GRU and nn.MultiheadAttention as targets
-(factorized, pruned, int8), a model without targets, and sparse matrices stored sparse in saved files."""
+"""compress on modules that are not the project's: PyTorch's nn.LSTM / nn.GRU, nn.MultiheadAttention and convolutions
+as targets (factorized, pruned, int8), a model without targets, and sparse matrices stored sparse in saved files."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from compress.lowrank import LowRankConv
 from compress.manual import uniform_energy_scheme
 from compress.prune import prunable_matrices
 from compress.quantize import int8_state_dict, load_int8, quantize_int8, save_int8
@@ -24,8 +25,8 @@ from compress.sparse_state import (
     sparse_state,
     unpack_bits,
 )
-from compress.storage import TargetTensor, target_tensors
-from compress.svd import SvdCache
+from compress.storage import TargetTensor, model_storage, target_tensors
+from compress.svd import Spectrum, SvdCache
 from compress.targets import NoTargetsError, discover_targets, profile_uses
 from compress.techniques.prune import Pruner
 
@@ -174,15 +175,52 @@ def test_a_factorized_attention_keeps_its_forward():
 
 
 def test_a_model_without_targets_stops_with_one_line_naming_it():
-    model = nn.Sequential(nn.Conv1d(4, 8, 3), nn.ReLU(), nn.Conv1d(8, 2, 1))
+    model = nn.Sequential(nn.Embedding(10, 4), nn.Conv1d(4, 4, 3, groups=4))  # depthwise: not a target
     with pytest.raises(NoTargetsError) as info:
         discover_targets(model)
     message = str(info.value)
-    assert "\n" not in message and message.startswith("Sequential has nothing to compress (2 Conv1d)")
-    assert "nn.LSTM" in message and "convolutions are not supported" in message
+    assert "\n" not in message and message.startswith("Sequential has nothing to compress (1 Embedding, 1 Conv1d)")
+    assert "nn.LSTM" in message and "grouped and transposed convolutions" in message
     assert discover_targets(Recurrent(), include=["nothing"]) == []  # patterns that leave none: no error here
     with pytest.raises(NoTargetsError, match="no targets"):
         uniform_energy_scheme([], {}, SvdCache(), 2.0)
+
+
+@pytest.mark.parametrize("conv", [nn.Conv1d(6, 10, 5, stride=2, padding=3, dilation=2),
+                                  nn.Conv2d(3, 8, (3, 5), padding="same", bias=False)])
+def test_a_convolution_factorizes_into_two_convolutions_exact_at_full_rank(conv):
+    torch.manual_seed(0)
+    model = nn.Sequential(conv, nn.ReLU())
+    (target,) = discover_targets(model)
+    assert target.kind == "conv" and target.shape == (conv.out_channels, conv.weight[0].numel())
+    x = torch.randn(2, conv.in_channels, *([20] * (conv.weight.dim() - 2)))
+    full = LowRankConv(*Spectrum.of(target.weight(model)).factors(target.max_rank), conv)  # no saving; exact
+    assert torch.allclose(full(x), conv(x), atol=1e-5)
+    small = apply_scheme(model, Scheme.build([target], {target.name: 2}, "m"), [target], SvdCache())
+    assert isinstance(small[0], LowRankConv) and current_ranks(small, [target]) == {target.name: 2}
+    assert torch.allclose(small(x), dense_equivalent(model, small, [target])(x), atol=1e-5)
+    assert sum(p.numel() for p in small.parameters()) < sum(p.numel() for p in model.parameters())
+
+
+def test_a_convolution_only_model_is_factorized_pruned_and_int8(tmp_path):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv1d(13, 32, 7, padding=3), nn.ReLU(), nn.Conv1d(32, 32, 5), nn.ReLU(),
+                          nn.Conv1d(32, 8, 1))
+    x = torch.randn(1, 13, 50)
+    targets = discover_targets(model)
+    assert [t.kind for t in targets] == ["conv"] * 3
+    sparse = pruned(model)
+    assert sparse[2].weight_mask.shape == sparse[2].weight.shape and torch.equal(sparse[2].weight == 0,
+                                                                               ~sparse[2].weight_mask)
+    assert torch.equal(sparse(x), dense_equivalent(model, sparse, targets)(x))
+    for source in (sparse, factorized(model)[0]):
+        int8 = quantize_int8(source)
+        assert (int8(x) - source(x)).abs().max() < 0.05 * source(x).abs().max()
+        save_int8(tmp_path / "m.pt", int8)
+        loaded, _ = load_int8(tmp_path / "m.pt", lambda stored, source=source: copy.deepcopy(source))
+        assert torch.equal(loaded(x), int8(x))
+    report = model_storage(sparse)
+    assert report.sparse_bytes < 0.5 * report.dense_bytes  # a pruned convolution ships sparse too
 
 
 def test_target_tensors_of_recurrent_and_attention_weights():

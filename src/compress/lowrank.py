@@ -1,7 +1,7 @@
 """Low-rank replacements of the two target kinds, built from ``U'`` (``m x k``) and ``V*`` (``k x n``).
 
 * :class:`LowRankLinear` replaces an ``nn.Linear``: ``y = U' (V* x) + b``, ``k (m + n)`` products
-  instead of ``m n``.
+  instead of ``m n``; :class:`LowRankConv` a convolution the same way (per output position).
 * :class:`LowRankKernel` is a parametrization of an LSTM layer's concatenated kernel:
   ``kernel = U' V*``, with ``U'`` and ``V*`` the trainable tensors. The layer keeps running its
   fused kernel on the product, which is exact and costs the same as dense training (docs/inference_kernels.md).
@@ -46,6 +46,41 @@ class LowRankLinear(nn.Module):
 
     def extra_repr(self) -> str:
         return f"{self.in_features} -> {self.rank} -> {self.out_features}"
+
+
+class LowRankConv(nn.Module):
+    """A convolution (``groups=1``) of rank ``k``: its weight seen as the ``m x n`` matrix ``out x (in * kernel
+    elements)`` is ``U' V*``, so the layer is ``first``, the same convolution (kernel, stride, padding, dilation)
+    from ``in`` to ``k`` channels with ``V*`` as its weight, then ``second``, a 1x1 convolution from ``k`` to ``out``
+    channels with ``U'`` and the bias: ``k (m + n)`` products per output position instead of ``m n``. (AIMET's
+    spatial SVD splits the kernel's height from its width instead; this split keeps the kernel whole, which is
+    what a 1-D convolution needs.)"""
+
+    def __init__(self, u: torch.Tensor, v: torch.Tensor, conv: nn.Module):
+        super().__init__()
+        rank, cls = u.shape[1], type(conv)
+        self.in_channels, self.out_channels, self.rank = conv.in_channels, conv.out_channels, rank
+        self.first = cls(conv.in_channels, rank, conv.kernel_size, conv.stride, conv.padding, conv.dilation,
+                         bias=False, padding_mode=conv.padding_mode)
+        self.second = cls(rank, conv.out_channels, 1, bias=conv.bias is not None)
+        with torch.no_grad():
+            self.first.weight.copy_(v.reshape(self.first.weight.shape))
+            self.second.weight.copy_(u.reshape(self.second.weight.shape))
+            if conv.bias is not None:
+                self.second.bias.copy_(conv.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` ``(B, in, *size)`` -> ``(B, out, *size')``, as the dense convolution."""
+        return self.second(self.first(x))
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The dense ``(out, in, *kernel)`` weight (for inspection; forward never builds it)."""
+        product = self.second.weight.flatten(1) @ self.first.weight.flatten(1)
+        return product.reshape(self.out_channels, *self.first.weight.shape[1:])
+
+    def extra_repr(self) -> str:
+        return f"{self.in_channels} -> {self.rank} -> {self.out_channels}"
 
 
 class LowRankKernel(nn.Module):

@@ -157,11 +157,15 @@ class Matrix:
 
     @property
     def param(self) -> torch.Tensor:
-        return getattr(self.holder, self.name)
+        """The ``(m, n)`` matrix: a convolution's weight as a view ``(out, in * kernel elements)``, so that what is
+        written to it lands in the weight."""
+        param = getattr(self.holder, self.name)
+        return param.flatten(1) if param.dim() > 2 else param
 
     @property
     def mask(self) -> torch.Tensor:
-        return getattr(self.holder, self.name + MASK_SUFFIX)
+        mask = getattr(self.holder, self.name + MASK_SUFFIX)
+        return mask.flatten(1) if mask.dim() > 2 else mask
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -179,6 +183,8 @@ def prunable_matrices(model: nn.Module, include: Sequence[str] = ("*",), exclude
         module = target.module(model)
         if target.kind == "weight":
             matrices += weight_matrices(target, module)
+        elif target.kind == "conv":  # CSP records no convolution inputs: pruned by magnitude
+            matrices.append(Matrix(f"{target.name}.weight", target.name, module, "weight", target.name, "none"))
         elif target.kind == "linear":
             matrices.append(Matrix(f"{target.name}.weight", target.name, module, "weight", target.name, "linear"))
         elif parametrize.is_parametrized(module, "kernel"):

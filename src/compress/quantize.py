@@ -15,7 +15,8 @@
 * Every ``weight`` target (:mod:`compress.targets`: the matrices of PyTorch's ``nn.LSTM``/``nn.GRU``/``nn.RNN``
   and ``nn.MultiheadAttention``'s projections, dense or their low-rank factors) is rounded and stored the same way,
   weight-only int8: the module keeps its class, its forward and any low-rank factors or pruning masks (PyTorch's
-  dynamic int8 ``nn.LSTM`` would multiply a factorized weight back out and drop the masks).
+  dynamic int8 ``nn.LSTM`` would multiply a factorized weight back out and drop the masks). So is every
+  convolution target's weight (per output channel), which PyTorch cannot quantize dynamically.
 
 The quantized file (:func:`save_int8`) holds the int8 state, its pruned matrices stored sparse (a bitmask and the
 int8 values, :mod:`compress.sparse_state`), and whatever the caller adds (the
@@ -37,7 +38,7 @@ from torch.nn.utils import parametrize
 from common.atomic import save_atomic
 from common.errors import KnownError
 from compress.sparse_state import dense_state, sparse_state
-from compress.targets import is_lstm_kernel_module, weight_attributes
+from compress.targets import is_conv_target, is_lstm_kernel_module, weight_attributes
 
 FORMAT = "shrinkml-int8/1"
 _INT8_SUFFIX, _SCALE_SUFFIX = ".int8", ".int8_scale"
@@ -50,15 +51,17 @@ class QuantizeError(KnownError, ValueError):
 
 def quantize_rows(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Symmetric per-row 8-bit quantization of ``weight`` ``(m, n)``: int8 ``(m, n)`` and scales ``(m, 1)``
-    with ``weight ~= q * scale`` (``|q| <= 127``)."""
-    scale = weight.detach().abs().amax(dim=1, keepdim=True).clamp(min=1e-12) / 127.0
-    q = torch.round(weight.detach() / scale).clamp(-127, 127).to(torch.int8)
-    return q, scale.float()
+    with ``weight ~= q * scale`` (``|q| <= 127``). A convolution's ``(out, in, *kernel)`` weight is rounded per
+    output channel (its ``(out, in * kernel elements)`` rows) and keeps its shape."""
+    matrix = weight.detach().flatten(1)
+    scale = matrix.abs().amax(dim=1, keepdim=True).clamp(min=1e-12) / 127.0
+    q = torch.round(matrix / scale).clamp(-127, 127).to(torch.int8)
+    return q.reshape(weight.shape), scale.float()
 
 
 def dequantize_rows(q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """Float ``(m, n)`` from :func:`quantize_rows`' output."""
-    return q.float() * scale
+    """Float ``(m, n)`` (or a convolution's shape) from :func:`quantize_rows`' output."""
+    return (q.flatten(1).float() * scale).reshape(q.shape)
 
 
 def kernel_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
@@ -102,11 +105,17 @@ def linear_weights(model: nn.Module) -> dict[str, nn.Parameter]:
             if isinstance(module, nn.Linear) and not parametrize.is_parametrized(module, "weight")}
 
 
+def conv_weights(model: nn.Module) -> dict[str, nn.Parameter]:
+    """The weights of the convolution targets of ``model`` (``groups=1``; also a low-rank convolution's halves)."""
+    return {f"{name}.weight" if name else "weight": module.weight for name, module in model.named_modules()
+            if is_conv_target(module) and not parametrize.is_parametrized(module, "weight")}
+
+
 def rounded_parameters(model: nn.Module, linear: bool = True) -> dict[str, nn.Parameter]:
-    """The tensors that are stored as int8 rows: the LSTM kernels, the ``weight`` targets and (``linear``) the
-    float Linears' weights."""
+    """The tensors that are stored as int8 rows: the LSTM kernels, the ``weight`` targets, the convolutions and
+    (``linear``) the float Linears' weights."""
     return {**kernel_parameters(model), **(linear_weights(model) if linear else {}),
-            **weight_target_parameters(model)}
+            **weight_target_parameters(model), **conv_weights(model)}
 
 
 def linear_mode(quantized: nn.Module) -> str:

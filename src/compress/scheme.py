@@ -28,7 +28,7 @@ from torch import nn
 
 from common.atomic import write_json_atomic
 from compress.cost import FULL, estimate_speedup
-from compress.lowrank import LowRankLinear, kernel_rank
+from compress.lowrank import LowRankConv, LowRankLinear, kernel_rank
 from compress.svd import SvdCache
 from compress.targets import Target
 from compress.techniques.base import TECHNIQUES, SchemeError, Settings, own_settings, owner
@@ -228,10 +228,10 @@ def current_ranks(model: nn.Module, targets: Sequence[Target]) -> dict[str, int 
     ranks: dict[str, int | str] = {}
     for target in targets:
         module = target.module(model)
-        if isinstance(module, LowRankLinear):
+        if isinstance(module, LowRankLinear | LowRankConv):
             ranks[target.name] = module.rank
         else:
-            rank = kernel_rank(module, target.attribute) if target.kind != "linear" else None
+            rank = kernel_rank(module, target.attribute) if target.kind in ("lstm", "weight") else None
             ranks[target.name] = FULL if rank is None else rank
     return ranks
 

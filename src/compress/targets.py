@@ -1,8 +1,10 @@
 """Compressible matrices ("targets") of any ``nn.Module``.
 
-Three kinds, found by structure, never by class name of a particular model:
+Four kinds, found by structure, never by class name of a particular model:
 
 * ``linear``: every ``nn.Linear``; its matrix is ``weight`` (``out x in``);
+* ``conv``: every ``nn.Conv1d``/``nn.Conv2d``/``nn.Conv3d`` with ``groups=1``; its matrix is ``weight`` seen as
+  ``out x (in * kernel elements)`` (the layout of the product it computes per output position);
 * ``lstm``: every module holding one concatenated LSTM kernel ``[W_ih | W_hh]`` of shape
   ``4H x (in + H)`` as a parameter named ``kernel`` next to integer ``input_size`` and
   ``hidden_size`` attributes (the TensorFlow/RETURNN layout the paper counts, docs/architecture.md "Target");
@@ -14,8 +16,8 @@ Three kinds, found by structure, never by class name of a particular model:
   path and the attribute (``lm.rnn.weight_ih_l0``, ``blocks.0.attn.out_proj.weight``); it is compressed in
   place (a parametrization, masks, rounding), so the module keeps its class and its forward.
 
-Convolutions are not targets (:data:`UNSUPPORTED`); a model without any target stops with
-:class:`NoTargetsError`.
+Grouped (depthwise) and transposed convolutions are not targets (:data:`UNSUPPORTED`); a model without any target
+stops with :class:`NoTargetsError`.
 
 Each target also knows how often it is applied per second of audio (matrix-vector products),
 measured by :func:`profile_uses`, for the multiply-accumulate cost model.
@@ -34,10 +36,11 @@ from torch.nn.utils import parametrize
 
 from common.errors import KnownError
 
-KINDS = ("linear", "lstm", "weight")
-SUPPORTED = ("nn.Linear, nn.LSTM, nn.GRU, nn.RNN, nn.MultiheadAttention and concatenated LSTM kernels "
-             "(a 'kernel' parameter of shape 4H x (in + H))")
-UNSUPPORTED = (nn.modules.conv._ConvNd,)  # weight-bearing modules that are not targets, named when nothing else is
+KINDS = ("linear", "conv", "lstm", "weight")
+SUPPORTED = ("nn.Linear, nn.Conv1d/2d/3d with groups=1, nn.LSTM, nn.GRU, nn.RNN, nn.MultiheadAttention and "
+             "concatenated LSTM kernels (a 'kernel' parameter of shape 4H x (in + H))")
+CONVOLUTIONS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+UNSUPPORTED = (nn.modules.conv._ConvNd, nn.Embedding)  # weight-bearing, never targets: named when nothing else is
 
 
 class NoTargetsError(KnownError, ValueError):
@@ -49,7 +52,7 @@ class Target:
     """One compressible ``m x n`` matrix: ``name`` is the path of the module that holds it."""
 
     name: str
-    kind: str  # one of KINDS: "linear", "lstm" or "weight"
+    kind: str  # one of KINDS: "linear", "conv", "lstm" or "weight"
     shape: tuple[int, int]
     uses_per_second: float = 0.0
 
@@ -69,14 +72,15 @@ class Target:
     @property
     def attribute(self) -> str:
         """The matrix's attribute on :attr:`module_name`: ``weight``, ``kernel`` or e.g. ``weight_ih_l0``."""
-        return {"linear": "weight", "lstm": "kernel"}.get(self.kind) or self.name.rpartition(".")[2]
+        return {"linear": "weight", "conv": "weight", "lstm": "kernel"}.get(self.kind) or self.name.rpartition(".")[2]
 
     def module(self, model: nn.Module) -> nn.Module:
         return model.get_submodule(self.module_name)
 
     def weight(self, model: nn.Module) -> torch.Tensor:
-        """The dense matrix of this target in ``model``, ``(m, n)``."""
-        return getattr(self.module(model), self.attribute)
+        """The dense matrix of this target in ``model``, ``(m, n)`` (a convolution's weight viewed so)."""
+        weight = getattr(self.module(model), self.attribute)
+        return weight.flatten(1) if self.kind == "conv" else weight
 
 
 def is_lstm_kernel_module(module: nn.Module) -> bool:
@@ -84,6 +88,16 @@ def is_lstm_kernel_module(module: nn.Module) -> bool:
     sizes = getattr(module, "input_size", None), getattr(module, "hidden_size", None)
     return (isinstance(kernel, torch.Tensor) and kernel.dim() == 2 and all(isinstance(s, int) for s in sizes)
             and tuple(kernel.shape) == (4 * module.hidden_size, module.input_size + module.hidden_size))
+
+
+def is_conv_target(module: nn.Module) -> bool:
+    """A convolution (1-, 2- or 3-D, not transposed) without groups: a ``conv`` target."""
+    return isinstance(module, CONVOLUTIONS) and module.groups == 1
+
+
+def conv_shape(module: nn.Module) -> tuple[int, int]:
+    """``(out, in * kernel elements)``: the matrix of a convolution target."""
+    return module.out_channels, module.weight[0].numel()
 
 
 def weight_attributes(module: nn.Module, parent: nn.Module | None = None) -> list[str]:
@@ -129,7 +143,8 @@ def discover_targets(model: nn.Module, include: Sequence[str] = ("*",), exclude:
         attributes = weight_attributes(module, parent)
         candidates = ([Target(f"{name}.{a}" if name else a, "weight", matrix_shape(module, a)) for a in attributes]
                       if attributes else [Target(name, "linear", (module.out_features, module.in_features))]
-                      if isinstance(module, nn.Linear) else [Target(name, "lstm", tuple(module.kernel.shape))]
+                      if isinstance(module, nn.Linear) else [Target(name, "conv", conv_shape(module))]
+                      if is_conv_target(module) else [Target(name, "lstm", tuple(module.kernel.shape))]
                       if is_lstm_kernel_module(module) else [])
         found = found or bool(candidates)
         for target in candidates:
@@ -146,7 +161,7 @@ def no_targets_message(model: nn.Module) -> str:
     held = Counter(type(m).__name__ for m in model.modules() if isinstance(m, UNSUPPORTED))
     other = ", ".join(f"{count} {kind}" for kind, count in held.items()) or "no weight matrix compress knows"
     return (f"{type(model).__name__} has nothing to compress ({other}): compress handles {SUPPORTED}; "
-            "convolutions are not supported")
+            "grouped and transposed convolutions and embeddings are not supported")
 
 
 def profile_uses(model: nn.Module, targets: Sequence[Target], run: Callable[[], object],
@@ -163,10 +178,12 @@ def profile_uses(model: nn.Module, targets: Sequence[Target], run: Callable[[], 
     for target in targets:
         module = target.module(model)
 
-        def hook(mod, args, _out, name=target.name, kind=target.kind):
+        def hook(mod, args, output, name=target.name, kind=target.kind):
             x = args[0]
             if isinstance(x, nn.utils.rnn.PackedSequence):
                 counts[name] += x.data.shape[0]
+            elif kind == "conv":  # one product per output position
+                counts[name] += output.numel() // output.shape[1]
             elif kind != "lstm":  # a Linear, a recurrent layer or an attention: one product per input vector
                 counts[name] += x.numel() // x.shape[-1]
             else:  # sequence layer (B, T, in) or cell (B, in)

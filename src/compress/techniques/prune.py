@@ -195,9 +195,9 @@ class Pruner:
     @torch.no_grad()
     def mask_gradients(self) -> None:
         for matrix in self.matrices:
-            grad = matrix.param.grad
+            grad = getattr(matrix.holder, matrix.name).grad  # the parameter's own (a convolution's is not 2-D)
             if grad is not None:
-                grad.mul_(matrix.mask)
+                grad.mul_(matrix.mask.reshape(grad.shape))
 
     def input_sites(self) -> dict[str, str]:
         """``{module: linear|lstm}`` whose inputs the strategy needs recorded."""

@@ -52,7 +52,7 @@ class Int8(Technique):
                 entry = getattr(getattr(module, "parametrizations", {}), target.attribute, None)
                 tensors = list(entry.parameters()) if entry is not None else [getattr(module, target.attribute)]
             else:
-                tensors = [t for key, t in module.named_parameters() if t.dim() == 2 and not key.endswith("bias")]
+                tensors = [t for key, t in module.named_parameters() if t.dim() >= 2 and not key.endswith("bias")]
             for tensor in tensors:
                 tensor.copy_(dequantize_rows(*quantize_rows(tensor)).to(tensor.dtype))
         return rounded
