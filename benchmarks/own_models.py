@@ -16,8 +16,8 @@ that rotates between repeats; the speed-up is the median over repeats of dense /
 A factorized ``nn.LSTM`` or attention weight is a parametrization rebuilt on every call: the ``factorized`` row
 times it as it is, ``factorized, built`` with those weights built once (as ``torch.nn.utils.parametrize.cached()``
 does for a block of calls; the size, ratio and errors are the factorized model's): the form for inference, where
-only the low-rank Linears do fewer multiply-adds. Weights are random (PyTorch's initialization): their flat spectra
-make the factorization error far larger than a trained model's.
+only the low-rank Linears and convolutions do fewer multiply-adds. Weights are random (PyTorch's initialization):
+their flat spectra make the factorization error far larger than a trained model's.
 """
 
 from __future__ import annotations
@@ -90,11 +90,11 @@ def prune(model: nn.Module, sparsity: float) -> nn.Module:
 def materialized(model: nn.Module, factorized: nn.Module) -> nn.Module:
     """``factorized`` (of ``model``) for inference: every parametrized weight (``nn.LSTM``'s, attention's) built once
     as its dense product (in a copy of ``model``: removing a parametrization from a copy would change the class the
-    copies share); the low-rank Linears stay two small Linears."""
+    copies share); the low-rank Linears and convolutions stay two small ones."""
     targets = discover_targets(model)
     built = dense_equivalent(model, factorized, [t for t in targets if t.kind == "weight"])
     for target in targets:
-        if target.kind == "linear":
+        if target.kind in ("linear", "conv"):
             parent, _, child = target.name.rpartition(".")
             setattr(built.get_submodule(parent), child, copy.deepcopy(target.module(factorized)))
     return built
