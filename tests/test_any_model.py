@@ -182,6 +182,8 @@ def test_a_model_without_targets_stops_with_one_line_naming_it():
     assert "\n" not in message and message.startswith("Sequential has nothing to compress (1 Embedding, 1 Conv1d)")
     assert "nn.LSTM" in message and "grouped and transposed convolutions" in message
     assert discover_targets(Recurrent(), include=["nothing"]) == []  # patterns that leave none: no error here
+    with pytest.raises(NoTargetsError, match=r"wrap it \(nn.Sequential\(model\)\)"):
+        discover_targets(nn.Linear(3, 4))
     with pytest.raises(NoTargetsError, match="no targets"):
         uniform_energy_scheme([], {}, SvdCache(), 2.0)
 

@@ -49,7 +49,8 @@ class NoTargetsError(KnownError, ValueError):
 
 @dataclass(frozen=True)
 class Target:
-    """One compressible ``m x n`` matrix: ``name`` is the path of the module that holds it."""
+    """One compressible ``m x n`` matrix: ``name`` is the path of the module that holds it (of a ``weight`` target:
+    that path and the attribute, ``rnn.weight_hh_l0``)."""
 
     name: str
     kind: str  # one of KINDS: "linear", "conv", "lstm" or "weight"
@@ -158,6 +159,9 @@ def discover_targets(model: nn.Module, include: Sequence[str] = ("*",), exclude:
 
 def no_targets_message(model: nn.Module) -> str:
     """One line: ``model`` has no target; which weight-bearing modules it has instead, and what is supported."""
+    if isinstance(model, nn.Linear) or is_conv_target(model):
+        return (f"{type(model).__name__}: compress replaces a model's sub-modules, and this model is one Linear or "
+                "convolution itself; wrap it (nn.Sequential(model)) and compress that")
     held = Counter(type(m).__name__ for m in model.modules() if isinstance(m, UNSUPPORTED))
     other = ", ".join(f"{count} {kind}" for kind, count in held.items()) or "no weight matrix compress knows"
     return (f"{type(model).__name__} has nothing to compress ({other}): compress handles {SUPPORTED}; "
