@@ -44,7 +44,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from common.errors import KnownError
-from compress.targets import discover_targets
+from compress.targets import Target, discover_targets
 
 log = logging.getLogger(__name__)
 
@@ -200,7 +200,7 @@ def prunable_matrices(model: nn.Module, include: Sequence[str] = ("*",), exclude
     return matrices
 
 
-def weight_matrices(target, module: nn.Module) -> list[Matrix]:
+def weight_matrices(target: Target, module: nn.Module) -> list[Matrix]:
     """The matrices of a ``weight`` target (:mod:`compress.targets`): the parameter itself, or the ``U``, ``V``
     originals of its low-rank parametrization. Their masks sit on the module (or the parametrization), where the
     parameter lives: ``nn.LSTM``'s ``weight_hh_l0_mask``; pruning multiplies the parameter in place, so the zeros

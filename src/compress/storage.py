@@ -2,7 +2,8 @@
 
 A pruned target holds exact zeros where it was pruned; this module reads sparsity from those zeros
 only (no mask, no record needed). Per target tensor -- an LSTM concatenated kernel, an ``nn.Linear``
-weight, or a factor of a low-rank one (:func:`target_tensors`) -- the stored size is the cheapest of:
+weight, a convolution's (as its ``out x (in * kernel elements)`` matrix), an ``nn.LSTM`` or attention weight, or a
+factor of a low-rank one (:func:`target_tensors`) -- the stored size is the cheapest of:
 
 * ``dense``: every entry;
 * ``csr``: the nonzero values, one column index each and ``rows + 1`` row pointers;
