@@ -14,16 +14,15 @@ measured CPU speed-up at batch 1 on one thread, and the saved file's size.
 Timing: inference mode, one thread, thread CPU time; after a warm-up every repeat runs each model once in an order
 that rotates between repeats; the speed-up is the median over repeats of dense / compressed within the repeat.
 A factorized ``nn.LSTM`` or attention weight is a parametrization rebuilt on every call: the ``factorized`` row
-times it as it is, ``factorized, built`` with those weights built once (as ``torch.nn.utils.parametrize.cached()``
-does for a block of calls; the size, ratio and errors are the factorized model's): the form for inference, where
-only the low-rank Linears and convolutions do fewer multiply-adds. Weights are random (PyTorch's initialization):
+times it as it is, ``factorized, inference`` its :func:`compress.inference_form.inference_form` (the ``nn.LSTM``
+recurrence run on the factors, attention weights built once; the size, ratio and errors are the factorized
+model's). Weights are random (PyTorch's initialization):
 their flat spectra make the factorization error far larger than a trained model's.
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
 import io
 import json
 import statistics
@@ -36,6 +35,7 @@ import torch
 from torch import nn
 from torchaudio.models import Conformer
 
+from compress.inference_form import inference_form
 from compress.manual import uniform_energy_scheme
 from compress.quantize import int8_state_dict, quantize_int8, save_int8
 from compress.scheme import Scheme, apply_scheme, count_parameters, dense_equivalent
@@ -87,19 +87,6 @@ def prune(model: nn.Module, sparsity: float) -> nn.Module:
     return apply_scheme(model, scheme, targets)
 
 
-def materialized(model: nn.Module, factorized: nn.Module) -> nn.Module:
-    """``factorized`` (of ``model``) for inference: every parametrized weight (``nn.LSTM``'s, attention's) built once
-    as its dense product (in a copy of ``model``: removing a parametrization from a copy would change the class the
-    copies share); the low-rank Linears and convolutions stay two small ones."""
-    targets = discover_targets(model)
-    built = dense_equivalent(model, factorized, [t for t in targets if t.kind == "weight"])
-    for target in targets:
-        if target.kind in ("linear", "conv"):
-            parent, _, child = target.name.rpartition(".")
-            setattr(built.get_submodule(parent), child, copy.deepcopy(target.module(factorized)))
-    return built
-
-
 def file_bytes(write: Callable[[Path], object]) -> int:
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "model.pt"
@@ -142,7 +129,7 @@ def measure(name: str, model: nn.Module, run: Callable[[nn.Module], torch.Tensor
     factorized = factorize(model, settings["speedup"])
     pruned = prune(model, settings["sparsity"])
     int8 = quantize_int8(model)
-    variants = {"dense": model, "factorized": factorized, "factorized, built": materialized(model, factorized),
+    variants = {"dense": model, "factorized": factorized, "factorized, inference": inference_form(factorized),
                 "pruned 80%": pruned, "int8": int8}
     speed = timed(variants, run, settings["repeats"], settings["warmup"])
     with torch.inference_mode():
@@ -193,7 +180,7 @@ def main() -> None:
     print(f"LSTM LM {SIZES['lm']}: {count_parameters(lm) / 1e6:.2f} M parameters, {SIZES['lm_tokens']} tokens")
     rows = measure("Conformer", conformer, lambda m: m(features, lengths)[0], settings)
     rows += measure("LSTM LM", lm, lambda m: m(tokens), settings)
-    header = f"{'model':10} {'technique':19} {'params':>7} {'targets':>8} {'max err':>8} {'vs own ref':>10} " \
+    header = f"{'model':10} {'technique':22} {'params':>7} {'targets':>8} {'max err':>8} {'vs own ref':>10} " \
              f"{'ms':>8} {'speed-up':>8}"
     print(header)
     for row in rows:
@@ -202,7 +189,7 @@ def main() -> None:
             print(f"{row['model']:10} files: {sizes}")
             continue
         own = "" if row["error_vs_own_reference"] is None else f"{row['error_vs_own_reference']:.1e}"
-        print(f"{row['model']:10} {row['technique']:19} {row['params_ratio']:>6.2f}x {row['targets_ratio']:>7.2f}x "
+        print(f"{row['model']:10} {row['technique']:22} {row['params_ratio']:>6.2f}x {row['targets_ratio']:>7.2f}x "
               f"{row['max_error']:>8.2%} {own:>10} {row['ms']:>8.2f} {row['speedup']:>7.2f}x")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

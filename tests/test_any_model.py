@@ -10,6 +10,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from compress.inference_form import LowRankLSTM, inference_form
 from compress.lowrank import LowRankConv
 from compress.manual import uniform_energy_scheme
 from compress.prune import prunable_matrices
@@ -97,6 +98,41 @@ def test_a_factorized_recurrent_layer_runs_its_own_forward_on_the_product_and_ca
     ranks = current_ranks(small, targets)
     assert all(isinstance(ranks[t.name], int) for t in targets if t.name.startswith("rnn."))
     assert sum(p.numel() for p in small.parameters()) < sum(p.numel() for p in model.parameters())
+
+
+@pytest.mark.parametrize("batch_first, bidirectional", [(True, True), (False, False)])
+def test_the_inference_form_of_a_factorized_lstm_runs_on_the_factors_and_matches(batch_first, bidirectional):
+    torch.manual_seed(0)
+    lstm = nn.LSTM(6, 8, num_layers=2, batch_first=batch_first, bidirectional=bidirectional)
+    model = nn.Sequential(lstm)
+    targets = discover_targets(model)
+    ranks = {t.name: 3 for t in targets if "hh" in t.name or "l1" in t.name}  # some sides stay dense
+    small = apply_scheme(model, Scheme.build(targets, ranks, "m"), targets, SvdCache())
+    fast = inference_form(small)
+    assert isinstance(fast[0], LowRankLSTM) and parametrize.is_parametrized(small[0], "weight_hh_l0")
+    directions = 2 if bidirectional else 1
+    x = torch.randn(3, 7, 6)
+    state = (torch.randn(2 * directions, 3 if batch_first else 7, 8), torch.randn(2 * directions, 3 if batch_first
+                                                                                  else 7, 8))
+    with torch.no_grad():
+        for args in ((x,), (x, state), (x[0], tuple(s[:, 0] for s in state))):  # also unbatched
+            expected, (h, c) = small[0](*args)
+            out, (h_fast, c_fast) = fast[0](*args)
+            assert torch.allclose(out, expected, atol=1e-5) and torch.allclose(h_fast, h, atol=1e-5)
+            assert torch.allclose(c_fast, c, atol=1e-5)
+
+
+def test_the_inference_form_builds_other_parametrized_weights_once_and_leaves_the_model():
+    torch.manual_seed(0)
+    model = nn.Sequential(Attention(), nn.GRU(16, 4))
+    targets = discover_targets(model)
+    small = apply_scheme(model, Scheme.build(targets, {t.name: 2 for t in targets}, "m"), targets, SvdCache())
+    fast = inference_form(small)
+    assert not any(parametrize.is_parametrized(m) for m in fast.modules())
+    assert all(parametrize.is_parametrized(m) for m in (small[0].attn, small[1]))  # the original keeps its factors
+    x = torch.randn(5, 2, 16)
+    with torch.no_grad():
+        assert torch.allclose(fast(x)[0], small(x)[0], atol=1e-5)
 
 
 def test_factorizing_another_weight_of_a_copy_leaves_the_original_as_it_was():
