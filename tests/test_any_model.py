@@ -247,6 +247,8 @@ def test_a_convolution_only_model_is_factorized_pruned_and_int8(tmp_path):
     x = torch.randn(1, 13, 50)
     targets = discover_targets(model)
     assert [t.kind for t in targets] == ["conv"] * 3
+    profiled = profile_uses(model, targets, lambda: model(x), audio_seconds=0.5)
+    assert [t.uses_per_second for t in profiled] == [100.0, 92.0, 92.0]  # one product per output position
     sparse = pruned(model)
     assert sparse[2].weight_mask.shape == sparse[2].weight.shape and torch.equal(sparse[2].weight == 0,
                                                                                ~sparse[2].weight_mask)
