@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 from compress.cost import FULL, estimate_speedup
 from compress.scheme import Scheme
 from compress.svd import SvdCache
-from compress.targets import Target
+from compress.targets import NoTargetsError, Target
 
 if TYPE_CHECKING:
     from compress.latency_cost import LatencyTable
@@ -34,6 +34,9 @@ def uniform_energy_scheme(targets: Sequence[Target], weights: dict, cache: SvdCa
     (also fills the scheme's ``speedup/latency`` under any ``by``). Raises ``ValueError`` when ``target_speedup``
     is below 1 or beyond what rank 1 everywhere reaches.
     """
+    if not targets:
+        raise NoTargetsError("uniform_energy_scheme got no targets: discover_targets found none that the include/"
+                             "exclude patterns leave; widen the patterns")
     if target_speedup < 1.0:
         raise ValueError(f"target speed-up a_t={target_speedup} is below 1; choose a_t >= 1")
     spectra = {t.name: cache.get(t.name, weights[t.name]) for t in targets}

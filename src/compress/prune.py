@@ -44,7 +44,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from common.errors import KnownError
-from compress.targets import discover_targets
+from compress.targets import Target, discover_targets
 
 log = logging.getLogger(__name__)
 
@@ -144,8 +144,9 @@ def check_settings(method: str, pattern: str, block: Sequence[int], recovery: st
 class Matrix:
     """One prunable parameter: ``path`` relative to the model (``encoder.layers.0.kernel``), held by
     ``holder`` as attribute ``name``; ``site`` is the module whose inputs are its inputs and ``inputs`` how to
-    read them: ``linear`` (the module's input), ``lstm`` (``[x_t | h_{t-1}]``) or ``lstm_u`` (the ``U`` factor of
-    a low-rank kernel ``U V``: its inputs are ``V [x_t | h_{t-1}]``)."""
+    read them: ``linear`` (the module's input), ``lstm`` (``[x_t | h_{t-1}]``), ``lstm_u`` (the ``U`` factor of
+    a low-rank kernel ``U V``: its inputs are ``V [x_t | h_{t-1}]``) or ``none`` (not recorded: a ``weight``
+    target's, e.g. ``nn.LSTM``'s ``weight_hh_l0``, which CSP prunes by magnitude)."""
 
     path: str
     target: str
@@ -156,11 +157,15 @@ class Matrix:
 
     @property
     def param(self) -> torch.Tensor:
-        return getattr(self.holder, self.name)
+        """The ``(m, n)`` matrix: a convolution's weight as a view ``(out, in * kernel elements)``, so that what is
+        written to it lands in the weight."""
+        param = getattr(self.holder, self.name)
+        return param.flatten(1) if param.dim() > 2 else param
 
     @property
     def mask(self) -> torch.Tensor:
-        return getattr(self.holder, self.name + MASK_SUFFIX)
+        mask = getattr(self.holder, self.name + MASK_SUFFIX)
+        return mask.flatten(1) if mask.dim() > 2 else mask
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -175,8 +180,12 @@ def prunable_matrices(model: nn.Module, include: Sequence[str] = ("*",), exclude
     exclude = [*exclude, *(f"{p}.*" for p in exclude)]
     matrices = []
     for target in discover_targets(model, include, exclude):
-        module = model.get_submodule(target.name)
-        if target.kind == "linear":
+        module = target.module(model)
+        if target.kind == "weight":
+            matrices += weight_matrices(target, module)
+        elif target.kind == "conv":  # CSP records no convolution inputs: pruned by magnitude
+            matrices.append(Matrix(f"{target.name}.weight", target.name, module, "weight", target.name, "none"))
+        elif target.kind == "linear":
             matrices.append(Matrix(f"{target.name}.weight", target.name, module, "weight", target.name, "linear"))
         elif parametrize.is_parametrized(module, "kernel"):
             entry = module.parametrizations.kernel
@@ -189,6 +198,23 @@ def prunable_matrices(model: nn.Module, include: Sequence[str] = ("*",), exclude
         else:
             matrices.append(Matrix(f"{target.name}.kernel", target.name, module, "kernel", target.name, "lstm"))
     return matrices
+
+
+def weight_matrices(target: Target, module: nn.Module) -> list[Matrix]:
+    """The matrices of a ``weight`` target (:mod:`compress.targets`): the parameter itself, or the ``U``, ``V``
+    originals of its low-rank parametrization. Their masks sit on the module (or the parametrization), where the
+    parameter lives: ``nn.LSTM``'s ``weight_hh_l0_mask``; pruning multiplies the parameter in place, so the zeros
+    survive ``flatten_parameters`` and device moves (which copy values)."""
+    attribute, prefix = target.attribute, f"{target.module_name}." if target.module_name else ""
+    if not parametrize.is_parametrized(module, attribute):
+        return [Matrix(target.name, target.name, module, attribute, target.module_name, "none")]
+    entry = module.parametrizations[attribute]
+    if not (hasattr(entry, "original0") and hasattr(entry, "original1")) or hasattr(entry, "original2"):
+        raise PruneError(f"target {target.name} is parametrized in a way pruning does not know (neither dense nor a "
+                         "low-rank product U V); exclude it (compress.exclude)")
+    path = f"{prefix}parametrizations.{attribute}"
+    return [Matrix(f"{path}.original{i}", target.name, entry, f"original{i}", target.module_name, "none")
+            for i in (0, 1)]
 
 
 def overridden_sparsities(matrices: Sequence[Matrix], overrides: Mapping[str, float] | None) -> dict:

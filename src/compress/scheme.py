@@ -15,6 +15,7 @@ shape of every target it was made for, so it is refused on a model of another sh
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 from collections.abc import Mapping, Sequence
@@ -22,11 +23,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import torch
 from torch import nn
 
 from common.atomic import write_json_atomic
 from compress.cost import FULL, estimate_speedup
-from compress.lowrank import LowRankLinear, kernel_rank
+from compress.lowrank import LowRankConv, LowRankLinear, kernel_rank
 from compress.svd import SvdCache
 from compress.targets import Target
 from compress.techniques.base import TECHNIQUES, SchemeError, Settings, own_settings, owner
@@ -38,7 +40,7 @@ if TYPE_CHECKING:
 FORMAT = "shrinkml-scheme/2"
 FORMAT_V1 = "shrinkml-scheme/1"  # rank-only: {"ranks": {target: rank or "full"}}
 __all__ = ["FORMAT", "FORMAT_V1", "Scheme", "SchemeError", "apply_scheme", "count_parameters", "current_ranks",
-           "file_fingerprint", "split_settings"]
+           "dense_equivalent", "file_fingerprint", "split_settings"]
 
 
 def file_fingerprint(path: str | Path) -> str:
@@ -210,15 +212,26 @@ def apply_scheme(model: nn.Module, scheme: Scheme, targets: Sequence[Target],
     return compressed
 
 
+@torch.no_grad()
+def dense_equivalent(model: nn.Module, compressed: nn.Module, targets: Sequence[Target]) -> nn.Module:
+    """A copy of the dense ``model`` whose every target holds ``compressed``'s matrix (``U' V*`` of a factorized one,
+    a pruned one with its zeros): the reference that ``compressed``'s forward matches to float rounding, so its
+    distance from ``model``'s forward is the technique's own error."""
+    reference = copy.deepcopy(model)
+    for target in targets:
+        target.weight(reference).copy_(target.weight(compressed))
+    return reference
+
+
 def current_ranks(model: nn.Module, targets: Sequence[Target]) -> dict[str, int | str]:
     """The ranks a (possibly compressed) model runs with, read from its modules."""
     ranks: dict[str, int | str] = {}
     for target in targets:
-        module = model.get_submodule(target.name)
-        if isinstance(module, LowRankLinear):
+        module = target.module(model)
+        if isinstance(module, LowRankLinear | LowRankConv):
             ranks[target.name] = module.rank
         else:
-            rank = kernel_rank(module) if target.kind == "lstm" else None
+            rank = kernel_rank(module, target.attribute) if target.kind in ("lstm", "weight") else None
             ranks[target.name] = FULL if rank is None else rank
     return ranks
 

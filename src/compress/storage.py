@@ -2,7 +2,8 @@
 
 A pruned target holds exact zeros where it was pruned; this module reads sparsity from those zeros
 only (no mask, no record needed). Per target tensor -- an LSTM concatenated kernel, an ``nn.Linear``
-weight, or a factor of a low-rank one (:func:`target_tensors`) -- the stored size is the cheapest of:
+weight, a convolution's (as its ``out x (in * kernel elements)`` matrix), an ``nn.LSTM`` or attention weight, or a
+factor of a low-rank one (:func:`target_tensors`) -- the stored size is the cheapest of:
 
 * ``dense``: every entry;
 * ``csr``: the nonzero values, one column index each and ``rows + 1`` row pointers;
@@ -30,7 +31,7 @@ import torch
 from torch import nn
 
 from compress.quantize import quantize_rows
-from compress.targets import is_lstm_kernel_module
+from compress.targets import is_conv_target, is_lstm_kernel_module, weight_attributes
 
 FLOAT_BYTES, INT8_BYTES, SCALE_BYTES = 4, 1, 4
 BLOCKS = ((1, 4), (4, 1))  # block shapes tried by default (rows x columns)
@@ -50,8 +51,8 @@ def index_width(largest: int) -> int:
 
 @dataclass(frozen=True)
 class TargetTensor:
-    """A state-dict tensor that belongs to a target: ``target`` (module path), ``kind`` (``linear`` or
-    ``lstm``) and ``role`` (``dense``, or ``U``/``V`` of a low-rank factorization)."""
+    """A state-dict tensor that belongs to a target: ``target`` (its name), ``kind`` (``linear``, ``conv``, ``lstm``
+    or ``weight``) and ``role`` (``dense``, or ``U``/``V`` of a low-rank factorization)."""
 
     target: str
     kind: str
@@ -64,6 +65,24 @@ def _is_linear_target(module: nn.Module) -> bool:
         return True
     return isinstance(getattr(module, "first", None), nn.Linear) and isinstance(getattr(module, "second", None),
                                                                                 nn.Linear)
+
+
+def _is_conv_target(module: nn.Module) -> bool:
+    """A convolution target, or a two-stage low-rank convolution (``first`` and ``second`` convolutions)."""
+    return is_conv_target(module) or (is_conv_target(getattr(module, "first", None))
+                                      and is_conv_target(getattr(module, "second", None)))
+
+
+def _weight_role(rest: str, attributes: Sequence[str]) -> tuple[str, str] | None:
+    """``(attribute, role)`` when ``rest`` (a state-dict key below a module) is one of its ``weight`` targets
+    ``attributes`` (dense) or a factor of one (``parametrizations.<attribute>.original0/1``: ``U``/``V``)."""
+    for attribute in attributes:
+        if rest == attribute:
+            return attribute, "dense"
+        for index, role in (("0", "U"), ("1", "V")):
+            if rest == f"parametrizations.{attribute}.original{index}":
+                return attribute, role
+    return None
 
 
 def target_tensors(model: nn.Module, keys: Iterable[str] | None = None) -> dict[str, TargetTensor]:
@@ -82,8 +101,16 @@ def target_tensors(model: nn.Module, keys: Iterable[str] | None = None) -> dict[
             module = modules.get(name)
             if module is None:
                 break
+            parent = modules.get(name.rpartition(".")[0]) if name else None
+            role = _weight_role(rest, weight_attributes(module, parent))
+            if role is not None:  # nn.LSTM's, nn.MultiheadAttention's weights: the target is module.attribute
+                found[key] = TargetTensor(f"{name}.{role[0]}" if name else role[0], "weight", role[1])
+                break
             if _is_linear_target(module) and rest in LINEAR_ROLES:
                 found[key] = TargetTensor(name, "linear", LINEAR_ROLES[rest])
+                break
+            if _is_conv_target(module) and rest in LINEAR_ROLES:
+                found[key] = TargetTensor(name, "conv", LINEAR_ROLES[rest])
                 break
             if is_lstm_kernel_module(module) and rest in LSTM_ROLES:
                 found[key] = TargetTensor(name, "lstm", LSTM_ROLES[rest])
@@ -142,6 +169,8 @@ def tensor_storage(key: str, tensor: torch.Tensor, target: TargetTensor | None =
                    blocks: Sequence[tuple[int, int]] = BLOCKS) -> TensorStorage:
     """The :class:`TensorStorage` of ``tensor``; only a 2-D float ``target`` tensor is stored sparse or int8."""
     tensor = tensor.detach().cpu()
+    if target is not None and tensor.dim() > 2:  # a convolution's weight: its (out, in * kernel elements) matrix
+        tensor = tensor.flatten(1)
     numel, nonzeros = tensor.numel(), int((tensor != 0).sum())
     floating = tensor.is_floating_point()
     dense = numel * (FLOAT_BYTES if floating else tensor.element_size())

@@ -22,6 +22,7 @@ from compress.checkpoint import SCHEME_KEY
 from compress.prune import PRUNE_KEY
 from compress.quantize import FORMAT as INT8_FORMAT
 from compress.quantize import dequantize_rows
+from compress.sparse_state import dense_state
 from compress.storage import BLOCKS, StorageReport, TensorStorage, state_storage, target_tensors
 
 INT8_SUFFIX, SCALE_SUFFIX = ".int8", ".int8_scale"
@@ -32,7 +33,8 @@ RECORD_KEYS = ("method", "pattern", "block", "sparsity")  # shown from the pruni
 def float_state(state: Mapping) -> dict[str, torch.Tensor]:
     """``state`` with int8 entries back in float under their parameter's key: weight-only rows
     (``<key>.int8`` and ``<key>.int8_scale``) and dynamic int8 Linears' packed weights and biases; the
-    other non-tensor entries are dropped."""
+    other non-tensor entries are dropped. Matrices the file stores as a bitmask come back dense first."""
+    state = dense_state(state)
     out: dict[str, torch.Tensor] = {}
     for key, value in state.items():
         if key.endswith(SCALE_SUFFIX):

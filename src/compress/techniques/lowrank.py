@@ -1,9 +1,11 @@
 """Low-rank factorization (the paper's technique): scheme key ``rank``, an SVD rank per target (Eq. 1-2).
 
-A target of rank ``k`` becomes ``U' V*`` (:mod:`compress.lowrank`): a :class:`compress.lowrank.LowRankLinear`, or
-an LSTM kernel parametrized as the product. Its cost is Eq. 3's ``k (m + n)`` parameters, or the dense ``m n``
-when the rank does not pay (:func:`compress.cost.pays`; the target then stays dense). Checkpoints record the
-scheme under :data:`compress.checkpoint.SCHEME_KEY`; :meth:`LowRank.restore` rebuilds the factors' structure.
+A target of rank ``k`` becomes ``U' V*`` (:mod:`compress.lowrank`): a :class:`compress.lowrank.LowRankLinear` (a
+:class:`compress.lowrank.LowRankConv` for a convolution), or
+an LSTM kernel (or a ``weight`` target: ``nn.LSTM``'s, ``nn.MultiheadAttention``'s) parametrized as the product.
+Its cost is Eq. 3's ``k (m + n)`` parameters, or the dense ``m n`` when the rank does not pay
+(:func:`compress.cost.pays`; the target then stays dense). Checkpoints record the scheme under
+:data:`compress.checkpoint.SCHEME_KEY`; :meth:`LowRank.restore` rebuilds the factors' structure.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from torch import nn
 
 from compress.cost import FULL, compressed_params, pays
-from compress.lowrank import LowRankLinear, factorize_kernel
+from compress.lowrank import LowRankConv, LowRankLinear, factorize_weight
 from compress.svd import SvdCache
 from compress.targets import Target
 from compress.techniques.base import SchemeError, Settings, Technique, register
@@ -39,19 +41,20 @@ def factorize(model: nn.Module, targets: Sequence[Target], ranks: Mapping[str, i
         rank = ranks.get(target.name, FULL)
         if rank == FULL or not pays(target.shape, rank):
             continue
-        module = compressed.get_submodule(target.name)
+        module = target.module(compressed)
         dense = target.weight(model)
         if cache is None:
             u = dense.new_zeros(target.shape[0], rank)
             v = dense.new_zeros(rank, target.shape[1])
         else:
             u, v = cache.get(target.name, dense).factors(rank, dtype=dense.dtype)
-        if target.kind == "linear":
+        if target.kind in ("linear", "conv"):
             parent_name, _, child = target.name.rpartition(".")
             parent = compressed.get_submodule(parent_name) if parent_name else compressed
-            setattr(parent, child, LowRankLinear(u, v, module.bias.detach() if module.bias is not None else None))
-        else:
-            factorize_kernel(module, u.contiguous(), v.contiguous())
+            bias = module.bias.detach() if module.bias is not None else None
+            setattr(parent, child, LowRankLinear(u, v, bias) if target.kind == "linear" else LowRankConv(u, v, module))
+        else:  # an LSTM kernel or a weight its module reads directly: parametrized in place as U' V*
+            factorize_weight(module, target.attribute, u.contiguous(), v.contiguous())
     return compressed
 
 

@@ -195,17 +195,17 @@ class Pruner:
     @torch.no_grad()
     def mask_gradients(self) -> None:
         for matrix in self.matrices:
-            grad = matrix.param.grad
+            grad = getattr(matrix.holder, matrix.name).grad  # the parameter's own (a convolution's is not 2-D)
             if grad is not None:
-                grad.mul_(matrix.mask)
+                grad.mul_(matrix.mask.reshape(grad.shape))
 
     def input_sites(self) -> dict[str, str]:
         """``{module: linear|lstm}`` whose inputs the strategy needs recorded."""
-        return {m.site: "linear" if m.inputs == "linear" else "lstm" for m in self.matrices}
+        return {m.site: "linear" if m.inputs == "linear" else "lstm" for m in self.matrices if m.inputs != "none"}
 
     def gram(self, matrix: Matrix, grams: Mapping[str, tuple[torch.Tensor, int]]) -> torch.Tensor | None:
         """``G = X X^T / N`` of ``matrix``'s inputs, or None when none were recorded."""
-        entry = grams.get(matrix.site)
+        entry = grams.get(matrix.site) if matrix.inputs != "none" else None
         if entry is None or entry[1] == 0:
             return None
         gram = entry[0] / entry[1]

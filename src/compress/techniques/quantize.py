@@ -44,10 +44,17 @@ class Int8(Technique):
         """A copy of ``model`` whose targets' parameters (a Linear's weight, a kernel, or their low-rank factors)
         are rounded to 8 bits per row."""
         rounded = copy.deepcopy(model)
-        for name in settings:
-            for key, tensor in rounded.get_submodule(name).named_parameters():
-                if tensor.dim() == 2 and not key.endswith("bias"):
-                    tensor.copy_(dequantize_rows(*quantize_rows(tensor)).to(tensor.dtype))
+        for target in targets:
+            if target.name not in settings:
+                continue
+            module = target.module(rounded)
+            if target.kind == "weight":  # the parameter, or its low-rank factors, not its module's other weights
+                entry = getattr(getattr(module, "parametrizations", {}), target.attribute, None)
+                tensors = list(entry.parameters()) if entry is not None else [getattr(module, target.attribute)]
+            else:
+                tensors = [t for key, t in module.named_parameters() if t.dim() >= 2 and not key.endswith("bias")]
+            for tensor in tensors:
+                tensor.copy_(dequantize_rows(*quantize_rows(tensor)).to(tensor.dtype))
         return rounded
 
 
