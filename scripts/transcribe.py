@@ -42,6 +42,7 @@ def min_samples(recognizer: Recognizer) -> int:
 
 
 @cli_main("transcribe")
+@torch.no_grad()
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model", help="a training checkpoint (.ckpt) or an exported folder (scripts/export.py)")
@@ -54,7 +55,6 @@ def main(argv: list[str] | None = None) -> int:
                         help="for an exported folder: torchscript (C++ kernels) or onnx (default: torchscript)")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads")
     args = parser.parse_args(argv)
-    torch.set_grad_enabled(False)
     torch.set_num_threads(args.threads)
     recognizer = load(args.model, args.backend, args.threads)
     needed = min_samples(recognizer)

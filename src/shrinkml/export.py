@@ -121,9 +121,9 @@ def deployment_speed(cfg: DictConfig, model, module: AsrModule, items: list) -> 
     return table
 
 
+@torch.no_grad()
 def run_export(cfg: DictConfig) -> dict:
     """Export ``cfg.ckpt`` in ``cfg.format`` and check every backend; returns the summary it writes and logs."""
-    torch.set_grad_enabled(False)
     formats = list(cfg.format) if not isinstance(cfg.format, str) else [cfg.format]
     module = load_recognizer(cfg.ckpt, cfg.decoding) if not is_int8_file(cfg.ckpt) else int8_module(cfg.ckpt, cfg)
     model = module.model.eval()
