@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from asr.data.audio import load_audio
+from asr.data.features import StreamingFeatures
 from asr.runtime import BACKENDS, Recognizer, load_checkpoint_model
 from common.cli import cli_main
 
@@ -35,10 +36,8 @@ def load(model: str, backend: str, threads: int) -> Recognizer:
 
 def min_samples(recognizer: Recognizer) -> int:
     """Fewest samples that give the encoder one output frame (a whole group of feature frames)."""
-    cfg = recognizer.features
-    window = int(cfg.sample_rate * cfg.frame_length_ms / 1000)
-    shift = int(cfg.sample_rate * cfg.frame_shift_ms / 1000)
-    return window + (recognizer.reduction - 1) * shift
+    framing = StreamingFeatures(recognizer.features)
+    return framing.window + (recognizer.reduction - 1) * framing.shift
 
 
 @cli_main("transcribe")

@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from asr.data.features import FeatureConfig, GlobalCMVN, log_mel
+from asr.data.features import FeatureConfig, GlobalCMVN, StreamingFeatures, log_mel
 from asr.data.tokenizer import BOS_ID, EOS_ID, Tokenizer
 from asr.model.decoder import beam_search_steps
 from common.errors import KnownError
@@ -229,7 +229,7 @@ class Recognizer:
         return self.tokenizer.decode(self.decode(self.normalized_features(wave), beam_size))
 
     def stream(self) -> Stream:
-        """A new streaming session (greedy, partial results)."""
+        """A new stream of one utterance (greedy, partial results)."""
         return Stream(self)
 
 
@@ -255,17 +255,11 @@ class Stream:
 
     def __init__(self, recognizer: Recognizer):
         self.recognizer = recognizer
-        cfg = recognizer.features
-        self.window = int(cfg.sample_rate * cfg.frame_length_ms / 1000)
-        self.shift = int(cfg.sample_rate * cfg.frame_shift_ms / 1000)
-        self.audio = torch.zeros(0)
-        self.frames_done = 0
-        self.pending = torch.zeros(0, cfg.n_mels)  # features waiting for a whole group
+        self.features = StreamingFeatures(recognizer.features)
+        self.pending = torch.zeros(0, recognizer.features.n_mels)  # features waiting for a whole group
         zeros = torch.zeros(recognizer.layers, 1, recognizer.encoder_size)
         self.encoder_state = (zeros, zeros.clone())
-        width = recognizer.encoder_size
         self.memory = self.mono = self.chunk = None
-        self._empty = torch.zeros(1, 0, width)
         self.state = recognizer.initial_state()
         self.previous = torch.tensor([BOS_ID])
         self.tokens: list[int] = []
@@ -274,14 +268,9 @@ class Stream:
     @torch.no_grad()
     def accept_audio(self, samples: torch.Tensor) -> list[int]:
         """Float samples ``(n,)`` -> the tokens they made final."""
-        self.audio = torch.cat([self.audio, samples.float()])
-        available = 0 if self.audio.numel() < self.window else 1 + (self.audio.numel() - self.window) // self.shift
-        if available > self.frames_done:
-            start = self.frames_done * self.shift
-            end = (available - 1) * self.shift + self.window
-            feats = self.recognizer.cmvn(log_mel(self.audio[start:end], self.recognizer.features))
-            self.frames_done = available
-            self._encode(feats)
+        feats = self.features.push(samples)
+        if feats is not None:
+            self._encode(self.recognizer.cmvn(feats))
         return self._decode(final=False)
 
     @torch.no_grad()

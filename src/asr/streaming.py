@@ -16,7 +16,7 @@ import dataclasses
 import torch
 
 from asr.assets import AsrAssets
-from asr.data.features import log_mel
+from asr.data.features import StreamingFeatures
 from asr.data.tokenizer import BOS_ID, EOS_ID
 from asr.model.asr_model import AsrModel
 
@@ -27,16 +27,12 @@ class StreamingRecognizer:
     def __init__(self, model: AsrModel, assets: AsrAssets, max_tokens: int = 400):
         self.model = model.eval()
         self.assets = assets
-        cfg = assets.features
-        self.window = int(cfg.sample_rate * cfg.frame_length_ms / 1000)
-        self.shift = int(cfg.sample_rate * cfg.frame_shift_ms / 1000)
         self.max_tokens = max_tokens
         self.reset()
 
     def reset(self) -> None:
         decoder = self.model.decoder
-        self.audio = torch.zeros(0)
-        self.frames_done = 0
+        self.features = StreamingFeatures(self.assets.features)
         self.encoder_state = self.model.encoder.initial_state()
         self.memory = torch.zeros(1, 0, self.model.encoder.hidden_size)
         self.mono_keys = torch.zeros(1, 0, decoder.attention.mono_key.out_features)
@@ -50,13 +46,8 @@ class StreamingRecognizer:
     @torch.no_grad()
     def accept_audio(self, samples: torch.Tensor) -> list[int]:
         """Feed float samples ``(n,)`` at the model's sample rate; returns the tokens made final by them."""
-        self.audio = torch.cat([self.audio, samples.float()])
-        available = 0 if self.audio.numel() < self.window else 1 + (self.audio.numel() - self.window) // self.shift
-        if available > self.frames_done:
-            start = self.frames_done * self.shift
-            end = (available - 1) * self.shift + self.window
-            feats = log_mel(self.audio[start:end], self.assets.features)
-            self.frames_done = available
+        feats = self.features.push(samples)
+        if feats is not None:
             self._encode(self.assets.cmvn(feats).unsqueeze(0))
         return self._decode(final=False)
 

@@ -64,6 +64,30 @@ def log_mel(wave: torch.Tensor, cfg: FeatureConfig) -> torch.Tensor:
     )
 
 
+class StreamingFeatures:
+    """Log-mel features of audio that arrives in pieces, per whole frame as soon as its window is complete.
+
+    Kaldi frames each window independently, so the frames equal :func:`log_mel` of the whole waveform. Samples no
+    later frame needs are dropped.
+    """
+
+    def __init__(self, cfg: FeatureConfig):
+        self.cfg = cfg
+        self.window = int(cfg.sample_rate * cfg.frame_length_ms / 1000)
+        self.shift = int(cfg.sample_rate * cfg.frame_shift_ms / 1000)
+        self.audio = torch.zeros(0)  # samples from the next frame's start on
+
+    def push(self, samples: torch.Tensor) -> torch.Tensor | None:
+        """Float samples ``(n,)`` -> the features ``(t, n_mels)`` of the frames they completed (None: none)."""
+        self.audio = torch.cat([self.audio, samples.float()])
+        frames = 0 if self.audio.numel() < self.window else 1 + (self.audio.numel() - self.window) // self.shift
+        if frames == 0:
+            return None
+        features = log_mel(self.audio[: (frames - 1) * self.shift + self.window], self.cfg)
+        self.audio = self.audio[frames * self.shift :]
+        return features
+
+
 def atomic_save_npy(path: Path, array: np.ndarray, fsync: bool = True) -> None:
     """Write ``array`` to ``path`` atomically (:func:`common.atomic.save_atomic`). Cache entries skip the
     flushes to disk (``fsync=False``, thousands of files): a killed process never leaves half an entry,
