@@ -77,6 +77,33 @@ def prepared_datamodule(tiny_corpus: Path, workdir: Path) -> AsrDataModule:
     return _MEMO[key]
 
 
+def tiny_assets(tiny_corpus: Path, tmp_path_factory):
+    """The tiny corpus's front-end assets (tokenizer, CMVN, feature settings)."""
+    return prepared_datamodule(tiny_corpus, shared_dir(tmp_path_factory)).assets()
+
+
+def streaming_waves(tiny_corpus: Path, assets) -> list[torch.Tensor]:
+    """Two dev utterances and one test utterance of the tiny corpus as waveforms."""
+    from asr.data.audio import load_audio
+    from asr.data.corpus import read_split
+
+    utterances = read_split(tiny_corpus, "dev")[:2] + read_split(tiny_corpus, "test")[:1]
+    return [load_audio(u.audio_path, assets.features.sample_rate) for u in utterances]
+
+
+def firing_model(assets, seed: int, **decoder):
+    """A random tiny ``AsrModel`` whose hard attention fires on some frames and not others, so that its boundary
+    moves through the utterance (mono keys scaled up: energies vary strongly over frames)."""
+    from asr.model.asr_model import AsrModel
+
+    torch.manual_seed(seed)
+    model = AsrModel(assets.tokenizer.vocab_size, assets.features.n_mels,
+                     **tiny_model_config(init_r=-1.5, init_gain=3.0, **decoder)).eval()
+    with torch.no_grad():
+        model.decoder.attention.mono_key.weight.mul_(10.0)
+    return model
+
+
 # -- Hydra ------------------------------------------------------------------------------------
 def compose_root(root: str, overrides: list[str]) -> DictConfig:
     """``conf/<root>.yaml`` with ``overrides``, including the ``hydra`` node, as its entry point would see it."""

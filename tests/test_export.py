@@ -15,11 +15,12 @@ import torch
 from asr_helpers import (
     compose_root,
     corpus_copy_for_runs,
+    firing_model,
     hydra_job,
-    prepared_datamodule,
     run_overrides,
     shared_dir,
-    tiny_model_config,
+    streaming_waves,
+    tiny_assets,
     trained_run,
 )
 
@@ -42,13 +43,12 @@ KINDS = ["dense", "factorized", "pruned", "factorized_pruned"]
 
 @pytest.fixture(scope="module")
 def assets(tiny_corpus, tmp_path_factory):
-    return prepared_datamodule(tiny_corpus, shared_dir(tmp_path_factory)).assets()
+    return tiny_assets(tiny_corpus, tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
 def waves(tiny_corpus, assets):
-    utterances = read_split(tiny_corpus, "dev")[:2] + read_split(tiny_corpus, "test")[:1]
-    return [load_audio(u.audio_path, assets.features.sample_rate) for u in utterances]
+    return streaming_waves(tiny_corpus, assets)
 
 
 def prune_(tensor: torch.Tensor, sparsity: float) -> None:
@@ -59,11 +59,7 @@ def prune_(tensor: torch.Tensor, sparsity: float) -> None:
 
 def make_model(assets, kind: str) -> AsrModel:
     """A random tiny model whose hard attention fires on some frames (its boundary moves), compressed as ``kind``."""
-    torch.manual_seed(3)
-    model = AsrModel(assets.tokenizer.vocab_size, assets.features.n_mels,
-                     **tiny_model_config(init_r=-1.5, init_gain=3.0)).eval()
-    with torch.no_grad():
-        model.decoder.attention.mono_key.weight.mul_(10.0)
+    model = firing_model(assets, 3)
     if kind.startswith("factorized"):
         targets = discover_targets(model)
         scheme = Scheme.build(targets, {t.name: max(1, t.max_rank // 2) for t in targets if t.max_rank >= 4}, "test")

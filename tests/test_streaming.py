@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from asr_helpers import prepared_datamodule, shared_dir, tiny_model_config
+from asr_helpers import firing_model, streaming_waves, tiny_assets
 
-from asr.data.audio import load_audio
-from asr.data.corpus import read_split
 from asr.data.features import log_mel
 from asr.data.tokenizer import BOS_ID, EOS_ID, PAD_ID
 from asr.model import lowrank_lstm
@@ -20,24 +18,16 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 @pytest.fixture(scope="module")
 def assets(tiny_corpus, tmp_path_factory):
-    return prepared_datamodule(tiny_corpus, shared_dir(tmp_path_factory)).assets()
+    return tiny_assets(tiny_corpus, tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
 def waves(tiny_corpus, assets):
-    utterances = read_split(tiny_corpus, "dev")[:2] + read_split(tiny_corpus, "test")[:1]
-    return [load_audio(u.audio_path, assets.features.sample_rate) for u in utterances]
+    return streaming_waves(tiny_corpus, assets)
 
 
 def make_model(assets, seed: int, **decoder) -> AsrModel:
-    """A random tiny model whose hard attention fires on some frames and not others, so that its
-    boundary moves through the utterance (mono keys scaled up: energies vary strongly over frames)."""
-    torch.manual_seed(seed)
-    model = AsrModel(assets.tokenizer.vocab_size, assets.features.n_mels,
-                     **tiny_model_config(init_r=-1.5, init_gain=3.0, **decoder)).eval()
-    with torch.no_grad():
-        model.decoder.attention.mono_key.weight.mul_(10.0)
-    return model
+    return firing_model(assets, seed, **decoder)
 
 
 def offline(model: AsrModel, assets, wave: torch.Tensor) -> tuple[list[int], int]:
