@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from asr.data.tokenizer import BOS_ID, EOS_ID
 from asr.evaluate import evaluate
@@ -22,13 +22,12 @@ from asr.export.bundle import ExportError, export
 from asr.metrics import error_counts, rates
 from asr.module import AsrModule
 from asr.runtime import Hypotheses, Recognizer
-from asr.train import instantiate_group
 from common.atomic import write_json_atomic
 from compress.quantize import FORMAT as INT8_FORMAT
 from compress.quantize import linear_mode
 from shrinkml.deploy_speed import REFERENCES, cpu_name, format_table, forms, measure
 from shrinkml.quantize import load_int8_recognizer
-from shrinkml.stage import data_module, eval_batches, load_recognizer
+from shrinkml.stage import data_module, eval_batches, load_recognizer, log_stage_summary
 
 log = logging.getLogger(__name__)
 
@@ -163,9 +162,5 @@ def run_export(cfg: DictConfig) -> dict:
                 for reference in REFERENCES:
                     summary[f"speedup/{form.split(' ')[0]}_vs_{reference.replace(' ', '_')}"] = row[f"vs_{reference}"]
     write_json_atomic(Path(cfg.output_dir) / "report.json", summary)
-    for logger in instantiate_group(cfg.get("logger")):
-        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
-        if hasattr(logger, "experiment") and hasattr(logger.experiment, "summary"):
-            logger.experiment.summary.update({k: v for k, v in summary.items() if not isinstance(v, dict)})
-        logger.finalize("success")
+    log_stage_summary(cfg, summary)
     return summary

@@ -13,19 +13,18 @@ import logging
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from asr.evaluate import evaluate
 from asr.latency import measured_speedups, single_utterances
 from asr.module import AsrModule
-from asr.train import instantiate_group
 from common.atomic import write_json_atomic
 from compress.checkpoint import SCHEME_KEY, restore_compression
 from compress.prune import MASK_SUFFIX, PRUNE_KEY
 from compress.quantize import int8_state_dict, load_int8, quantize_int8, save_int8, serialized_mb
 from compress.scheme import count_parameters
 from compress.storage import model_storage
-from shrinkml.stage import data_module, eval_batches, load_recognizer
+from shrinkml.stage import data_module, eval_batches, load_recognizer, log_stage_summary
 
 log = logging.getLogger(__name__)
 
@@ -91,9 +90,5 @@ def run_quantize(cfg: DictConfig) -> dict:
     summary["speedup/measured_float"] = timed["float"]["speedup"]
     summary["rtf"] = {name: value["rtf"] for name, value in timed.items()}
     write_json_atomic(out / "report.json", summary)
-    for logger in instantiate_group(cfg.get("logger")):
-        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
-        if hasattr(logger, "experiment") and hasattr(logger.experiment, "summary"):
-            logger.experiment.summary.update({k: v for k, v in summary.items() if not isinstance(v, dict)})
-        logger.finalize("success")
+    log_stage_summary(cfg, summary)
     return summary

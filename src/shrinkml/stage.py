@@ -12,12 +12,13 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import hydra
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from asr.checkpoint import load_module
 from asr.data.datamodule import AsrDataModule
 from asr.evaluate import evaluate
 from asr.module import AsrModule
+from asr.train import instantiate_group
 from compress.checkpoint import restore_compression
 from compress.targets import Target, discover_targets, profile_uses
 
@@ -77,3 +78,13 @@ def wer_scorer(module: AsrModule, batches: Sequence[dict]) -> Callable[[object],
     """``score(model) -> WER`` (percent, greedy decoding) on ``batches``, for any model shaped like ``module.model``."""
     tokenizer = module.assets.tokenizer
     return lambda model: evaluate(model, batches, tokenizer).wer
+
+
+def log_stage_summary(cfg: DictConfig, summary: Mapping) -> None:
+    """Log a stage run to every logger of ``cfg.logger``: the resolved config as hyper-parameters and the summary's
+    scalar entries (nested tables are left out), then finish the run."""
+    for logger in instantiate_group(cfg.get("logger")):
+        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+        if hasattr(logger, "experiment") and hasattr(logger.experiment, "summary"):
+            logger.experiment.summary.update({k: v for k, v in summary.items() if not isinstance(v, dict)})
+        logger.finalize("success")
