@@ -37,7 +37,7 @@ from torch.nn.utils import parametrize
 
 from common.atomic import save_atomic
 from common.errors import KnownError
-from compress.sparse_state import dense_state, sparse_state
+from compress.sparse_state import dense_state, read_model_file, sparse_state
 from compress.targets import is_conv_target, is_lstm_kernel_module, weight_attributes
 
 FORMAT = "shrinkml-int8/1"
@@ -179,16 +179,8 @@ def load_int8(path: str | Path, build: Callable[[dict], nn.Module]) -> tuple[nn.
     """Read a :func:`save_int8` file: ``build(file)`` makes the float model of the right structure
     (e.g. from the stored hyper-parameters, with its compression restored), which is then quantized
     and given the stored int8 state. Returns the model and the file's entries."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"int8 model {path} not found; make it with scripts/quantize.py")
-    try:
-        stored = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:  # noqa: BLE001 - any unpickling failure means a damaged file
-        raise QuantizeError(f"int8 model {path} is damaged ({type(err).__name__}: {err}); run scripts/quantize.py "
-                            "again") from err
-    if not isinstance(stored, dict) or stored.get("format") != FORMAT:
-        raise QuantizeError(f"{path} is not an int8 model file (expected format {FORMAT!r})")
+    stored = read_model_file(path, FORMAT, "int8 model", QuantizeError, "make it with scripts/quantize.py",
+                             "run scripts/quantize.py again")
     linear = stored.get("linear", "dynamic")
     _check_linear(linear)
     quantized = build(stored).cpu().eval()

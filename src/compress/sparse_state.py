@@ -154,19 +154,30 @@ def save_sparse(path: str | Path, model: nn.Module, **extra) -> float:
     return save_atomic(path, lambda tmp: torch.save(stored, tmp)).stat().st_size / 2**20
 
 
+def read_model_file(path: str | Path, file_format: str, what: str, error: type[Exception], make: str, again: str
+                    ) -> dict:
+    """The entries of the model file ``path`` of format ``file_format`` (a ``what``, e.g. "int8 model"). A missing
+    file raises ``FileNotFoundError`` ending in ``make`` (how to write one); an unreadable one ``error`` ending in
+    ``again``; a file of another format ``error`` naming the expected one."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} {path} not found; {make}")
+    try:
+        stored = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:  # noqa: BLE001 - any unpickling failure means a damaged file
+        raise error(f"{what} {path} is damaged ({type(err).__name__}: {err}); {again}") from err
+    if not isinstance(stored, dict) or stored.get("format") != file_format:
+        raise error(f"{path} is not {'an' if what[0] in 'aeiou' else 'a'} {what} file (expected format "
+                    f"{file_format!r})")
+    return stored
+
+
 def load_sparse(path: str | Path, build: Callable[[dict], nn.Module]) -> tuple[nn.Module, dict]:
     """Read a :func:`save_sparse` file: ``build(file)`` makes the model of the right structure (its compression
     restored, e.g. the low-rank parametrizations and mask buffers), which then loads the stored state. Returns the
     model and the file's entries."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"sparse model {path} not found; write it with compress.sparse_state.save_sparse")
-    try:
-        stored = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:  # noqa: BLE001 - any unpickling failure means a damaged file
-        raise SparseFileError(f"sparse model {path} is damaged ({type(err).__name__}: {err}); write it again") from err
-    if not isinstance(stored, dict) or stored.get("format") != FILE_FORMAT:
-        raise SparseFileError(f"{path} is not a sparse model file (expected format {FILE_FORMAT!r})")
+    stored = read_model_file(path, FILE_FORMAT, "sparse model", SparseFileError,
+                             "write it with compress.sparse_state.save_sparse", "write it again")
     model = build(stored)
     model.load_state_dict(dense_state(stored["state_dict"]))
     return model, stored
