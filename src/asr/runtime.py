@@ -17,7 +17,6 @@ greedy decoding).
 from __future__ import annotations
 
 import json
-import math
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -26,8 +25,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from asr.checkpoint_file import read_checkpoint
 from asr.data.features import FeatureConfig, GlobalCMVN, StreamingFeatures, log_mel
 from asr.data.tokenizer import BOS_ID, EOS_ID, Tokenizer
+from asr.model.asr_model import decode_length_limit
 from asr.model.decoder import beam_search_steps
 from common.errors import KnownError
 
@@ -200,7 +201,8 @@ class Recognizer:
                           torch.zeros(rows, self.encoder_size), torch.zeros(rows, dtype=torch.long))
 
     def max_len(self, frames: int) -> int:
-        return max(1, math.ceil(frames * self.decoding["max_decode_ratio"])) + 1
+        """Decoder steps allowed for ``frames`` encoder frames (as the model's own decoding)."""
+        return decode_length_limit(frames, self.decoding["max_decode_ratio"])
 
     def decode(self, features: torch.Tensor, beam_size: int | None = None) -> list[int]:
         """Token ids of normalized features ``(T, F)``: greedy for ``beam_size`` 0, beam search above; None: the
@@ -341,16 +343,12 @@ def load_checkpoint_model(path: str | Path, prepare: Callable[[nn.Module, dict],
     from asr.assets import AsrAssets
     from asr.model.asr_model import AsrModel
 
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} not found. Fix: train one with 'make baseline' or give the path "
-                                "of an existing .ckpt")
+    checkpoint = read_checkpoint(path)  # a missing, damaged or foreign file: one line
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
         hp = checkpoint["hyper_parameters"]
         holder = _Holder(AsrModel(hp["vocab_size"], hp["input_size"], **hp["model"]))
         assets = AsrAssets.from_dict(checkpoint["asr_assets"])
-    except (KeyError, TypeError, RuntimeError, EOFError) as err:
+    except (KeyError, TypeError) as err:
         raise RuntimeError_(f"checkpoint {path} is not a shrinkml training checkpoint ({type(err).__name__}: {err}); "
                             "give the .ckpt a training run wrote") from err
     decoding = dict(hp["decoding"])

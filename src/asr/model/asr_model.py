@@ -14,6 +14,11 @@ from asr.model.encoder import Encoder
 from asr.model.sparse import check_min_sparsity
 
 
+def decode_length_limit(memory_length: int, max_decode_ratio: float) -> int:
+    """Decoder steps allowed for ``memory_length`` encoder frames: ``max(1, ceil(T * ratio)) + 1`` (the end id's)."""
+    return max(1, math.ceil(memory_length * max_decode_ratio)) + 1
+
+
 class AsrModel(nn.Module):
     """Encoder-attention-decoder model (the paper's Fig. 1, with MoChA and unidirectional LSTMs).
 
@@ -119,7 +124,7 @@ class AsrModel(nn.Module):
         return F.ctc_loss(log_probs, tokens, memory_lengths, token_lengths, blank=PAD_ID, zero_infinity=True)
 
     def max_len(self, memory_length: int) -> int:
-        return max(1, math.ceil(memory_length * self.max_decode_ratio)) + 1
+        return decode_length_limit(memory_length, self.max_decode_ratio)
 
     @torch.no_grad()
     def greedy_decode(self, features: torch.Tensor, lengths: torch.Tensor) -> list[list[int]]:
